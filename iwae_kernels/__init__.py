@@ -1,0 +1,38 @@
+"""iwae_kernels: fused Triton kernels for the Importance Weighted Autoencoder loss (Burda et al. 2015).
+
+Public API (k samples lead every [k, ...] tensor):
+
+    gaussian_sample(mu, logvar, k, ...)        -> z [k, B, D], log p(z) - log q(z|x) [k, B]
+    bernoulli_log_likelihood(logits, x)        -> [k, B]
+    gaussian_log_likelihood(mean, logvar, x)   -> [k, B]
+    iwae_bound(log_w)                          -> L_k [B]
+    normalized_weights(log_w)                  -> [k, B]
+    StreamingIWAEBound(B).update(chunk).bound() -> L_k [B] in memory that does not grow with k
+    iwae_loss(x, mu, logvar, decoder, k=50, ...) -> the drop-in loss -L_k
+"""
+
+from .functional import (
+    ESTIMATORS,
+    LIKELIHOODS,
+    StreamingIWAEBound,
+    bernoulli_log_likelihood,
+    gaussian_log_likelihood,
+    gaussian_sample,
+    iwae_bound,
+    iwae_loss,
+    normalized_weights,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ESTIMATORS",
+    "LIKELIHOODS",
+    "StreamingIWAEBound",
+    "bernoulli_log_likelihood",
+    "gaussian_log_likelihood",
+    "gaussian_sample",
+    "iwae_bound",
+    "iwae_loss",
+    "normalized_weights",
+]

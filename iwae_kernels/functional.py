@@ -1,0 +1,262 @@
+"""The public functions: argument checks, backend dispatch, and the drop-in ``iwae_loss``.
+
+Shapes: k samples (always the leading dim), B examples, D latent dimensions, P observed dimensions.
+Every function takes ``backend=None`` ("torch" | "triton"; see ``iwae_kernels.backend``).
+"""
+
+import torch
+
+from . import _checks
+from .backend import get_backend
+from .reference import bound_from_max_sum
+
+ESTIMATORS = ("iwae", "vae", "stl", "dreg", "iwae-resample")
+LIKELIHOODS = ("bernoulli", "gaussian")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator):
+    _checks.check_sample_count(k)
+    _checks.check_tensor("mu", mu, (2, 3))
+    _checks.check_tensor("logvar", logvar, (2, 3), like=("mu", mu))
+    _checks.check_shape("logvar", logvar, mu.shape)
+    if mu.dim() == 3 and mu.shape[0] != k:
+        raise ValueError(f"mu: a per-sample mu must have shape [k={k}, B, D], got {tuple(mu.shape)}")
+    batch, dim = mu.shape[-2:]
+    if eps is not None:
+        _checks.check_tensor("eps", eps, (3,), like=("mu", mu))
+        _checks.check_shape("eps", eps, (k, batch, dim))
+    if (prior_mu is None) != (prior_logvar is None):
+        raise ValueError("prior_mu, prior_logvar: give both (a diagonal Gaussian prior) or neither (standard normal)")
+    if prior_mu is not None:
+        _checks.check_tensor("prior_mu", prior_mu, (2, 3), like=("mu", mu))
+        _checks.check_tensor("prior_logvar", prior_logvar, (2, 3), like=("mu", mu))
+        if tuple(prior_mu.shape) not in ((batch, dim), (k, batch, dim)):
+            raise ValueError(f"prior_mu: expected shape {(batch, dim)} or {(k, batch, dim)}, got {tuple(prior_mu.shape)}")
+        _checks.check_shape("prior_logvar", prior_logvar, prior_mu.shape)
+    _checks.check_choice("estimator", estimator, ESTIMATORS)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+
+
+def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None, estimator="iwae",
+                    generator=None, backend=None):
+    """Draw k reparameterized samples z = mu + exp(logvar / 2) * eps and their latent log-weights.
+
+    Args:
+        mu, logvar: [B, D], or [k, B, D] when the posterior differs per sample (upper stochastic layers).
+        k: number of samples, >= 1.
+        eps: optional noise [k, B, D]. Without it the noise is drawn inside the kernel from a seed taken from
+            torch's RNG (``generator`` or the default one, so ``torch.manual_seed`` makes runs repeat), and
+            regenerated in backward instead of stored. The torch and triton backends draw different noise.
+        prior_mu, prior_logvar: a diagonal Gaussian prior, [B, D] or [k, B, D]; standard normal when None.
+        estimator: the encoder-side gradient: "iwae" / "vae" / "iwae-resample" (the exact derivative),
+            "stl" (Roeder et al. 2017), "dreg" (Tucker et al. 2018; reads the normalized weights from the
+            gradient arriving at the log-weight output, so that must come from ``iwae_bound``).
+
+    Returns:
+        z [k, B, D] in mu's dtype, and log p(z) - log q(z|x) [k, B] (float32 for half inputs).
+    """
+    _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator)
+    ops = get_backend(backend, mu.device)
+    return ops.gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator)
+
+
+def _check_observation(name, value, x):
+    _checks.check_tensor(name, value, (3,))
+    _checks.check_tensor("x", x, (2,))
+    _checks.check_same_device("x", x, name, value)
+    if tuple(x.shape) != tuple(value.shape[1:]):
+        raise ValueError(f"x: expected shape [B, P] = {tuple(value.shape[1:])} to match {name}, got {tuple(x.shape)}")
+
+
+def bernoulli_log_likelihood(logits, x, *, backend=None):
+    """log p(x|z) = sum_j x_j y_j - softplus(y_j) for logits y [k, B, P] and targets x [B, P] in [0, 1].
+
+    Returns [k, B] (float32 for half logits). Gradient flows to logits only.
+    """
+    _check_observation("logits", logits, x)
+    return get_backend(backend, logits.device).bernoulli_log_likelihood(logits, x)
+
+
+def gaussian_log_likelihood(mean, logvar, x, *, backend=None):
+    """Diagonal-Gaussian log p(x|z) for mean, logvar [k, B, P] and x [B, P]; returns [k, B].
+
+    Gradient flows to mean and logvar only.
+    """
+    _check_observation("mean", mean, x)
+    _checks.check_tensor("logvar", logvar, (3,), like=("mean", mean))
+    _checks.check_shape("logvar", logvar, mean.shape)
+    return get_backend(backend, mean.device).gaussian_log_likelihood(mean, logvar, x)
+
+
+def iwae_bound(log_w, *, backend=None):
+    """The IWAE bound L_k = logsumexp_i(log w_i) - log k over dim 0 of log_w [k, B]; returns [B].
+
+    Backward gives g * normalized weights. A column of all -inf gives -inf and zero gradient, never NaN.
+    """
+    _checks.check_tensor("log_w", log_w, (2,))
+    return get_backend(backend, log_w.device).iwae_bound(log_w)
+
+
+def normalized_weights(log_w, *, backend=None):
+    """Self-normalized importance weights wt_i = w_i / sum_j w_j over dim 0 of log_w [k, B]; returns [k, B].
+
+    An all -inf column gives all-zero weights.
+    """
+    _checks.check_tensor("log_w", log_w, (2,))
+    return get_backend(backend, log_w.device).normalized_weights(log_w)
+
+
+class StreamingIWAEBound:
+    """L_k folded chunk by chunk: memory does not grow with k (MATH.md, large-k evaluation).
+
+    >>> acc = StreamingIWAEBound(batch_size=B, device=x.device)
+    >>> for chunk in range(0, 5000, 500): acc.update(log_w_chunk)   # each [kc, B]
+    >>> acc.bound()                                                  # [B] == iwae_bound(all log-weights)
+
+    No gradient flows through it; states from several processes combine with ``merge``.
+    """
+
+    def __init__(self, batch_size, *, device=None, dtype=torch.float32, backend=None):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        _checks.check_choice("dtype", dtype, (torch.float32, torch.float64))
+        self.running_max = torch.full((batch_size,), -float("inf"), dtype=dtype, device=device)
+        self.running_sum = torch.zeros((batch_size,), dtype=dtype, device=device)
+        self.num_samples = 0
+        self.backend = backend
+
+    def update(self, log_w):
+        """Fold log-weights [kc, B] (any kc >= 1) into the state."""
+        _checks.check_tensor("log_w", log_w, (2,))
+        _checks.check_same_device("log_w", log_w, "the accumulator", self.running_max)
+        _checks.check_shape("log_w", log_w, (log_w.shape[0], self.running_max.shape[0]))
+        ops = get_backend(self.backend, log_w.device)
+        self.running_max, self.running_sum = ops.fold_max_sum(self.running_max, self.running_sum, log_w.detach())
+        self.num_samples += log_w.shape[0]
+
+    def merge(self, other):
+        """Fold in another accumulator's state (the same examples, other samples)."""
+        new_max = torch.maximum(self.running_max, other.running_max)
+        shift = torch.where(torch.isneginf(new_max), torch.zeros_like(new_max), new_max)
+        self.running_sum = (self.running_sum * torch.exp(self.running_max - shift)
+                            + other.running_sum * torch.exp(other.running_max - shift))
+        self.running_max = new_max
+        self.num_samples += other.num_samples
+
+    def bound(self):
+        """L_k [B] over every sample folded so far."""
+        if self.num_samples == 0:
+            raise ValueError("StreamingIWAEBound.bound: no log-weights were folded in yet (call update first)")
+        return bound_from_max_sum(self.running_max, self.running_sum, self.num_samples)
+
+
+def _decode(decoder, z, flatten_samples):
+    if not flatten_samples:
+        return decoder(z)
+    num_samples, batch, dim = z.shape
+    out = decoder(z.reshape(num_samples * batch, dim))
+    unflatten = lambda t: t.reshape(num_samples, batch, -1) if isinstance(t, torch.Tensor) else t
+    return tuple(map(unflatten, out)) if isinstance(out, (tuple, list)) else unflatten(out)
+
+
+def _check_decoder_output(name, value, expected_shape, check_finite):
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected_shape:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"decoder: expected {name} of shape [k, B, P] = {expected_shape}, got {got}")
+    if check_finite:
+        _checks.check_finite(f"decoder output ({name})", value)
+
+
+def _log_likelihood(out, x, k, likelihood, check_finite, backend):
+    """log p(x|z) [k, B] from the decoder's output, after checking it returned what the likelihood needs."""
+    expected_shape = (k,) + tuple(x.shape)
+    if likelihood == "bernoulli":
+        _check_decoder_output("logits", out, expected_shape, check_finite)
+        return bernoulli_log_likelihood(out, x, backend=backend)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError("decoder: for likelihood='gaussian' expected a (mean, logvar) pair of [k, B, P] tensors")
+    _check_decoder_output("mean", out[0], expected_shape, check_finite)
+    _check_decoder_output("logvar", out[1], expected_shape, check_finite)
+    return gaussian_log_likelihood(out[0], out[1], x, backend=backend)
+
+
+def _log_weights(x, mu, logvar, decoder, k, eps, generator, estimator, likelihood, flatten_samples, check_finite,
+                 backend):
+    """log w [k, B] = log p(x|z) + log p(z) - log q(z|x) for k samples of z."""
+    z, latent_log_weight = gaussian_sample(mu, logvar, k, eps=eps, estimator=estimator, generator=generator,
+                                           backend=backend)
+    out = _decode(decoder, z, flatten_samples)
+    return _log_likelihood(out, x, k, likelihood, check_finite, backend) + latent_log_weight
+
+
+def _resampled_bound(x, mu, logvar, decoder, k, likelihood, flatten_samples, check_finite, generator, backend):
+    """The paper's trick (end of Sec. 3.1): value L_k, gradient of log w_j for one j ~ wt per example."""
+    batch, dim = mu.shape
+    eps = torch.randn((k, batch, dim), generator=generator, device=mu.device, dtype=mu.dtype)
+    with torch.no_grad():
+        log_w = _log_weights(x, mu, logvar, decoder, k, eps, None, "iwae", likelihood, flatten_samples, check_finite,
+                             backend)
+        bound = iwae_bound(log_w, backend=backend)
+        cumulative = normalized_weights(log_w, backend=backend).cumsum(0)
+        uniform = torch.rand((batch,), generator=generator, device=mu.device, dtype=cumulative.dtype)
+        chosen = (cumulative < uniform * cumulative[-1]).sum(0).clamp(max=k - 1)
+    chosen_eps = eps[chosen, torch.arange(batch, device=mu.device)].unsqueeze(0)
+    chosen_log_w = _log_weights(x, mu, logvar, decoder, 1, chosen_eps, None, "iwae", likelihood, flatten_samples,
+                                False, backend)[0]
+    # Value L_k, gradient of log w_j; an all -inf example keeps -inf with zero gradient.
+    finite = torch.isfinite(chosen_log_w)
+    return torch.where(finite, chosen_log_w + (bound - torch.where(finite, chosen_log_w, 0)).detach(), bound)
+
+
+def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator="iwae", reduction="mean",
+              backend=None, flatten_samples=False, check_finite=False, generator=None):
+    """The drop-in IWAE loss -L_k(x) for an encoder's Gaussian (mu, logvar) and any decoder.
+
+    Args:
+        x: data [B, P] (Bernoulli targets in [0, 1], or real values for a Gaussian likelihood).
+        mu, logvar: the encoder's diagonal Gaussian q(z|x), [B, D] each.
+        decoder: callable; gets z [k, B, D] (or [k * B, D] with ``flatten_samples=True``) and returns
+            logits [k, B, P] ("bernoulli") or a (mean, logvar) pair of [k, B, P] ("gaussian").
+        k: samples per example, >= 1.
+        estimator: "iwae" (paper Eq. 14), "vae" (k-sample ELBO, Eq. 7), "stl", "dreg", or "iwae-resample"
+            (k forward passes, one backward through a sample drawn by its normalized weight).
+        reduction: "mean" | "sum" over the batch, or "none" for the per-example loss [B].
+        check_finite: check x, mu, logvar and the decoder's output for NaN/inf, and Bernoulli targets for
+            [0, 1]; off by default because it synchronizes the device.
+        generator: a torch.Generator on the tensors' device for the noise (default: torch's global RNG).
+
+    Returns:
+        -L_k reduced over the batch (a scalar), or [B] for reduction="none".
+    """
+    _checks.check_tensor("x", x, (2,))
+    _checks.check_tensor("mu", mu, (2,))
+    _checks.check_tensor("logvar", logvar, (2,), like=("mu", mu))
+    _checks.check_shape("logvar", logvar, mu.shape)
+    _checks.check_same_device("x", x, "mu", mu)
+    if x.shape[0] != mu.shape[0]:
+        raise ValueError(f"x: expected batch size {mu.shape[0]} (as mu), got shape {tuple(x.shape)}")
+    if not callable(decoder):
+        raise TypeError(f"decoder: expected a callable (an nn.Module or function), got {type(decoder).__name__}")
+    _checks.check_sample_count(k)
+    _checks.check_choice("likelihood", likelihood, LIKELIHOODS)
+    _checks.check_choice("estimator", estimator, ESTIMATORS)
+    _checks.check_choice("reduction", reduction, REDUCTIONS)
+    get_backend(backend, mu.device)
+    if check_finite:
+        for name, value in (("x", x), ("mu", mu), ("logvar", logvar)):
+            _checks.check_finite(name, value)
+        if likelihood == "bernoulli":
+            _checks.check_unit_interval("x", x)
+
+    if estimator == "iwae-resample":
+        bound = _resampled_bound(x, mu, logvar, decoder, k, likelihood, flatten_samples, check_finite, generator, backend)
+    else:
+        log_w = _log_weights(x, mu, logvar, decoder, k, None, generator, estimator, likelihood, flatten_samples,
+                             check_finite, backend)
+        bound = log_w.mean(0) if estimator == "vae" else iwae_bound(log_w, backend=backend)
+    loss = -bound
+    if reduction == "mean":
+        return loss.mean()
+    return loss.sum() if reduction == "sum" else loss

@@ -1,0 +1,18 @@
+"""The Triton backend: one kernel family per module, each with its launcher and autograd Function.
+
+This module exposes the same functions as ``iwae_kernels.reference`` (the torch backend), so the public
+API in ``iwae_kernels.functional`` dispatches to either without knowing which it holds.
+"""
+
+from .gaussian_sample import gaussian_sample
+from .log_likelihood import bernoulli_log_likelihood, gaussian_log_likelihood
+from .logsumexp import fold_max_sum, iwae_bound, normalized_weights
+
+__all__ = [
+    "gaussian_sample",
+    "bernoulli_log_likelihood",
+    "gaussian_log_likelihood",
+    "iwae_bound",
+    "normalized_weights",
+    "fold_max_sum",
+]

@@ -1,0 +1,240 @@
+"""Reparameterized diagonal-Gaussian sampling fused with the latent log-weight log p(z) - log q(z|x).
+
+Forward: z = mu + exp(logvar / 2) * eps for all k samples and the per-sample sum over D, in one pass.
+eps is read from the caller or drawn in-kernel from Philox (seed, element index); in-kernel noise is
+never stored, the backward draws it again from the same seed.
+
+Backward: one program per (example, block of D) walks all k samples and reduces the estimator's
+per-sample term into dmu, dlogvar (and the prior's gradients) without a [k, B, D] intermediate.
+Parameters given per sample ([k, B, D]) get their gradient per sample instead.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+from .. import reference
+from .utils import row_tile, triton_accumulation_dtype
+
+BLOCK_SAMPLES = 32
+
+
+@triton.jit
+def _load_noise(eps_ptr, offsets, mask, seed, HAS_EPS: tl.constexpr, ACC: tl.constexpr):
+    if HAS_EPS:
+        noise = tl.load(eps_ptr + offsets, mask=mask, other=0.0).to(ACC)
+    else:
+        noise = tl.randn(seed, offsets).to(ACC)
+    return noise
+
+
+@triton.jit
+def _gaussian_sample_fwd_kernel(
+    mu_ptr, logvar_ptr, eps_ptr, prior_mu_ptr, prior_logvar_ptr, z_ptr, log_weight_ptr,
+    seed, R, B, D, param_sample_stride, prior_sample_stride,
+    HAS_EPS: tl.constexpr, HAS_PRIOR: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # Rows are (sample i, example b) pairs r = i * B + b; a shared [B, D] parameter has sample stride 0.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    sample, example = rows // B, rows % B
+    param_rows = sample * param_sample_stride + example * D
+    prior_rows = sample * prior_sample_stride + example * D
+    total = tl.zeros([BLOCK_R], ACC)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        mask = row_mask[:, None] & (cols < D)[None, :]
+        offsets = rows[:, None] * D + cols[None, :]
+        mu = tl.load(mu_ptr + param_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
+        logvar = tl.load(logvar_ptr + param_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
+        eps = _load_noise(eps_ptr, offsets, mask, seed, HAS_EPS, ACC)
+        z = mu + tl.exp(0.5 * logvar) * eps
+        tl.store(z_ptr + offsets, z.to(z_ptr.dtype.element_ty), mask=mask)
+        if HAS_PRIOR:
+            prior_mu = tl.load(prior_mu_ptr + prior_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
+            prior_logvar = tl.load(prior_logvar_ptr + prior_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
+            diff = z - prior_mu
+            log_p = -0.5 * prior_logvar - 0.5 * diff * diff * tl.exp(-prior_logvar)
+        else:
+            log_p = -0.5 * z * z
+        term = log_p + 0.5 * logvar + 0.5 * eps * eps
+        total += tl.sum(tl.where(mask, term, 0.0), axis=1)
+    tl.store(log_weight_ptr + rows, total, mask=row_mask)
+
+
+@triton.jit
+def _gaussian_sample_bwd_kernel(
+    mu_ptr, logvar_ptr, eps_ptr, prior_mu_ptr, prior_logvar_ptr,
+    grad_z_ptr, grad_log_weight_ptr, grad_mu_ptr, grad_logvar_ptr, grad_prior_mu_ptr, grad_prior_logvar_ptr,
+    seed, K, B, D, param_sample_stride, prior_sample_stride,
+    HAS_EPS: tl.constexpr, HAS_PRIOR: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_WEIGHT: tl.constexpr,
+    PARAM_PER_SAMPLE: tl.constexpr, PRIOR_PER_SAMPLE: tl.constexpr, ESTIMATOR: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    example = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    col_mask = cols < D
+
+    # DReG needs wt_i = dJ/da_i / sum_j dJ/da_j, so first sum the upstream log-weight gradient over k.
+    weight_total = 0.0
+    if ESTIMATOR == 2:
+        total = tl.zeros([BLOCK_K], ACC)
+        for k0 in range(0, K, BLOCK_K):
+            samples = k0 + tl.arange(0, BLOCK_K)
+            total += tl.load(grad_log_weight_ptr + samples * B + example, mask=samples < K, other=0.0).to(ACC)
+        weight_total = tl.sum(total, axis=0)
+
+    grad_mu_sum = tl.zeros([BLOCK_D], ACC)
+    grad_logvar_sum = tl.zeros([BLOCK_D], ACC)
+    grad_prior_mu_sum = tl.zeros([BLOCK_D], ACC)
+    grad_prior_logvar_sum = tl.zeros([BLOCK_D], ACC)
+    for k0 in range(0, K, BLOCK_K):
+        samples = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        sample_mask = samples < K
+        mask = sample_mask[:, None] & col_mask[None, :]
+        rows = samples * B + example
+        offsets = rows[:, None] * D + cols[None, :]
+        param_offsets = (samples * param_sample_stride + example * D)[:, None] + cols[None, :]
+        mu = tl.load(mu_ptr + param_offsets, mask=mask, other=0.0).to(ACC)
+        logvar = tl.load(logvar_ptr + param_offsets, mask=mask, other=0.0).to(ACC)
+        eps = _load_noise(eps_ptr, offsets, mask, seed, HAS_EPS, ACC)
+        sigma = tl.exp(0.5 * logvar)
+        z = mu + sigma * eps
+        if HAS_GRAD_LOG_WEIGHT:
+            grad_a = tl.load(grad_log_weight_ptr + rows, mask=sample_mask, other=0.0).to(ACC)[:, None]
+        else:
+            grad_a = tl.zeros([BLOCK_K, 1], ACC)
+        if HAS_GRAD_Z:
+            grad_z = tl.load(grad_z_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        else:
+            grad_z = tl.zeros([BLOCK_K, BLOCK_D], ACC)
+        if HAS_PRIOR:
+            prior_offsets = (samples * prior_sample_stride + example * D)[:, None] + cols[None, :]
+            prior_mu = tl.load(prior_mu_ptr + prior_offsets, mask=mask, other=0.0).to(ACC)
+            prior_logvar = tl.load(prior_logvar_ptr + prior_offsets, mask=mask, other=0.0).to(ACC)
+            precision = tl.exp(-prior_logvar)
+            diff = z - prior_mu
+            dlogp_dz = -diff * precision
+            grad_prior_mu = tl.where(mask, grad_a * diff * precision, 0.0)
+            grad_prior_logvar = tl.where(mask, grad_a * (0.5 * diff * diff * precision - 0.5), 0.0)
+            if PRIOR_PER_SAMPLE:
+                tl.store(grad_prior_mu_ptr + prior_offsets, grad_prior_mu.to(grad_prior_mu_ptr.dtype.element_ty), mask=mask)
+                tl.store(grad_prior_logvar_ptr + prior_offsets,
+                         grad_prior_logvar.to(grad_prior_logvar_ptr.dtype.element_ty), mask=mask)
+            else:
+                grad_prior_mu_sum += tl.sum(grad_prior_mu, axis=0)
+                grad_prior_logvar_sum += tl.sum(grad_prior_logvar, axis=0)
+        else:
+            dlogp_dz = -z
+        if ESTIMATOR == 0:
+            # iwae / vae: the total derivative, the score term of -log q adds 0.5 * dJ/da to dlogvar.
+            per_sample = grad_z + grad_a * dlogp_dz
+            grad_logvar = per_sample * 0.5 * sigma * eps + 0.5 * grad_a
+        else:
+            # stl / dreg: path derivative only, d(-log q)/dz = eps / sigma, no score term.
+            per_sample = grad_z + grad_a * (dlogp_dz + eps * tl.exp(-0.5 * logvar))
+            if ESTIMATOR == 2:
+                safe_total = tl.where(weight_total != 0.0, weight_total, 1.0)
+                per_sample = per_sample * tl.where(weight_total != 0.0, grad_a / safe_total, 0.0)
+            grad_logvar = per_sample * 0.5 * sigma * eps
+        per_sample = tl.where(mask, per_sample, 0.0)
+        grad_logvar = tl.where(mask, grad_logvar, 0.0)
+        if PARAM_PER_SAMPLE:
+            tl.store(grad_mu_ptr + param_offsets, per_sample.to(grad_mu_ptr.dtype.element_ty), mask=mask)
+            tl.store(grad_logvar_ptr + param_offsets, grad_logvar.to(grad_logvar_ptr.dtype.element_ty), mask=mask)
+        else:
+            grad_mu_sum += tl.sum(per_sample, axis=0)
+            grad_logvar_sum += tl.sum(grad_logvar, axis=0)
+    shared_offsets = example * D + cols
+    if not PARAM_PER_SAMPLE:
+        tl.store(grad_mu_ptr + shared_offsets, grad_mu_sum.to(grad_mu_ptr.dtype.element_ty), mask=col_mask)
+        tl.store(grad_logvar_ptr + shared_offsets, grad_logvar_sum.to(grad_logvar_ptr.dtype.element_ty), mask=col_mask)
+    if HAS_PRIOR and not PRIOR_PER_SAMPLE:
+        tl.store(grad_prior_mu_ptr + shared_offsets, grad_prior_mu_sum.to(grad_prior_mu_ptr.dtype.element_ty), mask=col_mask)
+        tl.store(grad_prior_logvar_ptr + shared_offsets,
+                 grad_prior_logvar_sum.to(grad_prior_logvar_ptr.dtype.element_ty), mask=col_mask)
+
+
+def _sample_stride(param):
+    """Stride between samples of a [B, D] (shared: 0) or [k, B, D] (per sample) parameter."""
+    return 0 if param.dim() == 2 else param.shape[-2] * param.shape[-1]
+
+
+def _contiguous(tensor):
+    return None if tensor is None else tensor.contiguous()
+
+
+class GaussianSampleFunction(torch.autograd.Function):
+    """(mu, logvar, eps or None, prior_mu, prior_logvar) -> (z [k, B, D], log p(z) - log q(z|x) [k, B])."""
+
+    @staticmethod
+    def forward(ctx, mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator):
+        mu, logvar, eps = _contiguous(mu), _contiguous(logvar), _contiguous(eps)
+        prior_mu, prior_logvar = _contiguous(prior_mu), _contiguous(prior_logvar)
+        batch, dim = mu.shape[-2:]
+        rows = k * batch
+        z = torch.empty((k, batch, dim), dtype=mu.dtype, device=mu.device)
+        log_weight = torch.empty((k, batch), dtype=reference.accumulation_dtype(mu.dtype), device=mu.device)
+        block_rows, block_cols = row_tile(dim)
+        has_prior = prior_mu is not None
+        _gaussian_sample_fwd_kernel[(triton.cdiv(rows, block_rows),)](
+            mu, logvar, z if eps is None else eps, prior_mu if has_prior else mu, prior_logvar if has_prior else mu,
+            z, log_weight, seed, rows, batch, dim, _sample_stride(mu), _sample_stride(prior_mu) if has_prior else 0,
+            HAS_EPS=eps is not None, HAS_PRIOR=has_prior, ACC=triton_accumulation_dtype(mu.dtype),
+            BLOCK_R=block_rows, BLOCK_D=block_cols,
+        )
+        ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar)
+        ctx.k, ctx.seed, ctx.estimator = k, seed, estimator
+        ctx.set_materialize_grads(False)
+        return z, log_weight
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_z, grad_log_weight):
+        mu, logvar, eps, prior_mu, prior_logvar = ctx.saved_tensors
+        batch, dim = mu.shape[-2:]
+        has_prior = prior_mu is not None
+        grad_mu, grad_logvar = torch.empty_like(mu), torch.empty_like(logvar)
+        grad_prior_mu = torch.empty_like(prior_mu) if has_prior else None
+        grad_prior_logvar = torch.empty_like(prior_logvar) if has_prior else None
+        block_dim = min(triton.next_power_of_2(dim), 64)
+        placeholder = grad_mu
+        _gaussian_sample_bwd_kernel[(batch, triton.cdiv(dim, block_dim))](
+            mu, logvar, placeholder if eps is None else eps,
+            prior_mu if has_prior else placeholder, prior_logvar if has_prior else placeholder,
+            placeholder if grad_z is None else grad_z.contiguous(),
+            placeholder if grad_log_weight is None else grad_log_weight.contiguous(),
+            grad_mu, grad_logvar,
+            grad_prior_mu if has_prior else placeholder, grad_prior_logvar if has_prior else placeholder,
+            ctx.seed, ctx.k, batch, dim, _sample_stride(mu), _sample_stride(prior_mu) if has_prior else 0,
+            HAS_EPS=eps is not None, HAS_PRIOR=has_prior,
+            HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_WEIGHT=grad_log_weight is not None,
+            PARAM_PER_SAMPLE=mu.dim() == 3, PRIOR_PER_SAMPLE=has_prior and prior_mu.dim() == 3,
+            ESTIMATOR=reference.ESTIMATOR_CODES[ctx.estimator], ACC=triton_accumulation_dtype(mu.dtype),
+            BLOCK_K=BLOCK_SAMPLES, BLOCK_D=block_dim,
+        )
+        return grad_mu, grad_logvar, None, grad_prior_mu, grad_prior_logvar, None, None, None
+
+
+def draw_seed(generator):
+    """A Philox seed from torch's RNG, so ``torch.manual_seed`` (or ``generator``) makes runs repeat."""
+    return int(torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device if generator else "cpu"))
+
+
+def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator):
+    """z = mu + exp(logvar / 2) * eps and the latent log-weight; eps drawn in-kernel when None.
+
+    mu, logvar: [B, D] or [k, B, D]; eps: [k, B, D] or None; prior_mu, prior_logvar: None, [B, D] or [k, B, D].
+    Returns z [k, B, D] (mu's dtype) and log p(z) - log q(z|x) [k, B] (float32 for half inputs).
+    """
+    seed = draw_seed(generator) if eps is None else 0
+    return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator)
+
+
+def sample_noise(shape, seed, dtype, device):
+    """The eps that in-kernel sampling with ``seed`` uses for a [k, B, D] ``shape`` (for tests and resampling)."""
+    zeros = torch.zeros(shape[-2:], dtype=dtype, device=device)
+    z, _ = GaussianSampleFunction.apply(zeros, zeros, None, None, None, shape[0], seed, "iwae")
+    return z

@@ -1,0 +1,126 @@
+"""Observation log-likelihoods reduced over P: Bernoulli (logits) and diagonal Gaussian (mean, logvar).
+
+Rows are the k * B (sample, example) pairs; the data row of row r is r % B, so x [B, P] is never
+expanded to [k, B, P]. Forward reads the decoder output once and writes [k, B]; backward reads it once
+more and writes its gradient, scaled by the upstream g * wt_i per row.
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+from .. import reference
+from .utils import log1p_small, row_tile, triton_accumulation_dtype
+
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+BERNOULLI, GAUSSIAN = 0, 1
+
+
+@triton.jit
+def _log_likelihood_fwd_kernel(
+    first_ptr, second_ptr, x_ptr, out_ptr, R, B, P,
+    LIKELIHOOD: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    x_rows = rows % B
+    total = tl.zeros([BLOCK_R], ACC)
+    for p0 in range(0, P, BLOCK_P):
+        cols = p0 + tl.arange(0, BLOCK_P)
+        mask = row_mask[:, None] & (cols < P)[None, :]
+        offsets = rows[:, None] * P + cols[None, :]
+        x = tl.load(x_ptr + x_rows[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
+        first = tl.load(first_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        if LIKELIHOOD == 0:
+            # x y - softplus(y), softplus(y) = max(y, 0) + log1p(exp(-|y|)): never log(sigmoid), it underflows.
+            term = x * first - tl.maximum(first, 0.0) - log1p_small(tl.exp(-tl.abs(first)))
+        else:
+            logvar = tl.load(second_ptr + offsets, mask=mask, other=0.0).to(ACC)
+            diff = x - first
+            term = -HALF_LOG_2PI - 0.5 * logvar - 0.5 * diff * diff * tl.exp(-logvar)
+        total += tl.sum(tl.where(mask, term, 0.0), axis=1)
+    tl.store(out_ptr + rows, total, mask=row_mask)
+
+
+@triton.jit
+def _log_likelihood_bwd_kernel(
+    first_ptr, second_ptr, x_ptr, grad_out_ptr, grad_first_ptr, grad_second_ptr, R, B, P,
+    LIKELIHOOD: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    x_rows = rows % B
+    scale = tl.load(grad_out_ptr + rows, mask=row_mask, other=0.0).to(ACC)[:, None]
+    for p0 in range(0, P, BLOCK_P):
+        cols = p0 + tl.arange(0, BLOCK_P)
+        mask = row_mask[:, None] & (cols < P)[None, :]
+        offsets = rows[:, None] * P + cols[None, :]
+        x = tl.load(x_ptr + x_rows[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
+        first = tl.load(first_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        if LIKELIHOOD == 0:
+            grad_first = scale * (x - 1.0 / (1.0 + tl.exp(-first)))
+        else:
+            logvar = tl.load(second_ptr + offsets, mask=mask, other=0.0).to(ACC)
+            diff = x - first
+            scaled_sq = diff * diff * tl.exp(-logvar)
+            grad_first = scale * diff * tl.exp(-logvar)
+            grad_logvar = scale * (0.5 * scaled_sq - 0.5)
+            tl.store(grad_second_ptr + offsets, grad_logvar.to(grad_second_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_first_ptr + offsets, grad_first.to(grad_first_ptr.dtype.element_ty), mask=mask)
+
+
+def _grid_and_tile(rows, size):
+    block_rows, block_cols = row_tile(size)
+    return (triton.cdiv(rows, block_rows),), block_rows, block_cols
+
+
+class LogLikelihoodFunction(torch.autograd.Function):
+    """(first [k, B, P], second [k, B, P] or None, x [B, P]) -> log p(x|z) [k, B]; x gets no gradient.
+
+    first/second are (logits, None) for Bernoulli and (mean, logvar) for Gaussian.
+    """
+
+    @staticmethod
+    def forward(ctx, first, second, x, likelihood):
+        first, x = first.contiguous(), x.contiguous()
+        second = first if second is None else second.contiguous()
+        num_samples, batch, size = first.shape
+        rows = num_samples * batch
+        out = torch.empty((num_samples, batch), dtype=reference.accumulation_dtype(first.dtype), device=first.device)
+        grid, block_rows, block_cols = _grid_and_tile(rows, size)
+        _log_likelihood_fwd_kernel[grid](
+            first, second, x, out, rows, batch, size,
+            LIKELIHOOD=likelihood, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows, BLOCK_P=block_cols,
+        )
+        ctx.save_for_backward(first, second, x)
+        ctx.likelihood = likelihood
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        first, second, x = ctx.saved_tensors
+        num_samples, batch, size = first.shape
+        rows = num_samples * batch
+        grad_first = torch.empty_like(first)
+        grad_second = torch.empty_like(second) if ctx.likelihood == GAUSSIAN else None
+        grid, block_rows, block_cols = _grid_and_tile(rows, size)
+        _log_likelihood_bwd_kernel[grid](
+            first, second, x, grad_out.contiguous(), grad_first, grad_first if grad_second is None else grad_second,
+            rows, batch, size,
+            LIKELIHOOD=ctx.likelihood, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows, BLOCK_P=block_cols,
+        )
+        return grad_first, grad_second, None, None
+
+
+def bernoulli_log_likelihood(logits, x):
+    """sum_j x_j y_j - softplus(y_j) over the last dim. logits [k, B, P], x [B, P] -> [k, B]."""
+    return LogLikelihoodFunction.apply(logits, None, x, BERNOULLI)
+
+
+def gaussian_log_likelihood(mean, logvar, x):
+    """Diagonal-Gaussian log-density of x summed over the last dim. mean, logvar [k, B, P], x [B, P] -> [k, B]."""
+    return LogLikelihoodFunction.apply(mean, logvar, x, GAUSSIAN)

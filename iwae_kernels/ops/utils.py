@@ -1,0 +1,35 @@
+"""Helpers shared by the Triton kernel families: accumulation dtype, tile sizes, numerics."""
+
+import torch
+import triton
+import triton.language as tl
+
+from ..reference import accumulation_dtype
+
+# Elements one program holds per tile; a [rows, cols] tile is shaped from the row length.
+TILE_ELEMENTS = 4096
+MAX_BLOCK_COLS = 1024
+
+
+def triton_accumulation_dtype(dtype):
+    """The Triton dtype kernels accumulate in for inputs of torch ``dtype``."""
+    return tl.float64 if accumulation_dtype(dtype) == torch.float64 else tl.float32
+
+
+def row_tile(n_cols):
+    """(BLOCK_ROWS, BLOCK_COLS) for kernels that reduce rows of length ``n_cols`` in column chunks."""
+    block_cols = min(triton.next_power_of_2(n_cols), MAX_BLOCK_COLS)
+    return max(1, TILE_ELEMENTS // block_cols), block_cols
+
+
+@triton.jit
+def log1p_small(u):
+    """log(1 + u) for u in [0, 1], accurate where 1 + u rounds to 1 (no libdevice in the interpreter)."""
+    w = 1.0 + u
+    return tl.where(w == 1.0, u, tl.log(w) * u / tl.where(w == 1.0, 1.0, w - 1.0))
+
+
+@triton.jit
+def shifted_max(m):
+    """The exp shift for a running max: -inf (all log-weights -inf) becomes 0 so exp() gives 0, not NaN."""
+    return tl.where(m == float("-inf"), 0.0, m)

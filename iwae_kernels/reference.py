@@ -1,0 +1,196 @@
+"""Plain-PyTorch implementation of every fused op: the test oracle, the CPU fallback and the benchmarks' check.
+
+Each function here has the same signature and semantics as its Triton (and CUDA) counterpart in
+``iwae_kernels.ops``: the ``backend="torch"`` path of the public API calls these directly. Formulas follow
+``MATH.md``; half-precision inputs are computed in float32 and float64 stays float64.
+
+Shapes: k samples, B examples, D latent dimensions, P observed dimensions.
+"""
+
+import math
+
+import torch
+from torch.autograd.function import once_differentiable
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+# Estimator codes shared with the kernels: "vae" and "iwae" both take the exact derivative of (z, log-weight).
+ESTIMATOR_CODES = {"iwae": 0, "vae": 0, "iwae-resample": 0, "stl": 1, "dreg": 2}
+
+
+def accumulation_dtype(dtype):
+    """float64 stays float64; every other floating dtype accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _shifted_max(running_max):
+    """The max used as the exp shift: -inf (every log-weight -inf) becomes 0 so exp() gives 0, not NaN."""
+    return torch.where(torch.isneginf(running_max), torch.zeros_like(running_max), running_max)
+
+
+def _latent_terms(mu, logvar, eps, prior_mu, prior_logvar):
+    """z, d log p(z)/dz, and the per-dimension latent log-weight log p(z) - log q(z|x) (log 2pi cancels)."""
+    sigma = torch.exp(0.5 * logvar)
+    z = mu + sigma * eps
+    if prior_mu is None:
+        dlogp_dz = -z
+        log_p = -0.5 * z * z
+    else:
+        precision = torch.exp(-prior_logvar)
+        diff = z - prior_mu
+        dlogp_dz = -diff * precision
+        log_p = -0.5 * prior_logvar + 0.5 * diff * dlogp_dz
+    return z, sigma, dlogp_dz, log_p + 0.5 * logvar + 0.5 * eps * eps
+
+
+def _sum_to(grad, like):
+    """Sum a [k, B, D] gradient over samples when the parameter was shared by all k ([B, D])."""
+    return grad.sum(0) if like.dim() == 2 else grad
+
+
+class GaussianSampleFunction(torch.autograd.Function):
+    """(mu, logvar, eps, prior_mu, prior_logvar) -> (z [k, B, D], log p(z) - log q(z|x) [k, B]).
+
+    The backward is written out (MATH.md) rather than left to autograd, because the stl and dreg
+    estimators are not the derivative of the forward: they change the encoder-side gradient only.
+    """
+
+    @staticmethod
+    def forward(ctx, mu, logvar, eps, prior_mu, prior_logvar, estimator):
+        acc = accumulation_dtype(mu.dtype)
+        up = lambda t: None if t is None else t.to(acc)
+        z, _, _, log_weight = _latent_terms(up(mu), up(logvar), up(eps), up(prior_mu), up(prior_logvar))
+        ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar)
+        ctx.estimator = estimator
+        ctx.set_materialize_grads(False)
+        return z.to(mu.dtype), log_weight.sum(-1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_z, grad_log_weight):
+        mu, logvar, eps, prior_mu, prior_logvar = ctx.saved_tensors
+        acc = accumulation_dtype(mu.dtype)
+        up = lambda t: None if t is None else t.to(acc)
+        z, sigma, dlogp_dz, _ = _latent_terms(up(mu), up(logvar), up(eps), up(prior_mu), up(prior_logvar))
+        grad_z = torch.zeros_like(z) if grad_z is None else grad_z.to(acc)
+        grad_a = torch.zeros(z.shape[:-1], dtype=acc, device=z.device) if grad_log_weight is None else grad_log_weight.to(acc)
+        ga = grad_a.unsqueeze(-1)
+        eps = up(eps)
+        code = ESTIMATOR_CODES[ctx.estimator]
+        if code == 0:
+            # Total derivative: the path through z plus the score term 0.5 * dJ/da of -log q on logvar.
+            per_sample = grad_z + ga * dlogp_dz
+            grad_mu, grad_logvar = per_sample, per_sample * 0.5 * sigma * eps + 0.5 * ga
+        else:
+            # Path derivative only: d(-log q)/dz = eps / sigma, no score term.
+            per_sample = grad_z + ga * (dlogp_dz + eps * torch.exp(-0.5 * up(logvar)))
+            if code == 2:
+                # DReG: dJ/da = g * wt_i, so wt_i = dJ/da_i / sum_j dJ/da_j; a zero sum (g = 0 or all -inf) gives 0.
+                total = grad_a.sum(0, keepdim=True)
+                weight = torch.where(total != 0, grad_a / torch.where(total != 0, total, 1), 0)
+                per_sample = per_sample * weight.unsqueeze(-1)
+            grad_mu, grad_logvar = per_sample, per_sample * 0.5 * sigma * eps
+        grad_prior_mu = grad_prior_logvar = None
+        if prior_mu is not None:
+            precision = torch.exp(-up(prior_logvar))
+            diff = z - up(prior_mu)
+            grad_prior_mu = _sum_to(ga * diff * precision, prior_mu).to(prior_mu.dtype)
+            grad_prior_logvar = _sum_to(ga * (-0.5 + 0.5 * diff * diff * precision), prior_logvar).to(prior_logvar.dtype)
+        return (_sum_to(grad_mu, mu).to(mu.dtype), _sum_to(grad_logvar, logvar).to(logvar.dtype), None,
+                grad_prior_mu, grad_prior_logvar, None)
+
+
+def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator):
+    """z = mu + exp(logvar / 2) * eps and the latent log-weight; eps drawn from ``generator`` when None.
+
+    mu, logvar: [B, D] or [k, B, D]; eps: [k, B, D] or None; prior_mu, prior_logvar: None, [B, D] or [k, B, D].
+    Returns z [k, B, D] (mu's dtype) and log p(z) - log q(z|x) [k, B] (float32 for half inputs).
+    """
+    if eps is None:
+        shape = (k,) + tuple(mu.shape[-2:])
+        eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, estimator)
+
+
+def bernoulli_log_likelihood(logits, x):
+    """sum_j x_j y_j - softplus(y_j) over the last dim. logits [k, B, P], x [B, P] -> [k, B]."""
+    y = logits.to(accumulation_dtype(logits.dtype))
+    # logaddexp(y, 0) is softplus without the threshold cut-off, and its gradient is exactly sigmoid(y).
+    return (x.to(y.dtype) * y - torch.logaddexp(y, torch.zeros_like(y))).sum(-1)
+
+
+def gaussian_log_likelihood(mean, logvar, x):
+    """Diagonal-Gaussian log-density of x summed over the last dim. mean, logvar [k, B, P], x [B, P] -> [k, B]."""
+    acc = accumulation_dtype(mean.dtype)
+    m, s = mean.to(acc), logvar.to(acc)
+    diff = x.to(acc) - m
+    return (-0.5 * LOG_2PI - 0.5 * s - 0.5 * diff * diff * torch.exp(-s)).sum(-1)
+
+
+def fold_max_sum(running_max, running_sum, log_w):
+    """Fold a chunk of log-weights [kc, B] into the running (max, sum of exp(log w - max)) state [B]."""
+    chunk = log_w.to(running_max.dtype)
+    new_max = torch.maximum(running_max, chunk.amax(0))
+    shift = _shifted_max(new_max)
+    new_sum = running_sum * torch.exp(running_max - shift) + torch.exp(chunk - shift).sum(0)
+    return new_max, new_sum
+
+
+def bound_from_max_sum(running_max, running_sum, k):
+    """L_k = max + log(sum) - log k; -inf when every log-weight was -inf."""
+    return _shifted_max(running_max) + torch.log(running_sum) - math.log(k)
+
+
+def _max_sum(log_w):
+    acc = accumulation_dtype(log_w.dtype)
+    start_max = torch.full(log_w.shape[1:], -math.inf, dtype=acc, device=log_w.device)
+    return fold_max_sum(start_max, torch.zeros_like(start_max), log_w)
+
+
+def _weights_from_max_sum(log_w, running_max, running_sum):
+    ratio = torch.exp(log_w.to(running_max.dtype) - _shifted_max(running_max))
+    return torch.where(running_sum > 0, ratio / torch.where(running_sum > 0, running_sum, 1), 0)
+
+
+class IWAEBoundFunction(torch.autograd.Function):
+    """log_w [k, B] -> L_k [B]; backward: dJ/dlog_w = g * normalized weights (0 for an all -inf column)."""
+
+    @staticmethod
+    def forward(ctx, log_w):
+        running_max, running_sum = _max_sum(log_w)
+        ctx.save_for_backward(log_w, running_max, running_sum)
+        return bound_from_max_sum(running_max, running_sum, log_w.shape[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_bound):
+        log_w, running_max, running_sum = ctx.saved_tensors
+        return (grad_bound * _weights_from_max_sum(log_w, running_max, running_sum)).to(log_w.dtype)
+
+
+class NormalizedWeightsFunction(torch.autograd.Function):
+    """log_w [k, B] -> softmax over samples [k, B], all-zero for an all -inf column."""
+
+    @staticmethod
+    def forward(ctx, log_w):
+        weights = _weights_from_max_sum(log_w, *_max_sum(log_w))
+        ctx.save_for_backward(weights)
+        ctx.input_dtype = log_w.dtype
+        return weights
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_weights):
+        (weights,) = ctx.saved_tensors
+        grad_log_w = weights * (grad_weights - (weights * grad_weights).sum(0, keepdim=True))
+        return grad_log_w.to(ctx.input_dtype)
+
+
+def iwae_bound(log_w):
+    """L_k = logsumexp over dim 0 minus log k. log_w [k, B] -> [B]."""
+    return IWAEBoundFunction.apply(log_w)
+
+
+def normalized_weights(log_w):
+    """Self-normalized importance weights, softmax over dim 0. log_w [k, B] -> [k, B]."""
+    return NormalizedWeightsFunction.apply(log_w)

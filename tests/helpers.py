@@ -1,0 +1,67 @@
+"""Float64 oracles written from MATH.md with torch.distributions and naive autograd, independent of
+iwae_kernels.reference, plus dtype-aware comparisons."""
+
+import math
+
+import torch
+from torch.distributions import Bernoulli, Normal
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def naive_latent(mu, logvar, eps, prior_mu=None, prior_logvar=None, detach_q=False):
+    """z and log p(z) - log q(z|x) [k, B] from torch.distributions; detach_q stops q's parameters (stl/dreg)."""
+    sigma = torch.exp(0.5 * logvar)
+    z = mu + sigma * eps
+    q = Normal(mu.detach(), sigma.detach()) if detach_q else Normal(mu, sigma)
+    prior = Normal(torch.zeros_like(z), torch.ones_like(z)) if prior_mu is None else Normal(prior_mu, torch.exp(0.5 * prior_logvar))
+    return z, (prior.log_prob(z) - q.log_prob(z)).sum(-1)
+
+
+def naive_bernoulli(logits, x):
+    return Bernoulli(logits=logits, validate_args=False).log_prob(x.expand_as(logits)).sum(-1)
+
+
+def naive_gaussian(mean, logvar, x):
+    return Normal(mean, torch.exp(0.5 * logvar)).log_prob(x.expand_as(mean)).sum(-1)
+
+
+def naive_estimator_objective(mu, logvar, eps, weight, x, example_weights, estimator, prior_mu=None, prior_logvar=None):
+    """(encoder surrogate, model objective): autograd of the first gives the estimator's dmu, dlogvar (MATH.md);
+    of the second, the gradient every estimator gives the prior and decoder (plain IWAE, or the ELBO for vae)."""
+    k = eps.shape[0]
+    z, latent = naive_latent(mu, logvar, eps, prior_mu, prior_logvar)
+    log_w = naive_bernoulli(z @ weight, x) + latent
+    if estimator == "vae":
+        model = log_w.mean(0)
+    else:
+        model = torch.logsumexp(log_w, 0) - math.log(k)
+    model = (example_weights * model).sum()
+    if estimator in ("iwae", "vae"):
+        return model, model
+    z, latent = naive_latent(mu, logvar, eps, prior_mu, prior_logvar, detach_q=True)
+    path_log_w = naive_bernoulli(z @ weight, x) + latent
+    wt = torch.softmax(log_w.detach(), 0)
+    power = 1 if estimator == "stl" else 2  # dreg weights each sample's path gradient by wt_i^2 (Tucker et al.)
+    surrogate = (example_weights * (wt**power * path_log_w).sum(0)).sum()
+    return surrogate, model
+
+
+def tolerance(dtype):
+    return {torch.float64: (1e-9, 1e-9), torch.float32: (2e-5, 2e-4)}.get(dtype, (2e-2, 2e-2))
+
+
+def assert_close(actual, expected, dtype=None):
+    """Compare in float64 with the tolerance of ``dtype`` (default: actual's dtype)."""
+    rtol, atol = tolerance(dtype or actual.dtype)
+    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), rtol=rtol, atol=atol)
+
+
+def assert_close_as_torch(actual, torch_low, oracle, slack=2.0):
+    """FlashAttention-style check for half precision: the kernel's error against the float64 oracle is at
+    most ``slack`` times the torch backend's own error in the same dtype, plus one rounding unit of the
+    output's dtype at the tensor's scale (float32 outputs, e.g. log-weights, get float32's unit)."""
+    actual_err = (actual.double().cpu() - oracle.double().cpu()).abs().max().item()
+    torch_err = (torch_low.double().cpu() - oracle.double().cpu()).abs().max().item()
+    unit = torch.finfo(actual.dtype).eps * (oracle.abs().max().item() + 1.0)
+    assert actual_err <= slack * torch_err + unit, f"kernel error {actual_err:.3g} vs torch {torch_err:.3g}, unit {unit:.3g}"

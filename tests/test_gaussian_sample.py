@@ -1,0 +1,209 @@
+"""gaussian_sample: the fused reparameterized sample + latent log-weight, and its estimator gradients."""
+
+import pytest
+import torch
+
+import iwae_kernels as ik
+from iwae_kernels.ops.gaussian_sample import draw_seed, sample_noise
+
+from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_estimator_objective, naive_latent
+
+ESTIMATORS = ["iwae", "vae", "stl", "dreg"]
+# (k, B, D): k=1, B=1, D=1, odd sizes, D not a power of two and above one block, k above one block.
+SHAPES = [(1, 3, 5), (4, 1, 1), (5, 3, 17), (3, 2, 70), (37, 2, 3)]
+LAYOUTS = ["shared", "per_sample"]
+PRIORS = [None, "shared", "per_sample"]
+
+
+def make_inputs(k, batch, dim, layout="shared", prior=None, dtype=torch.float64, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    param_shape = (batch, dim) if layout == "shared" else (k, batch, dim)
+    rand = lambda *shape, scale=1.0: (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(dtype).to(device)
+    inputs = {"mu": rand(*param_shape), "logvar": rand(*param_shape, scale=0.5), "eps": rand(k, batch, dim)}
+    if prior is not None:
+        prior_shape = (batch, dim) if prior == "shared" else (k, batch, dim)
+        inputs["prior_mu"], inputs["prior_logvar"] = rand(*prior_shape, scale=0.5), rand(*prior_shape, scale=0.5)
+    return inputs
+
+
+def make_model(batch, dim, obs=7, device="cpu", seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(dim, obs, generator=gen, dtype=torch.float64) / dim**0.5).to(device)
+    x = torch.bernoulli(torch.full((batch, obs), 0.5, dtype=torch.float64), generator=gen).to(device)
+    example_weights = (torch.rand(batch, generator=gen, dtype=torch.float64) + 0.5).to(device)
+    return weight, x, example_weights
+
+
+def params(inputs):
+    return [inputs[name] for name in ("mu", "logvar", "prior_mu", "prior_logvar") if name in inputs]
+
+
+def composed_gradients(inputs, weight, x, example_weights, estimator, backend):
+    """Gradients of sum_b g_b L_b with the library's ops composed as a user would compose them."""
+    inputs = {name: value.detach().clone().requires_grad_(name != "eps") for name, value in inputs.items()}
+    k = inputs["eps"].shape[0]
+    z, latent = ik.gaussian_sample(inputs["mu"], inputs["logvar"], k, eps=inputs["eps"], estimator=estimator,
+                                   prior_mu=inputs.get("prior_mu"), prior_logvar=inputs.get("prior_logvar"),
+                                   backend=backend)
+    log_w = ik.bernoulli_log_likelihood(z @ weight.to(z.dtype), x, backend=backend) + latent
+    bound = log_w.mean(0) if estimator == "vae" else ik.iwae_bound(log_w, backend=backend)
+    objective = (example_weights.to(bound.dtype) * bound).sum()
+    return torch.autograd.grad(objective, params(inputs))
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES[:4])
+def test_reference_values_match_distributions(shape, layout, prior):
+    inputs = make_inputs(*shape, layout=layout, prior=prior)
+    z, latent = ik.gaussian_sample(inputs["mu"], inputs["logvar"], shape[0], eps=inputs["eps"], backend="torch",
+                                   prior_mu=inputs.get("prior_mu"), prior_logvar=inputs.get("prior_logvar"))
+    z_expected, latent_expected = naive_latent(inputs["mu"], inputs["logvar"], inputs["eps"],
+                                               inputs.get("prior_mu"), inputs.get("prior_logvar"))
+    assert z.shape == shape and latent.shape == shape[:2]
+    assert_close(z, z_expected)
+    assert_close(latent, latent_expected)
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_reference_gradcheck(layout, prior):
+    inputs = make_inputs(3, 2, 4, layout=layout, prior=prior)
+    eps = inputs.pop("eps")
+    names = list(inputs)
+
+    def sample(*values):
+        kwargs = dict(zip(names, values))
+        return ik.gaussian_sample(kwargs.pop("mu"), kwargs.pop("logvar"), 3, eps=eps, backend="torch", **kwargs)
+
+    assert torch.autograd.gradcheck(sample, [inputs[n].requires_grad_() for n in names])
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(1, 3, 5), (6, 3, 4)])
+def test_reference_estimators_match_naive_surrogates(shape, layout, prior, estimator):
+    inputs = make_inputs(*shape, layout=layout, prior=prior)
+    weight, x, example_weights = make_model(shape[1], shape[2])
+    actual = composed_gradients(inputs, weight, x, example_weights, estimator, "torch")
+    leaves = {name: value.clone().requires_grad_(name != "eps") for name, value in inputs.items()}
+    surrogate, model = naive_estimator_objective(
+        leaves["mu"], leaves["logvar"], leaves["eps"], weight, x, example_weights, estimator,
+        leaves.get("prior_mu"), leaves.get("prior_logvar"))
+    encoder = torch.autograd.grad(surrogate, [leaves["mu"], leaves["logvar"]], retain_graph=True)
+    prior_grads = torch.autograd.grad(model, params(leaves)[2:]) if prior else ()
+    for got, expected in zip(actual, list(encoder) + list(prior_grads)):
+        assert_close(got, expected)
+
+
+def test_k1_estimators_agree():
+    """With k = 1: iwae and vae agree, and stl equals dreg (MATH.md)."""
+    inputs = make_inputs(1, 4, 6)
+    model = make_model(4, 6)
+    grads = {est: composed_gradients(inputs, *model, est, "torch") for est in ESTIMATORS}
+    for a, b in [("iwae", "vae"), ("stl", "dreg")]:
+        for got, expected in zip(grads[a], grads[b]):
+            assert_close(got, expected)
+
+
+def run_with_upstream(inputs, k, estimator, backend, device, dtype, seed=3):
+    """Values and gradients for a random upstream (dJ/dz, dJ/da > 0), the kernel's whole backward contract."""
+    leaves = {n: v.detach().to(device=device, dtype=dtype).clone().requires_grad_(n != "eps") for n, v in inputs.items()}
+    z, latent = ik.gaussian_sample(leaves["mu"], leaves["logvar"], k, eps=leaves["eps"], estimator=estimator,
+                                   prior_mu=leaves.get("prior_mu"), prior_logvar=leaves.get("prior_logvar"),
+                                   backend=backend)
+    gen = torch.Generator().manual_seed(seed)
+    grad_z = torch.randn(z.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=z.dtype)
+    grad_latent = torch.rand(latent.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=latent.dtype)
+    grads = torch.autograd.grad([z, latent], params(leaves), [grad_z, grad_latent])
+    return [z, latent, *grads]
+
+
+# Every layout with iwae on every shape; the other estimators on two shapes (interpreter time).
+TRITON_CASES = [
+    (shape, layout, prior, estimator)
+    for shape in SHAPES for layout in LAYOUTS for prior in PRIORS for estimator in ESTIMATORS
+    if estimator == "iwae" or shape in SHAPES[2:4]
+]
+
+
+@pytest.mark.parametrize("shape, layout, prior, estimator", TRITON_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_matches_reference(triton_device, dtype, shape, layout, prior, estimator):
+    inputs = make_inputs(*shape, layout=layout, prior=prior)
+    expected = run_with_upstream(inputs, shape[0], estimator, "torch", "cpu", torch.float64)
+    actual = run_with_upstream(inputs, shape[0], estimator, "triton", triton_device, dtype)
+    for got, want in zip(actual, expected):
+        assert got.shape == want.shape
+        assert_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("estimator", ["iwae", "dreg"])
+def test_triton_low_precision(triton_device, dtype, estimator):
+    inputs = make_inputs(6, 3, 19, prior="shared")
+    oracle = run_with_upstream(inputs, 6, estimator, "torch", "cpu", torch.float64)
+    torch_low = run_with_upstream(inputs, 6, estimator, "torch", "cpu", dtype)
+    actual = run_with_upstream(inputs, 6, estimator, "triton", triton_device, dtype)
+    assert actual[1].dtype == torch.float32, "half inputs give a float32 log-weight"
+    for got, ref, want in zip(actual, torch_low, oracle):
+        assert got.dtype == ref.dtype
+        assert_close_as_torch(got, ref, want)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_extreme_logvar_stays_finite_in_float32(request, backend):
+    device = request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
+    inputs = make_inputs(4, 2, 6)
+    inputs["logvar"] = torch.tensor([-30.0, 30.0, -30.0, 30.0, 0.0, 15.0], dtype=torch.float64).expand(2, 6).clone()
+    expected = run_with_upstream(inputs, 4, "dreg", "torch", "cpu", torch.float64)
+    actual = run_with_upstream(inputs, 4, "dreg", backend, device, torch.float32)
+    for got, want in zip(actual, expected):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.double().cpu(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_triton_in_kernel_noise_is_regenerated_in_backward(triton_device, estimator):
+    """eps=None: the noise comes from a seed drawn from torch's RNG, and backward sees the same noise."""
+    k, batch, dim = 5, 3, 9
+    inputs = make_inputs(k, batch, dim, prior="shared", dtype=torch.float32, device=triton_device)
+    torch.manual_seed(123)
+    seed = draw_seed(None)
+    eps = sample_noise((k, batch, dim), seed, torch.float32, triton_device)
+    with_eps = run_with_upstream(inputs | {"eps": eps}, k, estimator, "triton", triton_device, torch.float32)
+
+    leaves = {n: v.clone().requires_grad_() for n, v in inputs.items() if n != "eps"}
+    torch.manual_seed(123)
+    z, latent = ik.gaussian_sample(leaves["mu"], leaves["logvar"], k, estimator=estimator, backend="triton",
+                                   prior_mu=leaves["prior_mu"], prior_logvar=leaves["prior_logvar"])
+    gen = torch.Generator().manual_seed(3)
+    grad_z = torch.randn(z.shape, generator=gen, dtype=torch.float64).to(device=triton_device, dtype=z.dtype)
+    grad_latent = torch.rand(latent.shape, generator=gen, dtype=torch.float64).to(device=triton_device)
+    grads = torch.autograd.grad([z, latent], params(leaves), [grad_z, grad_latent])
+    for got, want in zip([z, latent, *grads], with_eps):
+        torch.testing.assert_close(got, want)
+
+
+def test_triton_in_kernel_noise_is_standard_normal(triton_device):
+    eps = sample_noise((16, 8, 256), seed=7, dtype=torch.float64, device=triton_device).flatten().cpu()
+    n = eps.numel()
+    assert abs(eps.mean().item()) < 4 / n**0.5
+    assert abs(eps.var().item() - 1) < 4 * (2 / n) ** 0.5
+    assert abs((eps**3).mean().item()) < 4 * (15 / n) ** 0.5
+    assert not torch.equal(eps, sample_noise((16, 8, 256), seed=8, dtype=torch.float64, device=triton_device).flatten().cpu())
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_manual_seed_repeats_and_generator_is_used(request, backend):
+    device = request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
+    mu, logvar = torch.zeros(2, 3, device=device), torch.zeros(2, 3, device=device)
+    draw = lambda **kw: ik.gaussian_sample(mu, logvar, 4, backend=backend, **kw)[0]
+    torch.manual_seed(0)
+    first = draw()
+    torch.manual_seed(0)
+    assert torch.equal(first, draw())
+    assert not torch.equal(first, draw())
+    gen = lambda: torch.Generator(device=device).manual_seed(5)
+    assert torch.equal(draw(generator=gen()), draw(generator=gen()))

@@ -1,0 +1,50 @@
+"""Compiled Triton on a real GPU at realistic sizes (the interpreter tests use tiny shapes).
+
+Every other test file also runs its triton cases on the GPU when one is present (see conftest.triton_device);
+this file adds the shapes that are too slow for the interpreter. Skipped without CUDA.
+"""
+
+import math
+
+import pytest
+import torch
+
+import iwae_kernels as ik
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize("estimator", ["iwae", "vae", "stl", "dreg"])
+@pytest.mark.parametrize("k, batch", [(50, 128), (1, 1024), (5000, 20)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loss_matches_reference_at_paper_sizes(k, batch, estimator, dtype):
+    dim, obs = 50, 784
+    gen = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((batch, obs), 0.3), generator=gen)
+    mu, logvar = torch.randn(batch, dim, generator=gen), 0.3 * torch.randn(batch, dim, generator=gen)
+    weight = torch.randn(dim, obs, generator=gen) / dim**0.5
+    eps = torch.randn(k, batch, dim, generator=gen)
+
+    def run(backend, device, run_dtype):
+        leaves = [t.to(device=device, dtype=run_dtype).requires_grad_() for t in (mu, logvar, weight)]
+        z, latent = ik.gaussian_sample(leaves[0], leaves[1], k, eps=eps.to(device, run_dtype), estimator=estimator,
+                                       backend=backend)
+        log_w = ik.bernoulli_log_likelihood(z @ leaves[2], x.to(device, run_dtype), backend=backend) + latent
+        bound = log_w.mean(0) if estimator == "vae" else ik.iwae_bound(log_w, backend=backend)
+        return [bound, *torch.autograd.grad(-bound.mean(), leaves)]
+
+    oracle = run("torch", "cpu", torch.float64)
+    torch_low = run("torch", "cuda", dtype)
+    actual = run("triton", "cuda", dtype)
+    for got, ref, want in zip(actual, torch_low, oracle):
+        got_err = (got.double().cpu() - want).abs().max().item()
+        ref_err = (ref.double().cpu() - want).abs().max().item()
+        assert got_err <= 2 * ref_err + 1e-5 * (want.abs().max().item() + 1), (got_err, ref_err)
+
+
+def test_streaming_bound_at_k5000_matches_full():
+    log_w = 50 * torch.randn(5000, 128, device="cuda", dtype=torch.float64) - 100
+    acc = ik.StreamingIWAEBound(128, device="cuda", dtype=torch.float64, backend="triton")
+    for start in range(0, 5000, 512):
+        acc.update(log_w[start : start + 512].float())
+    torch.testing.assert_close(acc.bound(), torch.logsumexp(log_w.float().double(), 0) - math.log(5000))

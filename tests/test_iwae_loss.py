@@ -1,0 +1,242 @@
+"""iwae_loss end to end: every estimator on both backends against float64 naive autograd, and bad input."""
+
+import math
+
+import pytest
+import torch
+
+import iwae_kernels as ik
+from iwae_kernels.ops.gaussian_sample import draw_seed, sample_noise
+
+from helpers import assert_close, naive_bernoulli, naive_estimator_objective, naive_latent
+
+ESTIMATORS = ["iwae", "vae", "stl", "dreg"]
+
+
+def setup_problem(k, batch, dim, obs, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.bernoulli(torch.full((batch, obs), 0.4, dtype=torch.float64), generator=gen).to(dtype)
+    mu = torch.randn(batch, dim, generator=gen, dtype=torch.float64).to(dtype)
+    logvar = (0.5 * torch.randn(batch, dim, generator=gen, dtype=torch.float64)).to(dtype)
+    weight = (torch.randn(dim, obs, generator=gen, dtype=torch.float64) / dim**0.5).to(dtype)
+    return x, mu, logvar, weight
+
+
+def noise_used(backend, seed, shape, dtype, device):
+    """The eps a backend draws after torch.manual_seed(seed) when the caller gives none."""
+    torch.manual_seed(seed)
+    if backend == "torch":
+        return torch.randn(shape, dtype=dtype, device=device)
+    return sample_noise(shape, draw_seed(None), dtype, device)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_iwae_loss_matches_naive(request, backend, estimator, reduction):
+    device = request.getfixturevalue("triton_device") if backend == "triton" else torch.device("cpu")
+    dtype = torch.float64
+    k, batch, dim, obs = 5, 3, 4, 11
+    x, mu, logvar, weight = setup_problem(k, batch, dim, obs, dtype)
+    leaves = [t.to(device).requires_grad_() for t in (mu, logvar, weight)]
+    torch.manual_seed(42)
+    loss = ik.iwae_loss(x.to(device), leaves[0], leaves[1], lambda z: z @ leaves[2], k=k, estimator=estimator,
+                        reduction=reduction, backend=backend)
+    eps = noise_used(backend, 42, (k, batch, dim), dtype, device).cpu()
+
+    naive_leaves = [t.clone().requires_grad_() for t in (mu, logvar, weight)]
+    example_weights = {"mean": -torch.ones(batch, dtype=dtype) / batch, "sum": -torch.ones(batch, dtype=dtype),
+                       "none": -torch.ones(batch, dtype=dtype)}[reduction]
+    surrogate, model = naive_estimator_objective(naive_leaves[0], naive_leaves[1], eps, naive_leaves[2], x,
+                                                 example_weights, estimator)
+    expected_encoder = torch.autograd.grad(surrogate, naive_leaves[:2], retain_graph=True)
+    (expected_decoder,) = torch.autograd.grad(model, naive_leaves[2])
+
+    if reduction == "none":
+        assert loss.shape == (batch,)
+        z, latent = naive_latent(mu, logvar, eps)
+        log_w = naive_bernoulli(z @ weight, x) + latent
+        per_example = log_w.mean(0) if estimator == "vae" else torch.logsumexp(log_w, 0) - math.log(k)
+        assert_close(loss, -per_example)
+        loss = loss.sum()
+    else:
+        assert loss.shape == ()
+        assert_close(loss, model.detach())
+    grads = torch.autograd.grad(loss, leaves)
+    for got, want in zip(grads, [*expected_encoder, expected_decoder]):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_gaussian_likelihood_and_flatten_samples(request, backend):
+    device = request.getfixturevalue("triton_device") if backend == "triton" else torch.device("cpu")
+    k, batch, dim, obs = 4, 3, 2, 5
+    _, mu, logvar, weight = setup_problem(k, batch, dim, obs)
+    x = torch.randn(batch, obs, dtype=torch.float64)
+    seen = []
+
+    def decoder(z):
+        seen.append(tuple(z.shape))
+        return z @ weight.to(device), torch.full(z.shape[:-1] + (obs,), -0.5, dtype=z.dtype, device=device)
+
+    torch.manual_seed(1)
+    loss = ik.iwae_loss(x.to(device), mu.to(device), logvar.to(device), decoder, k=k, likelihood="gaussian",
+                        flatten_samples=True, reduction="none", backend=backend)
+    assert seen == [(k * batch, dim)]
+    eps = noise_used(backend, 1, (k, batch, dim), torch.float64, device).cpu()
+    z, latent = naive_latent(mu, logvar, eps)
+    from torch.distributions import Normal
+
+    log_w = Normal(z @ weight, math.exp(-0.25)).log_prob(x).sum(-1) + latent
+    assert_close(loss, -(torch.logsumexp(log_w, 0) - math.log(k)))
+
+
+def test_resample_value_is_the_bound_for_its_noise():
+    k, batch, dim, obs = 7, 4, 3, 9
+    x, mu, logvar, weight = setup_problem(k, batch, dim, obs)
+    mu.requires_grad_()
+    torch.manual_seed(3)
+    loss = ik.iwae_loss(x, mu, logvar, lambda z: z @ weight, k=k, estimator="iwae-resample", reduction="none")
+    torch.manual_seed(3)
+    eps = torch.randn(k, batch, dim, dtype=torch.float64)
+    z, latent = naive_latent(mu.detach(), logvar, eps)
+    log_w = naive_bernoulli(z @ weight, x) + latent
+    assert_close(loss, -(torch.logsumexp(log_w, 0) - math.log(k)))
+    (grad,) = torch.autograd.grad(loss.sum(), mu)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_resample_gradient_is_one_sample_gradient():
+    """Each example's gradient is -d log w_j / d mu for one of its k samples (one backward pass)."""
+    k, batch, dim, obs = 6, 5, 3, 8
+    x, mu, logvar, weight = setup_problem(k, batch, dim, obs)
+    mu.requires_grad_()
+    torch.manual_seed(9)
+    loss = ik.iwae_loss(x, mu, logvar, lambda z: z @ weight, k=k, estimator="iwae-resample", reduction="sum")
+    (grad,) = torch.autograd.grad(loss, mu)
+    torch.manual_seed(9)
+    eps = torch.randn(k, batch, dim, dtype=torch.float64)
+    leaf = mu.detach().clone().requires_grad_()
+    z, latent = naive_latent(leaf, logvar, eps)
+    log_w = naive_bernoulli(z @ weight, x) + latent
+    per_sample = torch.stack([torch.autograd.grad(-log_w[i].sum(), leaf, retain_graph=True)[0] for i in range(k)])
+    for b in range(batch):
+        assert min((per_sample[i, b] - grad[b]).abs().max().item() for i in range(k)) < 1e-10
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_impossible_samples_give_no_nan(request, backend):
+    """Logits of -inf where x = 1 make a sample impossible (log w = -inf): it gets zero weight; an example
+    whose every sample is impossible gets an infinite loss and zero gradient, never NaN."""
+    device = request.getfixturevalue("triton_device") if backend == "triton" else torch.device("cpu")
+    k, batch, dim, obs = 4, 3, 2, 5
+    x = torch.ones(batch, obs, device=device)
+    mu = torch.zeros(batch, dim, device=device, requires_grad=True)
+    logvar = torch.zeros(batch, dim, device=device, requires_grad=True)
+    weight = torch.ones(dim, obs, device=device, requires_grad=True)
+    impossible = torch.zeros(k, batch, obs, device=device)
+    impossible[0, 0, 0] = -math.inf  # one sample of example 0
+    impossible[:, 1, 2] = -math.inf  # every sample of example 1
+    loss = ik.iwae_loss(x, mu, logvar, lambda z: z @ weight + impossible, k=k, reduction="none", backend=backend)
+    assert torch.isfinite(loss[[0, 2]]).all() and loss[1].item() == math.inf
+    grads = torch.autograd.grad(loss.sum(), [mu, logvar, weight])  # example 1 gets upstream 1 too
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[0][1] == 0).all() and (grads[0][0] != 0).any()
+
+
+class BadInput:
+    x = torch.rand(3, 5).round()
+    mu = torch.zeros(3, 2)
+    logvar = torch.zeros(3, 2)
+    decoder = staticmethod(lambda z: z @ torch.ones(2, 5))
+
+
+BAD_LOSS_CALLS = [
+    (dict(k=0), ValueError, r"k: expected an int >= 1, got 0"),
+    (dict(k=2.0), TypeError, r"k: expected an int"),
+    (dict(k=True), TypeError, r"k: expected an int"),
+    (dict(mu=torch.zeros(3)), ValueError, r"mu: expected a 2-D tensor"),
+    (dict(mu=torch.zeros(0, 2), logvar=torch.zeros(0, 2), x=torch.zeros(0, 5)), ValueError, r"non-empty"),
+    (dict(logvar=torch.zeros(3, 4)), ValueError, r"logvar: expected shape \(3, 2\)"),
+    (dict(logvar=torch.zeros(3, 2, dtype=torch.float64)), TypeError, r"logvar: expected dtype torch.float32"),
+    (dict(x=torch.zeros(4, 5)), ValueError, r"x: expected batch size 3"),
+    (dict(x=torch.zeros(3, 5, dtype=torch.int64)), TypeError, r"x: expected a floating dtype"),
+    (dict(x=torch.zeros(3, 5, device="meta")), ValueError, r"x: expected device cpu"),
+    (dict(decoder=3), TypeError, r"decoder: expected a callable"),
+    (dict(decoder=lambda z: z), ValueError, r"decoder: expected logits of shape \[k, B, P\] = \(4, 3, 5\), got \(4, 3, 2\)"),
+    (dict(decoder=lambda z: (z @ torch.ones(2, 5))[0]), ValueError, r"decoder: expected logits"),
+    (dict(likelihood="gaussian"), TypeError, r"decoder: for likelihood='gaussian' expected a \(mean, logvar\) pair"),
+    (dict(likelihood="poisson"), ValueError, r"likelihood: expected one of \('bernoulli', 'gaussian'\)"),
+    (dict(estimator="reinforce"), ValueError, r"estimator: expected one of"),
+    (dict(reduction="max"), ValueError, r"reduction: expected one of"),
+    (dict(backend="jax"), ValueError, r"backend: expected one of"),
+    (dict(generator=5), TypeError, r"generator: expected a torch.Generator"),
+]
+
+
+@pytest.mark.parametrize("overrides, error, message", BAD_LOSS_CALLS)
+def test_bad_loss_input_names_the_argument(overrides, error, message):
+    args = dict(x=BadInput.x, mu=BadInput.mu, logvar=BadInput.logvar, decoder=BadInput.decoder, k=4) | overrides
+    with pytest.raises(error, match=message):
+        ik.iwae_loss(args.pop("x"), args.pop("mu"), args.pop("logvar"), args.pop("decoder"), **args)
+
+
+BAD_SAMPLE_CALLS = [
+    (dict(eps=torch.zeros(4, 3, 3)), ValueError, r"eps: expected shape \(4, 3, 2\)"),
+    (dict(prior_mu=torch.zeros(3, 2)), ValueError, r"prior_mu, prior_logvar: give both"),
+    (dict(prior_mu=torch.zeros(2, 2), prior_logvar=torch.zeros(2, 2)), ValueError, r"prior_mu: expected shape"),
+    (dict(prior_mu=torch.zeros(3, 2), prior_logvar=torch.zeros(4, 3, 2)), ValueError, r"prior_logvar: expected shape"),
+    (dict(mu=torch.zeros(5, 3, 2), logvar=torch.zeros(5, 3, 2)), ValueError, r"mu: a per-sample mu must have shape \[k=4"),
+    (dict(mu=torch.zeros(3, 2, dtype=torch.float16)), TypeError, r"logvar: expected dtype torch.float16"),
+]
+
+
+@pytest.mark.parametrize("overrides, error, message", BAD_SAMPLE_CALLS)
+def test_bad_sample_input_names_the_argument(overrides, error, message):
+    args = dict(mu=BadInput.mu, logvar=BadInput.logvar) | overrides
+    with pytest.raises(error, match=message):
+        ik.gaussian_sample(args.pop("mu"), args.pop("logvar"), 4, **args)
+
+
+def test_bad_observation_and_log_weight_input():
+    with pytest.raises(ValueError, match=r"x: expected shape \[B, P\] = \(3, 5\)"):
+        ik.bernoulli_log_likelihood(torch.zeros(2, 3, 5), torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"logvar: expected shape"):
+        ik.gaussian_log_likelihood(torch.zeros(2, 3, 5), torch.zeros(2, 3, 4), torch.zeros(3, 5))
+    with pytest.raises(ValueError, match=r"log_w: expected a 2-D tensor"):
+        ik.iwae_bound(torch.zeros(2, 3, 5))
+    with pytest.raises(TypeError, match=r"log_w: expected a torch.Tensor"):
+        ik.normalized_weights([[0.0]])
+
+
+def test_backend_errors_say_why(monkeypatch):
+    monkeypatch.setenv("IWAE_KERNELS_BACKEND", "numpy")
+    with pytest.raises(ValueError, match=r"IWAE_KERNELS_BACKEND: expected one of \('torch', 'triton'\)"):
+        ik.iwae_bound(torch.zeros(2, 3))
+    monkeypatch.setenv("IWAE_KERNELS_BACKEND", "torch")
+    assert ik.iwae_bound(torch.zeros(2, 3)).shape == (3,)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=r"backend='triton' needs CUDA tensors .*TRITON_INTERPRET=1"):
+        ik.iwae_bound(torch.zeros(2, 3), backend="triton")
+
+
+def test_check_finite_names_the_tensor():
+    args = (BadInput.x, BadInput.mu, BadInput.logvar, BadInput.decoder)
+    nan_mu = BadInput.mu.clone()
+    nan_mu[0, 0] = math.nan
+    with pytest.raises(ValueError, match="mu: contains NaN or inf"):
+        ik.iwae_loss(args[0], nan_mu, *args[2:], k=2, check_finite=True)
+    with pytest.raises(ValueError, match=r"x: Bernoulli targets must lie in \[0, 1\]"):
+        ik.iwae_loss(args[0] * 2, *args[1:], k=2, check_finite=True)
+    nan_decoder = lambda z: z @ torch.full((2, 5), math.nan)
+    with pytest.raises(ValueError, match=r"decoder output \(logits\): contains NaN"):
+        ik.iwae_loss(*args[:3], nan_decoder, k=2, check_finite=True)
+    assert ik.iwae_loss(*args, k=2, check_finite=True).isfinite()
+
+
+def test_double_backward_says_it_is_not_supported():
+    log_w = torch.randn(3, 2, requires_grad=True)
+    upstream = torch.ones(2, requires_grad=True)
+    (grad,) = torch.autograd.grad(ik.iwae_bound(log_w), log_w, upstream, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()
