@@ -168,6 +168,11 @@ class IWAEBoundFunction(torch.autograd.Function):
         return (grad_bound * _weights_from_max_sum(log_w, running_max, running_sum)).to(log_w.dtype)
 
 
+def normalized_weights_backward(weights, grad_weights):
+    """Softmax backward over dim 0: wt * (g - sum_i wt_i g_i). [k, B] -> [k, B]."""
+    return weights * (grad_weights - (weights * grad_weights).sum(0, keepdim=True))
+
+
 class NormalizedWeightsFunction(torch.autograd.Function):
     """log_w [k, B] -> softmax over samples [k, B], all-zero for an all -inf column."""
 
@@ -182,8 +187,7 @@ class NormalizedWeightsFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_weights):
         (weights,) = ctx.saved_tensors
-        grad_log_w = weights * (grad_weights - (weights * grad_weights).sum(0, keepdim=True))
-        return grad_log_w.to(ctx.input_dtype)
+        return normalized_weights_backward(weights, grad_weights).to(ctx.input_dtype)
 
 
 def iwae_bound(log_w):

@@ -15,7 +15,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from .. import reference
-from .utils import row_tile, triton_accumulation_dtype
+from .utils import Launchers, row_tile, triton_accumulation_dtype
 
 BLOCK_SAMPLES = 32
 
@@ -158,35 +158,64 @@ def _gaussian_sample_bwd_kernel(
 
 
 def _sample_stride(param):
-    """Stride between samples of a [B, D] (shared: 0) or [k, B, D] (per sample) parameter."""
-    return 0 if param.dim() == 2 else param.shape[-2] * param.shape[-1]
+    """Stride between samples of a [B, D] (shared: 0) or [k, B, D] (per sample) parameter; 0 when absent."""
+    return 0 if param is None or param.dim() == 2 else param.shape[-2] * param.shape[-1]
 
 
 def _contiguous(tensor):
     return None if tensor is None else tensor.contiguous()
 
 
+def _triton_forward(mu, logvar, eps, prior_mu, prior_logvar, z, log_weight, seed):
+    k, batch, dim = z.shape
+    block_rows, block_cols = row_tile(dim)
+    has_prior = prior_mu is not None
+    _gaussian_sample_fwd_kernel[(triton.cdiv(k * batch, block_rows),)](
+        mu, logvar, z if eps is None else eps, prior_mu if has_prior else mu, prior_logvar if has_prior else mu,
+        z, log_weight, seed, k * batch, batch, dim, _sample_stride(mu), _sample_stride(prior_mu),
+        HAS_EPS=eps is not None, HAS_PRIOR=has_prior, ACC=triton_accumulation_dtype(mu.dtype),
+        BLOCK_R=block_rows, BLOCK_D=block_cols,
+    )
+
+
+def _triton_backward(mu, logvar, eps, prior_mu, prior_logvar, grad_z, grad_log_weight,
+                     grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar, k, seed, estimator):
+    batch, dim = mu.shape[-2:]
+    has_prior = prior_mu is not None
+    block_dim = min(triton.next_power_of_2(dim), 64)
+    placeholder = grad_mu  # for pointers a constexpr flag says are unused
+    _gaussian_sample_bwd_kernel[(batch, triton.cdiv(dim, block_dim))](
+        mu, logvar, placeholder if eps is None else eps,
+        prior_mu if has_prior else placeholder, prior_logvar if has_prior else placeholder,
+        placeholder if grad_z is None else grad_z, placeholder if grad_log_weight is None else grad_log_weight,
+        grad_mu, grad_logvar, grad_prior_mu if has_prior else placeholder, grad_prior_logvar if has_prior else placeholder,
+        seed, k, batch, dim, _sample_stride(mu), _sample_stride(prior_mu),
+        HAS_EPS=eps is not None, HAS_PRIOR=has_prior,
+        HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_WEIGHT=grad_log_weight is not None,
+        PARAM_PER_SAMPLE=mu.dim() == 3, PRIOR_PER_SAMPLE=has_prior and prior_mu.dim() == 3,
+        ESTIMATOR=estimator, ACC=triton_accumulation_dtype(mu.dtype), BLOCK_K=BLOCK_SAMPLES, BLOCK_D=block_dim,
+    )
+
+
+TRITON_LAUNCHERS = Launchers(_triton_forward, _triton_backward)
+
+
 class GaussianSampleFunction(torch.autograd.Function):
-    """(mu, logvar, eps or None, prior_mu, prior_logvar) -> (z [k, B, D], log p(z) - log q(z|x) [k, B])."""
+    """(mu, logvar, eps or None, prior_mu, prior_logvar) -> (z [k, B, D], log p(z) - log q(z|x) [k, B]).
+
+    Shared by the compiled backends; ``launchers`` says whose kernels run.
+    """
 
     @staticmethod
-    def forward(ctx, mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator):
+    def forward(ctx, mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator, launchers):
         mu, logvar, eps = _contiguous(mu), _contiguous(logvar), _contiguous(eps)
         prior_mu, prior_logvar = _contiguous(prior_mu), _contiguous(prior_logvar)
         batch, dim = mu.shape[-2:]
-        rows = k * batch
         z = torch.empty((k, batch, dim), dtype=mu.dtype, device=mu.device)
         log_weight = torch.empty((k, batch), dtype=reference.accumulation_dtype(mu.dtype), device=mu.device)
-        block_rows, block_cols = row_tile(dim)
-        has_prior = prior_mu is not None
-        _gaussian_sample_fwd_kernel[(triton.cdiv(rows, block_rows),)](
-            mu, logvar, z if eps is None else eps, prior_mu if has_prior else mu, prior_logvar if has_prior else mu,
-            z, log_weight, seed, rows, batch, dim, _sample_stride(mu), _sample_stride(prior_mu) if has_prior else 0,
-            HAS_EPS=eps is not None, HAS_PRIOR=has_prior, ACC=triton_accumulation_dtype(mu.dtype),
-            BLOCK_R=block_rows, BLOCK_D=block_cols,
-        )
+        launchers.forward(mu, logvar, eps, prior_mu, prior_logvar, z, log_weight, seed)
         ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar)
-        ctx.k, ctx.seed, ctx.estimator = k, seed, estimator
+        ctx.k, ctx.seed, ctx.estimator, ctx.launchers = k, seed, estimator, launchers
         ctx.set_materialize_grads(False)
         return z, log_weight
 
@@ -194,28 +223,13 @@ class GaussianSampleFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_z, grad_log_weight):
         mu, logvar, eps, prior_mu, prior_logvar = ctx.saved_tensors
-        batch, dim = mu.shape[-2:]
-        has_prior = prior_mu is not None
         grad_mu, grad_logvar = torch.empty_like(mu), torch.empty_like(logvar)
-        grad_prior_mu = torch.empty_like(prior_mu) if has_prior else None
-        grad_prior_logvar = torch.empty_like(prior_logvar) if has_prior else None
-        block_dim = min(triton.next_power_of_2(dim), 64)
-        placeholder = grad_mu
-        _gaussian_sample_bwd_kernel[(batch, triton.cdiv(dim, block_dim))](
-            mu, logvar, placeholder if eps is None else eps,
-            prior_mu if has_prior else placeholder, prior_logvar if has_prior else placeholder,
-            placeholder if grad_z is None else grad_z.contiguous(),
-            placeholder if grad_log_weight is None else grad_log_weight.contiguous(),
-            grad_mu, grad_logvar,
-            grad_prior_mu if has_prior else placeholder, grad_prior_logvar if has_prior else placeholder,
-            ctx.seed, ctx.k, batch, dim, _sample_stride(mu), _sample_stride(prior_mu) if has_prior else 0,
-            HAS_EPS=eps is not None, HAS_PRIOR=has_prior,
-            HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_WEIGHT=grad_log_weight is not None,
-            PARAM_PER_SAMPLE=mu.dim() == 3, PRIOR_PER_SAMPLE=has_prior and prior_mu.dim() == 3,
-            ESTIMATOR=reference.ESTIMATOR_CODES[ctx.estimator], ACC=triton_accumulation_dtype(mu.dtype),
-            BLOCK_K=BLOCK_SAMPLES, BLOCK_D=block_dim,
-        )
-        return grad_mu, grad_logvar, None, grad_prior_mu, grad_prior_logvar, None, None, None
+        grad_prior_mu = None if prior_mu is None else torch.empty_like(prior_mu)
+        grad_prior_logvar = None if prior_logvar is None else torch.empty_like(prior_logvar)
+        ctx.launchers.backward(mu, logvar, eps, prior_mu, prior_logvar, _contiguous(grad_z), _contiguous(grad_log_weight),
+                               grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar, ctx.k, ctx.seed,
+                               reference.ESTIMATOR_CODES[ctx.estimator])
+        return grad_mu, grad_logvar, None, grad_prior_mu, grad_prior_logvar, None, None, None, None
 
 
 def draw_seed(generator):
@@ -223,18 +237,18 @@ def draw_seed(generator):
     return int(torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device if generator else "cpu"))
 
 
-def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator):
+def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, launchers=TRITON_LAUNCHERS):
     """z = mu + exp(logvar / 2) * eps and the latent log-weight; eps drawn in-kernel when None.
 
     mu, logvar: [B, D] or [k, B, D]; eps: [k, B, D] or None; prior_mu, prior_logvar: None, [B, D] or [k, B, D].
     Returns z [k, B, D] (mu's dtype) and log p(z) - log q(z|x) [k, B] (float32 for half inputs).
     """
     seed = draw_seed(generator) if eps is None else 0
-    return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator)
+    return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator, launchers)
 
 
-def sample_noise(shape, seed, dtype, device):
-    """The eps that in-kernel sampling with ``seed`` uses for a [k, B, D] ``shape`` (for tests and resampling)."""
+def sample_noise(shape, seed, dtype, device, launchers=TRITON_LAUNCHERS):
+    """The eps that in-kernel sampling with ``seed`` uses for a [k, B, D] ``shape`` (for tests)."""
     zeros = torch.zeros(shape[-2:], dtype=dtype, device=device)
-    z, _ = GaussianSampleFunction.apply(zeros, zeros, None, None, None, shape[0], seed, "iwae")
+    z, _ = GaussianSampleFunction.apply(zeros, zeros, None, None, None, shape[0], seed, "iwae", launchers)
     return z

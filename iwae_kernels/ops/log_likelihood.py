@@ -13,7 +13,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from .. import reference
-from .utils import log1p_small, row_tile, triton_accumulation_dtype
+from .utils import Launchers, log1p_small, row_tile, triton_accumulation_dtype
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 BERNOULLI, GAUSSIAN = 0, 1
@@ -72,55 +72,60 @@ def _log_likelihood_bwd_kernel(
         tl.store(grad_first_ptr + offsets, grad_first.to(grad_first_ptr.dtype.element_ty), mask=mask)
 
 
-def _grid_and_tile(rows, size):
+def _triton_forward(first, second, x, out, likelihood):
+    num_samples, batch, size = first.shape
     block_rows, block_cols = row_tile(size)
-    return (triton.cdiv(rows, block_rows),), block_rows, block_cols
+    _log_likelihood_fwd_kernel[(triton.cdiv(num_samples * batch, block_rows),)](
+        first, first if second is None else second, x, out, num_samples * batch, batch, size,
+        LIKELIHOOD=likelihood, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows, BLOCK_P=block_cols,
+    )
+
+
+def _triton_backward(first, second, x, grad_out, grad_first, grad_second, likelihood):
+    num_samples, batch, size = first.shape
+    block_rows, block_cols = row_tile(size)
+    _log_likelihood_bwd_kernel[(triton.cdiv(num_samples * batch, block_rows),)](
+        first, first if second is None else second, x, grad_out, grad_first,
+        grad_first if grad_second is None else grad_second, num_samples * batch, batch, size,
+        LIKELIHOOD=likelihood, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows, BLOCK_P=block_cols,
+    )
+
+
+TRITON_LAUNCHERS = Launchers(_triton_forward, _triton_backward)
 
 
 class LogLikelihoodFunction(torch.autograd.Function):
     """(first [k, B, P], second [k, B, P] or None, x [B, P]) -> log p(x|z) [k, B]; x gets no gradient.
 
-    first/second are (logits, None) for Bernoulli and (mean, logvar) for Gaussian.
+    first/second are (logits, None) for Bernoulli and (mean, logvar) for Gaussian; ``launchers`` says whose
+    kernels run.
     """
 
     @staticmethod
-    def forward(ctx, first, second, x, likelihood):
+    def forward(ctx, first, second, x, likelihood, launchers):
         first, x = first.contiguous(), x.contiguous()
-        second = first if second is None else second.contiguous()
-        num_samples, batch, size = first.shape
-        rows = num_samples * batch
-        out = torch.empty((num_samples, batch), dtype=reference.accumulation_dtype(first.dtype), device=first.device)
-        grid, block_rows, block_cols = _grid_and_tile(rows, size)
-        _log_likelihood_fwd_kernel[grid](
-            first, second, x, out, rows, batch, size,
-            LIKELIHOOD=likelihood, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows, BLOCK_P=block_cols,
-        )
+        second = None if second is None else second.contiguous()
+        out = torch.empty(first.shape[:2], dtype=reference.accumulation_dtype(first.dtype), device=first.device)
+        launchers.forward(first, second, x, out, likelihood)
         ctx.save_for_backward(first, second, x)
-        ctx.likelihood = likelihood
+        ctx.likelihood, ctx.launchers = likelihood, launchers
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         first, second, x = ctx.saved_tensors
-        num_samples, batch, size = first.shape
-        rows = num_samples * batch
         grad_first = torch.empty_like(first)
-        grad_second = torch.empty_like(second) if ctx.likelihood == GAUSSIAN else None
-        grid, block_rows, block_cols = _grid_and_tile(rows, size)
-        _log_likelihood_bwd_kernel[grid](
-            first, second, x, grad_out.contiguous(), grad_first, grad_first if grad_second is None else grad_second,
-            rows, batch, size,
-            LIKELIHOOD=ctx.likelihood, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows, BLOCK_P=block_cols,
-        )
-        return grad_first, grad_second, None, None
+        grad_second = None if second is None else torch.empty_like(second)
+        ctx.launchers.backward(first, second, x, grad_out.contiguous(), grad_first, grad_second, ctx.likelihood)
+        return grad_first, grad_second, None, None, None
 
 
-def bernoulli_log_likelihood(logits, x):
+def bernoulli_log_likelihood(logits, x, launchers=TRITON_LAUNCHERS):
     """sum_j x_j y_j - softplus(y_j) over the last dim. logits [k, B, P], x [B, P] -> [k, B]."""
-    return LogLikelihoodFunction.apply(logits, None, x, BERNOULLI)
+    return LogLikelihoodFunction.apply(logits, None, x, BERNOULLI, launchers)
 
 
-def gaussian_log_likelihood(mean, logvar, x):
+def gaussian_log_likelihood(mean, logvar, x, launchers=TRITON_LAUNCHERS):
     """Diagonal-Gaussian log-density of x summed over the last dim. mean, logvar [k, B, P], x [B, P] -> [k, B]."""
-    return LogLikelihoodFunction.apply(mean, logvar, x, GAUSSIAN)
+    return LogLikelihoodFunction.apply(mean, logvar, x, GAUSSIAN, launchers)

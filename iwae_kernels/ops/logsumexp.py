@@ -13,7 +13,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 
 from .. import reference
-from .utils import shifted_max, triton_accumulation_dtype
+from .utils import Launchers, shifted_max, triton_accumulation_dtype
 
 BLOCK_EXAMPLES = 64
 BLOCK_SAMPLES = 64
@@ -70,37 +70,43 @@ def _normalized_weights_kernel(
     tl.store(out_ptr + offsets, weights.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch_max_sum(log_w, running_max=None, running_sum=None, write_bound=False):
-    """Fold log_w [kc, B] into (max, sum) [B]; returns (max, sum, bound or None)."""
-    log_w = log_w.contiguous()
+def _triton_max_sum(log_w, in_max, in_sum, out_max, out_sum, bound):
     num_samples, batch = log_w.shape
-    acc = reference.accumulation_dtype(log_w.dtype)
-    accumulate = running_max is not None
-    if accumulate:
-        acc = running_max.dtype
-        running_max, running_sum = running_max.contiguous(), running_sum.contiguous()
-    out_max = torch.empty(batch, dtype=acc, device=log_w.device)
-    out_sum = torch.empty_like(out_max)
-    bound = torch.empty_like(out_max) if write_bound else out_max
-    grid = (triton.cdiv(batch, BLOCK_EXAMPLES),)
-    _max_sum_kernel[grid](
-        log_w, running_max if accumulate else out_max, running_sum if accumulate else out_sum,
-        out_max, out_sum, bound, num_samples, batch, math.log(num_samples),
-        ACCUMULATE=accumulate, WRITE_BOUND=write_bound, ACC=triton_accumulation_dtype(acc),
+    accumulate = in_max is not None
+    _max_sum_kernel[(triton.cdiv(batch, BLOCK_EXAMPLES),)](
+        log_w, in_max if accumulate else out_max, in_sum if accumulate else out_sum, out_max, out_sum,
+        out_max if bound is None else bound, num_samples, batch, math.log(num_samples),
+        ACCUMULATE=accumulate, WRITE_BOUND=bound is not None, ACC=triton_accumulation_dtype(out_max.dtype),
         BLOCK_K=BLOCK_SAMPLES, BLOCK_B=BLOCK_EXAMPLES,
     )
-    return out_max, out_sum, (bound if write_bound else None)
 
 
-def _launch_normalized_weights(log_w, running_max, running_sum, scale, out_dtype):
-    log_w = log_w.contiguous()
-    out = torch.empty(log_w.shape, dtype=out_dtype, device=log_w.device)
-    grid = (triton.cdiv(log_w.numel(), BLOCK_ELEMENTS),)
-    _normalized_weights_kernel[grid](
-        log_w, running_max, running_sum, running_max if scale is None else scale.contiguous(), out,
-        log_w.numel(), log_w.shape[1],
+def _triton_normalized_weights(log_w, running_max, running_sum, scale, out):
+    _normalized_weights_kernel[(triton.cdiv(log_w.numel(), BLOCK_ELEMENTS),)](
+        log_w, running_max, running_sum, running_max if scale is None else scale, out, log_w.numel(), log_w.shape[1],
         HAS_SCALE=scale is not None, ACC=triton_accumulation_dtype(running_max.dtype), BLOCK=BLOCK_ELEMENTS,
     )
+
+
+# forward: fold log_w into (max, sum) and optionally write L_k; backward: (scaled) normalized weights.
+TRITON_LAUNCHERS = Launchers(_triton_max_sum, _triton_normalized_weights)
+
+
+def _max_sum(log_w, launchers, running_max=None, running_sum=None, write_bound=False):
+    """Fold log_w [kc, B] into (max, sum) [B], starting fresh or from the running state; also L_k if asked."""
+    log_w = log_w.contiguous()
+    acc = reference.accumulation_dtype(log_w.dtype) if running_max is None else running_max.dtype
+    out_max = torch.empty(log_w.shape[1], dtype=acc, device=log_w.device)
+    out_sum, bound = torch.empty_like(out_max), (torch.empty_like(out_max) if write_bound else None)
+    if running_max is not None:
+        running_max, running_sum = running_max.contiguous(), running_sum.contiguous()
+    launchers.forward(log_w, running_max, running_sum, out_max, out_sum, bound)
+    return out_max, out_sum, bound
+
+
+def _weights(log_w, running_max, running_sum, scale, out_dtype, launchers):
+    out = torch.empty(log_w.shape, dtype=out_dtype, device=log_w.device)
+    launchers.backward(log_w, running_max, running_sum, None if scale is None else scale.contiguous(), out)
     return out
 
 
@@ -108,41 +114,50 @@ class IWAEBoundFunction(torch.autograd.Function):
     """log_w [k, B] -> L_k [B] in one pass; backward writes g * normalized weights in one more."""
 
     @staticmethod
-    def forward(ctx, log_w):
-        running_max, running_sum, bound = _launch_max_sum(log_w, write_bound=True)
+    def forward(ctx, log_w, launchers):
+        log_w = log_w.contiguous()
+        running_max, running_sum, bound = _max_sum(log_w, launchers, write_bound=True)
         ctx.save_for_backward(log_w, running_max, running_sum)
+        ctx.launchers = launchers
         return bound
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_bound):
         log_w, running_max, running_sum = ctx.saved_tensors
-        return _launch_normalized_weights(log_w, running_max, running_sum, grad_bound, log_w.dtype)
+        return _weights(log_w, running_max, running_sum, grad_bound, log_w.dtype, ctx.launchers), None
 
 
-class NormalizedWeightsFunction(reference.NormalizedWeightsFunction):
-    """Kernel forward; the softmax backward is the reference's few [k, B] torch ops."""
+class NormalizedWeightsFunction(torch.autograd.Function):
+    """Kernel forward; the softmax backward is a few [k, B] torch ops (the reference's)."""
 
     @staticmethod
-    def forward(ctx, log_w):
-        running_max, running_sum, _ = _launch_max_sum(log_w)
-        weights = _launch_normalized_weights(log_w, running_max, running_sum, None, running_max.dtype)
+    def forward(ctx, log_w, launchers):
+        log_w = log_w.contiguous()
+        running_max, running_sum, _ = _max_sum(log_w, launchers)
+        weights = _weights(log_w, running_max, running_sum, None, running_max.dtype, launchers)
         ctx.save_for_backward(weights)
         ctx.input_dtype = log_w.dtype
         return weights
 
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_weights):
+        (weights,) = ctx.saved_tensors
+        return reference.normalized_weights_backward(weights, grad_weights).to(ctx.input_dtype), None
 
-def iwae_bound(log_w):
+
+def iwae_bound(log_w, launchers=TRITON_LAUNCHERS):
     """L_k = logsumexp over dim 0 minus log k. log_w [k, B] -> [B]."""
-    return IWAEBoundFunction.apply(log_w)
+    return IWAEBoundFunction.apply(log_w, launchers)
 
 
-def normalized_weights(log_w):
+def normalized_weights(log_w, launchers=TRITON_LAUNCHERS):
     """Self-normalized importance weights, softmax over dim 0. log_w [k, B] -> [k, B]."""
-    return NormalizedWeightsFunction.apply(log_w)
+    return NormalizedWeightsFunction.apply(log_w, launchers)
 
 
-def fold_max_sum(running_max, running_sum, log_w):
+def fold_max_sum(running_max, running_sum, log_w, launchers=TRITON_LAUNCHERS):
     """Fold a chunk of log-weights [kc, B] into the running (max, sum) state [B]; no autograd."""
-    new_max, new_sum, _ = _launch_max_sum(log_w.detach(), running_max, running_sum)
+    new_max, new_sum, _ = _max_sum(log_w.detach(), launchers, running_max, running_sum)
     return new_max, new_sum

@@ -1,5 +1,7 @@
 """Helpers shared by the Triton kernel families: accumulation dtype, tile sizes, numerics."""
 
+from typing import Callable, NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -9,6 +11,17 @@ from ..reference import accumulation_dtype
 # Elements one program holds per tile; a [rows, cols] tile is shaped from the row length.
 TILE_ELEMENTS = 4096
 MAX_BLOCK_COLS = 1024
+
+
+class Launchers(NamedTuple):
+    """A compiled backend's kernels for one op family; they fill preallocated, contiguous outputs.
+
+    The family's autograd Function allocates, saves and calls these, so the Triton and CUDA backends share
+    one Function per family.
+    """
+
+    forward: Callable
+    backward: Callable
 
 
 def triton_accumulation_dtype(dtype):
