@@ -1,12 +1,52 @@
-"""Install: pip install -e .[test]"""
+"""Install: pip install -e .[test]
+
+The CUDA backend (csrc/) is built with torch.utils.cpp_extension when nvcc and a CUDA build of torch are
+present; that needs torch at build time, so use `pip install --no-build-isolation -e .`.
+    IWAE_KERNELS_BUILD_CUDA=1  build it, and fail loudly if it cannot be built
+    IWAE_KERNELS_BUILD_CUDA=0  never build it
+    MAX_JOBS                   ninja's parallel compile jobs (default 4)
+Without it the package still imports and works (torch and Triton backends); backend="cuda" then says how to
+build it, including a just-in-time build (iwae_kernels.cuda_backend.build_extension()).
+"""
+
+import os
+import runpy
+from pathlib import Path
 
 from setuptools import find_packages, setup
+
+BUILD = runpy.run_path(str(Path(__file__).parent / "iwae_kernels" / "_build.py"))
+
+
+def cuda_extension():
+    """([extension], cmdclass) for the CUDA backend, or ([], {}) when it is not to be built."""
+    flag = os.environ.get("IWAE_KERNELS_BUILD_CUDA")
+    if flag == "0":
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+    except ImportError:
+        if flag == "1":
+            raise RuntimeError("IWAE_KERNELS_BUILD_CUDA=1 needs torch at build time: pip install --no-build-isolation -e .")
+        return [], {}
+    if flag != "1" and (CUDA_HOME is None or torch.version.cuda is None):
+        return [], {}
+    os.environ.setdefault("MAX_JOBS", "4")
+    extension = CUDAExtension(
+        "iwae_kernels._cuda", [f"csrc/{source}" for source in BUILD["SOURCES"]],
+        extra_compile_args={"cxx": BUILD["CXX_FLAGS"], "nvcc": BUILD["NVCC_FLAGS"]},
+    )
+    return [extension], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = cuda_extension()
 
 setup(
     name="iwae_kernels",
     version="0.1.0",
-    description="Fused Triton kernels for the Importance Weighted Autoencoder (IWAE) loss",
-    long_description=open("README.md", encoding="utf-8").read(),
+    description="Fused Triton and CUDA kernels for the Importance Weighted Autoencoder (IWAE) loss",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["iwae_kernels", "iwae_kernels.*"]),
     python_requires=">=3.9",
@@ -16,4 +56,6 @@ setup(
         "triton>=3.0; platform_system == 'Linux'",
     ],
     extras_require={"test": ["pytest>=7"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
 )

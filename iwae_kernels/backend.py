@@ -1,14 +1,16 @@
 """Backend choice: ``backend=`` per call, else ``IWAE_KERNELS_BACKEND``, else triton for CUDA tensors, torch for CPU.
 
-A backend is a module with the functions of ``iwae_kernels.reference``. The Triton one is imported on first
-use, so ``TRITON_INTERPRET`` is read when a kernel is first needed, not at ``import iwae_kernels``.
+A backend is a module with the functions of ``iwae_kernels.reference``: ``reference`` (torch), ``ops``
+(Triton) or ``cuda_backend`` (CUDA C++). The compiled ones are imported on first use, so ``TRITON_INTERPRET``
+is read when a kernel is first needed, not at ``import iwae_kernels``.
 """
 
 import importlib
 import importlib.util
 import os
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "triton", "cuda")
+MODULES = {"torch": "iwae_kernels.reference", "triton": "iwae_kernels.ops", "cuda": "iwae_kernels.cuda_backend"}
 ENV_VAR = "IWAE_KERNELS_BACKEND"
 
 
@@ -36,10 +38,16 @@ def backend_name(backend, device):
                 f"{source}='triton' needs CUDA tensors (got {device.type}); "
                 "set TRITON_INTERPRET=1 to run it on CPU, or use backend='torch'"
             )
+    if name == "cuda":
+        if device.type != "cuda":
+            raise ValueError(f"{source}='cuda' needs CUDA tensors (got {device.type}); use backend='torch' on CPU")
+        from . import cuda_backend
+
+        if not cuda_backend.available():
+            raise ValueError(f"{source}='cuda': {cuda_backend.HOW_TO_BUILD}")
     return name
 
 
 def get_backend(backend, device):
     """The module implementing the ops for ``backend`` (see ``backend_name``) on ``device``."""
-    name = backend_name(backend, device)
-    return importlib.import_module("iwae_kernels.ops" if name == "triton" else "iwae_kernels.reference")
+    return importlib.import_module(MODULES[backend_name(backend, device)])

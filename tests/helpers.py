@@ -9,6 +9,15 @@ from torch.distributions import Bernoulli, Normal
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def kernel_noise(backend, shape, seed, dtype, device):
+    """The eps a compiled backend's in-kernel sampling draws for ``seed`` (Philox keyed on element index)."""
+    from iwae_kernels import cuda_backend
+    from iwae_kernels.ops.gaussian_sample import TRITON_LAUNCHERS, sample_noise
+
+    launchers = TRITON_LAUNCHERS if backend == "triton" else cuda_backend.launchers()["sample"]
+    return sample_noise(shape, seed, dtype, device, launchers)
+
+
 def naive_latent(mu, logvar, eps, prior_mu=None, prior_logvar=None, detach_q=False):
     """z and log p(z) - log q(z|x) [k, B] from torch.distributions; detach_q stops q's parameters (stl/dreg)."""
     sigma = torch.exp(0.5 * logvar)

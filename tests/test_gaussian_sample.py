@@ -4,9 +4,10 @@ import pytest
 import torch
 
 import iwae_kernels as ik
-from iwae_kernels.ops.gaussian_sample import draw_seed, sample_noise
+from iwae_kernels.ops.gaussian_sample import draw_seed
 
-from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_estimator_objective, naive_latent
+from conftest import COMPILED_BACKENDS, backend_device
+from helpers import LOW_PRECISION, kernel_noise, assert_close, assert_close_as_torch, naive_estimator_objective, naive_latent
 
 ESTIMATORS = ["iwae", "vae", "stl", "dreg"]
 # (k, B, D): k=1, B=1, D=1, odd sizes, D not a power of two and above one block, k above one block.
@@ -130,10 +131,10 @@ TRITON_CASES = [
 
 @pytest.mark.parametrize("shape, layout, prior, estimator", TRITON_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_triton_matches_reference(triton_device, dtype, shape, layout, prior, estimator):
+def test_kernel_matches_reference(kernel, dtype, shape, layout, prior, estimator):
     inputs = make_inputs(*shape, layout=layout, prior=prior)
     expected = run_with_upstream(inputs, shape[0], estimator, "torch", "cpu", torch.float64)
-    actual = run_with_upstream(inputs, shape[0], estimator, "triton", triton_device, dtype)
+    actual = run_with_upstream(inputs, shape[0], estimator, *kernel, dtype)
     for got, want in zip(actual, expected):
         assert got.shape == want.shape
         assert_close(got, want, dtype)
@@ -141,20 +142,20 @@ def test_triton_matches_reference(triton_device, dtype, shape, layout, prior, es
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize("estimator", ["iwae", "dreg"])
-def test_triton_low_precision(triton_device, dtype, estimator):
+def test_kernel_low_precision(kernel, dtype, estimator):
     inputs = make_inputs(6, 3, 19, prior="shared")
     oracle = run_with_upstream(inputs, 6, estimator, "torch", "cpu", torch.float64)
     torch_low = run_with_upstream(inputs, 6, estimator, "torch", "cpu", dtype)
-    actual = run_with_upstream(inputs, 6, estimator, "triton", triton_device, dtype)
+    actual = run_with_upstream(inputs, 6, estimator, *kernel, dtype)
     assert actual[1].dtype == torch.float32, "half inputs give a float32 log-weight"
     for got, ref, want in zip(actual, torch_low, oracle):
         assert got.dtype == ref.dtype
         assert_close_as_torch(got, ref, want)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_extreme_logvar_stays_finite_in_float32(request, backend):
-    device = request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_extreme_logvar_stays_finite_in_float32(backend):
+    device = backend_device(backend)
     inputs = make_inputs(4, 2, 6)
     inputs["logvar"] = torch.tensor([-30.0, 30.0, -30.0, 30.0, 0.0, 15.0], dtype=torch.float64).expand(2, 6).clone()
     expected = run_with_upstream(inputs, 4, "dreg", "torch", "cpu", torch.float64)
@@ -165,39 +166,40 @@ def test_extreme_logvar_stays_finite_in_float32(request, backend):
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_triton_in_kernel_noise_is_regenerated_in_backward(triton_device, estimator):
+def test_in_kernel_noise_is_regenerated_in_backward(kernel, estimator):
     """eps=None: the noise comes from a seed drawn from torch's RNG, and backward sees the same noise."""
+    backend, device = kernel
     k, batch, dim = 5, 3, 9
-    inputs = make_inputs(k, batch, dim, prior="shared", dtype=torch.float32, device=triton_device)
+    inputs = make_inputs(k, batch, dim, prior="shared", dtype=torch.float32, device=device)
     torch.manual_seed(123)
     seed = draw_seed(None)
-    eps = sample_noise((k, batch, dim), seed, torch.float32, triton_device)
-    with_eps = run_with_upstream(inputs | {"eps": eps}, k, estimator, "triton", triton_device, torch.float32)
+    eps = kernel_noise(backend, (k, batch, dim), seed, torch.float32, device)
+    with_eps = run_with_upstream(inputs | {"eps": eps}, k, estimator, *kernel, torch.float32)
 
     leaves = {n: v.clone().requires_grad_() for n, v in inputs.items() if n != "eps"}
     torch.manual_seed(123)
-    z, latent = ik.gaussian_sample(leaves["mu"], leaves["logvar"], k, estimator=estimator, backend="triton",
+    z, latent = ik.gaussian_sample(leaves["mu"], leaves["logvar"], k, estimator=estimator, backend=backend,
                                    prior_mu=leaves["prior_mu"], prior_logvar=leaves["prior_logvar"])
     gen = torch.Generator().manual_seed(3)
-    grad_z = torch.randn(z.shape, generator=gen, dtype=torch.float64).to(device=triton_device, dtype=z.dtype)
-    grad_latent = torch.rand(latent.shape, generator=gen, dtype=torch.float64).to(device=triton_device)
+    grad_z = torch.randn(z.shape, generator=gen, dtype=torch.float64).to(device=device, dtype=z.dtype)
+    grad_latent = torch.rand(latent.shape, generator=gen, dtype=torch.float64).to(device=device)
     grads = torch.autograd.grad([z, latent], params(leaves), [grad_z, grad_latent])
     for got, want in zip([z, latent, *grads], with_eps):
         torch.testing.assert_close(got, want)
 
 
-def test_triton_in_kernel_noise_is_standard_normal(triton_device):
-    eps = sample_noise((16, 8, 256), seed=7, dtype=torch.float64, device=triton_device).flatten().cpu()
+def test_in_kernel_noise_is_standard_normal(kernel):
+    eps = kernel_noise(*kernel[:1], (16, 8, 256), 7, torch.float64, kernel[1]).flatten().cpu()
     n = eps.numel()
     assert abs(eps.mean().item()) < 4 / n**0.5
     assert abs(eps.var().item() - 1) < 4 * (2 / n) ** 0.5
     assert abs((eps**3).mean().item()) < 4 * (15 / n) ** 0.5
-    assert not torch.equal(eps, sample_noise((16, 8, 256), seed=8, dtype=torch.float64, device=triton_device).flatten().cpu())
+    assert not torch.equal(eps, kernel_noise(kernel[0], (16, 8, 256), 8, torch.float64, kernel[1]).flatten().cpu())
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_manual_seed_repeats_and_generator_is_used(request, backend):
-    device = request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_manual_seed_repeats_and_generator_is_used(backend):
+    device = backend_device(backend)
     mu, logvar = torch.zeros(2, 3, device=device), torch.zeros(2, 3, device=device)
     draw = lambda **kw: ik.gaussian_sample(mu, logvar, 4, backend=backend, **kw)[0]
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """Compiled Triton on a real GPU at realistic sizes (the interpreter tests use tiny shapes).
 
-Every other test file also runs its triton cases on the GPU when one is present (see conftest.triton_device);
+Every other test file also runs its triton cases on the GPU when one is present (see conftest.backend_device);
 this file adds the shapes that are too slow for the interpreter. Skipped without CUDA.
 """
 
@@ -11,13 +11,18 @@ import torch
 
 import iwae_kernels as ik
 
+from conftest import COMPILED_BACKENDS, backend_device
+from helpers import kernel_noise
+
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 @pytest.mark.parametrize("estimator", ["iwae", "vae", "stl", "dreg"])
 @pytest.mark.parametrize("k, batch", [(50, 128), (1, 1024), (5000, 20)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_loss_matches_reference_at_paper_sizes(k, batch, estimator, dtype):
+@pytest.mark.parametrize("backend", COMPILED_BACKENDS)
+def test_loss_matches_reference_at_paper_sizes(backend, k, batch, estimator, dtype):
+    backend_device(backend)
     dim, obs = 50, 784
     gen = torch.Generator().manual_seed(0)
     x = torch.bernoulli(torch.full((batch, obs), 0.3), generator=gen)
@@ -35,16 +40,27 @@ def test_loss_matches_reference_at_paper_sizes(k, batch, estimator, dtype):
 
     oracle = run("torch", "cpu", torch.float64)
     torch_low = run("torch", "cuda", dtype)
-    actual = run("triton", "cuda", dtype)
+    actual = run(backend, "cuda", dtype)
     for got, ref, want in zip(actual, torch_low, oracle):
         got_err = (got.double().cpu() - want).abs().max().item()
         ref_err = (ref.double().cpu() - want).abs().max().item()
         assert got_err <= 2 * ref_err + 1e-5 * (want.abs().max().item() + 1), (got_err, ref_err)
 
 
-def test_streaming_bound_at_k5000_matches_full():
+@pytest.mark.parametrize("backend", COMPILED_BACKENDS)
+def test_streaming_bound_at_k5000_matches_full(backend):
+    backend_device(backend)
     log_w = 50 * torch.randn(5000, 128, device="cuda", dtype=torch.float64) - 100
-    acc = ik.StreamingIWAEBound(128, device="cuda", dtype=torch.float64, backend="triton")
+    acc = ik.StreamingIWAEBound(128, device="cuda", dtype=torch.float64, backend=backend)
     for start in range(0, 5000, 512):
         acc.update(log_w[start : start + 512].float())
     torch.testing.assert_close(acc.bound(), torch.logsumexp(log_w.float().double(), 0) - math.log(5000))
+
+
+def test_cuda_and_triton_draw_the_same_noise():
+    """csrc/philox.cuh reproduces Triton's tl.randn stream, so switching backends keeps the samples."""
+    backend_device("cuda")
+    shape = (7, 33, 50)
+    triton_noise = kernel_noise("triton", shape, 1234, torch.float32, torch.device("cuda"))
+    cuda_noise = kernel_noise("cuda", shape, 1234, torch.float32, torch.device("cuda"))
+    torch.testing.assert_close(cuda_noise, triton_noise, rtol=1e-5, atol=1e-5)

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import iwae_kernels as ik
-from iwae_kernels.ops.gaussian_sample import draw_seed, sample_noise
+from iwae_kernels.ops.gaussian_sample import draw_seed
 
-from helpers import assert_close, naive_bernoulli, naive_estimator_objective, naive_latent
+from conftest import COMPILED_BACKENDS, backend_device
+from helpers import assert_close, kernel_noise, naive_bernoulli, naive_estimator_objective, naive_latent
 
 ESTIMATORS = ["iwae", "vae", "stl", "dreg"]
 
@@ -27,14 +28,14 @@ def noise_used(backend, seed, shape, dtype, device):
     torch.manual_seed(seed)
     if backend == "torch":
         return torch.randn(shape, dtype=dtype, device=device)
-    return sample_noise(shape, draw_seed(None), dtype, device)
+    return kernel_noise(backend, shape, draw_seed(None), dtype, device)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("estimator", ESTIMATORS)
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_iwae_loss_matches_naive(request, backend, estimator, reduction):
-    device = request.getfixturevalue("triton_device") if backend == "triton" else torch.device("cpu")
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_iwae_loss_matches_naive(backend, estimator, reduction):
+    device = backend_device(backend)
     dtype = torch.float64
     k, batch, dim, obs = 5, 3, 4, 11
     x, mu, logvar, weight = setup_problem(k, batch, dim, obs, dtype)
@@ -67,9 +68,9 @@ def test_iwae_loss_matches_naive(request, backend, estimator, reduction):
         assert_close(got, want)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_gaussian_likelihood_and_flatten_samples(request, backend):
-    device = request.getfixturevalue("triton_device") if backend == "triton" else torch.device("cpu")
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_gaussian_likelihood_and_flatten_samples(backend):
+    device = backend_device(backend)
     k, batch, dim, obs = 4, 3, 2, 5
     _, mu, logvar, weight = setup_problem(k, batch, dim, obs)
     x = torch.randn(batch, obs, dtype=torch.float64)
@@ -124,11 +125,11 @@ def test_resample_gradient_is_one_sample_gradient():
         assert min((per_sample[i, b] - grad[b]).abs().max().item() for i in range(k)) < 1e-10
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_impossible_samples_give_no_nan(request, backend):
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_impossible_samples_give_no_nan(backend):
     """Logits of -inf where x = 1 make a sample impossible (log w = -inf): it gets zero weight; an example
     whose every sample is impossible gets an infinite loss and zero gradient, never NaN."""
-    device = request.getfixturevalue("triton_device") if backend == "triton" else torch.device("cpu")
+    device = backend_device(backend)
     k, batch, dim, obs = 4, 3, 2, 5
     x = torch.ones(batch, obs, device=device)
     mu = torch.zeros(batch, dim, device=device, requires_grad=True)
@@ -211,13 +212,15 @@ def test_bad_observation_and_log_weight_input():
 
 def test_backend_errors_say_why(monkeypatch):
     monkeypatch.setenv("IWAE_KERNELS_BACKEND", "numpy")
-    with pytest.raises(ValueError, match=r"IWAE_KERNELS_BACKEND: expected one of \('torch', 'triton'\)"):
+    with pytest.raises(ValueError, match=r"IWAE_KERNELS_BACKEND: expected one of \('torch', 'triton', 'cuda'\)"):
         ik.iwae_bound(torch.zeros(2, 3))
     monkeypatch.setenv("IWAE_KERNELS_BACKEND", "torch")
     assert ik.iwae_bound(torch.zeros(2, 3)).shape == (3,)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match=r"backend='triton' needs CUDA tensors .*TRITON_INTERPRET=1"):
         ik.iwae_bound(torch.zeros(2, 3), backend="triton")
+    with pytest.raises(ValueError, match=r"backend='cuda' needs CUDA tensors \(got cpu\)"):
+        ik.iwae_bound(torch.zeros(2, 3), backend="cuda")
 
 
 def test_check_finite_names_the_tensor():

@@ -5,6 +5,7 @@ import torch
 
 import iwae_kernels as ik
 
+from conftest import COMPILED_BACKENDS, backend_device
 from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_bernoulli, naive_gaussian
 
 # (k, B, P): k=1, B=1, P=1, odd sizes, P=784 (MNIST) spanning one block, P above one block.
@@ -57,10 +58,10 @@ def test_reference_gradcheck(likelihood):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_triton_matches_reference(triton_device, dtype, likelihood, shape):
+def test_kernel_matches_reference(kernel, dtype, likelihood, shape):
     tensors, x = make_inputs(likelihood, *shape)
     expected = run(likelihood, tensors, x, "torch", "cpu", torch.float64)
-    actual = run(likelihood, tensors, x, "triton", triton_device, dtype)
+    actual = run(likelihood, tensors, x, *kernel, dtype)
     assert actual[0].dtype == dtype
     for got, want in zip(actual, expected):
         assert got.shape == want.shape
@@ -69,22 +70,22 @@ def test_triton_matches_reference(triton_device, dtype, likelihood, shape):
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
-def test_triton_low_precision(triton_device, likelihood, dtype):
+def test_kernel_low_precision(kernel, likelihood, dtype):
     tensors, x = make_inputs(likelihood, 3, 4, 100, scale=1.0)
     # The oracle sees the same rounded inputs, so only the kernel's own arithmetic is measured.
     rounded = [t.to(dtype).double() for t in tensors]
     oracle = run(likelihood, rounded, x.to(dtype).double(), "torch", "cpu", torch.float64)
     torch_low = run(likelihood, tensors, x, "torch", "cpu", dtype)
-    actual = run(likelihood, tensors, x, "triton", triton_device, dtype)
+    actual = run(likelihood, tensors, x, *kernel, dtype)
     assert actual[0].dtype == torch.float32, "half inputs give a float32 log-likelihood"
     for got, ref, want in zip(actual, torch_low, oracle):
         assert_close_as_torch(got, ref, want)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_bernoulli_extreme_logits_are_exact_and_finite(request, backend):
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_bernoulli_extreme_logits_are_exact_and_finite(backend):
     """softplus must not underflow: logits of +-100 give log-likelihoods near 0 or -100, never -inf/NaN."""
-    device = request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
+    device = backend_device(backend)
     logits = torch.tensor([[[100.0, -100.0, 30.0, -30.0, 0.0, 1e-8]]], device=device)
     x = torch.tensor([[1.0, 0.0, 0.0, 1.0, 1.0, 0.0]], device=device)
     logits.requires_grad_()

@@ -7,6 +7,7 @@ import torch
 
 import iwae_kernels as ik
 
+from conftest import COMPILED_BACKENDS, backend_device
 from helpers import LOW_PRECISION, assert_close, assert_close_as_torch
 
 SHAPES = [(1, 3), (5, 1), (7, 5), (50, 3), (130, 70)]
@@ -52,30 +53,30 @@ def test_reference_gradcheck(fn):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("fn", [ik.iwae_bound, ik.normalized_weights])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_triton_matches_reference(triton_device, dtype, fn, shape):
+def test_kernel_matches_reference(kernel, dtype, fn, shape):
     log_w = make_log_w(*shape)
     expected = run(fn, log_w, "torch", "cpu", torch.float64)
-    actual = run(fn, log_w.to(dtype).double(), "triton", triton_device, dtype)
+    actual = run(fn, log_w.to(dtype).double(), *kernel, dtype)
     for got, want in zip(actual, expected):
         assert got.shape == want.shape
         assert_close(got, want, dtype)
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
-def test_triton_low_precision(triton_device, dtype):
+def test_kernel_low_precision(kernel, dtype):
     log_w = make_log_w(9, 4).to(dtype).double()
     oracle = run(ik.iwae_bound, log_w, "torch", "cpu", torch.float64)
     torch_low = run(ik.iwae_bound, log_w, "torch", "cpu", dtype)
-    actual = run(ik.iwae_bound, log_w, "triton", triton_device, dtype)
+    actual = run(ik.iwae_bound, log_w, *kernel, dtype)
     assert actual[0].dtype == torch.float32
     for got, ref, want in zip(actual, torch_low, oracle):
         assert_close_as_torch(got, ref, want)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_negative_infinity_log_weights(request, backend):
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_negative_infinity_log_weights(backend):
     """-inf is legal: an all -inf column gives L = -inf and zero gradient; partial -inf gets zero weight."""
-    device = request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
+    device = backend_device(backend)
     inf = math.inf
     log_w = torch.tensor([[-inf, -inf, 0.0], [-inf, 1.0, 0.0], [-inf, 2.0, -inf]], device=device)
     bound, grad = run(ik.iwae_bound, log_w, backend, device, torch.float32)
@@ -87,10 +88,10 @@ def test_negative_infinity_log_weights(request, backend):
     torch.testing.assert_close(weights.sum(0).cpu(), torch.tensor([0.0, 1.0, 1.0]))
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
 @pytest.mark.parametrize("chunk", [1, 7, 64])
-def test_streaming_fold_matches_full_bound(request, backend, chunk):
-    device = request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
+def test_streaming_fold_matches_full_bound(backend, chunk):
+    device = backend_device(backend)
     log_w = make_log_w(150, 6).to(device)
     log_w[:, 2] = -math.inf  # one example whose every sample has zero weight
     acc = ik.StreamingIWAEBound(6, device=device, dtype=torch.float64, backend=backend)

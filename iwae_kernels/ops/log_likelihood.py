@@ -20,6 +20,17 @@ BERNOULLI, GAUSSIAN = 0, 1
 
 
 @triton.jit
+def _load_tile(first_ptr, x_ptr, rows, row_mask, x_rows, p0, P, ACC: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Columns p0 .. p0 + BLOCK_P of the rows: the mask, flat offsets, x (row r reads data row r % B), first."""
+    cols = p0 + tl.arange(0, BLOCK_P)
+    mask = row_mask[:, None] & (cols < P)[None, :]
+    offsets = rows[:, None] * P + cols[None, :]
+    x = tl.load(x_ptr + x_rows[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
+    first = tl.load(first_ptr + offsets, mask=mask, other=0.0).to(ACC)
+    return mask, offsets, x, first
+
+
+@triton.jit
 def _log_likelihood_fwd_kernel(
     first_ptr, second_ptr, x_ptr, out_ptr, R, B, P,
     LIKELIHOOD: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -29,11 +40,7 @@ def _log_likelihood_fwd_kernel(
     x_rows = rows % B
     total = tl.zeros([BLOCK_R], ACC)
     for p0 in range(0, P, BLOCK_P):
-        cols = p0 + tl.arange(0, BLOCK_P)
-        mask = row_mask[:, None] & (cols < P)[None, :]
-        offsets = rows[:, None] * P + cols[None, :]
-        x = tl.load(x_ptr + x_rows[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
-        first = tl.load(first_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        mask, offsets, x, first = _load_tile(first_ptr, x_ptr, rows, row_mask, x_rows, p0, P, ACC, BLOCK_P)
         if LIKELIHOOD == 0:
             # x y - softplus(y), softplus(y) = max(y, 0) + log1p(exp(-|y|)): never log(sigmoid), it underflows.
             term = x * first - tl.maximum(first, 0.0) - log1p_small(tl.exp(-tl.abs(first)))
@@ -55,11 +62,7 @@ def _log_likelihood_bwd_kernel(
     x_rows = rows % B
     scale = tl.load(grad_out_ptr + rows, mask=row_mask, other=0.0).to(ACC)[:, None]
     for p0 in range(0, P, BLOCK_P):
-        cols = p0 + tl.arange(0, BLOCK_P)
-        mask = row_mask[:, None] & (cols < P)[None, :]
-        offsets = rows[:, None] * P + cols[None, :]
-        x = tl.load(x_ptr + x_rows[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
-        first = tl.load(first_ptr + offsets, mask=mask, other=0.0).to(ACC)
+        mask, offsets, x, first = _load_tile(first_ptr, x_ptr, rows, row_mask, x_rows, p0, P, ACC, BLOCK_P)
         if LIKELIHOOD == 0:
             grad_first = scale * (x - 1.0 / (1.0 + tl.exp(-first)))
         else:

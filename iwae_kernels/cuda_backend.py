@@ -1,0 +1,93 @@
+"""The CUDA C++ backend: csrc/ kernels behind the same autograd Functions as the Triton backend.
+
+The compiled module is ``iwae_kernels._cuda``, built by ``setup.py`` when a CUDA toolchain and a CUDA build of
+torch are present (or ``IWAE_KERNELS_BUILD_CUDA=1``). Without it, ``build_extension()`` (or
+``IWAE_KERNELS_CUDA_JIT=1``) compiles it with ``torch.utils.cpp_extension.load`` into torch's extension cache.
+"""
+
+import functools
+import importlib
+import os
+from pathlib import Path
+
+from ._build import CXX_FLAGS, NVCC_FLAGS, SOURCES
+from .ops import gaussian_sample as _sample
+from .ops import log_likelihood as _likelihood
+from .ops import logsumexp as _logsumexp
+from .ops.utils import Launchers
+
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+JIT_ENV_VAR = "IWAE_KERNELS_CUDA_JIT"
+
+HOW_TO_BUILD = (
+    "the cuda backend is not built: reinstall with `IWAE_KERNELS_BUILD_CUDA=1 pip install --no-build-isolation -e .` "
+    "(needs nvcc and a CUDA build of torch), or call iwae_kernels.cuda_backend.build_extension() "
+    f"(or set {JIT_ENV_VAR}=1) to compile it just in time"
+)
+
+
+def build_extension(verbose=False):
+    """Compile csrc/ with torch.utils.cpp_extension.load (cached by torch) and return the module."""
+    from torch.utils.cpp_extension import load
+
+    if not (CSRC / SOURCES[0]).exists():
+        raise RuntimeError(f"cuda backend: the sources are not at {CSRC}; a JIT build needs a source checkout")
+    return load(name="iwae_kernels_cuda", sources=[str(CSRC / s) for s in SOURCES], extra_cuda_cflags=NVCC_FLAGS,
+                extra_cflags=CXX_FLAGS, verbose=verbose)
+
+
+@functools.lru_cache(maxsize=None)
+def extension():
+    """The compiled module: the installed one, else a JIT build when IWAE_KERNELS_CUDA_JIT=1; else ImportError."""
+    try:
+        return importlib.import_module("iwae_kernels._cuda")
+    except ImportError:
+        if os.environ.get(JIT_ENV_VAR, "0") not in ("", "0"):
+            return build_extension()
+        raise ImportError(HOW_TO_BUILD) from None
+
+
+def available():
+    try:
+        extension()
+    except (ImportError, RuntimeError, OSError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def launchers():
+    module = extension()
+    return {
+        "sample": Launchers(module.gaussian_sample_forward, module.gaussian_sample_backward),
+        "likelihood": Launchers(module.log_likelihood_forward, module.log_likelihood_backward),
+        "logsumexp": Launchers(module.max_sum, module.normalized_weights),
+    }
+
+
+# The backend interface (the functions of iwae_kernels.reference), on the CUDA kernels.
+
+
+def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator):
+    return _sample.gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator,
+                                   launchers=launchers()["sample"])
+
+
+def bernoulli_log_likelihood(logits, x):
+    return _likelihood.bernoulli_log_likelihood(logits, x, launchers=launchers()["likelihood"])
+
+
+def gaussian_log_likelihood(mean, logvar, x):
+    return _likelihood.gaussian_log_likelihood(mean, logvar, x, launchers=launchers()["likelihood"])
+
+
+def iwae_bound(log_w):
+    return _logsumexp.iwae_bound(log_w, launchers=launchers()["logsumexp"])
+
+
+def normalized_weights(log_w):
+    return _logsumexp.normalized_weights(log_w, launchers=launchers()["logsumexp"])
+
+
+def fold_max_sum(running_max, running_sum, log_w):
+    return _logsumexp.fold_max_sum(running_max, running_sum, log_w, launchers=launchers()["logsumexp"])
