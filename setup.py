@@ -54,6 +54,8 @@ setup(
         "torch>=2.1",
         "numpy",
         "triton>=3.0; platform_system == 'Linux'",
+        "tqdm",
+        "matplotlib",
     ],
     extras_require={"test": ["pytest>=7"]},
     ext_modules=ext_modules,

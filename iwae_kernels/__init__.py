@@ -21,6 +21,7 @@ from .functional import (
     iwae_bound,
     iwae_loss,
     normalized_weights,
+    resampled_iwae_bound,
 )
 
 __version__ = "0.1.0"
@@ -35,4 +36,5 @@ __all__ = [
     "iwae_bound",
     "iwae_loss",
     "normalized_weights",
+    "resampled_iwae_bound",
 ]

@@ -191,20 +191,23 @@ def _log_weights(x, mu, logvar, decoder, k, eps, generator, estimator, likelihoo
     return _log_likelihood(out, x, k, likelihood, check_finite, backend) + latent_log_weight
 
 
-def _resampled_bound(x, mu, logvar, decoder, k, likelihood, flatten_samples, check_finite, generator, backend):
-    """The paper's trick (end of Sec. 3.1): value L_k, gradient of log w_j for one j ~ wt per example."""
-    batch, dim = mu.shape
-    eps = torch.randn((k, batch, dim), generator=generator, device=mu.device, dtype=mu.dtype)
+def resampled_iwae_bound(log_weights, noise, *, generator=None, backend=None):
+    """The paper's single-sample backward (end of Sec. 3.1): value L_k [B], gradient of log w_j for one j ~ wt.
+
+    ``log_weights(noise)`` computes log w [k', B] for a list of noise tensors, each [k', B, ...]; ``noise`` holds
+    the k-sample noise. All k samples run forward without a graph; the chosen one is recomputed from its noise
+    with a graph, so one backward pass does the work.
+    """
+    num_samples, batch = noise[0].shape[:2]
+    device = noise[0].device
     with torch.no_grad():
-        log_w = _log_weights(x, mu, logvar, decoder, k, eps, None, "iwae", likelihood, flatten_samples, check_finite,
-                             backend)
+        log_w = log_weights(noise)
         bound = iwae_bound(log_w, backend=backend)
         cumulative = normalized_weights(log_w, backend=backend).cumsum(0)
-        uniform = torch.rand((batch,), generator=generator, device=mu.device, dtype=cumulative.dtype)
-        chosen = (cumulative < uniform * cumulative[-1]).sum(0).clamp(max=k - 1)
-    chosen_eps = eps[chosen, torch.arange(batch, device=mu.device)].unsqueeze(0)
-    chosen_log_w = _log_weights(x, mu, logvar, decoder, 1, chosen_eps, None, "iwae", likelihood, flatten_samples,
-                                False, backend)[0]
+        uniform = torch.rand((batch,), generator=generator, device=device, dtype=cumulative.dtype)
+        chosen = (cumulative < uniform * cumulative[-1]).sum(0).clamp(max=num_samples - 1)
+    examples = torch.arange(batch, device=device)
+    chosen_log_w = log_weights([eps[chosen, examples].unsqueeze(0) for eps in noise])[0]
     # Value L_k, gradient of log w_j; an all -inf example keeps -inf with zero gradient.
     finite = torch.isfinite(chosen_log_w)
     return torch.where(finite, chosen_log_w + (bound - torch.where(finite, chosen_log_w, 0)).detach(), bound)
@@ -251,7 +254,12 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
             _checks.check_unit_interval("x", x)
 
     if estimator == "iwae-resample":
-        bound = _resampled_bound(x, mu, logvar, decoder, k, likelihood, flatten_samples, check_finite, generator, backend)
+        def log_weights(noise):
+            return _log_weights(x, mu, logvar, decoder, noise[0].shape[0], noise[0], None, "iwae", likelihood,
+                                flatten_samples, check_finite, backend)
+
+        eps = torch.randn((k,) + tuple(mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+        bound = resampled_iwae_bound(log_weights, [eps], generator=generator, backend=backend)
     else:
         log_w = _log_weights(x, mu, logvar, decoder, k, None, generator, estimator, likelihood, flatten_samples,
                              check_finite, backend)

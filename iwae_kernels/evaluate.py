@@ -1,0 +1,102 @@
+"""The paper's evaluation: test -mean L_5000 in bounded memory, active units, a JSON report and pictures.
+
+The test set is binarized once with a fixed seed. It is cut into fixed batches, and batch j's noise is seeded by
+(seed, j), so each example's L_k is the same whichever process computes it: under torchrun the batches are dealt
+round-robin to the processes, gathered on rank 0 and reduced in order, and 2 processes give the same number as 1.
+"""
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from . import data as datasets
+from .models import active_units
+
+
+def _distributed():
+    """(rank, world size); initialises the process group under torchrun (gloo on CPU, nccl on GPU)."""
+    if not dist.is_available() or "WORLD_SIZE" not in os.environ:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+@torch.no_grad()
+def test_log_likelihoods(model, test_x, k=5000, chunk=500, batch_size=100, seed=0, progress=True):
+    """Per-example L_k over test_x [N, P] (already binarized), in example order, on every process's share."""
+    rank, world = _distributed()
+    device = next(model.parameters()).device
+    batches = list(range(0, test_x.shape[0], batch_size))
+    mine = batches[rank::world]
+    results = {}
+    for start in tqdm(mine, desc=f"L_{k} (rank {rank})" if world > 1 else f"L_{k}", disable=not progress, unit="batch"):
+        torch.manual_seed(seed * 1_000_003 + start)
+        results[start] = model.log_likelihood(test_x[start : start + batch_size].to(device), k=k, chunk=chunk).cpu()
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, results)
+        results = {start: values for part in gathered for start, values in part.items()}
+    return torch.cat([results[start] for start in batches])
+
+
+def evaluate(model, test_x, out_dir, k=5000, chunk=500, batch_size=100, seed=0, history=None, extra=None, progress=True):
+    """Test NLL (-mean L_k), active units, report.json and pictures in out_dir; returns the report (all ranks)."""
+    rank, world = _distributed()
+    model.eval()
+    test_bits = datasets.fixed_binarization(test_x, seed=seed)
+    started = time.perf_counter()
+    bounds = test_log_likelihoods(model, test_bits, k=k, chunk=chunk, batch_size=batch_size, seed=seed, progress=progress)
+    wall = time.perf_counter() - started
+    device = next(model.parameters()).device
+    active, activity = active_units(model, test_bits.to(device))
+    report = {
+        "test_nll": -bounds.double().mean().item(), "k": k, "chunk": chunk, "test_examples": int(test_x.shape[0]),
+        "active_units": active, "latent_sizes": list(model.latent), "eval_wall_s": wall, "processes": world,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), **(extra or {}),
+    }
+    if rank == 0:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+        torch.save({"bounds": bounds, "activity": [a.cpu() for a in activity]}, out_dir / "test_bounds.pt")
+        draw_pictures(model, test_bits, out_dir, history)
+    return report
+
+
+def _grid(images, rows, cols, side=28):
+    images = images[: rows * cols].reshape(rows, cols, side, side)
+    return images.permute(0, 2, 1, 3).reshape(rows * side, cols * side)
+
+
+def draw_pictures(model, test_bits, out_dir, history=None):
+    """samples.png (model samples), reconstructions.png (data above, reconstruction below), curves.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    device = next(model.parameters()).device
+    side = int(round(model.x_dim**0.5))
+    if side * side == model.x_dim:
+        torch.manual_seed(0)
+        plt.imsave(Path(out_dir) / "samples.png", _grid(model.sample(100).cpu(), 10, 10, side).numpy(), cmap="gray")
+        originals = test_bits[:10]
+        pairs = torch.cat([originals, model.reconstruct(originals.to(device)).cpu()])
+        plt.imsave(Path(out_dir) / "reconstructions.png", _grid(pairs, 2, 10, side).numpy(), cmap="gray")
+    if history:
+        figure, axis = plt.subplots(figsize=(5, 3.5))
+        axis.plot([row["epoch"] for row in history], [row["train_loss"] for row in history], marker="o")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("training loss (-L_k, nats)")
+        axis.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(Path(out_dir) / "curves.png", dpi=120)
+        plt.close(figure)

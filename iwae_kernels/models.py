@@ -1,0 +1,157 @@
+"""The paper's MLP models (Burda et al. 2015, Sec. 5.1 and Appendix C) on the fused ops.
+
+One stochastic layer: x -> 200 -> 200 -> h1 (50) and back, tanh. Two stochastic layers: x -> 200 -> 200 -> h1
+(100) -> 100 -> 100 -> h2 (50), with p(h1|h2) through 100 -> 100 and p(x|h1) through 200 -> 200. Diagonal
+Gaussian latents with exp variances, Bernoulli output, Glorot init.
+
+The log-weight of a sample is log p(x|h1) + sum_l [log p(h_l|h_{l+1}) - log q(h_l|h_{l-1})], the top prior
+standard normal. Each latent term comes from ``gaussian_sample``: q(h2|h1) has per-sample [k, B, D]
+parameters, and log p(h1|h2) uses the kernel's diagonal-prior path. Because that prior needs h2, which needs
+h1, layer 1's noise is drawn first and handed to the kernel as ``eps``.
+"""
+
+import torch
+from torch import nn
+
+from . import functional as F
+from .functional import StreamingIWAEBound
+
+PAPER_SIZES = {
+    1: {"hidden": ((200, 200),), "latent": (50,)},
+    2: {"hidden": ((200, 200), (100, 100)), "latent": (100, 50)},
+}
+
+
+def _mlp(sizes, out_features):
+    """Linear + tanh through ``sizes``, then a Linear to ``out_features``; Glorot-uniform weights, zero biases."""
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.Tanh()]
+    layers.append(nn.Linear(sizes[-1], out_features))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+def _gaussian(net, inputs):
+    mean, logvar = net(inputs).chunk(2, dim=-1)
+    return mean, logvar
+
+
+class PaperModel(nn.Module):
+    """An IWAE/VAE with one or two diagonal-Gaussian stochastic layers and a Bernoulli observation model.
+
+    Args:
+        x_dim: observation size P.
+        hidden: per stochastic layer, the deterministic hidden sizes between it and the layer below.
+        latent: per stochastic layer, its size (bottom first).
+        backend: kernel backend for the fused ops (None: by device, see ``iwae_kernels.backend``).
+    """
+
+    def __init__(self, x_dim=784, hidden=((200, 200),), latent=(50,), backend=None):
+        super().__init__()
+        if len(hidden) != len(latent) or len(latent) not in (1, 2):
+            raise ValueError(f"hidden, latent: expected one entry per stochastic layer (1 or 2), got {hidden}, {latent}")
+        self.x_dim, self.latent, self.backend = x_dim, tuple(latent), backend
+        below = (x_dim,) + tuple(latent[:-1])
+        # q(h_l | h_{l-1}): bottom-up.
+        self.encoders = nn.ModuleList(_mlp([below[l], *hidden[l]], 2 * latent[l]) for l in range(len(latent)))
+        # p(h_l | h_{l+1}) for l below the top (the top prior is N(0, I)): top-down mirrors of the encoders.
+        self.priors = nn.ModuleList(
+            _mlp([latent[l + 1], *reversed(hidden[l + 1])], 2 * latent[l]) for l in range(len(latent) - 1))
+        self.decoder = _mlp([latent[0], *reversed(hidden[0])], x_dim)
+
+    @property
+    def stochastic_layers(self):
+        return len(self.latent)
+
+    def encode(self, x):
+        """q(h1|x): (mean, logvar), each [B, latent[0]]."""
+        return _gaussian(self.encoders[0], x)
+
+    def _log_weights(self, x, posterior, k, estimator, noise=None):
+        """log w [k, B] for k samples; ``noise`` (one [k, B, D_l] per layer) fixes the samples, else drawn."""
+        mu, logvar = posterior
+        backend = self.backend
+        if self.stochastic_layers == 1:
+            h1, latent = F.gaussian_sample(mu, logvar, k, eps=None if noise is None else noise[0],
+                                           estimator=estimator, backend=backend)
+        else:
+            eps1 = torch.randn((k,) + tuple(mu.shape), device=mu.device, dtype=mu.dtype) if noise is None else noise[0]
+            mu2, logvar2 = _gaussian(self.encoders[1], mu + torch.exp(0.5 * logvar) * eps1)  # [k, B, D2]
+            h2, latent2 = F.gaussian_sample(mu2, logvar2, k, eps=None if noise is None else noise[1],
+                                            estimator=estimator, backend=backend)
+            prior_mu, prior_logvar = _gaussian(self.priors[0], h2)  # p(h1|h2), [k, B, D1]
+            h1, latent1 = F.gaussian_sample(mu, logvar, k, eps=eps1, prior_mu=prior_mu, prior_logvar=prior_logvar,
+                                            estimator=estimator, backend=backend)
+            latent = latent1 + latent2
+        return F.bernoulli_log_likelihood(self.decoder(h1), x, backend=backend) + latent
+
+    def bound(self, x, k=50, estimator="iwae"):
+        """Per-example bound [B] whose gradient is the estimator's: L_k, or the k-sample ELBO for "vae"."""
+        F._checks.check_choice("estimator", estimator, F.ESTIMATORS)
+        posterior = self.encode(x)
+        if estimator == "iwae-resample":
+            shapes = [(k, x.shape[0], size) for size in self.latent]
+            noise = [torch.randn(shape, device=x.device, dtype=posterior[0].dtype) for shape in shapes]
+            return F.resampled_iwae_bound(
+                lambda n: self._log_weights(x, posterior, n[0].shape[0], "iwae", n), noise, backend=self.backend)
+        log_w = self._log_weights(x, posterior, k, estimator)
+        return log_w.mean(0) if estimator == "vae" else F.iwae_bound(log_w, backend=self.backend)
+
+    def loss(self, x, k=50, estimator="iwae"):
+        """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar)."""
+        return -self.bound(x, k, estimator).mean()
+
+    @torch.no_grad()
+    def log_likelihood(self, x, k=5000, chunk=None):
+        """Per-example L_k [B] (the paper's test log-likelihood with k = 5000), in memory that does not grow
+        with k: the encoder runs once, samples are drawn ``chunk`` at a time (default min(k, 500)) and folded."""
+        chunk = min(k, chunk or 500)
+        posterior = self.encode(x)
+        accumulator = StreamingIWAEBound(x.shape[0], device=x.device, dtype=torch.float64, backend=self.backend)
+        for start in range(0, k, chunk):
+            accumulator.update(self._log_weights(x, posterior, min(chunk, k - start), "iwae"))
+        return accumulator.bound()
+
+    @torch.no_grad()
+    def sample(self, n):
+        """n draws from the model: Bernoulli means [n, x_dim]."""
+        weight = self.decoder[0].weight
+        h = torch.randn(n, self.latent[-1], device=weight.device, dtype=weight.dtype)
+        for prior in reversed(self.priors):
+            mean, logvar = _gaussian(prior, h)
+            h = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        return torch.sigmoid(self.decoder(h))
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        """Bernoulli means [B, x_dim] decoded from the posterior mean of h1."""
+        return torch.sigmoid(self.decoder(self.encode(x)[0]))
+
+
+def paper_model(stochastic_layers=1, x_dim=784, **sizes):
+    """The paper's 1- or 2-stochastic-layer model; ``hidden``/``latent``/``backend`` override its sizes."""
+    if stochastic_layers not in PAPER_SIZES:
+        raise ValueError(f"stochastic_layers: expected 1 or 2, got {stochastic_layers!r}")
+    return PaperModel(x_dim=x_dim, **(PAPER_SIZES[stochastic_layers] | sizes))
+
+
+@torch.no_grad()
+def active_units(model, data, threshold=1e-2, batch_size=1000, samples=10):
+    """The paper's activity statistic (Sec. 5.2): A_u = Var_x(E_q(u|x)[u]); active when A_u > threshold.
+
+    For h2 the posterior mean E_q(h2|x)[h2] = E_q(h1|x)[mu2(h1)] is estimated with ``samples`` draws of h1.
+    Returns (active count per layer, [A_u per layer]).
+    """
+    means = [[] for _ in model.latent]
+    for start in range(0, data.shape[0], batch_size):
+        mu, logvar = model.encode(data[start : start + batch_size])
+        means[0].append(mu)
+        if model.stochastic_layers == 2:
+            h1 = mu + torch.exp(0.5 * logvar) * torch.randn((samples,) + tuple(mu.shape), device=mu.device, dtype=mu.dtype)
+            means[1].append(_gaussian(model.encoders[1], h1)[0].mean(0))
+    activity = [torch.cat(layer).double().var(0) for layer in means]
+    return [int((a > threshold).sum()) for a in activity], activity

@@ -1,0 +1,149 @@
+"""The model layer: architectures, the 2-layer log-weight against torch.distributions, streaming L_k in
+bounded memory, active units."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.distributions import Bernoulli, Normal
+
+import iwae_kernels as ik
+from iwae_kernels.models import active_units, paper_model
+
+from helpers import assert_close
+
+
+def test_paper_architectures():
+    one, two = paper_model(1), paper_model(2)
+    linear_shapes = lambda net: [tuple(m.weight.shape) for m in net if isinstance(m, torch.nn.Linear)]
+    assert linear_shapes(one.encoders[0]) == [(200, 784), (200, 200), (100, 200)]  # 2 x 50 (mean, logvar)
+    assert linear_shapes(one.decoder) == [(200, 50), (200, 200), (784, 200)]
+    assert linear_shapes(two.encoders[1]) == [(100, 100), (100, 100), (100, 100)]  # h1 (100) -> h2 (2 x 50)
+    assert linear_shapes(two.priors[0]) == [(100, 50), (100, 100), (200, 100)]     # h2 -> p(h1|h2) (2 x 100)
+    assert linear_shapes(two.decoder) == [(200, 100), (200, 200), (784, 200)]
+    with pytest.raises(ValueError, match="stochastic_layers: expected 1 or 2"):
+        paper_model(3)
+
+
+def small_model(layers, seed=0):
+    torch.manual_seed(seed)
+    sizes = {1: dict(hidden=((7,),), latent=(3,)), 2: dict(hidden=((7,), (5,)), latent=(4, 2))}[layers]
+    return paper_model(layers, x_dim=6, backend="torch", **sizes).double()
+
+
+def naive_log_weights(model, x, noise):
+    """Float64 log w from torch.distributions, written from the model's definition."""
+    mu, logvar = model.encoders[0](x).chunk(2, -1)
+    q1 = Normal(mu, torch.exp(0.5 * logvar))
+    h1 = mu + torch.exp(0.5 * logvar) * noise[0]
+    log_w = Bernoulli(logits=model.decoder(h1), validate_args=False).log_prob(x).sum(-1) - q1.log_prob(h1).sum(-1)
+    if model.stochastic_layers == 1:
+        return log_w + Normal(0.0, 1.0).log_prob(h1).sum(-1)
+    mu2, logvar2 = model.encoders[1](h1).chunk(2, -1)
+    h2 = mu2 + torch.exp(0.5 * logvar2) * noise[1]
+    prior_mu, prior_logvar = model.priors[0](h2).chunk(2, -1)
+    return (log_w + Normal(prior_mu, torch.exp(0.5 * prior_logvar)).log_prob(h1).sum(-1)
+            + Normal(0.0, 1.0).log_prob(h2).sum(-1) - Normal(mu2, torch.exp(0.5 * logvar2)).log_prob(h2).sum(-1))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_log_weights_and_gradient_match_naive(layers):
+    model = small_model(layers)
+    k, batch = 5, 4
+    x = torch.bernoulli(torch.full((batch, 6), 0.5, dtype=torch.float64))
+    noise = [torch.randn(k, batch, size, dtype=torch.float64) for size in model.latent]
+    log_w = model._log_weights(x, model.encode(x), k, "iwae", noise)
+    expected = naive_log_weights(model, x, noise)
+    assert_close(log_w, expected)
+    params = list(model.parameters())
+    got = torch.autograd.grad(-ik.iwae_bound(log_w).mean(), params)
+    want = torch.autograd.grad(-(torch.logsumexp(expected, 0) - math.log(k)).mean(), params)
+    for g, w in zip(got, want):
+        assert_close(g, w)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("estimator", ik.ESTIMATORS)
+def test_every_estimator_trains(layers, estimator):
+    model = small_model(layers)
+    x = torch.bernoulli(torch.full((8, 6), 0.5, dtype=torch.float64))
+    loss = model.loss(x, k=4, estimator=estimator)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert loss.shape == () and torch.isfinite(loss)
+    assert all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_one_layer_loss_is_iwae_loss():
+    model = small_model(1)
+    x = torch.bernoulli(torch.full((8, 6), 0.5, dtype=torch.float64))
+    torch.manual_seed(5)
+    from_model = model.loss(x, k=6)
+    torch.manual_seed(5)
+    mu, logvar = model.encode(x)
+    assert_close(from_model, ik.iwae_loss(x, mu, logvar, model.decoder, k=6))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_streaming_log_likelihood_folds_every_chunk(layers, monkeypatch):
+    """log_likelihood(k, chunk) = L_k of all the log-weights its chunks produced; no chunk exceeds ``chunk``."""
+    model = small_model(layers)
+    x = torch.bernoulli(torch.full((3, 6), 0.5, dtype=torch.float64))
+    chunks = []
+    original = model._log_weights
+
+    def recording(*args, **kwargs):
+        out = original(*args, **kwargs)
+        chunks.append(out)
+        return out
+
+    monkeypatch.setattr(model, "_log_weights", recording)
+    result = model.log_likelihood(x, k=107, chunk=20)
+    assert [c.shape[0] for c in chunks] == [20] * 5 + [7]
+    torch.testing.assert_close(result, ik.iwae_bound(torch.cat(chunks)), rtol=1e-12, atol=1e-12)
+
+
+PEAK_MEMORY_SCRIPT = """
+import resource, sys, torch
+from iwae_kernels.models import paper_model
+torch.manual_seed(0)
+model = paper_model(1)
+x = torch.bernoulli(torch.full((20, 784), 0.3))
+model.log_likelihood(x, k=50, chunk=50)  # warm-up: the allocations every run makes
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model.log_likelihood(x, k=int(sys.argv[1]), chunk=int(sys.argv[2]))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)  # MiB above the warm-up peak
+"""
+
+
+def peak_growth_mib(k, chunk):
+    out = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, str(k), str(chunk)], capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def test_log_likelihood_memory_does_not_grow_with_k():
+    """Peak memory (process max RSS) for L_5000 with chunk 50 stays at L_50's; one chunk of 5000 would need
+    the [5000, 20, 784] logits (300 MiB) and more, which this measurement sees."""
+    assert peak_growth_mib(5000, 50) < 20
+    assert peak_growth_mib(5000, 5000) > 250
+
+
+def test_active_units_counts_units_that_vary():
+    model = small_model(1)
+    x = torch.rand(300, 6, dtype=torch.float64)
+    with torch.no_grad():
+        model.encoders[0][-1].weight[0].zero_()  # the mean of unit 0 no longer depends on x
+    counts, activity = active_units(model, x)
+    assert activity[0][0] == 0 and counts == [int((activity[0] > 1e-2).sum())] and counts[0] < 3
+    two = small_model(2)
+    counts, activity = active_units(two, x)
+    assert len(counts) == 2 and activity[1].shape == (2,)
+
+
+def test_sample_and_reconstruct():
+    model = small_model(2)
+    samples, recon = model.sample(5), model.reconstruct(torch.rand(3, 6, dtype=torch.float64))
+    assert samples.shape == (5, 6) and recon.shape == (3, 6)
+    assert (samples >= 0).all() and (samples <= 1).all() and (recon >= 0).all() and (recon <= 1).all()
