@@ -9,24 +9,19 @@ the test set. Writes benchmarks/results/<device>/paper_table.{json,md}.
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-from iwae_kernels import data as datasets
-from iwae_kernels.evaluate import evaluate
-from iwae_kernels.train import TrainConfig, resolve_device, train
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment, write_results  # noqa: E402
+from iwae_kernels import data as datasets  # noqa: E402
+from iwae_kernels.evaluate import evaluate  # noqa: E402
+from iwae_kernels.train import TrainConfig, resolve_device, train  # noqa: E402
 
 ROWS = [("VAE", "vae", 1), ("VAE", "vae", 50), ("IWAE", "iwae", 50)]
 PAPER_NLL = {("VAE", 1): 86.76, ("VAE", 50): 86.35, ("IWAE", 50): 84.78}  # 3,280 passes, all 10,000 test images
 PAPER_ACTIVE = {("VAE", 1): 19, ("VAE", 50): 20, ("IWAE", 50): 25}
-
-
-def device_name(device):
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def main():
@@ -59,29 +54,12 @@ def main():
                      "paper_active_units": PAPER_ACTIVE[(name, k)]})
         print(json.dumps(rows[-1]), flush=True)
 
-    result = {
-        "device": device_name(device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-        "command": "python " + " ".join(sys.argv), "batch_size": args.batch_size, "seed": args.seed,
-        "test_images": int(test_x.shape[0]), "eval_k": args.eval_k, "rows": rows,
-    }
-    out = Path("benchmarks/results") / result["device"].split(" (")[0].replace(" ", "_")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "paper_table.json").write_text(json.dumps(result, indent=1))
-    lines = [
-        f"# Reduced Table 1 (MNIST, 1 stochastic layer) on {result['device']}",
-        "",
-        f"- date {result['date']}, torch {result['torch']}, command `{result['command']}`",
-        f"- {args.epochs} passes per model (the paper: 3,280), batch {args.batch_size}, Adam lr 1e-3, seed {args.seed}",
-        f"- test NLL = -mean L_{args.eval_k} over the first {result['test_images']} test images, one fixed binarization",
-        "",
-        "| model | k | passes | test NLL (nats) | active units | train wall (s) | eval wall (s) | paper NLL | paper active |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    lines += [f"| {r['model']} | {r['k']} | {r['epochs']} | {r['test_nll']:.2f} | {r['active_units']} | "
-              f"{r['train_wall_s']:.0f} | {r['eval_wall_s']:.0f} | {r['paper_nll']} | {r['paper_active_units']} |"
-              for r in rows]
-    (out / "paper_table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    notes = [f"{args.epochs} passes per model (the paper: 3,280), batch {args.batch_size}, Adam lr 1e-3, seed {args.seed}",
+             f"test NLL = -mean L_{args.eval_k} over the first {test_x.shape[0]} test images, one fixed binarization",
+             "paper: 3,280 passes, all 10,000 test images (Burda et al. 2015, Table 1)"]
+    write_results("paper_table", device, environment(device), rows,
+                  ["model", "k", "epochs", "test_nll", "active_units", "train_wall_s", "eval_wall_s", "paper_nll",
+                   "paper_active_units"], notes)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""-mean L_5000 over MNIST test images with the paper's 1-layer model: naive vs fused, wall time and peak memory.
+
+naive: what a user writes: the encoder once, then chunks of samples through torch.distributions log-probs and
+binary_cross_entropy_with_logits, keeping every chunk's [chunk, B] log-weights and taking torch.logsumexp over
+all k at the end (eager, no kernels). fused: PaperModel.log_likelihood (encoder once, chunks folded into a
+(max, sum) state by the kernels, nothing of size k kept). Both see the same model and images; their NLLs are
+checked to agree within Monte Carlo error before the times are written.
+
+    python benchmarks/bench_eval.py                          # CPU default: 200 test images
+    python benchmarks/bench_eval.py --images 10000 --device cuda
+"""
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.distributions import Normal
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment, peak_memory_mib, write_results  # noqa: E402
+from iwae_kernels import data as datasets  # noqa: E402
+from iwae_kernels.models import paper_model  # noqa: E402
+
+
+@torch.no_grad()
+def naive_log_likelihood(model, x, k, chunk):
+    mu, logvar = model.encode(x)
+    std = torch.exp(0.5 * logvar)
+    log_ws = []
+    for start in range(0, k, chunk):
+        eps = torch.randn((min(chunk, k - start),) + tuple(mu.shape), device=x.device)
+        z = mu + std * eps
+        logits = model.decoder(z)
+        log_lik = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x.expand_as(logits),
+                                                                        reduction="none").sum(-1)
+        log_ws.append(log_lik + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu, std).log_prob(z).sum(-1))
+    return torch.logsumexp(torch.cat(log_ws), 0) - math.log(k)
+
+
+def timed_nll(fn, model, images, k, chunk, batch, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    bounds = torch.cat([fn(model, images[i : i + batch], k, chunk) for i in range(0, images.shape[0], batch)])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return -bounds.double().mean().item(), time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--images", type=int, default=None, help="test images (default: 10000 on GPU, 200 on CPU)")
+    parser.add_argument("--k", type=int, default=5000)
+    parser.add_argument("--chunk", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--checkpoint", default=None, help="a trained checkpoint (default: a fresh model)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    images = args.images or (10000 if device.type == "cuda" else 200)
+    torch.manual_seed(0)
+    if args.checkpoint:
+        from iwae_kernels.train import model_from_checkpoint
+
+        model = model_from_checkpoint(args.checkpoint, args.device)[0]
+    else:
+        model = paper_model(1).to(device)
+    test = datasets.fixed_binarization(datasets.load_mnist()[1][:images]).to(device)
+    env = environment(device)
+    variants = {"naive (chunked, eager)": naive_log_likelihood,
+                "fused": lambda m, x, k, chunk: m.log_likelihood(x, k=k, chunk=chunk)}
+    rows = []
+    for name, fn in variants.items():
+        nll, seconds = timed_nll(fn, model, test, args.k, args.chunk, args.batch, device)
+        peak = peak_memory_mib(lambda: fn(model, test[: args.batch], args.k, args.chunk), device)
+        rows.append({"variant": name, "images": images, "k": args.k, "chunk": args.chunk, "batch": args.batch,
+                     "test_nll": nll, "wall_s": seconds, "peak_mib_per_batch": peak})
+        print(rows[-1], flush=True)
+    rows[1]["speedup_vs_naive"] = rows[0]["wall_s"] / rows[1]["wall_s"]
+    assert abs(rows[0]["test_nll"] - rows[1]["test_nll"]) < 0.05 * abs(rows[0]["test_nll"]), "the variants disagree"
+    notes = ["model: " + (args.checkpoint or "a freshly initialised paper 1-layer model (speed does not depend on training)"),
+             "peak memory: one batch's evaluation on the GPU, above what was allocated before (CPU: not measured)"]
+    write_results("bench_eval", device, env, rows,
+                  ["variant", "images", "k", "chunk", "test_nll", "wall_s", "peak_mib_per_batch", "speedup_vs_naive"],
+                  notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Shared benchmark plumbing: device description, timing, peak memory, and writing results by device."""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# Where results go: benchmarks/results/<device>/, or IWAE_KERNELS_BENCH_RESULTS (the tests point it elsewhere).
+RESULTS = Path(os.environ.get("IWAE_KERNELS_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def environment(device):
+    """What a result must record besides its numbers."""
+    info = {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "python " + " ".join(sys.argv)}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                            cwd=Path(__file__).resolve().parent).stdout.strip()
+    except OSError:
+        info["git_commit"] = None
+    return info
+
+
+def median_ms(fn, device, warmup=3, repeats=10):
+    """Median wall time of fn() in ms after warm-up: triton.testing.do_bench on a GPU, perf_counter on a CPU."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def peak_memory_mib(fn, device):
+    """Peak device memory of one fn() call above what was allocated before it (GPU only; None on CPU)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def write_results(name, device, env, rows, columns, notes=()):
+    """benchmarks/results/<device>/<name>.json and .md; returns the folder."""
+    folder = RESULTS / env["device"].split(" (")[0].replace(" ", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps({**env, "rows": rows}, indent=1))
+    fmt = lambda v: "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+    lines = [f"# {name} on {env['device']}", "",
+             f"- {env['date']}, torch {env['torch']}, triton {env['triton']}, commit {env['git_commit']}",
+             f"- command: `{env['command']}`", *[f"- {note}" for note in notes], "",
+             "| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[len(notes) + 4:]))
+    return folder

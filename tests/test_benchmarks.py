@@ -1,0 +1,34 @@
+"""The benchmark scripts run on CPU at tiny sizes, so they never rot (GPU numbers come only from GPU runs)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_benchmark(tmp_path, script, *args):
+    env = {"IWAE_KERNELS_BENCH_RESULTS": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    subprocess.run([sys.executable, str(BENCHMARKS / script), "--device", "cpu", *args], check=True, env=env,
+                   capture_output=True, text=True)
+    (folder,) = tmp_path.iterdir()
+    return folder
+
+
+def test_bench_loss_runs_and_records_what_it_must(tmp_path):
+    folder = run_benchmark(tmp_path, "bench_loss.py", "--k", "1", "4", "--batch", "3", "--dim", "5", "--obs", "11")
+    result = json.loads((folder / "bench_loss.json").read_text())
+    for key in ("device", "torch", "triton", "command", "date"):
+        assert result[key]
+    variants = {row["variant"] for row in result["rows"]}
+    assert {"naive", "fused-torch"} <= variants
+    assert all(row["fwd_bwd_ms"] > 0 and row["speedup_vs_naive"] > 0 for row in result["rows"])
+    assert (folder / "bench_loss.md").exists() and (folder / "bench_loss.png").stat().st_size > 1000
+
+
+def test_bench_eval_runs(tmp_path):
+    folder = run_benchmark(tmp_path, "bench_eval.py", "--images", "6", "--k", "40", "--chunk", "16", "--batch", "3")
+    rows = json.loads((folder / "bench_eval.json").read_text())["rows"]
+    assert [row["variant"] for row in rows] == ["naive (chunked, eager)", "fused"]
+    assert rows[1]["speedup_vs_naive"] > 0
