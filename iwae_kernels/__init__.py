@@ -4,6 +4,7 @@ Public API (k samples lead every [k, ...] tensor):
 
     gaussian_sample(mu, logvar, k, ...)        -> z [k, B, D], log p(z) - log q(z|x) [k, B]
     bernoulli_log_likelihood(logits, x)        -> [k, B]
+    bernoulli_decoder_log_likelihood(hidden, weight, bias, x) -> [k, B], the logits never written
     gaussian_log_likelihood(mean, logvar, x)   -> [k, B]
     iwae_bound(log_w)                          -> L_k [B]
     normalized_weights(log_w)                  -> [k, B]
@@ -15,6 +16,7 @@ from .functional import (
     ESTIMATORS,
     LIKELIHOODS,
     StreamingIWAEBound,
+    bernoulli_decoder_log_likelihood,
     bernoulli_log_likelihood,
     gaussian_log_likelihood,
     gaussian_sample,
@@ -30,6 +32,7 @@ __all__ = [
     "ESTIMATORS",
     "LIKELIHOODS",
     "StreamingIWAEBound",
+    "bernoulli_decoder_log_likelihood",
     "bernoulli_log_likelihood",
     "gaussian_log_likelihood",
     "gaussian_sample",

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ._build import CXX_FLAGS, NVCC_FLAGS, SOURCES
+from .ops import decoder_head as _decoder_head
 from .ops import gaussian_sample as _sample
 from .ops import log_likelihood as _likelihood
 from .ops import logsumexp as _logsumexp
@@ -91,3 +92,8 @@ def normalized_weights(log_w):
 
 def fold_max_sum(running_max, running_sum, log_w):
     return _logsumexp.fold_max_sum(running_max, running_sum, log_w, launchers=launchers()["logsumexp"])
+
+
+def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
+    # The fused decoder head has a Triton kernel only; the cuda backend runs it.
+    return _decoder_head.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)

@@ -8,7 +8,7 @@ import torch
 
 from . import _checks
 from .backend import get_backend
-from .reference import bound_from_max_sum
+from .reference import DECODER_HEAD_MAX_HIDDEN, bound_from_max_sum
 
 ESTIMATORS = ("iwae", "vae", "stl", "dreg", "iwae-resample")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -88,6 +88,35 @@ def gaussian_log_likelihood(mean, logvar, x, *, backend=None):
     _checks.check_tensor("logvar", logvar, (3,), like=("mean", mean))
     _checks.check_shape("logvar", logvar, mean.shape)
     return get_backend(backend, mean.device).gaussian_log_likelihood(mean, logvar, x)
+
+
+def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
+    """The decoder's last linear layer fused with the Bernoulli log-likelihood: the [k, B, P] logits
+    hidden @ weight.T + bias are never written to memory by the compiled backends (the torch one forms them).
+
+    Args:
+        hidden: the decoder's last hidden activations [k, B, H] (H <= DECODER_HEAD_MAX_HIDDEN = 1024 for the
+            compiled backends).
+        weight, bias: that layer's [P, H] weight and [P] bias (an nn.Linear's).
+        x: Bernoulli targets [B, P].
+    Returns:
+        [k, B] (float32 for half inputs); gradients flow to hidden, weight and bias.
+    """
+    _checks.check_tensor("hidden", hidden, (3,))
+    _checks.check_tensor("weight", weight, (2,), like=("hidden", hidden))
+    _checks.check_tensor("bias", bias, (1,), like=("hidden", hidden))
+    _checks.check_tensor("x", x, (2,))
+    _checks.check_same_device("x", x, "hidden", hidden)
+    size, width = weight.shape
+    if width != hidden.shape[-1]:
+        raise ValueError(f"weight: expected shape [P, H={hidden.shape[-1]}], got {tuple(weight.shape)}")
+    _checks.check_shape("bias", bias, (size,))
+    _checks.check_shape("x", x, (hidden.shape[1], size))
+    ops = get_backend(backend, hidden.device)
+    if ops.__name__ != "iwae_kernels.reference" and width > DECODER_HEAD_MAX_HIDDEN:
+        raise ValueError(f"hidden: the fused decoder head holds H <= {DECODER_HEAD_MAX_HIDDEN} per row, got H={width}; "
+                         "use backend='torch'")
+    return ops.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
 
 
 def iwae_bound(log_w, *, backend=None):

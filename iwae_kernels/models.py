@@ -87,7 +87,10 @@ class PaperModel(nn.Module):
             h1, latent1 = F.gaussian_sample(mu, logvar, k, eps=eps1, prior_mu=prior_mu, prior_logvar=prior_logvar,
                                             estimator=estimator, backend=backend)
             latent = latent1 + latent2
-        return F.bernoulli_log_likelihood(self.decoder(h1), x, backend=backend) + latent
+        # The output layer and the likelihood are one fused op: the [k, B, P] logits are never stored.
+        output = self.decoder[-1]
+        log_lik = F.bernoulli_decoder_log_likelihood(self.decoder[:-1](h1), output.weight, output.bias, x, backend=backend)
+        return log_lik + latent
 
     def bound(self, x, k=50, estimator="iwae"):
         """Per-example bound [B] whose gradient is the estimator's: L_k, or the k-sample ELBO for "vae"."""

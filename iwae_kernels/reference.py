@@ -14,6 +14,9 @@ from torch.autograd.function import once_differentiable
 
 LOG_2PI = math.log(2.0 * math.pi)
 
+# The fused decoder head keeps a row's hidden vector in one block, so its compiled kernels take H up to this.
+DECODER_HEAD_MAX_HIDDEN = 1024
+
 # Estimator codes shared with the kernels: "vae" and "iwae" both take the exact derivative of (z, log-weight).
 ESTIMATOR_CODES = {"iwae": 0, "vae": 0, "iwae-resample": 0, "stl": 1, "dreg": 2}
 
@@ -198,3 +201,11 @@ def iwae_bound(log_w):
 def normalized_weights(log_w):
     """Self-normalized importance weights, softmax over dim 0. log_w [k, B] -> [k, B]."""
     return NormalizedWeightsFunction.apply(log_w)
+
+
+def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
+    """Bernoulli log p(x|z) of logits hidden @ weight.T + bias (materialized here; the kernels never write them).
+
+    hidden [k, B, H], weight [P, H], bias [P], x [B, P] -> [k, B].
+    """
+    return bernoulli_log_likelihood(torch.nn.functional.linear(hidden, weight, bias), x)

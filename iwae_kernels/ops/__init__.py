@@ -4,6 +4,7 @@ This module exposes the same functions as ``iwae_kernels.reference`` (the torch 
 API in ``iwae_kernels.functional`` dispatches to either without knowing which it holds.
 """
 
+from .decoder_head import bernoulli_decoder_log_likelihood
 from .gaussian_sample import gaussian_sample
 from .log_likelihood import bernoulli_log_likelihood, gaussian_log_likelihood
 from .logsumexp import fold_max_sum, iwae_bound, normalized_weights
@@ -15,4 +16,5 @@ __all__ = [
     "iwae_bound",
     "normalized_weights",
     "fold_max_sum",
+    "bernoulli_decoder_log_likelihood",
 ]

@@ -1,0 +1,184 @@
+"""Fused decoder head: linear layer + Bernoulli log-likelihood, never writing the [k * B, P] logits.
+
+log p(x|z) [k, B] = sum_j x_j y_j - softplus(y_j) with y = h W^T + b, for the decoder's last hidden
+activations h [k, B, H], weight W [P, H], bias b [P] and data x [B, P]. At large k the logits are most of an
+IWAE step's bytes; here each program forms a [rows, P-tile] block of them in registers (one matmul tile) and
+reduces it in the epilogue, like fused linear + cross-entropy kernels in LLM training.
+
+Backward recomputes the logit tiles instead of storing them: one kernel writes dh (rows in parallel), another
+dW and db (P-tiles in parallel, rows split into segments whose partial sums torch adds up).
+A row's hidden vector is held as one padded block, so H is limited to reference.DECODER_HEAD_MAX_HIDDEN.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+from .. import reference
+from ..backend import triton_interpreting
+from .utils import log1p_small, triton_accumulation_dtype
+
+BLOCK_ROWS = 32
+BLOCK_OBS = 64
+ROW_SEGMENTS = 32
+
+
+@triton.jit
+def _hidden_block(h_ptr, rows, row_mask, H, H_PAD: tl.constexpr):
+    hidden = tl.arange(0, H_PAD)
+    mask = row_mask[:, None] & (hidden < H)[None, :]
+    return tl.load(h_ptr + rows[:, None] * H + hidden[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _weight_tile_t(w_ptr, cols, col_mask, H, H_PAD: tl.constexpr):
+    """W^T for the columns: [H_PAD, BLOCK_P]."""
+    hidden = tl.arange(0, H_PAD)
+    mask = (hidden < H)[:, None] & col_mask[None, :]
+    return tl.load(w_ptr + cols[None, :] * H + hidden[:, None], mask=mask, other=0.0)
+
+
+@triton.jit
+def _dot(a, b, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    # PRECISION "upcast": fp32 operands, only where the Triton interpreter gets bf16 dot products wrong.
+    if PRECISION == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), out_dtype=ACC, input_precision="ieee")
+    return tl.dot(a, b, out_dtype=ACC, input_precision=PRECISION)
+
+
+@triton.jit
+def _logits(h_block, w_tile_t, b_ptr, cols, col_mask, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    y = _dot(h_block, w_tile_t, ACC, PRECISION)
+    return y + tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
+
+
+@triton.jit
+def _grad_logits(y, x_ptr, x_rows, cols, mask, grad_out, P, ACC: tl.constexpr):
+    x = tl.load(x_ptr + x_rows[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
+    return tl.where(mask, grad_out[:, None] * (x - 1.0 / (1.0 + tl.exp(-y))), 0.0)
+
+
+@triton.jit
+def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, out_ptr, R, B, H, P,
+                     ACC: tl.constexpr, PRECISION: tl.constexpr, H_PAD: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    x_rows = rows % B
+    h_block = _hidden_block(h_ptr, rows, row_mask, H, H_PAD)
+    total = tl.zeros([BLOCK_R], ACC)
+    for p0 in range(0, P, BLOCK_P):
+        cols = p0 + tl.arange(0, BLOCK_P)
+        col_mask = cols < P
+        mask = row_mask[:, None] & col_mask[None, :]
+        y = _logits(h_block, _weight_tile_t(w_ptr, cols, col_mask, H, H_PAD), b_ptr, cols, col_mask, ACC, PRECISION)
+        x = tl.load(x_ptr + x_rows[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
+        term = x * y - tl.maximum(y, 0.0) - log1p_small(tl.exp(-tl.abs(y)))
+        total += tl.sum(tl.where(mask, term, 0.0), axis=1)
+    tl.store(out_ptr + rows, total, mask=row_mask)
+
+
+@triton.jit
+def _head_grad_hidden_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_ptr, R, B, H, P,
+                             ACC: tl.constexpr, PRECISION: tl.constexpr, H_PAD: tl.constexpr,
+                             BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    x_rows = rows % B
+    h_block = _hidden_block(h_ptr, rows, row_mask, H, H_PAD)
+    grad_out = tl.load(grad_out_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+    grad_h = tl.zeros([BLOCK_R, H_PAD], ACC)
+    for p0 in range(0, P, BLOCK_P):
+        cols = p0 + tl.arange(0, BLOCK_P)
+        col_mask = cols < P
+        mask = row_mask[:, None] & col_mask[None, :]
+        w_tile_t = _weight_tile_t(w_ptr, cols, col_mask, H, H_PAD)
+        grad_y = _grad_logits(_logits(h_block, w_tile_t, b_ptr, cols, col_mask, ACC, PRECISION), x_ptr, x_rows, cols,
+                              mask, grad_out, P, ACC)
+        grad_h += _dot(grad_y.to(w_tile_t.dtype), tl.trans(w_tile_t), ACC, PRECISION)
+    hidden = tl.arange(0, H_PAD)
+    tl.store(grad_h_ptr + rows[:, None] * H + hidden[None, :], grad_h.to(grad_h_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & (hidden < H)[None, :])
+
+
+@triton.jit
+def _head_grad_weight_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_w_ptr, grad_b_ptr, R, B, H, P,
+                             rows_per_segment,
+                             ACC: tl.constexpr, PRECISION: tl.constexpr, H_PAD: tl.constexpr,
+                             BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+    # Program (P-tile, row segment) writes that segment's partial dW [BLOCK_P, H] and db [BLOCK_P].
+    cols = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    col_mask = cols < P
+    segment = tl.program_id(1)
+    w_tile_t = _weight_tile_t(w_ptr, cols, col_mask, H, H_PAD)
+    grad_w = tl.zeros([BLOCK_P, H_PAD], ACC)
+    grad_b = tl.zeros([BLOCK_P], ACC)
+    first = segment.to(tl.int64) * rows_per_segment
+    for r0 in range(0, rows_per_segment, BLOCK_R):
+        rows = first + r0 + tl.arange(0, BLOCK_R)
+        row_mask = (rows < R) & (r0 + tl.arange(0, BLOCK_R) < rows_per_segment)
+        mask = row_mask[:, None] & col_mask[None, :]
+        h_block = _hidden_block(h_ptr, rows, row_mask, H, H_PAD)
+        grad_out = tl.load(grad_out_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+        grad_y = _grad_logits(_logits(h_block, w_tile_t, b_ptr, cols, col_mask, ACC, PRECISION), x_ptr, rows % B, cols,
+                              mask, grad_out, P, ACC)
+        grad_w += _dot(tl.trans(grad_y.to(h_block.dtype)), h_block, ACC, PRECISION)
+        grad_b += tl.sum(grad_y, axis=0)
+    hidden = tl.arange(0, H_PAD)
+    out = segment.to(tl.int64) * P * H
+    tl.store(grad_w_ptr + out + cols[:, None] * H + hidden[None, :], grad_w,
+             mask=col_mask[:, None] & (hidden < H)[None, :])
+    tl.store(grad_b_ptr + segment.to(tl.int64) * P + cols, grad_b, mask=col_mask)
+
+
+def _config(hidden):
+    dtype = hidden.dtype
+    precision = "ieee" if dtype in (torch.float32, torch.float64) else "tf32"  # half inputs ignore it
+    if dtype == torch.bfloat16 and triton_interpreting():
+        precision = "upcast"  # Triton 3.9's interpreter multiplies bf16 operands wrongly (fp16 is fine)
+    return dict(ACC=triton_accumulation_dtype(dtype), PRECISION=precision,
+                H_PAD=max(16, triton.next_power_of_2(hidden.shape[-1])), BLOCK_R=BLOCK_ROWS, BLOCK_P=BLOCK_OBS)
+
+
+class BernoulliDecoderHeadFunction(torch.autograd.Function):
+    """(hidden [k, B, H], weight [P, H], bias [P], x [B, P]) -> log p(x|z) [k, B]; x gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, x):
+        hidden, weight, bias, x = hidden.contiguous(), weight.contiguous(), bias.contiguous(), x.contiguous()
+        num_samples, batch, width = hidden.shape
+        rows, size = num_samples * batch, weight.shape[0]
+        out = torch.empty((num_samples, batch), dtype=reference.accumulation_dtype(hidden.dtype), device=hidden.device)
+        _head_fwd_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](hidden, weight, bias, x, out, rows, batch, width, size,
+                                                           **_config(hidden))
+        ctx.save_for_backward(hidden, weight, bias, x)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        hidden, weight, bias, x = ctx.saved_tensors
+        num_samples, batch, width = hidden.shape
+        rows, size = num_samples * batch, weight.shape[0]
+        grad_out = grad_out.contiguous()
+        config = _config(hidden)
+        grad_hidden = torch.empty_like(hidden)
+        _head_grad_hidden_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](
+            hidden, weight, bias, x, grad_out, grad_hidden, rows, batch, width, size, **config)
+        segments = min(ROW_SEGMENTS, triton.cdiv(rows, BLOCK_ROWS))
+        rows_per_segment = triton.cdiv(triton.cdiv(rows, segments), BLOCK_ROWS) * BLOCK_ROWS
+        acc = reference.accumulation_dtype(hidden.dtype)
+        partial_w = torch.empty((segments, size, width), dtype=acc, device=hidden.device)
+        partial_b = torch.empty((segments, size), dtype=acc, device=hidden.device)
+        _head_grad_weight_kernel[(triton.cdiv(size, BLOCK_OBS), segments)](
+            hidden, weight, bias, x, grad_out, partial_w, partial_b, rows, batch, width, size, rows_per_segment, **config)
+        return grad_hidden, partial_w.sum(0).to(weight.dtype), partial_b.sum(0).to(bias.dtype), None
+
+
+def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
+    """Bernoulli log p(x|z) of logits hidden @ weight.T + bias without materializing them.
+
+    hidden [k, B, H] (H <= reference.DECODER_HEAD_MAX_HIDDEN), weight [P, H], bias [P], x [B, P] -> [k, B].
+    """
+    return BernoulliDecoderHeadFunction.apply(hidden, weight, bias, x)

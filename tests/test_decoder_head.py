@@ -1,0 +1,80 @@
+"""The fused decoder head (linear + Bernoulli log-likelihood without the logits) against the reference."""
+
+import pytest
+import torch
+
+import iwae_kernels as ik
+
+from conftest import COMPILED_BACKENDS, backend_device
+from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_bernoulli
+
+# (k, B, H, P): k=1/B=1/H=1/P=1, odd sizes, P over one tile, and enough rows for many segments in backward.
+SHAPES = [(1, 1, 1, 1), (3, 5, 7, 33), (2, 20, 40, 100), (40, 30, 17, 70)]
+
+
+def make_inputs(k, batch, width, size, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)
+    x = torch.rand(batch, size, generator=gen, dtype=torch.float64).round()
+    return [rand(k, batch, width), rand(size, width) / width**0.5, rand(size)], x
+
+
+def run(tensors, x, backend, device, dtype):
+    leaves = [t.to(device=device, dtype=dtype).requires_grad_() for t in tensors]
+    out = ik.bernoulli_decoder_log_likelihood(*leaves, x.to(device=device, dtype=dtype), backend=backend)
+    upstream = torch.rand(out.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    return [out, *torch.autograd.grad(out, leaves, upstream.to(device=device, dtype=out.dtype))]
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_reference_matches_distributions_and_gradcheck(shape):
+    tensors, x = make_inputs(*shape)
+    leaves = [t.clone().requires_grad_() for t in tensors]
+    expected = naive_bernoulli(leaves[0] @ leaves[1].T + leaves[2], x)
+    assert_close(ik.bernoulli_decoder_log_likelihood(*leaves, x, backend="torch"), expected)
+    assert torch.autograd.gradcheck(lambda *t: ik.bernoulli_decoder_log_likelihood(*t, x, backend="torch"), leaves)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_matches_reference(kernel, dtype, shape):
+    tensors, x = make_inputs(*shape)
+    expected = run(tensors, x, "torch", "cpu", torch.float64)
+    for got, want in zip(run(tensors, x, *kernel, dtype), expected):
+        assert got.shape == want.shape
+        assert_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_kernel_low_precision(kernel, dtype):
+    tensors, x = make_inputs(3, 6, 24, 50)
+    rounded = [t.to(dtype).double() for t in tensors]
+    oracle = run(rounded, x, "torch", "cpu", torch.float64)
+    torch_low = run(tensors, x, "torch", "cpu", dtype)
+    for got, ref, want in zip(run(tensors, x, *kernel, dtype), torch_low, oracle):
+        assert_close_as_torch(got, ref, want)
+
+
+def test_model_layer_uses_the_fused_head(monkeypatch):
+    from iwae_kernels.models import paper_model
+
+    calls = []
+    original = ik.functional.bernoulli_decoder_log_likelihood
+    monkeypatch.setattr(ik.functional, "bernoulli_decoder_log_likelihood",
+                        lambda *a, **kw: calls.append(a[0].shape) or original(*a, **kw))
+    model = paper_model(1, x_dim=12, hidden=((9,),), latent=(4,))
+    model.log_likelihood(torch.rand(3, 12).round(), k=10, chunk=4)
+    assert calls == [(4, 3, 9), (4, 3, 9), (2, 3, 9)]
+
+
+def test_bad_input_names_the_argument():
+    hidden, weight, bias, x = torch.zeros(2, 3, 4), torch.zeros(5, 4), torch.zeros(5), torch.zeros(3, 5)
+    with pytest.raises(ValueError, match=r"weight: expected shape \[P, H=4\]"):
+        ik.bernoulli_decoder_log_likelihood(hidden, torch.zeros(5, 6), bias, x)
+    with pytest.raises(ValueError, match=r"bias: expected shape \(5,\)"):
+        ik.bernoulli_decoder_log_likelihood(hidden, weight, torch.zeros(4), x)
+    with pytest.raises(ValueError, match=r"x: expected shape \(3, 5\)"):
+        ik.bernoulli_decoder_log_likelihood(hidden, weight, bias, torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"hidden: the fused decoder head holds H <= 1024"):
+        ik.bernoulli_decoder_log_likelihood(torch.zeros(1, 1, 1025), torch.zeros(5, 1025), bias, torch.zeros(1, 5),
+                                            backend="triton")
