@@ -9,6 +9,8 @@ import importlib
 import importlib.util
 import os
 
+from . import reference
+
 BACKENDS = ("torch", "triton", "cuda")
 MODULES = {"torch": "iwae_kernels.reference", "triton": "iwae_kernels.ops", "cuda": "iwae_kernels.cuda_backend"}
 ENV_VAR = "IWAE_KERNELS_BACKEND"
@@ -48,6 +50,15 @@ def backend_name(backend, device):
     return name
 
 
+_LOADED = {"torch": reference}  # the compiled backends load on first use (TRITON_INTERPRET is read then)
+
+
 def get_backend(backend, device):
-    """The module implementing the ops for ``backend`` (see ``backend_name``) on ``device``."""
-    return importlib.import_module(MODULES[backend_name(backend, device)])
+    """The module implementing the ops for ``backend`` (see ``backend_name``) on ``device``.
+
+    Loaded modules are kept in a dict so torch.compile can trace the dispatch (it cannot trace import_module).
+    """
+    name = backend_name(backend, device)
+    if name not in _LOADED:
+        _LOADED[name] = importlib.import_module(MODULES[name])
+    return _LOADED[name]
