@@ -51,7 +51,7 @@ setup(
     packages=find_packages(include=["iwae_kernels", "iwae_kernels.*"]),
     python_requires=">=3.9",
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.4",
         "numpy",
         "triton>=3.0; platform_system == 'Linux'",
         "tqdm",

@@ -24,3 +24,24 @@ def naive_iwae_loss(x, mu, logvar, decoder, k, eps):
     log_lik = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
     log_w = log_lik + log_p - log_q
     return -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
+
+
+def naive_model_loss(model, x, k):
+    """-mean L_k of an iwae_kernels PaperModel (1 or 2 stochastic layers), written the naive way."""
+    mu, logvar = model.encoders[0](x).chunk(2, -1)
+    std = torch.exp(0.5 * logvar)
+    h1 = mu + std * torch.randn((k,) + tuple(mu.shape), device=x.device, dtype=x.dtype)
+    log_w = -Normal(mu, std).log_prob(h1).sum(-1)
+    if model.stochastic_layers == 1:
+        log_w = log_w + Normal(torch.zeros_like(h1), torch.ones_like(h1)).log_prob(h1).sum(-1)
+    else:
+        mu2, logvar2 = model.encoders[1](h1).chunk(2, -1)
+        std2 = torch.exp(0.5 * logvar2)
+        h2 = mu2 + std2 * torch.randn_like(mu2)
+        prior_mu, prior_logvar = model.priors[0](h2).chunk(2, -1)
+        log_w = (log_w + Normal(prior_mu, torch.exp(0.5 * prior_logvar)).log_prob(h1).sum(-1)
+                 + Normal(torch.zeros_like(h2), torch.ones_like(h2)).log_prob(h2).sum(-1)
+                 - Normal(mu2, std2).log_prob(h2).sum(-1))
+    logits = model.decoder(h1)
+    log_w = log_w - F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+    return -(torch.logsumexp(log_w, 0) - math.log(k)).mean()

@@ -26,6 +26,10 @@ from .functional import (
     resampled_iwae_bound,
 )
 
+from .backend import preload as _preload_backends
+
+_preload_backends()
+
 __version__ = "0.1.0"
 
 __all__ = [

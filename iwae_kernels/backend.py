@@ -1,8 +1,9 @@
 """Backend choice: ``backend=`` per call, else ``IWAE_KERNELS_BACKEND``, else triton for CUDA tensors, torch for CPU.
 
 A backend is a module with the functions of ``iwae_kernels.reference``: ``reference`` (torch), ``ops``
-(Triton) or ``cuda_backend`` (CUDA C++). The compiled ones are imported on first use, so ``TRITON_INTERPRET``
-is read when a kernel is first needed, not at ``import iwae_kernels``.
+(Triton) or ``cuda_backend`` (CUDA C++). The compiled ones load at ``import iwae_kernels`` where they can run
+(a GPU is present, or ``TRITON_INTERPRET=1`` is set before the import), else on first use; loaded modules sit in
+a dict, so torch.compile traces the dispatch without a graph break.
 """
 
 import importlib
@@ -16,8 +17,11 @@ MODULES = {"torch": "iwae_kernels.reference", "triton": "iwae_kernels.ops", "cud
 ENV_VAR = "IWAE_KERNELS_BACKEND"
 
 
+_TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+
+
 def triton_available():
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_AVAILABLE
 
 
 def triton_interpreting():
@@ -43,10 +47,11 @@ def backend_name(backend, device):
     if name == "cuda":
         if device.type != "cuda":
             raise ValueError(f"{source}='cuda' needs CUDA tensors (got {device.type}); use backend='torch' on CPU")
-        from . import cuda_backend
+        if "cuda" not in _LOADED:
+            from . import cuda_backend
 
-        if not cuda_backend.available():
-            raise ValueError(f"{source}='cuda': {cuda_backend.HOW_TO_BUILD}")
+            if not cuda_backend.available():
+                raise ValueError(f"{source}='cuda': {cuda_backend.HOW_TO_BUILD}")
     return name
 
 
@@ -62,3 +67,16 @@ def get_backend(backend, device):
     if name not in _LOADED:
         _LOADED[name] = importlib.import_module(MODULES[name])
     return _LOADED[name]
+
+
+def preload():
+    """Load the compiled backends that can run here (called at ``import iwae_kernels``)."""
+    import torch
+
+    if _TRITON_AVAILABLE and (torch.cuda.is_available() or triton_interpreting()):
+        _LOADED["triton"] = importlib.import_module(MODULES["triton"])
+        if torch.cuda.is_available():
+            from . import cuda_backend
+
+            if cuda_backend.available():
+                _LOADED["cuda"] = cuda_backend

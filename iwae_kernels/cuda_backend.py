@@ -9,13 +9,16 @@ import functools
 import importlib
 import os
 from pathlib import Path
+from typing import Optional
+
+from torch import Tensor
 
 from ._build import CXX_FLAGS, NVCC_FLAGS, SOURCES
 from .ops import decoder_head as _decoder_head
 from .ops import gaussian_sample as _sample
 from .ops import log_likelihood as _likelihood
 from .ops import logsumexp as _logsumexp
-from .ops.utils import Launchers
+from .ops.utils import Launchers, library_op
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 JIT_ENV_VAR = "IWAE_KERNELS_CUDA_JIT"
@@ -58,11 +61,45 @@ def available():
 
 @functools.lru_cache(maxsize=None)
 def launchers():
+    """The CUDA launcher pair of each op family, registered as torch.library custom ops (see ops.utils.library_op)."""
     module = extension()
+
+    @library_op("cuda_gaussian_sample_forward", ("z", "log_weight"))
+    def sample_forward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu: Optional[Tensor],
+                       prior_logvar: Optional[Tensor], z: Tensor, log_weight: Tensor, seed: Tensor) -> None:
+        module.gaussian_sample_forward(mu, logvar, eps, prior_mu, prior_logvar, z, log_weight, int(seed))
+
+    @library_op("cuda_gaussian_sample_backward", ("grad_mu", "grad_logvar", "grad_prior_mu", "grad_prior_logvar"))
+    def sample_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu: Optional[Tensor],
+                        prior_logvar: Optional[Tensor], grad_z: Optional[Tensor], grad_log_weight: Optional[Tensor],
+                        grad_mu: Tensor, grad_logvar: Tensor, grad_prior_mu: Optional[Tensor],
+                        grad_prior_logvar: Optional[Tensor], k: int, seed: Tensor, estimator: int) -> None:
+        module.gaussian_sample_backward(mu, logvar, eps, prior_mu, prior_logvar, grad_z, grad_log_weight, grad_mu,
+                                        grad_logvar, grad_prior_mu, grad_prior_logvar, k, int(seed), estimator)
+
+    @library_op("cuda_log_likelihood_forward", ("out",))
+    def likelihood_forward(first: Tensor, second: Optional[Tensor], x: Tensor, out: Tensor, likelihood: int) -> None:
+        module.log_likelihood_forward(first, second, x, out, likelihood)
+
+    @library_op("cuda_log_likelihood_backward", ("grad_first", "grad_second"))
+    def likelihood_backward(first: Tensor, second: Optional[Tensor], x: Tensor, grad_out: Tensor, grad_first: Tensor,
+                            grad_second: Optional[Tensor], likelihood: int) -> None:
+        module.log_likelihood_backward(first, second, x, grad_out, grad_first, grad_second, likelihood)
+
+    @library_op("cuda_max_sum", ("out_max", "out_sum", "bound"))
+    def max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Tensor], out_max: Tensor, out_sum: Tensor,
+                bound: Optional[Tensor]) -> None:
+        module.max_sum(log_w, in_max, in_sum, out_max, out_sum, bound)
+
+    @library_op("cuda_normalized_weights", ("out",))
+    def normalized_weights(log_w: Tensor, running_max: Tensor, running_sum: Tensor, scale: Optional[Tensor],
+                           out: Tensor) -> None:
+        module.normalized_weights(log_w, running_max, running_sum, scale, out)
+
     return {
-        "sample": Launchers(module.gaussian_sample_forward, module.gaussian_sample_backward),
-        "likelihood": Launchers(module.log_likelihood_forward, module.log_likelihood_backward),
-        "logsumexp": Launchers(module.max_sum, module.normalized_weights),
+        "sample": Launchers(sample_forward, sample_backward),
+        "likelihood": Launchers(likelihood_forward, likelihood_backward),
+        "logsumexp": Launchers(max_sum, normalized_weights),
     }
 
 

@@ -102,6 +102,10 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
     Returns:
         [k, B] (float32 for half inputs); gradients flow to hidden, weight and bias.
     """
+    if torch.is_autocast_enabled(hidden.device.type):
+        # It stands in for a linear layer, so it casts as F.linear does under autocast.
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+        hidden, weight, bias = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
     _checks.check_tensor("hidden", hidden, (3,))
     _checks.check_tensor("weight", weight, (2,), like=("hidden", hidden))
     _checks.check_tensor("bias", bias, (1,), like=("hidden", hidden))

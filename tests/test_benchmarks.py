@@ -32,3 +32,10 @@ def test_bench_eval_runs(tmp_path):
     rows = json.loads((folder / "bench_eval.json").read_text())["rows"]
     assert [row["variant"] for row in rows] == ["naive (chunked, eager)", "fused"]
     assert rows[1]["speedup_vs_naive"] > 0
+
+
+def test_bench_train_step_runs(tmp_path):
+    folder = run_benchmark(tmp_path, "bench_train_step.py", "--k", "2", "--batch", "3", "--layers", "1", "2")
+    rows = json.loads((folder / "bench_train_step.json").read_text())["rows"]
+    assert [(row["layers"], row["variant"]) for row in rows] == [(1, "naive"), (1, "fused"), (2, "naive"), (2, "fused")]
+    assert all(row["samples_per_s"] > 0 for row in rows)

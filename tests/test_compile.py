@@ -1,5 +1,5 @@
-"""torch.compile(fullgraph=True) traces the loss with no graph break (torch backend on CPU; the compiled
-backends' ops are not yet registered with torch.library, see README Status)."""
+"""torch.compile(fullgraph=True) traces the loss with no graph break on every backend: the compiled backends'
+kernels are torch.library custom ops (the Triton ones run here through the interpreter)."""
 
 import pytest
 import torch
@@ -7,38 +7,68 @@ import torch
 import iwae_kernels as ik
 from iwae_kernels.models import paper_model
 
+from conftest import COMPILED_BACKENDS, backend_device
 from helpers import assert_close
 
 
 @pytest.mark.parametrize("estimator", ["iwae", "dreg"])
-def test_compiled_loss_matches_eager_with_the_same_noise(estimator):
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_compiled_loss_matches_eager_with_the_same_noise(backend, estimator):
+    device = backend_device(backend)
     torch.manual_seed(0)
-    x = torch.rand(6, 9).round()
-    mu, logvar = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4, requires_grad=True)
-    weight = torch.randn(4, 9, requires_grad=True)
-    eps = torch.randn(5, 6, 4)
+    x = torch.rand(6, 9, device=device).round()
+    mu = torch.randn(6, 4, device=device, requires_grad=True)
+    logvar = torch.randn(6, 4, device=device, requires_grad=True)
+    weight, bias = torch.randn(9, 4, device=device, requires_grad=True), torch.randn(9, device=device, requires_grad=True)
+    eps = torch.randn(5, 6, 4, device=device)
 
     def loss(x, mu, logvar, weight, eps):
-        z, latent = ik.gaussian_sample(mu, logvar, 5, eps=eps, estimator=estimator, backend="torch")
-        log_w = ik.bernoulli_log_likelihood(z @ weight, x, backend="torch") + latent
-        return -ik.iwae_bound(log_w, backend="torch").mean()
+        z, latent = ik.gaussian_sample(mu, logvar, 5, eps=eps, estimator=estimator, backend=backend)
+        log_w = ik.bernoulli_decoder_log_likelihood(torch.tanh(z), weight, bias, x, backend=backend) + latent
+        return -ik.iwae_bound(log_w, backend=backend).mean()
 
     compiled = torch.compile(loss, fullgraph=True)
     got = compiled(x, mu, logvar, weight, eps)
     want = loss(x, mu, logvar, weight, eps)
     assert_close(got, want)
-    for g, w in zip(torch.autograd.grad(got, [mu, logvar, weight]), torch.autograd.grad(want, [mu, logvar, weight])):
+    params = [mu, logvar, weight, bias]
+    for g, w in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params)):
         assert_close(g, w)
 
 
 @pytest.mark.parametrize("layers", [1, 2])
-def test_paper_model_loss_compiles_whole(layers):
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_paper_model_loss_compiles_whole(backend, layers):
     """The model's loss compiles as one graph; compiled code draws noise from Inductor's RNG, so its value
     differs from eager's draw: check it is finite and trains."""
     torch.manual_seed(0)
     sizes = {1: dict(hidden=((8,),), latent=(3,)), 2: dict(hidden=((8,), (6,)), latent=(4, 2))}[layers]
-    model = paper_model(layers, x_dim=10, backend="torch", **sizes)
+    device = backend_device(backend)
+    model = paper_model(layers, x_dim=10, backend=backend, **sizes).to(device)
     compiled = torch.compile(lambda x: model.loss(x, k=4), fullgraph=True)
-    loss = compiled(torch.rand(5, 10).round())
+    loss = compiled(torch.rand(5, 10, device=device).round())
     grads = torch.autograd.grad(loss, list(model.parameters()))
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_autocast_bf16_accumulates_in_float32(backend):
+    device = backend_device(backend)
+    torch.manual_seed(0)
+    model = paper_model(1, x_dim=30, hidden=((16,),), latent=(5,), backend=backend).to(device)
+    x = torch.rand(8, 30, device=device).round()
+    torch.manual_seed(1)
+    full = model.loss(x, k=6)
+    torch.manual_seed(1)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        mixed = model.loss(x, k=6)
+    grads = torch.autograd.grad(mixed, list(model.parameters()))
+    assert mixed.dtype == torch.float32, "the bound is accumulated and returned in float32"
+    assert abs(mixed.item() - full.item()) < 0.02 * abs(full.item())
+    assert all(torch.isfinite(g).all() and g.dtype == torch.float32 for g in grads)
+
+
+def test_torch_func_says_it_is_not_supported():
+    log_w = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda t: ik.iwae_bound(t, backend="torch").sum())(log_w)

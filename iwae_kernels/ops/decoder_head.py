@@ -13,11 +13,12 @@ A row's hidden vector is held as one padded block, so H is limited to reference.
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import reference
 from ..backend import triton_interpreting
-from .utils import log1p_small, triton_accumulation_dtype
+from .utils import library_op, log1p_small, triton_accumulation_dtype
 
 BLOCK_ROWS = 32
 BLOCK_OBS = 64
@@ -141,17 +142,36 @@ def _config(hidden):
                 H_PAD=max(16, triton.next_power_of_2(hidden.shape[-1])), BLOCK_R=BLOCK_ROWS, BLOCK_P=BLOCK_OBS)
 
 
+@library_op("triton_decoder_head_forward", ("out",))
+def _triton_forward(hidden: Tensor, weight: Tensor, bias: Tensor, x: Tensor, out: Tensor) -> None:
+    num_samples, batch, width = hidden.shape
+    rows = num_samples * batch
+    _head_fwd_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](hidden, weight, bias, x, out, rows, batch, width,
+                                                       weight.shape[0], **_config(hidden))
+
+
+@library_op("triton_decoder_head_backward", ("grad_hidden", "partial_weight", "partial_bias"))
+def _triton_backward(hidden: Tensor, weight: Tensor, bias: Tensor, x: Tensor, grad_out: Tensor, grad_hidden: Tensor,
+                     partial_weight: Tensor, partial_bias: Tensor) -> None:
+    num_samples, batch, width = hidden.shape
+    rows, size, segments = num_samples * batch, weight.shape[0], partial_weight.shape[0]
+    config = _config(hidden)
+    _head_grad_hidden_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](
+        hidden, weight, bias, x, grad_out, grad_hidden, rows, batch, width, size, **config)
+    rows_per_segment = triton.cdiv(triton.cdiv(rows, segments), BLOCK_ROWS) * BLOCK_ROWS
+    _head_grad_weight_kernel[(triton.cdiv(size, BLOCK_OBS), segments)](
+        hidden, weight, bias, x, grad_out, partial_weight, partial_bias, rows, batch, width, size, rows_per_segment,
+        **config)
+
+
 class BernoulliDecoderHeadFunction(torch.autograd.Function):
     """(hidden [k, B, H], weight [P, H], bias [P], x [B, P]) -> log p(x|z) [k, B]; x gets no gradient."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, x):
         hidden, weight, bias, x = hidden.contiguous(), weight.contiguous(), bias.contiguous(), x.contiguous()
-        num_samples, batch, width = hidden.shape
-        rows, size = num_samples * batch, weight.shape[0]
-        out = torch.empty((num_samples, batch), dtype=reference.accumulation_dtype(hidden.dtype), device=hidden.device)
-        _head_fwd_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](hidden, weight, bias, x, out, rows, batch, width, size,
-                                                           **_config(hidden))
+        out = torch.empty(hidden.shape[:2], dtype=reference.accumulation_dtype(hidden.dtype), device=hidden.device)
+        _triton_forward(hidden, weight, bias, x, out)
         ctx.save_for_backward(hidden, weight, bias, x)
         return out
 
@@ -159,21 +179,14 @@ class BernoulliDecoderHeadFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         hidden, weight, bias, x = ctx.saved_tensors
-        num_samples, batch, width = hidden.shape
-        rows, size = num_samples * batch, weight.shape[0]
-        grad_out = grad_out.contiguous()
-        config = _config(hidden)
-        grad_hidden = torch.empty_like(hidden)
-        _head_grad_hidden_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](
-            hidden, weight, bias, x, grad_out, grad_hidden, rows, batch, width, size, **config)
+        rows, acc = hidden.shape[0] * hidden.shape[1], reference.accumulation_dtype(hidden.dtype)
+        # dW and db: each segment of rows writes a partial sum, added up here.
         segments = min(ROW_SEGMENTS, triton.cdiv(rows, BLOCK_ROWS))
-        rows_per_segment = triton.cdiv(triton.cdiv(rows, segments), BLOCK_ROWS) * BLOCK_ROWS
-        acc = reference.accumulation_dtype(hidden.dtype)
-        partial_w = torch.empty((segments, size, width), dtype=acc, device=hidden.device)
-        partial_b = torch.empty((segments, size), dtype=acc, device=hidden.device)
-        _head_grad_weight_kernel[(triton.cdiv(size, BLOCK_OBS), segments)](
-            hidden, weight, bias, x, grad_out, partial_w, partial_b, rows, batch, width, size, rows_per_segment, **config)
-        return grad_hidden, partial_w.sum(0).to(weight.dtype), partial_b.sum(0).to(bias.dtype), None
+        grad_hidden = torch.empty_like(hidden)
+        partial_weight = torch.empty((segments,) + tuple(weight.shape), dtype=acc, device=hidden.device)
+        partial_bias = torch.empty((segments,) + tuple(bias.shape), dtype=acc, device=hidden.device)
+        _triton_backward(hidden, weight, bias, x, grad_out.contiguous(), grad_hidden, partial_weight, partial_bias)
+        return grad_hidden, partial_weight.sum(0).to(weight.dtype), partial_bias.sum(0).to(bias.dtype), None
 
 
 def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):

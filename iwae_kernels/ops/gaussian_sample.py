@@ -9,13 +9,16 @@ per-sample term into dmu, dlogvar (and the prior's gradients) without a [k, B, D
 Parameters given per sample ([k, B, D]) get their gradient per sample instead.
 """
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import reference
-from .utils import Launchers, row_tile, triton_accumulation_dtype
+from .utils import Launchers, library_op, row_tile, triton_accumulation_dtype
 
 BLOCK_SAMPLES = 32
 
@@ -166,20 +169,25 @@ def _contiguous(tensor):
     return None if tensor is None else tensor.contiguous()
 
 
-def _triton_forward(mu, logvar, eps, prior_mu, prior_logvar, z, log_weight, seed):
+@library_op("triton_gaussian_sample_forward", ("z", "log_weight"))
+def _triton_forward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu: Optional[Tensor],
+                    prior_logvar: Optional[Tensor], z: Tensor, log_weight: Tensor, seed: Tensor) -> None:
     k, batch, dim = z.shape
     block_rows, block_cols = row_tile(dim)
     has_prior = prior_mu is not None
     _gaussian_sample_fwd_kernel[(triton.cdiv(k * batch, block_rows),)](
         mu, logvar, z if eps is None else eps, prior_mu if has_prior else mu, prior_logvar if has_prior else mu,
-        z, log_weight, seed, k * batch, batch, dim, _sample_stride(mu), _sample_stride(prior_mu),
+        z, log_weight, int(seed), k * batch, batch, dim, _sample_stride(mu), _sample_stride(prior_mu),
         HAS_EPS=eps is not None, HAS_PRIOR=has_prior, ACC=triton_accumulation_dtype(mu.dtype),
         BLOCK_R=block_rows, BLOCK_D=block_cols,
     )
 
 
-def _triton_backward(mu, logvar, eps, prior_mu, prior_logvar, grad_z, grad_log_weight,
-                     grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar, k, seed, estimator):
+@library_op("triton_gaussian_sample_backward", ("grad_mu", "grad_logvar", "grad_prior_mu", "grad_prior_logvar"))
+def _triton_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu: Optional[Tensor],
+                     prior_logvar: Optional[Tensor], grad_z: Optional[Tensor], grad_log_weight: Optional[Tensor],
+                     grad_mu: Tensor, grad_logvar: Tensor, grad_prior_mu: Optional[Tensor],
+                     grad_prior_logvar: Optional[Tensor], k: int, seed: Tensor, estimator: int) -> None:
     batch, dim = mu.shape[-2:]
     has_prior = prior_mu is not None
     block_dim = min(triton.next_power_of_2(dim), 64)
@@ -189,7 +197,7 @@ def _triton_backward(mu, logvar, eps, prior_mu, prior_logvar, grad_z, grad_log_w
         prior_mu if has_prior else placeholder, prior_logvar if has_prior else placeholder,
         placeholder if grad_z is None else grad_z, placeholder if grad_log_weight is None else grad_log_weight,
         grad_mu, grad_logvar, grad_prior_mu if has_prior else placeholder, grad_prior_logvar if has_prior else placeholder,
-        seed, k, batch, dim, _sample_stride(mu), _sample_stride(prior_mu),
+        int(seed), k, batch, dim, _sample_stride(mu), _sample_stride(prior_mu),
         HAS_EPS=eps is not None, HAS_PRIOR=has_prior,
         HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_WEIGHT=grad_log_weight is not None,
         PARAM_PER_SAMPLE=mu.dim() == 3, PRIOR_PER_SAMPLE=has_prior and prior_mu.dim() == 3,
@@ -233,8 +241,11 @@ class GaussianSampleFunction(torch.autograd.Function):
 
 
 def draw_seed(generator):
-    """A Philox seed from torch's RNG, so ``torch.manual_seed`` (or ``generator``) makes runs repeat."""
-    return int(torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device if generator else "cpu"))
+    """A Philox seed from torch's RNG, so ``torch.manual_seed`` (or ``generator``) makes runs repeat.
+
+    A 0-dim int64 tensor, read inside the kernel launchers: a Python int would break torch.compile's graph.
+    """
+    return torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device if generator else "cpu")
 
 
 def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, launchers=TRITON_LAUNCHERS):
@@ -243,12 +254,12 @@ def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, gener
     mu, logvar: [B, D] or [k, B, D]; eps: [k, B, D] or None; prior_mu, prior_logvar: None, [B, D] or [k, B, D].
     Returns z [k, B, D] (mu's dtype) and log p(z) - log q(z|x) [k, B] (float32 for half inputs).
     """
-    seed = draw_seed(generator) if eps is None else 0
+    seed = draw_seed(generator) if eps is None else torch.zeros((), dtype=torch.int64)
     return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator, launchers)
 
 
 def sample_noise(shape, seed, dtype, device, launchers=TRITON_LAUNCHERS):
     """The eps that in-kernel sampling with ``seed`` uses for a [k, B, D] ``shape`` (for tests)."""
     zeros = torch.zeros(shape[-2:], dtype=dtype, device=device)
-    z, _ = GaussianSampleFunction.apply(zeros, zeros, None, None, None, shape[0], seed, "iwae", launchers)
+    z, _ = GaussianSampleFunction.apply(zeros, zeros, None, None, None, shape[0], torch.tensor(seed), "iwae", launchers)
     return z

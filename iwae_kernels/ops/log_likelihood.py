@@ -7,13 +7,16 @@ more and writes its gradient, scaled by the upstream g * wt_i per row.
 
 import math
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import reference
-from .utils import Launchers, log1p_small, row_tile, triton_accumulation_dtype
+from .utils import Launchers, library_op, log1p_small, row_tile, triton_accumulation_dtype
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 BERNOULLI, GAUSSIAN = 0, 1
@@ -75,7 +78,8 @@ def _log_likelihood_bwd_kernel(
         tl.store(grad_first_ptr + offsets, grad_first.to(grad_first_ptr.dtype.element_ty), mask=mask)
 
 
-def _triton_forward(first, second, x, out, likelihood):
+@library_op("triton_log_likelihood_forward", ("out",))
+def _triton_forward(first: Tensor, second: Optional[Tensor], x: Tensor, out: Tensor, likelihood: int) -> None:
     num_samples, batch, size = first.shape
     block_rows, block_cols = row_tile(size)
     _log_likelihood_fwd_kernel[(triton.cdiv(num_samples * batch, block_rows),)](
@@ -84,7 +88,9 @@ def _triton_forward(first, second, x, out, likelihood):
     )
 
 
-def _triton_backward(first, second, x, grad_out, grad_first, grad_second, likelihood):
+@library_op("triton_log_likelihood_backward", ("grad_first", "grad_second"))
+def _triton_backward(first: Tensor, second: Optional[Tensor], x: Tensor, grad_out: Tensor, grad_first: Tensor,
+                     grad_second: Optional[Tensor], likelihood: int) -> None:
     num_samples, batch, size = first.shape
     block_rows, block_cols = row_tile(size)
     _log_likelihood_bwd_kernel[(triton.cdiv(num_samples * batch, block_rows),)](

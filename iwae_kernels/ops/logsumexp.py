@@ -6,14 +6,16 @@ chunk, so k = 5000 never needs all log-weights at once.
 """
 
 import math
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import reference
-from .utils import Launchers, shifted_max, triton_accumulation_dtype
+from .utils import Launchers, library_op, shifted_max, triton_accumulation_dtype
 
 BLOCK_EXAMPLES = 64
 BLOCK_SAMPLES = 64
@@ -70,7 +72,9 @@ def _normalized_weights_kernel(
     tl.store(out_ptr + offsets, weights.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _triton_max_sum(log_w, in_max, in_sum, out_max, out_sum, bound):
+@library_op("triton_max_sum", ("out_max", "out_sum", "bound"))
+def _triton_max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Tensor], out_max: Tensor, out_sum: Tensor,
+                    bound: Optional[Tensor]) -> None:
     num_samples, batch = log_w.shape
     accumulate = in_max is not None
     _max_sum_kernel[(triton.cdiv(batch, BLOCK_EXAMPLES),)](
@@ -81,7 +85,9 @@ def _triton_max_sum(log_w, in_max, in_sum, out_max, out_sum, bound):
     )
 
 
-def _triton_normalized_weights(log_w, running_max, running_sum, scale, out):
+@library_op("triton_normalized_weights", ("out",))
+def _triton_normalized_weights(log_w: Tensor, running_max: Tensor, running_sum: Tensor, scale: Optional[Tensor],
+                               out: Tensor) -> None:
     _normalized_weights_kernel[(triton.cdiv(log_w.numel(), BLOCK_ELEMENTS),)](
         log_w, running_max, running_sum, running_max if scale is None else scale, out, log_w.numel(), log_w.shape[1],
         HAS_SCALE=scale is not None, ACC=triton_accumulation_dtype(running_max.dtype), BLOCK=BLOCK_ELEMENTS,

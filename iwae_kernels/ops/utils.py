@@ -24,6 +24,12 @@ class Launchers(NamedTuple):
     backward: Callable
 
 
+def library_op(name, mutates):
+    """Register a launcher as the torch.library custom op ``iwae_kernels::<name>``: torch.compile then treats it
+    as one opaque op (no graph break) that writes into ``mutates``. The launcher needs type annotations."""
+    return lambda launcher: torch.library.custom_op(f"iwae_kernels::{name}", mutates_args=mutates)(launcher)
+
+
 def triton_accumulation_dtype(dtype):
     """The Triton dtype kernels accumulate in for inputs of torch ``dtype``."""
     return tl.float64 if accumulation_dtype(dtype) == torch.float64 else tl.float32

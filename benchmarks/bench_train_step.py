@@ -1,0 +1,67 @@
+"""One training step (loss, backward, Adam) of the paper's 1- and 2-layer models: naive vs fused, and samples/s.
+
+naive: benchmarks/naive.py's naive_model_loss on the same modules (torch.distributions, BCE with logits,
+torch.logsumexp, eager). fused: PaperModel.loss (the fused ops; the torch backend on a CPU). Both train the same
+initial weights; their losses on the same batch are checked to agree within Monte Carlo error first.
+
+    python benchmarks/bench_train_step.py                   # CPU: B = 20; GPU: B in {20, 128}
+"""
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment, median_ms, peak_memory_mib, write_results  # noqa: E402
+from iwae_kernels.models import paper_model  # noqa: E402
+from naive import naive_model_loss  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 50])
+    parser.add_argument("--batch", type=int, nargs="+")
+    parser.add_argument("--layers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    batches = args.batch or ([20, 128] if device.type == "cuda" else [20])
+    env = environment(device)
+    rows = []
+    for layers in args.layers:
+        for batch in batches:
+            for k in args.k:
+                torch.manual_seed(0)
+                x = torch.bernoulli(torch.full((batch, 784), 0.3)).to(device)
+                base = paper_model(layers).to(device)
+                with torch.no_grad():
+                    naive_value = sum(naive_model_loss(base, x, k).item() for _ in range(20)) / 20
+                    fused_value = sum(base.loss(x, k).item() for _ in range(20)) / 20
+                assert abs(naive_value - fused_value) < 0.02 * abs(naive_value) + 1.0, (naive_value, fused_value)
+                baseline = None
+                for name, loss_fn in (("naive", lambda m: naive_model_loss(m, x, k)), ("fused", lambda m: m.loss(x, k))):
+                    model = copy.deepcopy(base)
+                    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4)
+
+                    def step():
+                        optimizer.zero_grad(set_to_none=True)
+                        loss_fn(model).backward()
+                        optimizer.step()
+
+                    ms = median_ms(step, device)
+                    baseline = ms if name == "naive" else baseline
+                    rows.append({"layers": layers, "B": batch, "k": k, "variant": name, "step_ms": ms,
+                                 "samples_per_s": 1000 * batch / ms, "peak_mib": peak_memory_mib(step, device),
+                                 "speedup_vs_naive": baseline / ms})
+                    print(rows[-1], flush=True)
+    notes = ["a step: zero_grad, loss, backward, Adam (lr 1e-3, eps 1e-4); median over repeats after warm-up",
+             "fused on a CPU is the torch backend (the fallback), not a fused kernel; CUDA graphs not tried yet"]
+    write_results("bench_train_step", device, env, rows,
+                  ["layers", "B", "k", "variant", "step_ms", "samples_per_s", "peak_mib", "speedup_vs_naive"], notes)
+
+
+if __name__ == "__main__":
+    main()
