@@ -18,7 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import reference
 from ..backend import triton_interpreting
-from .utils import library_op, log1p_small, triton_accumulation_dtype
+from .utils import bernoulli_grad, bernoulli_log_prob, library_op, triton_accumulation_dtype
 
 BLOCK_ROWS = 32
 BLOCK_OBS = 64
@@ -30,6 +30,14 @@ def _hidden_block(h_ptr, rows, row_mask, H, H_PAD: tl.constexpr):
     hidden = tl.arange(0, H_PAD)
     mask = row_mask[:, None] & (hidden < H)[None, :]
     return tl.load(h_ptr + rows[:, None] * H + hidden[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _program_rows(h_ptr, R, H, H_PAD: tl.constexpr, BLOCK_R: tl.constexpr):
+    """This program's rows, their mask, and their hidden vectors [BLOCK_R, H_PAD]."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    return rows, row_mask, _hidden_block(h_ptr, rows, row_mask, H, H_PAD)
 
 
 @triton.jit
@@ -57,17 +65,15 @@ def _logits(h_block, w_tile_t, b_ptr, cols, col_mask, ACC: tl.constexpr, PRECISI
 @triton.jit
 def _grad_logits(y, x_ptr, x_rows, cols, mask, grad_out, P, ACC: tl.constexpr):
     x = tl.load(x_ptr + x_rows[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
-    return tl.where(mask, grad_out[:, None] * (x - 1.0 / (1.0 + tl.exp(-y))), 0.0)
+    return tl.where(mask, grad_out[:, None] * bernoulli_grad(x, y), 0.0)
 
 
 @triton.jit
 def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, out_ptr, R, B, H, P,
                      ACC: tl.constexpr, PRECISION: tl.constexpr, H_PAD: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_mask = rows < R
+    rows, row_mask, h_block = _program_rows(h_ptr, R, H, H_PAD, BLOCK_R)
     x_rows = rows % B
-    h_block = _hidden_block(h_ptr, rows, row_mask, H, H_PAD)
     total = tl.zeros([BLOCK_R], ACC)
     for p0 in range(0, P, BLOCK_P):
         cols = p0 + tl.arange(0, BLOCK_P)
@@ -75,7 +81,7 @@ def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, out_ptr, R, B, H, P,
         mask = row_mask[:, None] & col_mask[None, :]
         y = _logits(h_block, _weight_tile_t(w_ptr, cols, col_mask, H, H_PAD), b_ptr, cols, col_mask, ACC, PRECISION)
         x = tl.load(x_ptr + x_rows[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
-        term = x * y - tl.maximum(y, 0.0) - log1p_small(tl.exp(-tl.abs(y)))
+        term = bernoulli_log_prob(x, y)
         total += tl.sum(tl.where(mask, term, 0.0), axis=1)
     tl.store(out_ptr + rows, total, mask=row_mask)
 
@@ -84,10 +90,8 @@ def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, out_ptr, R, B, H, P,
 def _head_grad_hidden_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_ptr, R, B, H, P,
                              ACC: tl.constexpr, PRECISION: tl.constexpr, H_PAD: tl.constexpr,
                              BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_mask = rows < R
+    rows, row_mask, h_block = _program_rows(h_ptr, R, H, H_PAD, BLOCK_R)
     x_rows = rows % B
-    h_block = _hidden_block(h_ptr, rows, row_mask, H, H_PAD)
     grad_out = tl.load(grad_out_ptr + rows, mask=row_mask, other=0.0).to(ACC)
     grad_h = tl.zeros([BLOCK_R, H_PAD], ACC)
     for p0 in range(0, P, BLOCK_P):

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import reference
-from .utils import Launchers, library_op, log1p_small, row_tile, triton_accumulation_dtype
+from .utils import Launchers, bernoulli_grad, bernoulli_log_prob, library_op, row_tile, triton_accumulation_dtype
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 BERNOULLI, GAUSSIAN = 0, 1
@@ -45,8 +45,7 @@ def _log_likelihood_fwd_kernel(
     for p0 in range(0, P, BLOCK_P):
         mask, offsets, x, first = _load_tile(first_ptr, x_ptr, rows, row_mask, x_rows, p0, P, ACC, BLOCK_P)
         if LIKELIHOOD == 0:
-            # x y - softplus(y), softplus(y) = max(y, 0) + log1p(exp(-|y|)): never log(sigmoid), it underflows.
-            term = x * first - tl.maximum(first, 0.0) - log1p_small(tl.exp(-tl.abs(first)))
+            term = bernoulli_log_prob(x, first)
         else:
             logvar = tl.load(second_ptr + offsets, mask=mask, other=0.0).to(ACC)
             diff = x - first
@@ -67,7 +66,7 @@ def _log_likelihood_bwd_kernel(
     for p0 in range(0, P, BLOCK_P):
         mask, offsets, x, first = _load_tile(first_ptr, x_ptr, rows, row_mask, x_rows, p0, P, ACC, BLOCK_P)
         if LIKELIHOOD == 0:
-            grad_first = scale * (x - 1.0 / (1.0 + tl.exp(-first)))
+            grad_first = scale * bernoulli_grad(x, first)
         else:
             logvar = tl.load(second_ptr + offsets, mask=mask, other=0.0).to(ACC)
             diff = x - first

@@ -52,3 +52,15 @@ def log1p_small(u):
 def shifted_max(m):
     """The exp shift for a running max: -inf (all log-weights -inf) becomes 0 so exp() gives 0, not NaN."""
     return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def bernoulli_log_prob(x, y):
+    """x y - softplus(y), softplus(y) = max(y, 0) + log1p(exp(-|y|)): never log(sigmoid), it underflows."""
+    return x * y - tl.maximum(y, 0.0) - log1p_small(tl.exp(-tl.abs(y)))
+
+
+@triton.jit
+def bernoulli_grad(x, y):
+    """d/dy of the Bernoulli log-probability: x - sigmoid(y) (exp overflows to inf harmlessly for y << 0)."""
+    return x - 1.0 / (1.0 + tl.exp(-y))
