@@ -139,7 +139,8 @@ def _head_grad_weight_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_w_pt
 
 def _config(hidden):
     dtype = hidden.dtype
-    precision = "ieee" if dtype in (torch.float32, torch.float64) else "tf32"  # half inputs ignore it
+    # Full precision for float32 (no TF32, to match the reference); half operands take the default.
+    precision = "ieee" if dtype == torch.float32 else None
     if dtype == torch.bfloat16 and triton_interpreting():
         precision = "upcast"  # Triton 3.9's interpreter multiplies bf16 operands wrongly (fp16 is fine)
     return dict(ACC=triton_accumulation_dtype(dtype), PRECISION=precision,
@@ -197,5 +198,8 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
     """Bernoulli log p(x|z) of logits hidden @ weight.T + bias without materializing them.
 
     hidden [k, B, H] (H <= reference.DECODER_HEAD_MAX_HIDDEN), weight [P, H], bias [P], x [B, P] -> [k, B].
+    float64 runs the reference: tl.dot takes float32/float16/bfloat16 operands, not float64.
     """
+    if hidden.dtype == torch.float64:
+        return reference.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
     return BernoulliDecoderHeadFunction.apply(hidden, weight, bias, x)
