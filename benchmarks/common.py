@@ -11,14 +11,10 @@ from pathlib import Path
 
 import torch
 
+from iwae_kernels.evaluate import device_name
+
 # Where results go: benchmarks/results/<device>/, or IWAE_KERNELS_BENCH_RESULTS (the tests point it elsewhere).
 RESULTS = Path(os.environ.get("IWAE_KERNELS_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
-
-
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def environment(device):

@@ -55,7 +55,7 @@ def backend_name(backend, device):
     return name
 
 
-_LOADED = {"torch": reference}  # the compiled backends load on first use (TRITON_INTERPRET is read then)
+_LOADED = {"torch": reference}  # compiled backends join at import (preload) or on first use
 
 
 def get_backend(backend, device):

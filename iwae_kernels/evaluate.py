@@ -19,6 +19,13 @@ from . import data as datasets
 from .models import active_units
 
 
+def device_name(device):
+    """What reports and benchmark results call ``device``: the GPU's name, or the CPU's architecture and threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
+
+
 def _distributed():
     """(rank, world size); initialises the process group under torchrun (gloo on CPU, nccl on GPU)."""
     if not dist.is_available() or "WORLD_SIZE" not in os.environ:
@@ -59,7 +66,7 @@ def evaluate(model, test_x, out_dir, k=5000, chunk=500, batch_size=100, seed=0, 
     report = {
         "test_nll": -bounds.double().mean().item(), "k": k, "chunk": chunk, "test_examples": int(test_x.shape[0]),
         "active_units": active, "latent_sizes": list(model.latent), "eval_wall_s": wall, "processes": world,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(device),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), **(extra or {}),
     }
     if rank == 0:

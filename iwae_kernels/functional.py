@@ -8,6 +8,7 @@ import torch
 
 from . import _checks
 from .backend import get_backend
+from . import reference
 from .reference import DECODER_HEAD_MAX_HIDDEN, bound_from_max_sum
 
 ESTIMATORS = ("iwae", "vae", "stl", "dreg", "iwae-resample")
@@ -117,7 +118,7 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
     _checks.check_shape("bias", bias, (size,))
     _checks.check_shape("x", x, (hidden.shape[1], size))
     ops = get_backend(backend, hidden.device)
-    if ops.__name__ != "iwae_kernels.reference" and width > DECODER_HEAD_MAX_HIDDEN:
+    if ops is not reference and width > DECODER_HEAD_MAX_HIDDEN:
         raise ValueError(f"hidden: the fused decoder head holds H <= {DECODER_HEAD_MAX_HIDDEN} per row, got H={width}; "
                          "use backend='torch'")
     return ops.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)

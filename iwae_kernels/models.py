@@ -13,6 +13,7 @@ h1, layer 1's noise is drawn first and handed to the kernel as ``eps``.
 import torch
 from torch import nn
 
+from . import _checks
 from . import functional as F
 from .functional import StreamingIWAEBound
 
@@ -94,7 +95,7 @@ class PaperModel(nn.Module):
 
     def bound(self, x, k=50, estimator="iwae"):
         """Per-example bound [B] whose gradient is the estimator's: L_k, or the k-sample ELBO for "vae"."""
-        F._checks.check_choice("estimator", estimator, F.ESTIMATORS)
+        _checks.check_choice("estimator", estimator, F.ESTIMATORS)
         posterior = self.encode(x)
         if estimator == "iwae-resample":
             shapes = [(k, x.shape[0], size) for size in self.latent]
