@@ -1,13 +1,16 @@
 """The IWAE loss, forward and forward+backward, fused vs naive, given encoder outputs and a linear decoder.
 
 Variants: naive (benchmarks/naive.py, eager), naive+compile (torch.compile of it; compile time reported
-apart), and iwae_kernels.iwae_loss on each backend that runs here (torch everywhere; triton and cuda on a GPU).
-Before timing, every variant's loss and gradients are checked against naive on the same noise.
+apart), iwae_kernels.iwae_loss on each backend that runs here (torch everywhere; triton and cuda on a GPU), and
+on a GPU fused-head: the sampling kernel plus the fused decoder head (bernoulli_decoder_log_likelihood), which
+never writes the [k, B, P] logits. Before timing, every variant's loss and gradients are checked against naive on
+the same noise. A variant that runs out of device memory at a shape is recorded as such (times left empty).
 
 Bytes: the minimal traffic of the loss around the decoder matmul, in the input dtype: forward writes z and reads
 it back into the matmul, and writes and reads the [k, B, P] logits once (2 k B D + 2 k B P elements);
 forward+backward adds reading the logits again, writing their gradient and reading dz (4 k B P + 3 k B D).
 GB/s is that count over the median time, and % of the device bandwidth measured by a large copy in the same run.
+fused-head moves far fewer bytes than this count (no logits at all), so its GB/s is an effective rate, not traffic.
 
     python benchmarks/bench_loss.py                   # CPU: a small grid; GPU: the full grid of the issue
     python benchmarks/bench_loss.py --k 50 500 --batch 128 --dim 50
@@ -15,6 +18,7 @@ GB/s is that count over the median time, and % of the device bandwidth measured 
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -46,11 +50,20 @@ def problem(k, batch, dim, obs, device, dtype, seed=0):
     return x, mu, logvar, decoder, eps
 
 
-def fused_loss_with_noise(x, mu, logvar, decoder, k, eps, backend):
-    """iwae_loss's computation through the composable ops, with the caller's noise (for the equality check)."""
+def fused_loss(x, mu, logvar, decoder, k, eps, backend, head=False):
+    """iwae_loss's computation through the composable ops (eps=None: in-kernel noise); ``head``: the linear decoder
+    and the Bernoulli log-likelihood as one fused decoder-head op."""
     z, latent = ik.gaussian_sample(mu, logvar, k, eps=eps, backend=backend)
-    log_w = ik.bernoulli_log_likelihood(decoder(z), x, backend=backend) + latent
-    return -ik.iwae_bound(log_w, backend=backend).mean()
+    if head:
+        log_lik = ik.bernoulli_decoder_log_likelihood(z, decoder.weight, decoder.bias, x, backend=backend)
+    else:
+        log_lik = ik.bernoulli_log_likelihood(decoder(z), x, backend=backend)
+    return -ik.iwae_bound(log_lik + latent, backend=backend).mean()
+
+
+def fused_variant(backend, head=False, noise=True):
+    """A variant with the benchmark's signature; ``noise=False`` ignores eps and samples in the kernel."""
+    return lambda x, mu, lv, dec, k, eps: fused_loss(x, mu, lv, dec, k, eps if noise else None, backend, head)
 
 
 def check_agreement(args_, k, variants):
@@ -86,21 +99,38 @@ def main():
     bandwidth = copy_bandwidth_gbps(device)
 
     backends = ["torch"] + [b for b in ("triton", "cuda") if device.type == "cuda" and _runs(b, device)]
-    variants = {f"fused-{b}": (lambda b: lambda x, mu, lv, dec, k, eps: fused_loss_with_noise(x, mu, lv, dec, k, eps, b))(b)
-                for b in backends}
-    timed = {"naive": lambda x, mu, lv, dec, k, eps: naive_iwae_loss(x, mu, lv, dec, k, eps)}
+    heads = ["triton"] if "triton" in backends else []
+    variants = {f"fused-{b}": fused_variant(b) for b in backends}
+    variants.update({f"fused-head-{b}": fused_variant(b, head=True) for b in heads})
+    timed = {"naive": naive_iwae_loss}
     if args.compile if args.compile is not None else device.type == "cuda":
         timed["naive+compile"] = torch.compile(naive_iwae_loss)
-    # The timed fused path is the user's: iwae_loss with in-kernel noise (eps unused).
+    # The timed fused paths sample in the kernel (eps unused), as users run them: iwae_loss, and the head variant.
     timed.update({f"fused-{b}": (lambda b: lambda x, mu, lv, dec, k, eps: ik.iwae_loss(x, mu, lv, dec, k=k, backend=b))(b)
                   for b in backends})
+    timed.update({f"fused-head-{b}": fused_variant(b, head=True, noise=False) for b in heads})
+
+    notes = [f"device copy bandwidth measured in this run: {bandwidth:.1f} GB/s",
+             "every variant's loss and gradients were checked against naive on the same noise before timing "
+             "(checked=False: the check itself ran out of device memory at that shape)",
+             "out_of_memory=True: that variant could not run the shape on this device (no times)",
+             "times: median; GPU via triton.testing.do_bench, CPU via perf_counter after 3 warm-up calls",
+             "fused-torch is the library's torch backend (the CPU fallback), not a fused kernel",
+             "naive+compile: first_call_ms in the JSON is its first forward+backward at each shape (compiling, or "
+             "recompiling when torch.compile does), apart from the timed calls"]
+    if device.type != "cuda":
+        notes.append("CPU run: peak GPU memory does not apply; GPU figures come only from GPU runs")
+    columns = ["k", "B", "D", "variant", "fwd_ms", "fwd_bwd_ms", "peak_mib", "gb_per_s", "pct_bandwidth",
+               "speedup_vs_naive", "out_of_memory"]
+    # Saved after every shape, so a run cut short keeps what it measured.
+    save = lambda show: write_results("bench_loss", device, env, rows, columns, notes, show=show)
 
     rows = []
     for dim in dims:
         for batch in batches:
             for k in ks:
                 data = problem(k, batch, dim, args.obs, device, dtype)
-                check_agreement(data, k, variants)
+                agreed = runs_in_memory(lambda: check_agreement(data, k, variants), device)
                 x, mu, logvar, decoder, eps = data
                 inputs = [mu, logvar, *decoder.parameters()]
                 element = torch.finfo(dtype).bits // 8
@@ -110,26 +140,47 @@ def main():
                 for name, fn in timed.items():
                     forward = lambda: fn(x, mu, logvar, decoder, k, eps)
                     both = lambda: torch.autograd.grad(forward(), inputs)
-                    compile_ms = median_ms(forward, device, warmup=0, repeats=1) if name == "naive+compile" else None
-                    fwd_ms, fwd_bwd_ms = median_ms(forward, device), median_ms(both, device)
-                    baseline = fwd_bwd_ms if name == "naive" else baseline
-                    gbps = bytes_fwd_bwd / fwd_bwd_ms / 1e6
-                    rows.append({"k": k, "B": batch, "D": dim, "P": args.obs, "dtype": args.dtype, "variant": name,
-                                 "fwd_ms": fwd_ms, "fwd_bwd_ms": fwd_bwd_ms, "first_call_ms": compile_ms,
-                                 "peak_mib": peak_memory_mib(both, device), "gb_per_s": gbps,
-                                 "pct_bandwidth": 100 * gbps / bandwidth, "speedup_vs_naive": baseline / fwd_bwd_ms,
-                                 "min_bytes_fwd_bwd": bytes_fwd_bwd})
-                    print(rows[-1], flush=True)
-    notes = [f"device copy bandwidth measured in this run: {bandwidth:.1f} GB/s",
-             "every variant's loss and gradients were checked against naive on the same noise before timing",
-             "times: median; GPU via triton.testing.do_bench, CPU via perf_counter after 3 warm-up calls",
-             "fused-torch is the library's torch backend (the CPU fallback), not a fused kernel"]
-    if device.type != "cuda":
-        notes.append("CPU run: peak GPU memory does not apply; GPU figures come only from GPU runs")
-    folder = write_results("bench_loss", device, env, rows,
-                           ["k", "B", "D", "variant", "fwd_ms", "fwd_bwd_ms", "peak_mib", "gb_per_s", "pct_bandwidth",
-                            "speedup_vs_naive"], notes)
+                    row = {"k": k, "B": batch, "D": dim, "P": args.obs, "dtype": args.dtype, "variant": name,
+                           "min_bytes_fwd_bwd": bytes_fwd_bwd, "checked": agreed}
+
+                    def measure():
+                        if name == "naive+compile":  # compiling (again, when torch.compile recompiles for a new shape)
+                            row["first_call_ms"] = wall_ms(both, device)
+                        row["fwd_ms"], row["fwd_bwd_ms"] = median_ms(forward, device), median_ms(both, device)
+                        row["peak_mib"] = peak_memory_mib(both, device)
+
+                    row["out_of_memory"] = not runs_in_memory(measure, device)
+                    if name == "naive":
+                        baseline = row.get("fwd_bwd_ms")
+                    if row.get("fwd_bwd_ms"):
+                        row["gb_per_s"] = bytes_fwd_bwd / row["fwd_bwd_ms"] / 1e6
+                        row["pct_bandwidth"] = 100 * row["gb_per_s"] / bandwidth
+                        row["speedup_vs_naive"] = baseline / row["fwd_bwd_ms"] if baseline else None
+                    rows.append(row)
+                    print(row, flush=True)
+                save(False)
+    folder = save(True)
     plot(rows, folder / "bench_loss.png", env["device"])
+
+
+def wall_ms(fn, device):
+    """One call's wall time in ms, device work included."""
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 1000 * (time.perf_counter() - start)
+
+
+def runs_in_memory(fn, device):
+    """Run fn(); False if it ran out of device memory (the memory is released for the next variant), else True."""
+    try:
+        fn()
+    except torch.OutOfMemoryError:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return False
+    return True
 
 
 def _runs(backend, device):
@@ -150,7 +201,9 @@ def plot(rows, path, device):
     for variant in sorted({r["variant"] for r in rows} - {"naive"}):
         for batch in sorted({r["B"] for r in rows}):
             points = [(r["k"], r["speedup_vs_naive"]) for r in rows if r["variant"] == variant and r["B"] == batch
-                      and r["D"] == rows[0]["D"]]
+                      and r["D"] == rows[0]["D"] and r.get("speedup_vs_naive")]
+            if not points:
+                continue
             axis.plot(*zip(*points), marker="o", label=f"{variant}, B={batch}")
     axis.axhline(1.0, color="grey", lw=0.8)
     axis.set_xscale("log")

@@ -3,6 +3,10 @@
 naive: benchmarks/naive.py's naive_model_loss on the same modules (torch.distributions, BCE with logits,
 torch.logsumexp, eager). fused: PaperModel.loss (the fused ops; the torch backend on a CPU). Both train the same
 initial weights; their losses on the same batch are checked to agree within Monte Carlo error first.
+On a GPU each is also timed as one captured CUDA graph per step (+graph: loss, backward and a capturable Adam
+replayed, which removes the launch gaps that dominate small batches). The fused kernels read their noise seed
+from the device, so every replay draws fresh noise; the naive graph runs with torch.distributions' argument
+validation off (its checks synchronize with the host, which a capture forbids).
 
     python benchmarks/bench_train_step.py                   # CPU: B = 20; GPU: B in {20, 128}
 """
@@ -26,6 +30,8 @@ def main():
     parser.add_argument("--k", type=int, nargs="+", default=[1, 5, 50])
     parser.add_argument("--batch", type=int, nargs="+")
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--variants", nargs="+", default=["naive", "fused", "fused-head"],
+                        choices=["naive", "fused", "fused-head"], help="naive must come first (the speedups' base)")
     args = parser.parse_args()
     device = torch.device(args.device)
     batches = args.batch or ([20, 128] if device.type == "cuda" else [20])
@@ -42,25 +48,60 @@ def main():
                     fused_value = sum(base.loss(x, k).item() for _ in range(20)) / 20
                 assert abs(naive_value - fused_value) < 0.02 * abs(naive_value) + 1.0, (naive_value, fused_value)
                 baseline = None
-                for name, loss_fn in (("naive", lambda m: naive_model_loss(m, x, k)), ("fused", lambda m: m.loss(x, k))):
-                    model = copy.deepcopy(base)
-                    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4)
-
-                    def step():
-                        optimizer.zero_grad(set_to_none=True)
-                        loss_fn(model).backward()
-                        optimizer.step()
-
-                    ms = median_ms(step, device)
-                    baseline = ms if name == "naive" else baseline
-                    rows.append({"layers": layers, "B": batch, "k": k, "variant": name, "step_ms": ms,
-                                 "samples_per_s": 1000 * batch / ms, "peak_mib": peak_memory_mib(step, device),
-                                 "speedup_vs_naive": baseline / ms})
-                    print(rows[-1], flush=True)
+                # fused: the model's default (fused_head=False); fused-head: with the fused decoder head.
+                losses = {"naive": (lambda m: naive_model_loss(m, x, k), False),
+                          "fused": (lambda m: m.loss(x, k), False), "fused-head": (lambda m: m.loss(x, k), True)}
+                losses = {name: losses[name] for name in args.variants}
+                graphs = [False, True] if device.type == "cuda" else [False]
+                for name, (loss_fn, fused_head) in losses.items():
+                    for graphed in graphs:
+                        model = copy.deepcopy(base)
+                        model.fused_head = fused_head
+                        step = make_step(model, loss_fn, graphed)
+                        ms = median_ms(step, device)
+                        baseline = ms if name == "naive" and not graphed else baseline
+                        rows.append({"layers": layers, "B": batch, "k": k, "variant": name + ("+graph" if graphed else ""),
+                                     "step_ms": ms, "samples_per_s": 1000 * batch / ms,
+                                     "peak_mib": peak_memory_mib(step, device), "speedup_vs_naive": baseline / ms})
+                        print(rows[-1], flush=True)
     notes = ["a step: zero_grad, loss, backward, Adam (lr 1e-3, eps 1e-4); median over repeats after warm-up",
-             "fused on a CPU is the torch backend (the fallback), not a fused kernel; CUDA graphs not tried yet"]
+             "speedup_vs_naive: against naive eager at the same shape, measured in the same run",
+             "+graph: the whole step captured once as a CUDA graph and replayed (peak memory excludes the graph's pool)",
+             "fused: PaperModel.loss as it comes (fused_head=False: logits from the nn.Linear, reduced by the "
+             "likelihood kernel); fused-head: fused_head=True (the fused decoder head, logits never stored)",
+             "fused on a CPU is the torch backend (the fallback), not a fused kernel"]
     write_results("bench_train_step", device, env, rows,
                   ["layers", "B", "k", "variant", "step_ms", "samples_per_s", "peak_mib", "speedup_vs_naive"], notes)
+
+
+def make_step(model, loss_fn, graphed):
+    """A zero-argument training step; ``graphed``: captured once as a CUDA graph, each call replays it."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4, capturable=graphed)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model).backward()
+        optimizer.step()
+
+    if not graphed:
+        return step
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (kernel compilation, Adam's state) outside the capture
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            loss_fn(model).backward()
+            optimizer.step()
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+    return graph.replay
 
 
 if __name__ == "__main__":

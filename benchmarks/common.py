@@ -63,8 +63,8 @@ def peak_memory_mib(fn, device):
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
-def write_results(name, device, env, rows, columns, notes=()):
-    """benchmarks/results/<device>/<name>.json and .md; returns the folder."""
+def write_results(name, device, env, rows, columns, notes=(), show=True):
+    """benchmarks/results/<device>/<name>.json and .md (and the table on stdout when ``show``); returns the folder."""
     folder = RESULTS / env["device"].split(" (")[0].replace(" ", "_")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps({**env, "rows": rows}, indent=1))
@@ -75,5 +75,6 @@ def write_results(name, device, env, rows, columns, notes=()):
              "| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
     lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
     (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[len(notes) + 4:]))
+    if show:
+        print("\n".join(lines[len(notes) + 4:]))
     return folder

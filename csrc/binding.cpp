@@ -56,7 +56,7 @@ int64_t sample_stride(const OptionalTensor& t) {
 
 iwae::GaussianSampleParams sample_params(const at::Tensor& mu, const at::Tensor& logvar, const OptionalTensor& eps,
                                          const OptionalTensor& prior_mu, const OptionalTensor& prior_logvar,
-                                         int64_t k, int64_t seed) {
+                                         int64_t k, const at::Tensor& seed) {
   check(mu, "mu", mu);
   check_typed(logvar, "logvar", mu, mu.scalar_type());
   TORCH_CHECK(mu.dim() == 2 || mu.dim() == 3, "mu: expected [B, D] or [k, B, D]");
@@ -72,14 +72,16 @@ iwae::GaussianSampleParams sample_params(const at::Tensor& mu, const at::Tensor&
   p.dim = mu.size(-1);
   p.param_sample_stride = sample_stride(mu);
   p.prior_sample_stride = sample_stride(prior_mu);
-  p.seed = static_cast<uint64_t>(seed);
+  check_typed(seed, "seed", mu, at::kLong);
+  TORCH_CHECK(seed.numel() == 1, "seed: expected one int64 element, got ", seed.numel());
+  p.seed = seed.data_ptr<int64_t>();
   p.dtype = dtype_of(mu, "mu");
   return p;
 }
 
 void gaussian_sample_forward(const at::Tensor& mu, const at::Tensor& logvar, const OptionalTensor& eps,
                              const OptionalTensor& prior_mu, const OptionalTensor& prior_logvar, const at::Tensor& z,
-                             const at::Tensor& log_weight, int64_t seed) {
+                             const at::Tensor& log_weight, const at::Tensor& seed) {
   const c10::cuda::CUDAGuard guard(mu.device());
   auto p = sample_params(mu, logvar, eps, prior_mu, prior_logvar, z.size(0), seed);
   check_typed(z, "z", mu, mu.scalar_type());
@@ -94,7 +96,7 @@ void gaussian_sample_backward(const at::Tensor& mu, const at::Tensor& logvar, co
                               const OptionalTensor& grad_z, const OptionalTensor& grad_log_weight,
                               const at::Tensor& grad_mu, const at::Tensor& grad_logvar,
                               const OptionalTensor& grad_prior_mu, const OptionalTensor& grad_prior_logvar, int64_t k,
-                              int64_t seed, int64_t estimator) {
+                              const at::Tensor& seed, int64_t estimator) {
   const c10::cuda::CUDAGuard guard(mu.device());
   auto p = sample_params(mu, logvar, eps, prior_mu, prior_logvar, k, seed);
   p.grad_z = optional_ptr(grad_z, "grad_z", mu, mu.scalar_type());

@@ -20,10 +20,13 @@ template <> __device__ __forceinline__ float load_as_acc<__nv_bfloat16>(const __
   return __bfloat162float(p[i]);
 }
 
+// Half types convert through float explicitly: torch builds with __CUDA_NO_HALF_CONVERSIONS__ (and the bf16 one).
 template <typename T, typename A> __device__ __forceinline__ void store_from_acc(T* p, int64_t i, A v) { p[i] = static_cast<T>(v); }
-template <> __device__ __forceinline__ void store_from_acc<__half, float>(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
-template <> __device__ __forceinline__ void store_from_acc<__nv_bfloat16, float>(__nv_bfloat16* p, int64_t i, float v) {
-  p[i] = __float2bfloat16_rn(v);
+template <typename A> __device__ __forceinline__ void store_from_acc(__half* p, int64_t i, A v) {
+  p[i] = __float2half_rn(static_cast<float>(v));
+}
+template <typename A> __device__ __forceinline__ void store_from_acc(__nv_bfloat16* p, int64_t i, A v) {
+  p[i] = __float2bfloat16_rn(static_cast<float>(v));
 }
 
 template <typename A> __device__ __forceinline__ A warp_sum(A v) {

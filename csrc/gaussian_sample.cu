@@ -12,9 +12,9 @@ constexpr int kSampleLanes = 8;   // backward: samples walked in parallel per bl
 
 // eps from the caller, or Philox noise keyed on (seed, element index): the backward regenerates it.
 template <typename T, typename A>
-__device__ __forceinline__ A load_noise(const T* eps, int64_t index, uint64_t seed) {
+__device__ __forceinline__ A load_noise(const T* eps, int64_t index, const int64_t* seed) {
   if (eps != nullptr) return load_as_acc(eps, index);
-  return static_cast<A>(philox_normal(seed, static_cast<uint64_t>(index)));
+  return static_cast<A>(philox_normal(static_cast<uint64_t>(__ldg(seed)), static_cast<uint64_t>(index)));
 }
 
 // One warp per (sample, example) row: lanes stride over D, the log-weight is a warp sum.

@@ -35,7 +35,7 @@ struct GaussianSampleParams {
   void* grad_prior_logvar;
   int64_t k, batch, dim;
   int64_t param_sample_stride, prior_sample_stride;
-  uint64_t seed;
+  const int64_t* seed;  // [1] on the device: read in the kernel, so CUDA-graph replays see a fresh seed
   int estimator;
   DType dtype;
 };

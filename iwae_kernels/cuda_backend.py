@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ._build import CXX_FLAGS, NVCC_FLAGS, SOURCES
 from .ops import decoder_head as _decoder_head
-from .ops import gaussian_sample as _sample
+from .ops.gaussian_sample import gaussian_sample as _gaussian_sample
 from .ops import log_likelihood as _likelihood
 from .ops import logsumexp as _logsumexp
 from .ops.utils import Launchers, library_op
@@ -67,7 +67,7 @@ def launchers():
     @library_op("cuda_gaussian_sample_forward", ("z", "log_weight"))
     def sample_forward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu: Optional[Tensor],
                        prior_logvar: Optional[Tensor], z: Tensor, log_weight: Tensor, seed: Tensor) -> None:
-        module.gaussian_sample_forward(mu, logvar, eps, prior_mu, prior_logvar, z, log_weight, int(seed))
+        module.gaussian_sample_forward(mu, logvar, eps, prior_mu, prior_logvar, z, log_weight, seed)
 
     @library_op("cuda_gaussian_sample_backward", ("grad_mu", "grad_logvar", "grad_prior_mu", "grad_prior_logvar"))
     def sample_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu: Optional[Tensor],
@@ -75,7 +75,7 @@ def launchers():
                         grad_mu: Tensor, grad_logvar: Tensor, grad_prior_mu: Optional[Tensor],
                         grad_prior_logvar: Optional[Tensor], k: int, seed: Tensor, estimator: int) -> None:
         module.gaussian_sample_backward(mu, logvar, eps, prior_mu, prior_logvar, grad_z, grad_log_weight, grad_mu,
-                                        grad_logvar, grad_prior_mu, grad_prior_logvar, k, int(seed), estimator)
+                                        grad_logvar, grad_prior_mu, grad_prior_logvar, k, seed, estimator)
 
     @library_op("cuda_log_likelihood_forward", ("out",))
     def likelihood_forward(first: Tensor, second: Optional[Tensor], x: Tensor, out: Tensor, likelihood: int) -> None:
@@ -107,7 +107,7 @@ def launchers():
 
 
 def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator):
-    return _sample.gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator,
+    return _gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator,
                                    launchers=launchers()["sample"])
 
 

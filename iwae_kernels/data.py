@@ -75,7 +75,7 @@ def prepare_mnist_from_pickle(gz_bytes, target):
         raise ValueError(f"{MNIST_MEMBER}: SHA-256 {digest} does not match the pinned {MNIST_SHA256}; not loading it")
     (train_x, _), (valid_x, _), (test_x, _) = load_numpy_pickle(gzip.decompress(gz_bytes))
     train = np.concatenate([train_x, valid_x]).astype(np.float32)
-    _atomic_save_npz(target, train=train, test=np.asarray(test_x, dtype=np.float32))
+    _atomic_save_npz(Path(target), train=train, test=np.asarray(test_x, dtype=np.float32))
 
 
 def fetch_mnist(target=None):

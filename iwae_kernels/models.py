@@ -49,10 +49,15 @@ class PaperModel(nn.Module):
         hidden: per stochastic layer, the deterministic hidden sizes between it and the layer below.
         latent: per stochastic layer, its size (bottom first).
         backend: kernel backend for the fused ops (None: by device, see ``iwae_kernels.backend``).
+        fused_head: True: the decoder's output layer and the Bernoulli likelihood as one op that never stores
+            the [k, B, x_dim] logits (bernoulli_decoder_log_likelihood). False (default): the nn.Linear forms
+            the logits (cuBLAS) and bernoulli_log_likelihood reduces them; on an H100 this ran faster than the
+            fused head (benchmarks/results), which saves memory but not time yet.
     """
 
-    def __init__(self, x_dim=784, hidden=((200, 200),), latent=(50,), backend=None):
+    def __init__(self, x_dim=784, hidden=((200, 200),), latent=(50,), backend=None, fused_head=False):
         super().__init__()
+        self.fused_head = fused_head
         if len(hidden) != len(latent) or len(latent) not in (1, 2):
             raise ValueError(f"hidden, latent: expected one entry per stochastic layer (1 or 2), got {hidden}, {latent}")
         self.x_dim, self.latent, self.backend = x_dim, tuple(latent), backend
@@ -88,9 +93,12 @@ class PaperModel(nn.Module):
             h1, latent1 = F.gaussian_sample(mu, logvar, k, eps=eps1, prior_mu=prior_mu, prior_logvar=prior_logvar,
                                             estimator=estimator, backend=backend)
             latent = latent1 + latent2
-        # The output layer and the likelihood are one fused op: the [k, B, P] logits are never stored.
-        output = self.decoder[-1]
-        log_lik = F.bernoulli_decoder_log_likelihood(self.decoder[:-1](h1), output.weight, output.bias, x, backend=backend)
+        if self.fused_head:  # the output layer and the likelihood as one op: the logits are never stored
+            output = self.decoder[-1]
+            log_lik = F.bernoulli_decoder_log_likelihood(self.decoder[:-1](h1), output.weight, output.bias, x,
+                                                         backend=backend)
+        else:
+            log_lik = F.bernoulli_log_likelihood(self.decoder(h1), x, backend=backend)
         return log_lik + latent
 
     def bound(self, x, k=50, estimator="iwae"):

@@ -66,7 +66,8 @@ class GaussianSampleFunction(torch.autograd.Function):
         ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar)
         ctx.estimator = estimator
         ctx.set_materialize_grads(False)
-        return z.to(mu.dtype), log_weight.sum(-1)
+        # No no-op .to(): under torch 2.11's dynamo a forward output made by one loses its gradient.
+        return (z if z.dtype == mu.dtype else z.to(mu.dtype)), log_weight.sum(-1)
 
     @staticmethod
     @once_differentiable

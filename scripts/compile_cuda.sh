@@ -7,7 +7,8 @@ PYTHON=${PYTHON:-.venv/bin/python}
 command -v nvcc >/dev/null || { echo "compile_cuda: nvcc not found (it is on the CI machine); install a CUDA toolkit"; exit 1; }
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-mapfile -t nvcc_flags < <("$PYTHON" -c "import runpy; [print(f) for f in runpy.run_path('iwae_kernels/_build.py')['NVCC_FLAGS']]")
+# Our flags plus the ones torch's extension build adds (no implicit half/bf16 conversions, relaxed constexpr).
+mapfile -t nvcc_flags < <("$PYTHON" -c "import runpy; from torch.utils.cpp_extension import COMMON_NVCC_FLAGS as torch_flags; [print(f) for f in runpy.run_path('iwae_kernels/_build.py')['NVCC_FLAGS'] + torch_flags]")
 # Both standards a torch build may ask for (cpp_extension picks one per torch version).
 pids=()
 for standard in c++17 c++20; do

@@ -30,12 +30,13 @@ def test_bench_loss_runs_and_records_what_it_must(tmp_path):
 def test_bench_eval_runs(tmp_path):
     folder = run_benchmark(tmp_path, "bench_eval.py", "--images", "6", "--k", "40", "--chunk", "16", "--batch", "3")
     rows = json.loads((folder / "bench_eval.json").read_text())["rows"]
-    assert [row["variant"] for row in rows] == ["naive (chunked, eager)", "fused"]
-    assert rows[1]["speedup_vs_naive"] > 0
+    assert [row["variant"] for row in rows] == ["naive (chunked, eager)", "fused", "fused-head"]
+    assert all(row["speedup_vs_naive"] > 0 for row in rows[1:])
 
 
 def test_bench_train_step_runs(tmp_path):
     folder = run_benchmark(tmp_path, "bench_train_step.py", "--k", "2", "--batch", "3", "--layers", "1", "2")
     rows = json.loads((folder / "bench_train_step.json").read_text())["rows"]
-    assert [(row["layers"], row["variant"]) for row in rows] == [(1, "naive"), (1, "fused"), (2, "naive"), (2, "fused")]
+    variants = ["naive", "fused", "fused-head"]
+    assert [(row["layers"], row["variant"]) for row in rows] == [(layers, v) for layers in (1, 2) for v in variants]
     assert all(row["samples_per_s"] > 0 for row in rows)

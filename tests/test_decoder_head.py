@@ -5,6 +5,7 @@ import torch
 
 import iwae_kernels as ik
 
+from conftest import backend_device
 from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_bernoulli
 
 # (k, B, H, P): k=1/B=1/H=1/P=1, odd sizes, P over one tile, and enough rows for many segments in backward.
@@ -61,7 +62,7 @@ def test_model_layer_uses_the_fused_head(monkeypatch):
     original = ik.functional.bernoulli_decoder_log_likelihood
     monkeypatch.setattr(ik.functional, "bernoulli_decoder_log_likelihood",
                         lambda *a, **kw: calls.append(a[0].shape) or original(*a, **kw))
-    model = paper_model(1, x_dim=12, hidden=((9,),), latent=(4,))
+    model = paper_model(1, x_dim=12, hidden=((9,),), latent=(4,), fused_head=True)
     model.log_likelihood(torch.rand(3, 12).round(), k=10, chunk=4)
     assert calls == [(4, 3, 9), (4, 3, 9), (2, 3, 9)]
 
@@ -74,6 +75,7 @@ def test_bad_input_names_the_argument():
         ik.bernoulli_decoder_log_likelihood(hidden, weight, torch.zeros(4), x)
     with pytest.raises(ValueError, match=r"x: expected shape \(3, 5\)"):
         ik.bernoulli_decoder_log_likelihood(hidden, weight, bias, torch.zeros(3, 4))
+    device = backend_device("triton")
     with pytest.raises(ValueError, match=r"hidden: the fused decoder head holds H <= 1024"):
-        ik.bernoulli_decoder_log_likelihood(torch.zeros(1, 1, 1025), torch.zeros(5, 1025), bias, torch.zeros(1, 5),
-                                            backend="triton")
+        ik.bernoulli_decoder_log_likelihood(torch.zeros(1, 1, 1025, device=device), torch.zeros(5, 1025, device=device),
+                                            bias.to(device), torch.zeros(1, 5, device=device), backend="triton")

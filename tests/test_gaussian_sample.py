@@ -172,7 +172,7 @@ def test_in_kernel_noise_is_regenerated_in_backward(kernel, estimator):
     k, batch, dim = 5, 3, 9
     inputs = make_inputs(k, batch, dim, prior="shared", dtype=torch.float32, device=device)
     torch.manual_seed(123)
-    seed = draw_seed(None)
+    seed = draw_seed(None, device)
     eps = kernel_noise(backend, (k, batch, dim), seed, torch.float32, device)
     with_eps = run_with_upstream(inputs | {"eps": eps}, k, estimator, *kernel, torch.float32)
 

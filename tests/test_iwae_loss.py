@@ -28,7 +28,7 @@ def noise_used(backend, seed, shape, dtype, device):
     torch.manual_seed(seed)
     if backend == "torch":
         return torch.randn(shape, dtype=dtype, device=device)
-    return kernel_noise(backend, shape, draw_seed(None), dtype, device)
+    return kernel_noise(backend, shape, draw_seed(None, device), dtype, device)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

@@ -24,18 +24,18 @@ BLOCK_SAMPLES = 32
 
 
 @triton.jit
-def _load_noise(eps_ptr, offsets, mask, seed, HAS_EPS: tl.constexpr, ACC: tl.constexpr):
+def _load_noise(eps_ptr, offsets, mask, seed_ptr, HAS_EPS: tl.constexpr, ACC: tl.constexpr):
     if HAS_EPS:
         noise = tl.load(eps_ptr + offsets, mask=mask, other=0.0).to(ACC)
     else:
-        noise = tl.randn(seed, offsets).to(ACC)
+        noise = tl.randn(tl.load(seed_ptr), offsets).to(ACC)
     return noise
 
 
 @triton.jit
 def _gaussian_sample_fwd_kernel(
     mu_ptr, logvar_ptr, eps_ptr, prior_mu_ptr, prior_logvar_ptr, z_ptr, log_weight_ptr,
-    seed, R, B, D, param_sample_stride, prior_sample_stride,
+    seed_ptr, R, B, D, param_sample_stride, prior_sample_stride,
     HAS_EPS: tl.constexpr, HAS_PRIOR: tl.constexpr, ACC: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -52,7 +52,7 @@ def _gaussian_sample_fwd_kernel(
         offsets = rows[:, None] * D + cols[None, :]
         mu = tl.load(mu_ptr + param_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
         logvar = tl.load(logvar_ptr + param_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
-        eps = _load_noise(eps_ptr, offsets, mask, seed, HAS_EPS, ACC)
+        eps = _load_noise(eps_ptr, offsets, mask, seed_ptr, HAS_EPS, ACC)
         z = mu + tl.exp(0.5 * logvar) * eps
         tl.store(z_ptr + offsets, z.to(z_ptr.dtype.element_ty), mask=mask)
         if HAS_PRIOR:
@@ -71,7 +71,7 @@ def _gaussian_sample_fwd_kernel(
 def _gaussian_sample_bwd_kernel(
     mu_ptr, logvar_ptr, eps_ptr, prior_mu_ptr, prior_logvar_ptr,
     grad_z_ptr, grad_log_weight_ptr, grad_mu_ptr, grad_logvar_ptr, grad_prior_mu_ptr, grad_prior_logvar_ptr,
-    seed, K, B, D, param_sample_stride, prior_sample_stride,
+    seed_ptr, K, B, D, param_sample_stride, prior_sample_stride,
     HAS_EPS: tl.constexpr, HAS_PRIOR: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_WEIGHT: tl.constexpr,
     PARAM_PER_SAMPLE: tl.constexpr, PRIOR_PER_SAMPLE: tl.constexpr, ESTIMATOR: tl.constexpr,
     ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -102,7 +102,7 @@ def _gaussian_sample_bwd_kernel(
         param_offsets = (samples * param_sample_stride + example * D)[:, None] + cols[None, :]
         mu = tl.load(mu_ptr + param_offsets, mask=mask, other=0.0).to(ACC)
         logvar = tl.load(logvar_ptr + param_offsets, mask=mask, other=0.0).to(ACC)
-        eps = _load_noise(eps_ptr, offsets, mask, seed, HAS_EPS, ACC)
+        eps = _load_noise(eps_ptr, offsets, mask, seed_ptr, HAS_EPS, ACC)
         sigma = tl.exp(0.5 * logvar)
         z = mu + sigma * eps
         if HAS_GRAD_LOG_WEIGHT:
@@ -177,7 +177,7 @@ def _triton_forward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu:
     has_prior = prior_mu is not None
     _gaussian_sample_fwd_kernel[(triton.cdiv(k * batch, block_rows),)](
         mu, logvar, z if eps is None else eps, prior_mu if has_prior else mu, prior_logvar if has_prior else mu,
-        z, log_weight, int(seed), k * batch, batch, dim, _sample_stride(mu), _sample_stride(prior_mu),
+        z, log_weight, seed, k * batch, batch, dim, _sample_stride(mu), _sample_stride(prior_mu),
         HAS_EPS=eps is not None, HAS_PRIOR=has_prior, ACC=triton_accumulation_dtype(mu.dtype),
         BLOCK_R=block_rows, BLOCK_D=block_cols,
     )
@@ -197,7 +197,7 @@ def _triton_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu
         prior_mu if has_prior else placeholder, prior_logvar if has_prior else placeholder,
         placeholder if grad_z is None else grad_z, placeholder if grad_log_weight is None else grad_log_weight,
         grad_mu, grad_logvar, grad_prior_mu if has_prior else placeholder, grad_prior_logvar if has_prior else placeholder,
-        int(seed), k, batch, dim, _sample_stride(mu), _sample_stride(prior_mu),
+        seed, k, batch, dim, _sample_stride(mu), _sample_stride(prior_mu),
         HAS_EPS=eps is not None, HAS_PRIOR=has_prior,
         HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_WEIGHT=grad_log_weight is not None,
         PARAM_PER_SAMPLE=mu.dim() == 3, PRIOR_PER_SAMPLE=has_prior and prior_mu.dim() == 3,
@@ -240,12 +240,13 @@ class GaussianSampleFunction(torch.autograd.Function):
         return grad_mu, grad_logvar, None, grad_prior_mu, grad_prior_logvar, None, None, None, None
 
 
-def draw_seed(generator):
+def draw_seed(generator, device):
     """A Philox seed from torch's RNG, so ``torch.manual_seed`` (or ``generator``) makes runs repeat.
 
-    A 0-dim int64 tensor, read inside the kernel launchers: a Python int would break torch.compile's graph.
+    A 0-dim int64 tensor on the kernels' device that they read themselves: no Python int, so torch.compile keeps
+    one graph, and CUDA-graph replays draw fresh noise (torch's generator advances inside the graph).
     """
-    return torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device if generator else "cpu")
+    return torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device if generator else device)
 
 
 def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, launchers=TRITON_LAUNCHERS):
@@ -254,12 +255,13 @@ def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, gener
     mu, logvar: [B, D] or [k, B, D]; eps: [k, B, D] or None; prior_mu, prior_logvar: None, [B, D] or [k, B, D].
     Returns z [k, B, D] (mu's dtype) and log p(z) - log q(z|x) [k, B] (float32 for half inputs).
     """
-    seed = draw_seed(generator) if eps is None else torch.zeros((), dtype=torch.int64)
+    seed = draw_seed(generator, mu.device) if eps is None else torch.zeros((), dtype=torch.int64, device=mu.device)
     return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator, launchers)
 
 
 def sample_noise(shape, seed, dtype, device, launchers=TRITON_LAUNCHERS):
     """The eps that in-kernel sampling with ``seed`` uses for a [k, B, D] ``shape`` (for tests)."""
     zeros = torch.zeros(shape[-2:], dtype=dtype, device=device)
-    z, _ = GaussianSampleFunction.apply(zeros, zeros, None, None, None, shape[0], torch.tensor(seed), "iwae", launchers)
+    seed = torch.as_tensor(seed, dtype=torch.int64, device=device)
+    z, _ = GaussianSampleFunction.apply(zeros, zeros, None, None, None, shape[0], seed, "iwae", launchers)
     return z

@@ -18,7 +18,9 @@ from torch.autograd.function import once_differentiable
 from .. import reference
 from .utils import Launchers, bernoulli_grad, bernoulli_log_prob, library_op, row_tile, triton_accumulation_dtype
 
-HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+# A constexpr so compiled kernels may read it; tl.full makes it an ACC constant (a bare Python float would be
+# rounded to float32 first, which float64 results would show).
+HALF_LOG_2PI = tl.constexpr(0.5 * math.log(2.0 * math.pi))
 BERNOULLI, GAUSSIAN = 0, 1
 
 
@@ -49,8 +51,10 @@ def _log_likelihood_fwd_kernel(
         else:
             logvar = tl.load(second_ptr + offsets, mask=mask, other=0.0).to(ACC)
             diff = x - first
-            term = -HALF_LOG_2PI - 0.5 * logvar - 0.5 * diff * diff * tl.exp(-logvar)
+            term = -0.5 * logvar - 0.5 * diff * diff * tl.exp(-logvar)
         total += tl.sum(tl.where(mask, term, 0.0), axis=1)
+    if LIKELIHOOD == 1:
+        total -= tl.full([], HALF_LOG_2PI, ACC) * P
     tl.store(out_ptr + rows, total, mask=row_mask)
 
 

@@ -5,7 +5,6 @@ update FlashAttention uses for softmax; that state is also what the streaming ev
 chunk, so k = 5000 never needs all log-weights at once.
 """
 
-import math
 from typing import Optional
 
 import torch
@@ -25,7 +24,7 @@ BLOCK_ELEMENTS = 1024
 @triton.jit
 def _max_sum_kernel(
     log_w_ptr, in_max_ptr, in_sum_ptr, out_max_ptr, out_sum_ptr, bound_ptr,
-    K, B, log_k,
+    K, B,
     ACCUMULATE: tl.constexpr, WRITE_BOUND: tl.constexpr, ACC: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
@@ -50,6 +49,8 @@ def _max_sum_kernel(
     tl.store(out_max_ptr + cols, running_max, mask=col_mask)
     tl.store(out_sum_ptr + cols, running_sum, mask=col_mask)
     if WRITE_BOUND:
+        # log k in ACC from the integer (a Python float argument would arrive as float32).
+        log_k = tl.log(tl.zeros([BLOCK_B], ACC) + K)
         tl.store(bound_ptr + cols, shifted_max(running_max) + tl.log(running_sum) - log_k, mask=col_mask)
 
 
@@ -79,7 +80,7 @@ def _triton_max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Te
     accumulate = in_max is not None
     _max_sum_kernel[(triton.cdiv(batch, BLOCK_EXAMPLES),)](
         log_w, in_max if accumulate else out_max, in_sum if accumulate else out_sum, out_max, out_sum,
-        out_max if bound is None else bound, num_samples, batch, math.log(num_samples),
+        out_max if bound is None else bound, num_samples, batch,
         ACCUMULATE=accumulate, WRITE_BOUND=bound is not None, ACC=triton_accumulation_dtype(out_max.dtype),
         BLOCK_K=BLOCK_SAMPLES, BLOCK_B=BLOCK_EXAMPLES,
     )
