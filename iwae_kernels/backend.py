@@ -79,4 +79,5 @@ def preload():
             from . import cuda_backend
 
             if cuda_backend.available():
+                cuda_backend.launchers()
                 _LOADED["cuda"] = cuda_backend

@@ -59,11 +59,21 @@ def available():
     return True
 
 
-@functools.lru_cache(maxsize=None)
 def launchers():
-    """The CUDA launcher pair of each op family, registered as torch.library custom ops (see ops.utils.library_op)."""
-    module = extension()
+    """The CUDA launcher pair of each op family, registered as torch.library custom ops (see ops.utils.library_op).
 
+    Kept in a plain dict filled once (backend.preload fills it at import): torch.compile then reads the dict
+    instead of tracing into the extension's import, which dynamo refuses.
+    """
+    if not _LAUNCHERS:
+        _LAUNCHERS.update(_register_launchers(extension()))
+    return _LAUNCHERS
+
+
+_LAUNCHERS = {}
+
+
+def _register_launchers(module):
     @library_op("cuda_gaussian_sample_forward", ("z", "log_weight"))
     def sample_forward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu: Optional[Tensor],
                        prior_logvar: Optional[Tensor], z: Tensor, log_weight: Tensor, seed: Tensor) -> None:
