@@ -9,7 +9,7 @@ Public API (k samples lead every [k, ...] tensor):
     iwae_bound(log_w)                          -> L_k [B]
     normalized_weights(log_w)                  -> [k, B]
     StreamingIWAEBound(B).update(chunk).bound() -> L_k [B] in memory that does not grow with k
-    iwae_loss(x, mu, logvar, decoder, k=50, ...) -> the drop-in loss -L_k
+    iwae_loss(x, mu, logvar, decoder, k=50, ...) -> the drop-in loss -L_k (beta=kl_warmup(step, n) anneals)
 """
 
 from .functional import (
@@ -22,6 +22,7 @@ from .functional import (
     gaussian_sample,
     iwae_bound,
     iwae_loss,
+    kl_warmup,
     normalized_weights,
     resampled_iwae_bound,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "gaussian_sample",
     "iwae_bound",
     "iwae_loss",
+    "kl_warmup",
     "normalized_weights",
     "resampled_iwae_bound",
 ]

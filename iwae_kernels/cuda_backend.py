@@ -76,14 +76,18 @@ _LAUNCHERS = {}
 def _register_launchers(module):
     @library_op("cuda_gaussian_sample_forward", ("z", "log_weight"))
     def sample_forward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu: Optional[Tensor],
-                       prior_logvar: Optional[Tensor], z: Tensor, log_weight: Tensor, seed: Tensor) -> None:
+                       prior_logvar: Optional[Tensor], z: Tensor, log_weight: Tensor, seed: Tensor,
+                       include_prior: bool, scale: Optional[Tensor]) -> None:
+        _check_sample_options(include_prior, scale)
         module.gaussian_sample_forward(mu, logvar, eps, prior_mu, prior_logvar, z, log_weight, seed)
 
     @library_op("cuda_gaussian_sample_backward", ("grad_mu", "grad_logvar", "grad_prior_mu", "grad_prior_logvar"))
     def sample_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu: Optional[Tensor],
                         prior_logvar: Optional[Tensor], grad_z: Optional[Tensor], grad_log_weight: Optional[Tensor],
                         grad_mu: Tensor, grad_logvar: Tensor, grad_prior_mu: Optional[Tensor],
-                        grad_prior_logvar: Optional[Tensor], k: int, seed: Tensor, estimator: int) -> None:
+                        grad_prior_logvar: Optional[Tensor], k: int, seed: Tensor, estimator: int,
+                        include_prior: bool, scale: Optional[Tensor]) -> None:
+        _check_sample_options(include_prior, scale)
         module.gaussian_sample_backward(mu, logvar, eps, prior_mu, prior_logvar, grad_z, grad_log_weight, grad_mu,
                                         grad_logvar, grad_prior_mu, grad_prior_logvar, k, seed, estimator)
 
@@ -116,9 +120,17 @@ def _register_launchers(module):
 # The backend interface (the functions of iwae_kernels.reference), on the CUDA kernels.
 
 
-def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator):
+def _check_sample_options(include_prior, latent_scale):
+    if not include_prior or latent_scale is not None:
+        raise ValueError("include_prior=False and latent_scale are not in the cuda backend's kernels yet; "
+                         "use backend='triton' (or 'torch')")
+
+
+def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, include_prior=True,
+                    latent_scale=None):
+    _check_sample_options(include_prior, latent_scale)
     return _gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator,
-                                   launchers=launchers()["sample"])
+                            launchers=launchers()["sample"])
 
 
 def bernoulli_log_likelihood(logits, x):

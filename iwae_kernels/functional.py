@@ -16,6 +16,21 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def _latent_scale(name, value, like):
+    """A float or 0-dim tensor weight on the latent term -> None (weight 1) or a 0-dim tensor on like's device."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or not value.is_floating_point():
+            raise ValueError(f"{name}: expected a float or a 0-dim floating tensor, got shape {tuple(value.shape)}, "
+                             f"dtype {value.dtype}")
+        _checks.check_same_device(name, value, "mu", like)
+        return value
+    if not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return None if value == 1 else torch.tensor(float(value), dtype=torch.float64, device=like.device)
+
+
 def _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator):
     _checks.check_sample_count(k)
     _checks.check_tensor("mu", mu, (2, 3))
@@ -41,7 +56,7 @@ def _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, esti
 
 
 def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None, estimator="iwae",
-                    generator=None, backend=None):
+                    generator=None, include_prior=True, latent_scale=None, backend=None):
     """Draw k reparameterized samples z = mu + exp(logvar / 2) * eps and their latent log-weights.
 
     Args:
@@ -54,13 +69,20 @@ def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None
         estimator: the encoder-side gradient: "iwae" / "vae" / "iwae-resample" (the exact derivative),
             "stl" (Roeder et al. 2017), "dreg" (Tucker et al. 2018; reads the normalized weights from the
             gradient arriving at the log-weight output, so that must come from ``iwae_bound``).
+        include_prior: False drops log p(z): the latent term is then -log q(z|x) (log 2pi included), which a
+            normalizing flow needs (it adds log p(z_K) and the log-determinants itself).
+        latent_scale: a weight beta >= 0 on the latent term (KL annealing), a float or a 0-dim tensor (a tensor
+            can change between CUDA-graph replays); None is 1.
 
     Returns:
-        z [k, B, D] in mu's dtype, and log p(z) - log q(z|x) [k, B] (float32 for half inputs).
+        z [k, B, D] in mu's dtype, and latent_scale * (log p(z) - log q(z|x)) [k, B] (float32 for half inputs).
     """
     _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator)
+    if not include_prior and prior_mu is not None:
+        raise ValueError("include_prior: False drops the prior, so prior_mu and prior_logvar must be None")
+    scale = _latent_scale("latent_scale", latent_scale, mu)
     ops = get_backend(backend, mu.device)
-    return ops.gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator)
+    return ops.gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, include_prior, scale)
 
 
 def _check_observation(name, value, x):
@@ -217,10 +239,10 @@ def _log_likelihood(out, x, k, likelihood, check_finite, backend):
 
 
 def _log_weights(x, mu, logvar, decoder, k, eps, generator, estimator, likelihood, flatten_samples, check_finite,
-                 backend):
-    """log w [k, B] = log p(x|z) + log p(z) - log q(z|x) for k samples of z."""
+                 backend, beta=None):
+    """log w [k, B] = log p(x|z) + beta (log p(z) - log q(z|x)) for k samples of z."""
     z, latent_log_weight = gaussian_sample(mu, logvar, k, eps=eps, estimator=estimator, generator=generator,
-                                           backend=backend)
+                                           latent_scale=beta, backend=backend)
     out = _decode(decoder, z, flatten_samples)
     return _log_likelihood(out, x, k, likelihood, check_finite, backend) + latent_log_weight
 
@@ -247,8 +269,18 @@ def resampled_iwae_bound(log_weights, noise, *, generator=None, backend=None):
     return torch.where(finite, chosen_log_w + (bound - torch.where(finite, chosen_log_w, 0)).detach(), bound)
 
 
+def kl_warmup(step, warmup_steps, start=0.0):
+    """The KL-annealing weight beta for training step ``step`` (Bowman et al. 2016): rises linearly from ``start``
+    to 1 over ``warmup_steps`` steps, then stays 1. Pass it as ``iwae_loss(..., beta=...)``."""
+    if warmup_steps < 0 or not 0 <= start <= 1:
+        raise ValueError(f"warmup_steps, start: expected warmup_steps >= 0 and 0 <= start <= 1, got {warmup_steps}, {start}")
+    if warmup_steps == 0 or step >= warmup_steps:
+        return 1.0
+    return start + (1.0 - start) * max(step, 0) / warmup_steps
+
+
 def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator="iwae", reduction="mean",
-              backend=None, flatten_samples=False, check_finite=False, generator=None):
+              backend=None, flatten_samples=False, check_finite=False, generator=None, beta=None):
     """The drop-in IWAE loss -L_k(x) for an encoder's Gaussian (mu, logvar) and any decoder.
 
     Args:
@@ -263,6 +295,8 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
         check_finite: check x, mu, logvar and the decoder's output for NaN/inf, and Bernoulli targets for
             [0, 1]; off by default because it synchronizes the device.
         generator: a torch.Generator on the tensors' device for the noise (default: torch's global RNG).
+        beta: KL annealing: the weight on the latent term log p(z) - log q(z|x) in every log-weight (a float or
+            a 0-dim tensor; see ``kl_warmup``); None or 1 is the plain bound. Not with "iwae-resample".
 
     Returns:
         -L_k reduced over the batch (a scalar), or [B] for reduction="none".
@@ -287,6 +321,8 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
         if likelihood == "bernoulli":
             _checks.check_unit_interval("x", x)
 
+    if estimator == "iwae-resample" and beta is not None:
+        raise ValueError("beta: KL annealing is not supported with estimator='iwae-resample'")
     if estimator == "iwae-resample":
         def log_weights(noise):
             return _log_weights(x, mu, logvar, decoder, noise[0].shape[0], noise[0], None, "iwae", likelihood,
@@ -296,7 +332,7 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
         bound = resampled_iwae_bound(log_weights, [eps], generator=generator, backend=backend)
     else:
         log_w = _log_weights(x, mu, logvar, decoder, k, None, generator, estimator, likelihood, flatten_samples,
-                             check_finite, backend)
+                             check_finite, backend, beta)
         bound = log_w.mean(0) if estimator == "vae" else iwae_bound(log_w, backend=backend)
     loss = -bound
     if reduction == "mean":

@@ -167,3 +167,47 @@ def active_units(model, data, threshold=1e-2, batch_size=1000, samples=10):
             means[1].append(_gaussian(model.encoders[1], h1)[0].mean(0))
     activity = [torch.cat(layer).double().var(0) for layer in means]
     return [int((a > threshold).sum()) for a in activity], activity
+
+
+class ConvIWAE(nn.Module):
+    """A convolutional IWAE for 28x28 images (conv encoder, up-convolution decoder, as in Dosovitskiy et al.'s
+    chair generator), trained through ``iwae_loss``: the loss does not care what the networks are.
+
+    x [B, 784] in [0, 1] -> loss / log_likelihood; sample(n) -> Bernoulli means [n, 784].
+    """
+
+    def __init__(self, latent=16, channels=32, backend=None):
+        super().__init__()
+        self.latent, self.backend = latent, backend
+        self.encoder = nn.Sequential(
+            nn.Unflatten(1, (1, 28, 28)),
+            nn.Conv2d(1, channels, 4, stride=2, padding=1), nn.ReLU(),             # 14 x 14
+            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), nn.ReLU(),  # 7 x 7
+            nn.Flatten(), nn.Linear(2 * channels * 49, 2 * latent))
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, 2 * channels * 49), nn.ReLU(), nn.Unflatten(1, (2 * channels, 7, 7)),
+            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), nn.ReLU(),  # 14 x 14
+            nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1), nn.Flatten())         # 28 x 28 logits
+
+    def loss(self, x, k=5, estimator="iwae", generator=None):
+        """-L_k averaged over the batch; the decoder sees the k * B samples as one [k * B, latent] batch."""
+        mu, logvar = self.encoder(x).chunk(2, -1)
+        return F.iwae_loss(x, mu, logvar, self.decoder, k=k, estimator=estimator, flatten_samples=True,
+                           generator=generator, backend=self.backend)
+
+    @torch.no_grad()
+    def log_likelihood(self, x, k=5000, chunk=500):
+        """Per-example L_k [B], folded chunk by chunk (memory does not grow with k)."""
+        mu, logvar = self.encoder(x).chunk(2, -1)
+        accumulator = StreamingIWAEBound(x.shape[0], device=x.device, dtype=torch.float64, backend=self.backend)
+        for start in range(0, k, chunk):
+            size = min(chunk, k - start)
+            z, latent = F.gaussian_sample(mu, logvar, size, backend=self.backend)
+            logits = self.decoder(z.flatten(0, 1)).unflatten(0, (size, x.shape[0]))
+            accumulator.update(F.bernoulli_log_likelihood(logits, x, backend=self.backend) + latent)
+        return accumulator.bound()
+
+    @torch.no_grad()
+    def sample(self, n):
+        weight = self.decoder[0].weight
+        return torch.sigmoid(self.decoder(torch.randn(n, self.latent, device=weight.device, dtype=weight.dtype)))

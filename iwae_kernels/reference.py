@@ -31,11 +31,15 @@ def _shifted_max(running_max):
     return torch.where(torch.isneginf(running_max), torch.zeros_like(running_max), running_max)
 
 
-def _latent_terms(mu, logvar, eps, prior_mu, prior_logvar):
-    """z, d log p(z)/dz, and the per-dimension latent log-weight log p(z) - log q(z|x) (log 2pi cancels)."""
+def _latent_terms(mu, logvar, eps, prior_mu, prior_logvar, include_prior=True):
+    """z, d log p(z)/dz, and the per-dimension latent log-weight log p(z) - log q(z|x) (log 2pi cancels);
+    without the prior, -log q(z|x) (log 2pi included) and a zero d log p/dz."""
     sigma = torch.exp(0.5 * logvar)
     z = mu + sigma * eps
-    if prior_mu is None:
+    if not include_prior:
+        dlogp_dz = torch.zeros_like(z)
+        log_p = torch.full_like(z, 0.5 * LOG_2PI)
+    elif prior_mu is None:
         dlogp_dz = -z
         log_p = -0.5 * z * z
     else:
@@ -59,25 +63,29 @@ class GaussianSampleFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, mu, logvar, eps, prior_mu, prior_logvar, estimator):
+    def forward(ctx, mu, logvar, eps, prior_mu, prior_logvar, estimator, include_prior=True, scale=None):
         acc = accumulation_dtype(mu.dtype)
         up = lambda t: None if t is None else t.to(acc)
-        z, _, _, log_weight = _latent_terms(up(mu), up(logvar), up(eps), up(prior_mu), up(prior_logvar))
-        ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar)
-        ctx.estimator = estimator
+        z, _, _, log_weight = _latent_terms(up(mu), up(logvar), up(eps), up(prior_mu), up(prior_logvar), include_prior)
+        ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar, scale)
+        ctx.estimator, ctx.include_prior = estimator, include_prior
         ctx.set_materialize_grads(False)
+        log_weight = log_weight.sum(-1) if scale is None else scale.to(acc) * log_weight.sum(-1)
         # No no-op .to(): under torch 2.11's dynamo a forward output made by one loses its gradient.
-        return (z if z.dtype == mu.dtype else z.to(mu.dtype)), log_weight.sum(-1)
+        return (z if z.dtype == mu.dtype else z.to(mu.dtype)), log_weight
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_z, grad_log_weight):
-        mu, logvar, eps, prior_mu, prior_logvar = ctx.saved_tensors
+        mu, logvar, eps, prior_mu, prior_logvar, scale = ctx.saved_tensors
         acc = accumulation_dtype(mu.dtype)
         up = lambda t: None if t is None else t.to(acc)
-        z, sigma, dlogp_dz, _ = _latent_terms(up(mu), up(logvar), up(eps), up(prior_mu), up(prior_logvar))
+        z, sigma, dlogp_dz, _ = _latent_terms(up(mu), up(logvar), up(eps), up(prior_mu), up(prior_logvar),
+                                              ctx.include_prior)
         grad_z = torch.zeros_like(z) if grad_z is None else grad_z.to(acc)
         grad_a = torch.zeros(z.shape[:-1], dtype=acc, device=z.device) if grad_log_weight is None else grad_log_weight.to(acc)
+        if scale is not None:
+            grad_a = grad_a * scale.to(acc)
         ga = grad_a.unsqueeze(-1)
         eps = up(eps)
         code = ESTIMATOR_CODES[ctx.estimator]
@@ -101,19 +109,21 @@ class GaussianSampleFunction(torch.autograd.Function):
             grad_prior_mu = _sum_to(ga * diff * precision, prior_mu).to(prior_mu.dtype)
             grad_prior_logvar = _sum_to(ga * (-0.5 + 0.5 * diff * diff * precision), prior_logvar).to(prior_logvar.dtype)
         return (_sum_to(grad_mu, mu).to(mu.dtype), _sum_to(grad_logvar, logvar).to(logvar.dtype), None,
-                grad_prior_mu, grad_prior_logvar, None)
+                grad_prior_mu, grad_prior_logvar, None, None, None)
 
 
-def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator):
+def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, include_prior=True,
+                    latent_scale=None):
     """z = mu + exp(logvar / 2) * eps and the latent log-weight; eps drawn from ``generator`` when None.
 
     mu, logvar: [B, D] or [k, B, D]; eps: [k, B, D] or None; prior_mu, prior_logvar: None, [B, D] or [k, B, D].
-    Returns z [k, B, D] (mu's dtype) and log p(z) - log q(z|x) [k, B] (float32 for half inputs).
+    Returns z [k, B, D] (mu's dtype) and latent_scale * (log p(z) - log q(z|x)) [k, B] (float32 for half inputs);
+    without the prior the latent term is -log q(z|x). latent_scale: None or a 0-dim tensor.
     """
     if eps is None:
         shape = (k,) + tuple(mu.shape[-2:])
         eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
-    return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, estimator)
+    return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, estimator, include_prior, latent_scale)
 
 
 def bernoulli_log_likelihood(logits, x):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.distributions import Normal
 
 import iwae_kernels as ik
 from iwae_kernels.ops.gaussian_sample import draw_seed
@@ -209,3 +210,52 @@ def test_manual_seed_repeats_and_generator_is_used(backend):
     assert not torch.equal(first, draw())
     gen = lambda: torch.Generator(device=device).manual_seed(5)
     assert torch.equal(draw(generator=gen()), draw(generator=gen()))
+
+
+@pytest.mark.parametrize("estimator", ["iwae", "stl"])
+@pytest.mark.parametrize("include_prior", [True, False])
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_latent_scale_and_no_prior_match_naive(backend, include_prior, estimator):
+    """latent_scale=beta weights the latent term (KL annealing); include_prior=False makes it -log q(z|x)
+    (normalizing flows). Values and gradients against a float64 torch.distributions oracle."""
+    device = backend_device(backend)
+    if backend == "cuda":
+        pytest.skip("the cuda backend's kernels do not take include_prior/latent_scale yet (it says so)")
+    k, batch, dim, beta = 5, 3, 17, 0.3
+    gen = torch.Generator().manual_seed(11)
+    mu, logvar = torch.randn(batch, dim, generator=gen, dtype=torch.float64), 0.5 * torch.randn(batch, dim, generator=gen, dtype=torch.float64)
+    eps, readout = torch.randn(k, batch, dim, generator=gen, dtype=torch.float64), torch.randn(dim, generator=gen, dtype=torch.float64)
+
+    def objective(mu, logvar, latent_fn):
+        z, latent = latent_fn(mu, logvar)
+        return -ik.iwae_bound(torch.sin(z) @ readout + latent, backend="torch").sum(), latent
+
+    def naive(mu, logvar):
+        sigma = torch.exp(0.5 * logvar)
+        z = mu + sigma * eps
+        q = Normal(mu.detach(), sigma.detach()) if estimator == "stl" else Normal(mu, sigma)
+        log_p = Normal(0.0, 1.0).log_prob(z) if include_prior else 0.0
+        return z, beta * (log_p - q.log_prob(z)).sum(-1)
+
+    def fused(mu, logvar):
+        return ik.gaussian_sample(mu, logvar, k, eps=eps.to(device), estimator=estimator, include_prior=include_prior,
+                                  latent_scale=beta, backend=backend)
+
+    leaves = [t.clone().requires_grad_() for t in (mu, logvar)]
+    want, want_latent = objective(*leaves, naive)
+    want_grads = torch.autograd.grad(want, leaves)
+    leaves = [t.to(device).requires_grad_() for t in (mu, logvar)]
+    got, got_latent = objective(*leaves, fused)
+    assert_close(got_latent, want_latent)
+    for g, w in zip(torch.autograd.grad(got, leaves), want_grads):
+        assert_close(g, w)
+
+
+def test_bad_latent_options_name_the_argument():
+    mu = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="latent_scale: expected a finite number >= 0"):
+        ik.gaussian_sample(mu, mu, 2, latent_scale=-1.0)
+    with pytest.raises(ValueError, match="latent_scale: expected a float or a 0-dim"):
+        ik.gaussian_sample(mu, mu, 2, latent_scale=torch.ones(2))
+    with pytest.raises(ValueError, match="include_prior: False drops the prior"):
+        ik.gaussian_sample(mu, mu, 2, include_prior=False, prior_mu=mu, prior_logvar=mu)

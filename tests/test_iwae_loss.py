@@ -243,3 +243,20 @@ def test_double_backward_says_it_is_not_supported():
     (grad,) = torch.autograd.grad(ik.iwae_bound(log_w), log_w, upstream, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiate twice"):
         grad.sum().backward()
+
+
+def test_kl_annealing_weights_the_latent_term():
+    """iwae_loss(beta=b) is -L_k of log p(x|z) + b (log p(z) - log q(z|x)), through the same noise."""
+    torch.manual_seed(0)
+    x, mu, logvar = torch.rand(4, 6).round().double(), torch.randn(4, 3).double(), 0.3 * torch.randn(4, 3).double()
+    decoder = torch.nn.Linear(3, 6).double()
+    got = ik.iwae_loss(x, mu, logvar, decoder, k=5, beta=0.25, generator=torch.Generator().manual_seed(1),
+                       backend="torch", reduction="none")
+    eps = torch.randn(5, 4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    z, latent = naive_latent(mu, logvar, eps)
+    log_w = naive_bernoulli(decoder(z), x) + 0.25 * latent
+    assert_close(got, -(torch.logsumexp(log_w, 0) - math.log(5)))
+    assert [ik.kl_warmup(s, 10) for s in (0, 5, 10, 50)] == [0.0, 0.5, 1.0, 1.0]
+    assert ik.kl_warmup(0, 10, start=0.2) == 0.2
+    with pytest.raises(ValueError, match="beta: KL annealing is not supported"):
+        ik.iwae_loss(x, mu, logvar, decoder, k=5, beta=0.5, estimator="iwae-resample")

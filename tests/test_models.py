@@ -11,7 +11,7 @@ import torch
 from torch.distributions import Bernoulli, Normal
 
 import iwae_kernels as ik
-from iwae_kernels.models import active_units, paper_model
+from iwae_kernels.models import ConvIWAE, active_units, paper_model
 
 from helpers import assert_close
 
@@ -154,3 +154,20 @@ def test_sample_and_reconstruct():
     samples, recon = model.sample(5), model.reconstruct(torch.rand(3, 6, dtype=torch.float64))
     assert samples.shape == (5, 6) and recon.shape == (3, 6)
     assert (samples >= 0).all() and (samples <= 1).all() and (recon >= 0).all() and (recon <= 1).all()
+
+
+def test_conv_iwae_loss_is_the_iwae_bound_of_its_networks():
+    """ConvIWAE goes through iwae_loss; its loss equals -L_k written out with the same noise, and it trains."""
+    torch.manual_seed(0)
+    model = ConvIWAE(latent=3, channels=4, backend="torch")
+    x = torch.rand(2, 784).round()
+    got = model.loss(x, k=4, generator=torch.Generator().manual_seed(5))
+    mu, logvar = model.encoder(x).chunk(2, -1)
+    eps = torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(5))
+    z = mu + torch.exp(0.5 * logvar) * eps
+    logits = model.decoder(z.flatten(0, 1)).unflatten(0, (4, 2))
+    log_w = (Bernoulli(logits=logits, validate_args=False).log_prob(x).sum(-1)
+             + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1))
+    torch.testing.assert_close(got, -(torch.logsumexp(log_w, 0) - math.log(4)).mean(), rtol=1e-5, atol=1e-4)
+    bound = model.log_likelihood(x, k=30, chunk=8)
+    assert bound.shape == (2,) and (bound < 0).all() and model.sample(3).shape == (3, 784)

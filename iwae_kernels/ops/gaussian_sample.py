@@ -18,9 +18,11 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import reference
-from .utils import Launchers, library_op, row_tile, triton_accumulation_dtype
+from .utils import HALF_LOG_2PI, Launchers, library_op, row_tile, triton_accumulation_dtype
 
 BLOCK_SAMPLES = 32
+# The latent term's prior: N(0, I), the caller's diagonal Gaussian, or none (then it is -log q(z|x), for flows).
+STANDARD_PRIOR, GIVEN_PRIOR, NO_PRIOR = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
 
 @triton.jit
@@ -35,8 +37,8 @@ def _load_noise(eps_ptr, offsets, mask, seed_ptr, HAS_EPS: tl.constexpr, ACC: tl
 @triton.jit
 def _gaussian_sample_fwd_kernel(
     mu_ptr, logvar_ptr, eps_ptr, prior_mu_ptr, prior_logvar_ptr, z_ptr, log_weight_ptr,
-    seed_ptr, R, B, D, param_sample_stride, prior_sample_stride,
-    HAS_EPS: tl.constexpr, HAS_PRIOR: tl.constexpr, ACC: tl.constexpr,
+    seed_ptr, scale_ptr, R, B, D, param_sample_stride, prior_sample_stride,
+    HAS_EPS: tl.constexpr, PRIOR: tl.constexpr, HAS_SCALE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # Rows are (sample i, example b) pairs r = i * B + b; a shared [B, D] parameter has sample stride 0.
@@ -55,15 +57,20 @@ def _gaussian_sample_fwd_kernel(
         eps = _load_noise(eps_ptr, offsets, mask, seed_ptr, HAS_EPS, ACC)
         z = mu + tl.exp(0.5 * logvar) * eps
         tl.store(z_ptr + offsets, z.to(z_ptr.dtype.element_ty), mask=mask)
-        if HAS_PRIOR:
+        if PRIOR == GIVEN_PRIOR:
             prior_mu = tl.load(prior_mu_ptr + prior_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
             prior_logvar = tl.load(prior_logvar_ptr + prior_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
             diff = z - prior_mu
-            log_p = -0.5 * prior_logvar - 0.5 * diff * diff * tl.exp(-prior_logvar)
+            term = -0.5 * prior_logvar - 0.5 * diff * diff * tl.exp(-prior_logvar) + 0.5 * logvar + 0.5 * eps * eps
+        elif PRIOR == STANDARD_PRIOR:
+            term = -0.5 * z * z + 0.5 * logvar + 0.5 * eps * eps
         else:
-            log_p = -0.5 * z * z
-        term = log_p + 0.5 * logvar + 0.5 * eps * eps
+            term = 0.5 * logvar + 0.5 * eps * eps
         total += tl.sum(tl.where(mask, term, 0.0), axis=1)
+    if PRIOR == NO_PRIOR:  # -log q0(z0) keeps the log 2pi that a prior term would cancel
+        total += tl.full([], HALF_LOG_2PI, ACC) * D
+    if HAS_SCALE:
+        total = total * tl.load(scale_ptr).to(ACC)
     tl.store(log_weight_ptr + rows, total, mask=row_mask)
 
 
@@ -71,8 +78,9 @@ def _gaussian_sample_fwd_kernel(
 def _gaussian_sample_bwd_kernel(
     mu_ptr, logvar_ptr, eps_ptr, prior_mu_ptr, prior_logvar_ptr,
     grad_z_ptr, grad_log_weight_ptr, grad_mu_ptr, grad_logvar_ptr, grad_prior_mu_ptr, grad_prior_logvar_ptr,
-    seed_ptr, K, B, D, param_sample_stride, prior_sample_stride,
-    HAS_EPS: tl.constexpr, HAS_PRIOR: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_WEIGHT: tl.constexpr,
+    seed_ptr, scale_ptr, K, B, D, param_sample_stride, prior_sample_stride,
+    HAS_EPS: tl.constexpr, PRIOR: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_GRAD_Z: tl.constexpr,
+    HAS_GRAD_LOG_WEIGHT: tl.constexpr,
     PARAM_PER_SAMPLE: tl.constexpr, PRIOR_PER_SAMPLE: tl.constexpr, ESTIMATOR: tl.constexpr,
     ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -107,13 +115,15 @@ def _gaussian_sample_bwd_kernel(
         z = mu + sigma * eps
         if HAS_GRAD_LOG_WEIGHT:
             grad_a = tl.load(grad_log_weight_ptr + rows, mask=sample_mask, other=0.0).to(ACC)[:, None]
+            if HAS_SCALE:
+                grad_a = grad_a * tl.load(scale_ptr).to(ACC)
         else:
             grad_a = tl.zeros([BLOCK_K, 1], ACC)
         if HAS_GRAD_Z:
             grad_z = tl.load(grad_z_ptr + offsets, mask=mask, other=0.0).to(ACC)
         else:
             grad_z = tl.zeros([BLOCK_K, BLOCK_D], ACC)
-        if HAS_PRIOR:
+        if PRIOR == GIVEN_PRIOR:
             prior_offsets = (samples * prior_sample_stride + example * D)[:, None] + cols[None, :]
             prior_mu = tl.load(prior_mu_ptr + prior_offsets, mask=mask, other=0.0).to(ACC)
             prior_logvar = tl.load(prior_logvar_ptr + prior_offsets, mask=mask, other=0.0).to(ACC)
@@ -129,8 +139,10 @@ def _gaussian_sample_bwd_kernel(
             else:
                 grad_prior_mu_sum += tl.sum(grad_prior_mu, axis=0)
                 grad_prior_logvar_sum += tl.sum(grad_prior_logvar, axis=0)
-        else:
+        elif PRIOR == STANDARD_PRIOR:
             dlogp_dz = -z
+        else:
+            dlogp_dz = tl.zeros([BLOCK_K, BLOCK_D], ACC)
         if ESTIMATOR == 0:
             # iwae / vae: the total derivative, the score term of -log q adds 0.5 * dJ/da to dlogvar.
             per_sample = grad_z + grad_a * dlogp_dz
@@ -154,7 +166,7 @@ def _gaussian_sample_bwd_kernel(
     if not PARAM_PER_SAMPLE:
         tl.store(grad_mu_ptr + shared_offsets, grad_mu_sum.to(grad_mu_ptr.dtype.element_ty), mask=col_mask)
         tl.store(grad_logvar_ptr + shared_offsets, grad_logvar_sum.to(grad_logvar_ptr.dtype.element_ty), mask=col_mask)
-    if HAS_PRIOR and not PRIOR_PER_SAMPLE:
+    if PRIOR == GIVEN_PRIOR and not PRIOR_PER_SAMPLE:
         tl.store(grad_prior_mu_ptr + shared_offsets, grad_prior_mu_sum.to(grad_prior_mu_ptr.dtype.element_ty), mask=col_mask)
         tl.store(grad_prior_logvar_ptr + shared_offsets,
                  grad_prior_logvar_sum.to(grad_prior_logvar_ptr.dtype.element_ty), mask=col_mask)
@@ -165,21 +177,28 @@ def _sample_stride(param):
     return 0 if param is None or param.dim() == 2 else param.shape[-2] * param.shape[-1]
 
 
+def _prior_kind(prior_mu, include_prior):
+    if not include_prior:
+        return NO_PRIOR
+    return STANDARD_PRIOR if prior_mu is None else GIVEN_PRIOR
+
+
 def _contiguous(tensor):
     return None if tensor is None else tensor.contiguous()
 
 
 @library_op("triton_gaussian_sample_forward", ("z", "log_weight"))
 def _triton_forward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu: Optional[Tensor],
-                    prior_logvar: Optional[Tensor], z: Tensor, log_weight: Tensor, seed: Tensor) -> None:
+                    prior_logvar: Optional[Tensor], z: Tensor, log_weight: Tensor, seed: Tensor, include_prior: bool,
+                    scale: Optional[Tensor]) -> None:
     k, batch, dim = z.shape
     block_rows, block_cols = row_tile(dim)
     has_prior = prior_mu is not None
     _gaussian_sample_fwd_kernel[(triton.cdiv(k * batch, block_rows),)](
         mu, logvar, z if eps is None else eps, prior_mu if has_prior else mu, prior_logvar if has_prior else mu,
-        z, log_weight, seed, k * batch, batch, dim, _sample_stride(mu), _sample_stride(prior_mu),
-        HAS_EPS=eps is not None, HAS_PRIOR=has_prior, ACC=triton_accumulation_dtype(mu.dtype),
-        BLOCK_R=block_rows, BLOCK_D=block_cols,
+        z, log_weight, seed, seed if scale is None else scale, k * batch, batch, dim, _sample_stride(mu),
+        _sample_stride(prior_mu), HAS_EPS=eps is not None, PRIOR=_prior_kind(prior_mu, include_prior),
+        HAS_SCALE=scale is not None, ACC=triton_accumulation_dtype(mu.dtype), BLOCK_R=block_rows, BLOCK_D=block_cols,
     )
 
 
@@ -187,7 +206,8 @@ def _triton_forward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu:
 def _triton_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu: Optional[Tensor],
                      prior_logvar: Optional[Tensor], grad_z: Optional[Tensor], grad_log_weight: Optional[Tensor],
                      grad_mu: Tensor, grad_logvar: Tensor, grad_prior_mu: Optional[Tensor],
-                     grad_prior_logvar: Optional[Tensor], k: int, seed: Tensor, estimator: int) -> None:
+                     grad_prior_logvar: Optional[Tensor], k: int, seed: Tensor, estimator: int, include_prior: bool,
+                     scale: Optional[Tensor]) -> None:
     batch, dim = mu.shape[-2:]
     has_prior = prior_mu is not None
     block_dim = min(triton.next_power_of_2(dim), 64)
@@ -197,8 +217,8 @@ def _triton_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu
         prior_mu if has_prior else placeholder, prior_logvar if has_prior else placeholder,
         placeholder if grad_z is None else grad_z, placeholder if grad_log_weight is None else grad_log_weight,
         grad_mu, grad_logvar, grad_prior_mu if has_prior else placeholder, grad_prior_logvar if has_prior else placeholder,
-        seed, k, batch, dim, _sample_stride(mu), _sample_stride(prior_mu),
-        HAS_EPS=eps is not None, HAS_PRIOR=has_prior,
+        seed, seed if scale is None else scale, k, batch, dim, _sample_stride(mu), _sample_stride(prior_mu),
+        HAS_EPS=eps is not None, PRIOR=_prior_kind(prior_mu, include_prior), HAS_SCALE=scale is not None,
         HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_WEIGHT=grad_log_weight is not None,
         PARAM_PER_SAMPLE=mu.dim() == 3, PRIOR_PER_SAMPLE=has_prior and prior_mu.dim() == 3,
         ESTIMATOR=estimator, ACC=triton_accumulation_dtype(mu.dtype), BLOCK_K=BLOCK_SAMPLES, BLOCK_D=block_dim,
@@ -209,21 +229,24 @@ TRITON_LAUNCHERS = Launchers(_triton_forward, _triton_backward)
 
 
 class GaussianSampleFunction(torch.autograd.Function):
-    """(mu, logvar, eps or None, prior_mu, prior_logvar) -> (z [k, B, D], log p(z) - log q(z|x) [k, B]).
+    """(mu, logvar, eps or None, prior_mu, prior_logvar) -> (z [k, B, D], scale * (log p(z) - log q(z|x)) [k, B]).
 
-    Shared by the compiled backends; ``launchers`` says whose kernels run.
+    Shared by the compiled backends; ``launchers`` says whose kernels run. ``include_prior=False`` drops log p(z)
+    (the latent term is then -log q(z|x)); ``scale`` (0-dim tensor or None for 1) weights the latent term.
     """
 
     @staticmethod
-    def forward(ctx, mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator, launchers):
+    def forward(ctx, mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator, launchers, include_prior=True,
+                scale=None):
         mu, logvar, eps = _contiguous(mu), _contiguous(logvar), _contiguous(eps)
         prior_mu, prior_logvar = _contiguous(prior_mu), _contiguous(prior_logvar)
         batch, dim = mu.shape[-2:]
         z = torch.empty((k, batch, dim), dtype=mu.dtype, device=mu.device)
         log_weight = torch.empty((k, batch), dtype=reference.accumulation_dtype(mu.dtype), device=mu.device)
-        launchers.forward(mu, logvar, eps, prior_mu, prior_logvar, z, log_weight, seed)
+        launchers.forward(mu, logvar, eps, prior_mu, prior_logvar, z, log_weight, seed, include_prior, scale)
         ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar)
         ctx.k, ctx.seed, ctx.estimator, ctx.launchers = k, seed, estimator, launchers
+        ctx.include_prior, ctx.scale = include_prior, scale
         ctx.set_materialize_grads(False)
         return z, log_weight
 
@@ -236,8 +259,8 @@ class GaussianSampleFunction(torch.autograd.Function):
         grad_prior_logvar = None if prior_logvar is None else torch.empty_like(prior_logvar)
         ctx.launchers.backward(mu, logvar, eps, prior_mu, prior_logvar, _contiguous(grad_z), _contiguous(grad_log_weight),
                                grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar, ctx.k, ctx.seed,
-                               reference.ESTIMATOR_CODES[ctx.estimator])
-        return grad_mu, grad_logvar, None, grad_prior_mu, grad_prior_logvar, None, None, None, None
+                               reference.ESTIMATOR_CODES[ctx.estimator], ctx.include_prior, ctx.scale)
+        return grad_mu, grad_logvar, None, grad_prior_mu, grad_prior_logvar, None, None, None, None, None, None
 
 
 def draw_seed(generator, device):
@@ -249,14 +272,18 @@ def draw_seed(generator, device):
     return torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device if generator else device)
 
 
-def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, launchers=TRITON_LAUNCHERS):
+def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, include_prior=True,
+                    latent_scale=None, launchers=TRITON_LAUNCHERS):
     """z = mu + exp(logvar / 2) * eps and the latent log-weight; eps drawn in-kernel when None.
 
     mu, logvar: [B, D] or [k, B, D]; eps: [k, B, D] or None; prior_mu, prior_logvar: None, [B, D] or [k, B, D].
-    Returns z [k, B, D] (mu's dtype) and log p(z) - log q(z|x) [k, B] (float32 for half inputs).
+    Returns z [k, B, D] (mu's dtype) and latent_scale * (log p(z) - log q(z|x)) [k, B] (float32 for half
+    inputs); without the prior the latent term is -log q(z|x). latent_scale: None or a 0-dim tensor.
     """
     seed = draw_seed(generator, mu.device) if eps is None else torch.zeros((), dtype=torch.int64, device=mu.device)
-    return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator, launchers)
+    scale = None if latent_scale is None else latent_scale.to(reference.accumulation_dtype(mu.dtype)).contiguous()
+    return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator, launchers,
+                                        include_prior, scale)
 
 
 def sample_noise(shape, seed, dtype, device, launchers=TRITON_LAUNCHERS):

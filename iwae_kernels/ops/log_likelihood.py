@@ -5,8 +5,6 @@ expanded to [k, B, P]. Forward reads the decoder output once and writes [k, B]; 
 more and writes its gradient, scaled by the upstream g * wt_i per row.
 """
 
-import math
-
 from typing import Optional
 
 import torch
@@ -16,11 +14,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import reference
-from .utils import Launchers, bernoulli_grad, bernoulli_log_prob, library_op, row_tile, triton_accumulation_dtype
+from .utils import HALF_LOG_2PI, Launchers, bernoulli_grad, bernoulli_log_prob, library_op, row_tile, triton_accumulation_dtype
 
-# A constexpr so compiled kernels may read it; tl.full makes it an ACC constant (a bare Python float would be
-# rounded to float32 first, which float64 results would show).
-HALF_LOG_2PI = tl.constexpr(0.5 * math.log(2.0 * math.pi))
 BERNOULLI, GAUSSIAN = 0, 1
 
 

@@ -1,5 +1,6 @@
 """Helpers shared by the Triton kernel families: accumulation dtype, tile sizes, numerics."""
 
+import math
 from typing import Callable, NamedTuple
 
 import torch
@@ -7,6 +8,10 @@ import triton
 import triton.language as tl
 
 from ..reference import accumulation_dtype
+
+# A constexpr so compiled kernels may read it; kernels make it an ACC constant with tl.full (a bare Python float
+# would be rounded to float32 first, which float64 results would show).
+HALF_LOG_2PI = tl.constexpr(0.5 * math.log(2.0 * math.pi))
 
 # Elements one program holds per tile; a [rows, cols] tile is shaped from the row length.
 TILE_ELEMENTS = 4096

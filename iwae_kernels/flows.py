@@ -1,0 +1,125 @@
+"""Normalizing-flow posteriors (Rezende & Mohamed 2015) on the fused sampling kernel.
+
+q0 = N(mu, diag exp(logvar)) is sampled by ``gaussian_sample(..., include_prior=False)``, which returns z0 and
+-log q0(z0) in one pass; K flows map z0 to z_K and add their log|det J|. The log-weight is then
+log p(x|z_K) + log p(z_K) - log q0(z0) + sum_t log|det J_t|. Flows act on the last dim of [k, B, D] tensors.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import functional
+from .functional import StreamingIWAEBound
+
+HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class PlanarFlow(nn.Module):
+    """f(z) = z + u_hat tanh(w.z + b), log|det J| = log|1 + u_hat.psi(z)|, psi = (1 - tanh^2(w.z + b)) w.
+
+    u_hat = u + (m(w.u) - w.u) w / |w|^2 with m(a) = -1 + softplus(a) keeps w.u_hat >= -1, so f is invertible.
+    """
+
+    def __init__(self, dim):
+        super().__init__()
+        self.u = nn.Parameter(0.01 * torch.randn(dim))
+        self.w = nn.Parameter(0.01 * torch.randn(dim))
+        self.b = nn.Parameter(torch.zeros(()))
+
+    def u_hat(self):
+        wu = self.w @ self.u
+        return self.u + (F.softplus(wu) - 1 - wu) * self.w / (self.w @ self.w)
+
+    def forward(self, z):
+        """z [..., D] -> (f(z) [..., D], log|det J| [...])."""
+        u_hat = self.u_hat()
+        activation = torch.tanh(z @ self.w + self.b)
+        psi_u = (1 - activation**2) * (self.w @ u_hat)
+        return z + activation.unsqueeze(-1) * u_hat, torch.log(torch.abs(1 + psi_u))
+
+
+class RadialFlow(nn.Module):
+    """f(z) = z + beta h(r) (z - z0), h = 1 / (alpha + r), r = |z - z0|; alpha > 0 and beta >= -alpha keep it
+    invertible. log|det J| = (D - 1) log(1 + beta h) + log(1 + beta h + beta h'(r) r)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.z0 = nn.Parameter(0.01 * torch.randn(dim))
+        self.alpha_raw = nn.Parameter(torch.zeros(()))
+        self.beta_raw = nn.Parameter(torch.zeros(()))
+
+    def forward(self, z):
+        """z [..., D] -> (f(z) [..., D], log|det J| [...])."""
+        alpha = F.softplus(self.alpha_raw)
+        beta = -alpha + F.softplus(self.beta_raw)
+        diff = z - self.z0
+        r = diff.norm(dim=-1)
+        h = 1 / (alpha + r)
+        beta_h = beta * h
+        log_det = (z.shape[-1] - 1) * torch.log1p(beta_h) + torch.log1p(beta_h - beta * h * h * r)
+        return z + beta_h.unsqueeze(-1) * diff, log_det
+
+
+class Flow(nn.Sequential):
+    """Flows applied in order: z [..., D] -> (z_K, sum of log|det J| [...])."""
+
+    def forward(self, z):
+        total = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+        for flow in self:
+            z, log_det = flow(z)
+            total = total + log_det
+        return z, total
+
+
+def make_flow(kind, dim, length):
+    """``length`` planar or radial flows on a D = ``dim`` latent."""
+    layer = {"planar": PlanarFlow, "radial": RadialFlow}[kind]
+    return Flow(*[layer(dim) for _ in range(length)])
+
+
+def standard_normal_log_prob(z):
+    """log N(z; 0, I) summed over the last dim."""
+    return -0.5 * (z * z).sum(-1) - z.shape[-1] * HALF_LOG_2PI
+
+
+def flow_latent(mu, logvar, k, flow, eps=None, estimator="iwae", backend=None):
+    """z_K [k, B, D] and its latent log-weight log p(z_K) - log q0(z0) + sum log|det J| [k, B]."""
+    z0, neg_log_q0 = functional.gaussian_sample(mu, logvar, k, eps=eps, estimator=estimator, include_prior=False,
+                                                backend=backend)
+    z, log_det = flow(z0)
+    return z, standard_normal_log_prob(z) + neg_log_q0 + log_det
+
+
+class FlowIWAE(nn.Module):
+    """An MLP IWAE whose posterior is q0 followed by planar or radial flows; Bernoulli decoder.
+
+    x [B, x_dim] -> loss / bound / log_likelihood like ``models.PaperModel``.
+    """
+
+    def __init__(self, x_dim=784, hidden=200, latent=20, flow="planar", length=4, backend=None):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(x_dim, hidden), nn.Tanh(), nn.Linear(hidden, 2 * latent))
+        self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.Tanh(), nn.Linear(hidden, x_dim))
+        self.flow = make_flow(flow, latent, length)
+        self.backend = backend
+
+    def log_weights(self, x, k, eps=None):
+        """log w [k, B] for k samples."""
+        mu, logvar = self.encoder(x).chunk(2, -1)
+        z, latent = flow_latent(mu, logvar, k, self.flow, eps=eps, backend=self.backend)
+        return functional.bernoulli_log_likelihood(self.decoder(z), x, backend=self.backend) + latent
+
+    def loss(self, x, k=5):
+        """-L_k averaged over the batch."""
+        return -functional.iwae_bound(self.log_weights(x, k), backend=self.backend).mean()
+
+    @torch.no_grad()
+    def log_likelihood(self, x, k=5000, chunk=500):
+        """Per-example L_k [B], folded chunk by chunk (memory does not grow with k)."""
+        accumulator = StreamingIWAEBound(x.shape[0], device=x.device, dtype=torch.float64, backend=self.backend)
+        for start in range(0, k, chunk):
+            accumulator.update(self.log_weights(x, min(chunk, k - start)))
+        return accumulator.bound()
