@@ -23,6 +23,7 @@ from .functional import (
     iwae_bound,
     iwae_loss,
     kl_warmup,
+    local_reparam_linear,
     normalized_weights,
     resampled_iwae_bound,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "iwae_bound",
     "iwae_loss",
     "kl_warmup",
+    "local_reparam_linear",
     "normalized_weights",
     "resampled_iwae_bound",
 ]

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ._build import CXX_FLAGS, NVCC_FLAGS, SOURCES
 from .ops import decoder_head as _decoder_head
+from .ops import local_reparam as _local_reparam
 from .ops.gaussian_sample import gaussian_sample as _gaussian_sample
 from .ops import log_likelihood as _likelihood
 from .ops import logsumexp as _logsumexp
@@ -156,3 +157,8 @@ def fold_max_sum(running_max, running_sum, log_w):
 def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
     # The fused decoder head has a Triton kernel only; the cuda backend runs it.
     return _decoder_head.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
+
+
+def local_reparam_linear(a, mu, var, bias, noise, generator):
+    # Local reparameterization has a Triton kernel only; the cuda backend runs it.
+    return _local_reparam.local_reparam_linear(a, mu, var, bias, noise, generator)

@@ -85,6 +85,37 @@ def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None
     return ops.gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, include_prior, scale)
 
 
+def local_reparam_linear(input, weight_mu, weight_var, bias=None, *, noise=None, generator=None, backend=None):
+    """Pre-activations of a linear layer with factorized Gaussian weights W ~ N(weight_mu, weight_var), sampled
+    by the local reparameterization trick: input @ mu^T + sqrt(input^2 @ var^T) * zeta + bias, zeta ~ N(0, 1)
+    independent per row and output (the compiled backends form both matmuls and the noise in one kernel).
+
+    Args:
+        input: [..., K]; weight_mu, weight_var: [N, K] (var >= 0); bias: [N] or None.
+        noise: optional zeta [..., N]; else drawn (in the kernel for the compiled backends).
+    Returns:
+        [..., N] in input's dtype.
+    """
+    _checks.check_tensor("input", input, tuple(range(1, 9)))
+    _checks.check_tensor("weight_mu", weight_mu, (2,), like=("input", input))
+    _checks.check_tensor("weight_var", weight_var, (2,), like=("input", input))
+    _checks.check_shape("weight_var", weight_var, weight_mu.shape)
+    size, width = weight_mu.shape
+    if input.shape[-1] != width:
+        raise ValueError(f"input: expected last dim K={width} (weight_mu is [N, K]), got shape {tuple(input.shape)}")
+    if bias is not None:
+        _checks.check_tensor("bias", bias, (1,), like=("input", input))
+        _checks.check_shape("bias", bias, (size,))
+    leading = tuple(input.shape[:-1])
+    if noise is not None:
+        _checks.check_tensor("noise", noise, (len(leading) + 1,), like=("input", input))
+        _checks.check_shape("noise", noise, leading + (size,))
+        noise = noise.reshape(-1, size)
+    ops = get_backend(backend, input.device)
+    out = ops.local_reparam_linear(input.reshape(-1, width), weight_mu, weight_var, bias, noise, generator)
+    return out.reshape(leading + (size,))
+
+
 def _check_observation(name, value, x):
     _checks.check_tensor(name, value, (3,))
     _checks.check_tensor("x", x, (2,))

@@ -221,3 +221,14 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
     hidden [k, B, H], weight [P, H], bias [P], x [B, P] -> [k, B].
     """
     return bernoulli_log_likelihood(torch.nn.functional.linear(hidden, weight, bias), x)
+
+
+def local_reparam_linear(a, mu, var, bias, noise, generator):
+    """Local reparameterization: b = a mu^T + sqrt((a * a) var^T) * noise + bias, noise ~ N(0, 1) [M, N] drawn
+    from ``generator`` when None. a [M, K], mu and var [N, K], bias [N] or None -> [M, N]. d sqrt/d var at 0 is 0."""
+    mean = torch.nn.functional.linear(a, mu, bias)
+    var_out = (a * a) @ var.t()
+    if noise is None:
+        noise = torch.randn(var_out.shape, generator=generator, device=a.device, dtype=a.dtype)
+    positive = var_out > 0
+    return mean + torch.where(positive, torch.sqrt(torch.where(positive, var_out, 1)) * noise, 0)

@@ -30,3 +30,8 @@ def test_conv_example_with_kl_annealing(tmp_path):
     out = run_example(tmp_path, "conv_iwae.py", "--images", "200", "--epochs", "1", "--warmup", "3",
                       "--test-images", "3")
     assert "test -L_1000" in out and (tmp_path / "conv_samples.png").stat().st_size > 10000
+
+
+def test_variational_dropout_example(tmp_path):
+    out = run_example(tmp_path, "variational_dropout.py", "--images", "200", "--epochs", "1", "--test-images", "3")
+    assert "prunable" in out and (tmp_path / "vd_log_alpha.png").stat().st_size > 5000

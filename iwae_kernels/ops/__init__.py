@@ -6,6 +6,7 @@ API in ``iwae_kernels.functional`` dispatches to either without knowing which it
 
 from .decoder_head import bernoulli_decoder_log_likelihood
 from .gaussian_sample import gaussian_sample
+from .local_reparam import local_reparam_linear
 from .log_likelihood import bernoulli_log_likelihood, gaussian_log_likelihood
 from .logsumexp import fold_max_sum, iwae_bound, normalized_weights
 
@@ -17,4 +18,5 @@ __all__ = [
     "normalized_weights",
     "fold_max_sum",
     "bernoulli_decoder_log_likelihood",
+    "local_reparam_linear",
 ]

@@ -18,7 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import reference
 from ..backend import triton_interpreting
-from .utils import bernoulli_grad, bernoulli_log_prob, library_op, triton_accumulation_dtype
+from .utils import bernoulli_grad, bernoulli_log_prob, dot, library_op, triton_accumulation_dtype
 
 ROW_SEGMENTS = 32
 SEGMENT_ALIGN = 64  # a row segment is a whole number of row blocks for every tuned BLOCK_R
@@ -61,16 +61,8 @@ def _weight_tile_t(w_ptr, cols, col_mask, H, H_PAD: tl.constexpr):
 
 
 @triton.jit
-def _dot(a, b, ACC: tl.constexpr, PRECISION: tl.constexpr):
-    # PRECISION "upcast": fp32 operands, only where the Triton interpreter gets bf16 dot products wrong.
-    if PRECISION == "upcast":
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), out_dtype=ACC, input_precision="ieee")
-    return tl.dot(a, b, out_dtype=ACC, input_precision=PRECISION)
-
-
-@triton.jit
 def _logits(h_block, w_tile_t, b_ptr, cols, col_mask, ACC: tl.constexpr, PRECISION: tl.constexpr):
-    y = _dot(h_block, w_tile_t, ACC, PRECISION)
+    y = dot(h_block, w_tile_t, ACC, PRECISION)
     return y + tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
 
 
@@ -115,7 +107,7 @@ def _head_grad_hidden_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_pt
         w_tile_t = _weight_tile_t(w_ptr, cols, col_mask, H, H_PAD)
         grad_y = _grad_logits(_logits(h_block, w_tile_t, b_ptr, cols, col_mask, ACC, PRECISION), x_ptr, x_rows, cols,
                               mask, grad_out, P, ACC)
-        grad_h += _dot(grad_y.to(w_tile_t.dtype), tl.trans(w_tile_t), ACC, PRECISION)
+        grad_h += dot(grad_y.to(w_tile_t.dtype), tl.trans(w_tile_t), ACC, PRECISION)
     hidden = tl.arange(0, H_PAD)
     tl.store(grad_h_ptr + rows[:, None] * H + hidden[None, :], grad_h.to(grad_h_ptr.dtype.element_ty),
              mask=row_mask[:, None] & (hidden < H)[None, :])
@@ -143,7 +135,7 @@ def _head_grad_weight_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_w_pt
         grad_out = tl.load(grad_out_ptr + rows, mask=row_mask, other=0.0).to(ACC)
         grad_y = _grad_logits(_logits(h_block, w_tile_t, b_ptr, cols, col_mask, ACC, PRECISION), x_ptr, rows % B, cols,
                               mask, grad_out, P, ACC)
-        grad_w += _dot(tl.trans(grad_y.to(h_block.dtype)), h_block, ACC, PRECISION)
+        grad_w += dot(tl.trans(grad_y.to(h_block.dtype)), h_block, ACC, PRECISION)
         grad_b += tl.sum(grad_y, axis=0)
     hidden = tl.arange(0, H_PAD)
     out = segment.to(tl.int64) * P * H

@@ -47,6 +47,15 @@ def row_tile(n_cols):
 
 
 @triton.jit
+def dot(a, b, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    """tl.dot accumulating in ACC. PRECISION "upcast": float32 operands, only where the Triton interpreter gets
+    bf16 dot products wrong; otherwise tl.dot's input_precision (None: its default)."""
+    if PRECISION == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), out_dtype=ACC, input_precision="ieee")
+    return tl.dot(a, b, out_dtype=ACC, input_precision=PRECISION)
+
+
+@triton.jit
 def log1p_small(u):
     """log(1 + u) for u in [0, 1], accurate where 1 + u rounds to 1 (no libdevice in the interpreter)."""
     w = 1.0 + u
