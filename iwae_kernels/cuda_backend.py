@@ -14,6 +14,7 @@ from typing import Optional
 from torch import Tensor
 
 from ._build import CXX_FLAGS, NVCC_FLAGS, SOURCES
+from .ops import categorical as _categorical
 from .ops import decoder_head as _decoder_head
 from .ops import local_reparam as _local_reparam
 from .ops.gaussian_sample import gaussian_sample as _gaussian_sample
@@ -157,6 +158,11 @@ def fold_max_sum(running_max, running_sum, log_w):
 def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
     # The fused decoder head has a Triton kernel only; the cuda backend runs it.
     return _decoder_head.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
+
+
+def categorical_log_likelihood(logits, tokens, mask):
+    # The categorical likelihood has a Triton kernel only; the cuda backend runs it.
+    return _categorical.categorical_log_likelihood(logits, tokens, mask)
 
 
 def local_reparam_linear(a, mu, var, bias, noise, generator):

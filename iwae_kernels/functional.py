@@ -85,6 +85,35 @@ def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None
     return ops.gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, include_prior, scale)
 
 
+def categorical_log_likelihood(logits, tokens, mask=None, *, backend=None):
+    """Token-sequence log-likelihood under a softmax decoder, log-softmax and gather fused: the compiled backends
+    never form the [k, B, T, V] log-probabilities (a language-model decoder's largest tensor).
+
+    Args:
+        logits: [k, B, T, V]; tokens: [B, T] int64 in [0, V); mask: [B, T] (1 for real tokens, 0 for padding;
+            default all ones).
+    Returns:
+        sum_t mask log p(tokens | logits) [k, B] (float32 for half logits). Checks the token range (a device sync).
+    """
+    _checks.check_tensor("logits", logits, (4,))
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.int64 or tokens.dim() != 2:
+        raise TypeError(f"tokens: expected an int64 [B, T] tensor, got {getattr(tokens, 'dtype', type(tokens).__name__)} "
+                        f"of shape {tuple(getattr(tokens, 'shape', ()))}")
+    _checks.check_same_device("tokens", tokens, "logits", logits)
+    _checks.check_shape("tokens", tokens, logits.shape[1:3])
+    vocab = logits.shape[-1]
+    if tokens.min().item() < 0 or tokens.max().item() >= vocab:
+        raise ValueError(f"tokens: expected ids in [0, V={vocab}), got min {tokens.min().item()}, max {tokens.max().item()}")
+    acc = reference.accumulation_dtype(logits.dtype)
+    if mask is None:
+        mask = torch.ones(tokens.shape, dtype=acc, device=logits.device)
+    else:
+        _checks.check_same_device("mask", mask, "logits", logits)
+        _checks.check_shape("mask", mask, tokens.shape)
+        mask = mask.to(acc)
+    return get_backend(backend, logits.device).categorical_log_likelihood(logits, tokens, mask)
+
+
 def local_reparam_linear(input, weight_mu, weight_var, bias=None, *, noise=None, generator=None, backend=None):
     """Pre-activations of a linear layer with factorized Gaussian weights W ~ N(weight_mu, weight_var), sampled
     by the local reparameterization trick: input @ mu^T + sqrt(input^2 @ var^T) * zeta + bias, zeta ~ N(0, 1)

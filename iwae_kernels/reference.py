@@ -232,3 +232,13 @@ def local_reparam_linear(a, mu, var, bias, noise, generator):
         noise = torch.randn(var_out.shape, generator=generator, device=a.device, dtype=a.dtype)
     positive = var_out > 0
     return mean + torch.where(positive, torch.sqrt(torch.where(positive, var_out, 1)) * noise, 0)
+
+
+def categorical_log_likelihood(logits, tokens, mask):
+    """sum_t mask[b, t] log softmax(logits[k, b, t])[tokens[b, t]]: logits [k, B, T, V], tokens [B, T] int64,
+    mask [B, T] -> [k, B]. Forms the log-probabilities (the kernels do not); a masked position adds 0."""
+    kept = (mask != 0).unsqueeze(-1)
+    # Masked positions are zeroed before the softmax: padding with -inf logits must give 0, not a NaN gradient.
+    logits = torch.where(kept, logits.to(accumulation_dtype(logits.dtype)), 0)
+    picked = torch.log_softmax(logits, -1).gather(-1, tokens.expand(logits.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+    return torch.where(mask != 0, mask.to(picked.dtype) * picked, 0).sum(-1)

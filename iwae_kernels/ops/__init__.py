@@ -4,6 +4,7 @@ This module exposes the same functions as ``iwae_kernels.reference`` (the torch 
 API in ``iwae_kernels.functional`` dispatches to either without knowing which it holds.
 """
 
+from .categorical import categorical_log_likelihood
 from .decoder_head import bernoulli_decoder_log_likelihood
 from .gaussian_sample import gaussian_sample
 from .local_reparam import local_reparam_linear
@@ -19,4 +20,5 @@ __all__ = [
     "fold_max_sum",
     "bernoulli_decoder_log_likelihood",
     "local_reparam_linear",
+    "categorical_log_likelihood",
 ]
