@@ -35,3 +35,9 @@ def test_conv_example_with_kl_annealing(tmp_path):
 def test_variational_dropout_example(tmp_path):
     out = run_example(tmp_path, "variational_dropout.py", "--images", "200", "--epochs", "1", "--test-images", "3")
     assert "prunable" in out and (tmp_path / "vd_log_alpha.png").stat().st_size > 5000
+
+
+@pytest.mark.skipif(not Path("/usr/share/common-licenses").is_dir(), reason="needs Debian's base-files licence texts")
+def test_sentence_vae_example(tmp_path):
+    out = run_example(tmp_path, "sentence_vae.py", "--epochs", "1", "--warmup", "5")
+    assert "interpolation" in out and (tmp_path / "sentence_vae.png").stat().st_size > 5000

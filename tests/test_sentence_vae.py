@@ -1,0 +1,66 @@
+"""The sentence VAE: log-weights against torch.distributions, the corpus, training, decoding, interpolation."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Categorical, Normal
+
+import iwae_kernels as ik
+from iwae_kernels.sentence_vae import BOS, EOS, LICENSES, PAD, SentenceVAE, Vocabulary, license_sentences
+
+from conftest import backend_device
+from helpers import assert_close
+
+SENTENCES = [["a", "b", "c"], ["b", "c", "a", "a"], ["c", "c"], ["a", "b", "b", "c", "a"]]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_log_weights_match_naive(backend):
+    """Eval mode (no word dropout): log Cat(s | decoder(z)) + log N(z; 0, I) - log q(z|s), float64."""
+    device = backend_device(backend)
+    torch.manual_seed(0)
+    vocab = Vocabulary(SENTENCES)
+    tokens = vocab.encode(SENTENCES, 7)
+    model = SentenceVAE(len(vocab), embed=5, hidden=6, latent=3, backend=backend).double().eval()
+    eps = torch.randn(4, len(SENTENCES), 3, dtype=torch.float64)
+    mu, logvar = model.encode(tokens)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    inputs = torch.cat([torch.full_like(tokens[:, :1], BOS), tokens[:, :-1]], 1)
+    logits = model._logits(z.reshape(-1, 3), inputs.repeat(4, 1)).reshape(4, len(SENTENCES), 7, -1)
+    expected = ((Categorical(logits=logits).log_prob(tokens.expand(4, -1, -1)) * (tokens != PAD)).sum(-1)
+                + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1))
+    params = list(model.parameters())
+    want = torch.autograd.grad(-(torch.logsumexp(expected, 0) - math.log(4)).sum(), params)
+    model.to(device)
+    log_w = model.log_weights(tokens.to(device), 4, eps=eps.to(device))
+    assert_close(log_w, expected)
+    for g, w in zip(torch.autograd.grad(-ik.iwae_bound(log_w, backend=backend).sum(), params), want):
+        assert_close(g, w)
+
+
+def test_trains_decodes_and_interpolates():
+    torch.manual_seed(1)
+    vocab = Vocabulary(SENTENCES)
+    tokens = vocab.encode(SENTENCES, 7)
+    model = SentenceVAE(len(vocab), embed=8, hidden=16, latent=2, word_dropout=0.2, backend="torch")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = model.loss(tokens, k=3).item()
+    for step in range(150):
+        optimizer.zero_grad()
+        model.loss(tokens, k=3, beta=ik.kl_warmup(step, 50)).backward()
+        optimizer.step()
+    model.eval()
+    assert model.loss(tokens, k=3).item() < first - 2
+    assert model.decode(torch.zeros(2, 2), max_len=6).shape == (2, 6)
+    path = model.interpolate(tokens[0], tokens[1], steps=4, max_len=6)
+    assert path.shape == (4, 6)
+    assert vocab.decode(vocab.encode([["a", "b"]], 4)[0].tolist()) == "a b"
+    assert vocab.encode([["zzz"]], 3)[0].tolist() == [3, EOS, PAD]  # unknown word -> <unk>
+
+
+@pytest.mark.skipif(not LICENSES.is_dir(), reason="needs Debian's base-files licence texts")
+def test_license_corpus():
+    sentences = license_sentences()
+    assert len(sentences) > 500 and all(4 <= len(s) <= 25 for s in sentences)
+    assert "the precise terms and conditions for copying distribution and modification follow".split() in sentences
