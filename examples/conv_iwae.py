@@ -8,29 +8,24 @@ Writes model samples and test reconstructions to conv_samples.png.
     python examples/conv_iwae.py [--images 10000] [--epochs 2] [--k 5] [--warmup 200] [--out runs/examples]
 """
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
 
 import iwae_kernels as ik
 from iwae_kernels import data
+from iwae_kernels.evaluate import pyplot, save_figure
 from iwae_kernels.models import ConvIWAE
+
+from common import mnist_example_parser, mnist_subset
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=10000)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--k", type=int, default=5)
+    parser = mnist_example_parser(__doc__, epochs=2, test_images=500)
     parser.add_argument("--warmup", type=int, default=0, help="KL-annealing steps (0: none)")
-    parser.add_argument("--test-images", type=int, default=500)
-    parser.add_argument("--out", type=Path, default=Path("runs/examples"))
     args = parser.parse_args()
     torch.manual_seed(0)
-    train, test = data.load_mnist()
-    train, test = train[: args.images], data.fixed_binarization(test[: args.test_images])
+    train, test = mnist_subset(args.images, args.test_images)
     model = ConvIWAE(latent=16)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     step, start = 0, time.time()
@@ -50,10 +45,7 @@ def main():
 
 
 def plot(model, images, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     with torch.no_grad():
         mu, _ = model.encoder(images).chunk(2, -1)
@@ -64,10 +56,7 @@ def plot(model, images, path):
             axes[row, column].imshow(picture.reshape(28, 28), cmap="gray")
             axes[row, column].axis("off")
         axes[row, 0].set_title(title, fontsize=8, loc="left")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    print(f"wrote {path}")
+    save_figure(figure, path)
 
 
 if __name__ == "__main__":

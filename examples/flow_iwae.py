@@ -9,15 +9,16 @@
     python examples/flow_iwae.py [--flow planar] [--length 16] [--out runs/examples]   # under a minute on a CPU
 """
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
 
 import iwae_kernels as ik
 from iwae_kernels import data
+from iwae_kernels.evaluate import pyplot, save_figure
 from iwae_kernels.flows import FlowIWAE, flow_latent, make_flow
+
+from common import mnist_example_parser, mnist_subset
 
 
 def ring_energy(z):
@@ -48,10 +49,7 @@ def fit_density(kind, length, steps, k):
 
 def plot(panels, path):
     """The target density, then a 2D histogram per (title, samples) panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     grid = torch.linspace(-4, 4, 200)
     zz = torch.stack(torch.meshgrid(grid, grid, indexing="xy"), -1)
@@ -63,15 +61,11 @@ def plot(panels, path):
         axis.set_title(title, fontsize=9)
     for axis in axes:
         axis.set_aspect("equal")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    print(f"wrote {path}")
+    save_figure(figure, path)
 
 
-def train_mnist(kind, length, images, epochs, test_images):
-    train, test = data.load_mnist()
-    train, test = train[:images], data.fixed_binarization(test[:test_images])
+def train_mnist(kind, length, images, epochs, test_images, k):
+    train, test = mnist_subset(images, test_images)
     results = {}
     for name, flow_length in (("no flow", 0), (f"{length} {kind}", length)):
         torch.manual_seed(0)
@@ -81,29 +75,25 @@ def train_mnist(kind, length, images, epochs, test_images):
         for _ in range(epochs):
             for batch in data.dynamic_binarize(train[torch.randperm(images)]).split(100):
                 optimizer.zero_grad()
-                model.loss(batch, k=5).backward()
+                model.loss(batch, k=k).backward()
                 optimizer.step()
         nll = -model.log_likelihood(test, k=1000, chunk=250).mean().item()
         results[name] = nll
-        print(f"MNIST {images} images x {epochs} epochs, k=5, posterior {name}: test -L_1000 = {nll:.2f} nats "
+        print(f"MNIST {images} images x {epochs} epochs, k={k}, posterior {name}: test -L_1000 = {nll:.2f} nats "
               f"({time.time() - start:.0f} s)")
     return results
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = mnist_example_parser(__doc__, epochs=3, test_images=500)
     parser.add_argument("--flow", default="planar", choices=["planar", "radial"])
     parser.add_argument("--length", type=int, default=16)
     parser.add_argument("--density-steps", type=int, default=2000)
-    parser.add_argument("--images", type=int, default=10000)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--test-images", type=int, default=500)
-    parser.add_argument("--out", type=Path, default=Path("runs/examples"))
     args = parser.parse_args()
     panels = [(f"q ({args.length} {args.flow} flows), k={k}: {name}",
                fit_density(args.flow, args.length, args.density_steps, k)) for k, name in ((1, "ELBO"), (8, "IWAE"))]
     plot(panels, args.out / "flow_density.png")
-    train_mnist(args.flow, args.length, args.images, args.epochs, args.test_images)
+    train_mnist(args.flow, args.length, args.images, args.epochs, args.test_images, args.k)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import iwae_kernels as ik
+from iwae_kernels.evaluate import pyplot, save_figure
 from iwae_kernels.sentence_vae import SentenceVAE, Vocabulary, license_sentences
 
 
@@ -68,15 +69,11 @@ def main():
 
 
 def plot(lines, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure = plt.figure(figsize=(11, 0.22 * len(lines) + 0.3))
     figure.text(0.01, 0.98, "\n".join(lines), va="top", family="monospace", fontsize=8)
-    figure.savefig(path, dpi=100)
-    print(f"wrote {path}")
+    save_figure(figure, path)
 
 
 if __name__ == "__main__":

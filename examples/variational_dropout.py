@@ -9,16 +9,17 @@ histogram (vd_log_alpha.png).
     python examples/variational_dropout.py [--images 10000] [--epochs 3] [--k 5] [--out runs/examples]
 """
 
-import argparse
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 import iwae_kernels as ik
 from iwae_kernels import data
+from iwae_kernels.evaluate import pyplot, save_figure
 from iwae_kernels.layers import LocalReparamLinear
+
+from common import mnist_example_parser, mnist_subset
 
 
 class BayesianDecoderIWAE(nn.Module):
@@ -36,16 +37,9 @@ class BayesianDecoderIWAE(nn.Module):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=10000)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--test-images", type=int, default=500)
-    parser.add_argument("--out", type=Path, default=Path("runs/examples"))
-    args = parser.parse_args()
+    args = mnist_example_parser(__doc__, epochs=3, test_images=500).parse_args()
     torch.manual_seed(0)
-    train, test = data.load_mnist()
-    train, test = train[: args.images], data.fixed_binarization(test[: args.test_images])
+    train, test = mnist_subset(args.images, args.test_images)
     model = BayesianDecoderIWAE()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     start = time.time()
@@ -70,20 +64,14 @@ def main():
 
 
 def plot(log_alpha, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(5, 3))
     axis.hist(log_alpha.numpy(), bins=80)
     axis.axvline(3, color="red", lw=0.8)
     axis.set_xlabel("log alpha = log sigma^2 / mu^2 (decoder weights)")
     axis.set_ylabel("weights")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    print(f"wrote {path}")
+    save_figure(figure, path)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ Public API (k samples lead every [k, ...] tensor):
     bernoulli_log_likelihood(logits, x)        -> [k, B]
     bernoulli_decoder_log_likelihood(hidden, weight, bias, x) -> [k, B], the logits never written
     gaussian_log_likelihood(mean, logvar, x)   -> [k, B]
+    categorical_log_likelihood(logits, tokens, mask) -> [k, B], log-softmax + gather fused
+    local_reparam_linear(input, weight_mu, weight_var, bias) -> [..., N], sampled pre-activations
     iwae_bound(log_w)                          -> L_k [B]
     normalized_weights(log_w)                  -> [k, B]
     StreamingIWAEBound(B).update(chunk).bound() -> L_k [B] in memory that does not grow with k

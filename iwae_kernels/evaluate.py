@@ -83,12 +83,28 @@ def _grid(images, rows, cols, side=28):
     return images.permute(0, 2, 1, 3).reshape(rows * side, cols * side)
 
 
-def draw_pictures(model, test_bits, out_dir, history=None):
-    """samples.png (model samples), reconstructions.png (data above, reconstruction below), curves.png."""
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure, path, dpi=100):
+    """Lay the figure out, write it to ``path`` (making its folder), close it and say where it went."""
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    pyplot().close(figure)
+    print(f"wrote {path}")
+
+
+def draw_pictures(model, test_bits, out_dir, history=None):
+    """samples.png (model samples), reconstructions.png (data above, reconstruction below), curves.png."""
+    plt = pyplot()
 
     device = next(model.parameters()).device
     side = int(round(model.x_dim**0.5))

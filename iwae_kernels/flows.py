@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import functional
-from .functional import StreamingIWAEBound
+from .models import LogWeightModel
 
 HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -93,7 +93,7 @@ def flow_latent(mu, logvar, k, flow, eps=None, estimator="iwae", backend=None):
     return z, standard_normal_log_prob(z) + neg_log_q0 + log_det
 
 
-class FlowIWAE(nn.Module):
+class FlowIWAE(LogWeightModel):
     """An MLP IWAE whose posterior is q0 followed by planar or radial flows; Bernoulli decoder.
 
     x [B, x_dim] -> loss / bound / log_likelihood like ``models.PaperModel``.
@@ -111,15 +111,3 @@ class FlowIWAE(nn.Module):
         mu, logvar = self.encoder(x).chunk(2, -1)
         z, latent = flow_latent(mu, logvar, k, self.flow, eps=eps, backend=self.backend)
         return functional.bernoulli_log_likelihood(self.decoder(z), x, backend=self.backend) + latent
-
-    def loss(self, x, k=5):
-        """-L_k averaged over the batch."""
-        return -functional.iwae_bound(self.log_weights(x, k), backend=self.backend).mean()
-
-    @torch.no_grad()
-    def log_likelihood(self, x, k=5000, chunk=500):
-        """Per-example L_k [B], folded chunk by chunk (memory does not grow with k)."""
-        accumulator = StreamingIWAEBound(x.shape[0], device=x.device, dtype=torch.float64, backend=self.backend)
-        for start in range(0, k, chunk):
-            accumulator.update(self.log_weights(x, min(chunk, k - start)))
-        return accumulator.bound()

@@ -41,6 +41,24 @@ def _gaussian(net, inputs):
     return mean, logvar
 
 
+class LogWeightModel(nn.Module):
+    """Base for models that define ``log_weights(x, k) -> [k, B]``: the IWAE loss and the chunked L_k from it."""
+
+    backend = None
+
+    def loss(self, x, k=5):
+        """-L_k averaged over the batch."""
+        return -F.iwae_bound(self.log_weights(x, k), backend=self.backend).mean()
+
+    @torch.no_grad()
+    def log_likelihood(self, x, k=5000, chunk=500):
+        """Per-example L_k [B], folded chunk by chunk (memory does not grow with k)."""
+        accumulator = StreamingIWAEBound(x.shape[0], device=x.device, dtype=torch.float64, backend=self.backend)
+        for start in range(0, k, chunk):
+            accumulator.update(self.log_weights(x, min(chunk, k - start)))
+        return accumulator.bound()
+
+
 class PaperModel(nn.Module):
     """An IWAE/VAE with one or two diagonal-Gaussian stochastic layers and a Bernoulli observation model.
 

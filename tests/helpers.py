@@ -6,6 +6,8 @@ import math
 import torch
 from torch.distributions import Bernoulli, Normal
 
+import iwae_kernels
+
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -74,3 +76,29 @@ def assert_close_as_torch(actual, torch_low, oracle, slack=2.0):
     torch_err = (torch_low.double().cpu() - oracle.double().cpu()).abs().max().item()
     unit = torch.finfo(actual.dtype).eps * (oracle.abs().max().item() + 1.0)
     assert actual_err <= slack * torch_err + unit, f"kernel error {actual_err:.3g} vs torch {torch_err:.3g}, unit {unit:.3g}"
+
+
+def assert_log_weights_match(model, inputs, k, eps, expected, backend, device):
+    """``model.log_weights(inputs, k, eps=eps)`` on ``device`` equals the float64 oracle ``expected`` [k, B] (built
+    on the CPU from the model's own layers), and so do the parameter gradients of -sum L_k."""
+    params = list(model.parameters())
+    want = torch.autograd.grad(-(torch.logsumexp(expected, 0) - math.log(k)).sum(), params)
+    model.to(device)
+    log_w = model.log_weights(inputs.to(device), k, eps=eps.to(device))
+    assert_close(log_w, expected)
+    for got, wanted in zip(torch.autograd.grad(-iwae_kernels.iwae_bound(log_w, backend=backend).sum(), params), want):
+        assert_close(got, wanted)
+
+
+def train_and_check_loss_drops(model, inputs, k, steps, drop, beta=None):
+    """Adam at lr 1e-2 on ``model.loss(inputs, k)`` for ``steps`` steps (``beta(step)`` anneals if given): the
+    loss (in eval mode, no annealing) ends at least ``drop`` nats below where it started."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = model.loss(inputs, k=k).item()
+    for step in range(steps):
+        optimizer.zero_grad()
+        (model.loss(inputs, k=k) if beta is None else model.loss(inputs, k=k, beta=beta(step))).backward()
+        optimizer.step()
+    model.eval()
+    last = model.loss(inputs, k=k).item()
+    assert last < first - drop, f"loss went from {first:.3f} to {last:.3f}, expected a drop of {drop}"

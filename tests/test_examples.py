@@ -41,3 +41,9 @@ def test_variational_dropout_example(tmp_path):
 def test_sentence_vae_example(tmp_path):
     out = run_example(tmp_path, "sentence_vae.py", "--epochs", "1", "--warmup", "5")
     assert "interpolation" in out and (tmp_path / "sentence_vae.png").stat().st_size > 5000
+
+
+def test_draw_example(tmp_path):
+    out = run_example(tmp_path, "draw_mnist.py", "--images", "200", "--epochs", "1", "--steps", "3",
+                      "--test-images", "3")
+    assert "test -L_200" in out and (tmp_path / "draw_canvases.png").stat().st_size > 5000

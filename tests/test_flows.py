@@ -1,16 +1,14 @@
 """Normalizing-flow posteriors: log-determinants, invertibility, and the flow IWAE's log-weights."""
 
-import math
 
 import pytest
 import torch
 from torch.distributions import Bernoulli, Normal
 
-import iwae_kernels as ik
 from iwae_kernels.flows import FlowIWAE, PlanarFlow, RadialFlow, make_flow
 
 from conftest import backend_device
-from helpers import assert_close
+from helpers import assert_close, assert_log_weights_match, train_and_check_loss_drops
 
 
 @pytest.mark.parametrize("layer", [PlanarFlow, RadialFlow])
@@ -60,26 +58,13 @@ def test_flow_iwae_log_weights_match_naive(backend, kind):
     z, log_det = model.flow(z0)
     expected = (Bernoulli(logits=model.decoder(z), validate_args=False).log_prob(x).sum(-1)
                 + Normal(0.0, 1.0).log_prob(z).sum(-1) - q0.log_prob(z0).sum(-1) + log_det)
-    params = list(model.parameters())
-    want = torch.autograd.grad(-(torch.logsumexp(expected, 0) - math.log(6)).sum(), params)
-
-    model.to(device)
-    log_w = model.log_weights(x.to(device), 6, eps=eps.to(device))
-    assert_close(log_w, expected)
-    for g, w in zip(torch.autograd.grad(-ik.iwae_bound(log_w, backend=backend).sum(), params), want):
-        assert_close(g, w)
+    assert_log_weights_match(model, x, 6, eps, expected, backend, device)
 
 
 def test_flow_iwae_trains_and_evaluates():
     torch.manual_seed(3)
     model = FlowIWAE(x_dim=8, hidden=16, latent=2, flow="planar", length=2, backend="torch")
     x = (torch.rand(64, 8) < torch.linspace(0.1, 0.9, 8)).float()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = model.loss(x, k=5).item()
-    for _ in range(100):
-        optimizer.zero_grad()
-        model.loss(x, k=5).backward()
-        optimizer.step()
-    assert model.loss(x, k=5).item() < first - 0.5
+    train_and_check_loss_drops(model, x, k=5, steps=100, drop=0.5)
     assert torch.isfinite(model.log_likelihood(x[:4], k=40, chunk=16)).all()
     assert len(make_flow("radial", 3, 4)) == 4

@@ -1,6 +1,5 @@
 """The sentence VAE: log-weights against torch.distributions, the corpus, training, decoding, interpolation."""
 
-import math
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import iwae_kernels as ik
 from iwae_kernels.sentence_vae import BOS, EOS, LICENSES, PAD, SentenceVAE, Vocabulary, license_sentences
 
 from conftest import backend_device
-from helpers import assert_close
+from helpers import assert_log_weights_match, train_and_check_loss_drops
 
 SENTENCES = [["a", "b", "c"], ["b", "c", "a", "a"], ["c", "c"], ["a", "b", "b", "c", "a"]]
 
@@ -30,13 +29,7 @@ def test_log_weights_match_naive(backend):
     logits = model._logits(z.reshape(-1, 3), inputs.repeat(4, 1)).reshape(4, len(SENTENCES), 7, -1)
     expected = ((Categorical(logits=logits).log_prob(tokens.expand(4, -1, -1)) * (tokens != PAD)).sum(-1)
                 + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1))
-    params = list(model.parameters())
-    want = torch.autograd.grad(-(torch.logsumexp(expected, 0) - math.log(4)).sum(), params)
-    model.to(device)
-    log_w = model.log_weights(tokens.to(device), 4, eps=eps.to(device))
-    assert_close(log_w, expected)
-    for g, w in zip(torch.autograd.grad(-ik.iwae_bound(log_w, backend=backend).sum(), params), want):
-        assert_close(g, w)
+    assert_log_weights_match(model, tokens, 4, eps, expected, backend, device)
 
 
 def test_trains_decodes_and_interpolates():
@@ -44,14 +37,7 @@ def test_trains_decodes_and_interpolates():
     vocab = Vocabulary(SENTENCES)
     tokens = vocab.encode(SENTENCES, 7)
     model = SentenceVAE(len(vocab), embed=8, hidden=16, latent=2, word_dropout=0.2, backend="torch")
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = model.loss(tokens, k=3).item()
-    for step in range(150):
-        optimizer.zero_grad()
-        model.loss(tokens, k=3, beta=ik.kl_warmup(step, 50)).backward()
-        optimizer.step()
-    model.eval()
-    assert model.loss(tokens, k=3).item() < first - 2
+    train_and_check_loss_drops(model, tokens, k=3, steps=150, drop=2.0, beta=lambda step: ik.kl_warmup(step, 50))
     assert model.decode(torch.zeros(2, 2), max_len=6).shape == (2, 6)
     path = model.interpolate(tokens[0], tokens[1], steps=4, max_len=6)
     assert path.shape == (4, 6)
