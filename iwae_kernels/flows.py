@@ -5,16 +5,13 @@ q0 = N(mu, diag exp(logvar)) is sampled by ``gaussian_sample(..., include_prior=
 log p(x|z_K) + log p(z_K) - log q0(z0) + sum_t log|det J_t|. Flows act on the last dim of [k, B, D] tensors.
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import functional
 from .models import LogWeightModel
-
-HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+from .reference import LOG_2PI
 
 
 class PlanarFlow(nn.Module):
@@ -82,7 +79,7 @@ def make_flow(kind, dim, length):
 
 def standard_normal_log_prob(z):
     """log N(z; 0, I) summed over the last dim."""
-    return -0.5 * (z * z).sum(-1) - z.shape[-1] * HALF_LOG_2PI
+    return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
 
 
 def flow_latent(mu, logvar, k, flow, eps=None, estimator="iwae", backend=None):

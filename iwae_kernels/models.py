@@ -46,9 +46,9 @@ class LogWeightModel(nn.Module):
 
     backend = None
 
-    def loss(self, x, k=5):
-        """-L_k averaged over the batch."""
-        return -F.iwae_bound(self.log_weights(x, k), backend=self.backend).mean()
+    def loss(self, x, k=5, **options):
+        """-L_k averaged over the batch; ``options`` go to ``log_weights`` (e.g. the sentence VAE's beta)."""
+        return -F.iwae_bound(self.log_weights(x, k, **options), backend=self.backend).mean()
 
     @torch.no_grad()
     def log_likelihood(self, x, k=5000, chunk=500):
@@ -187,7 +187,7 @@ def active_units(model, data, threshold=1e-2, batch_size=1000, samples=10):
     return [int((a > threshold).sum()) for a in activity], activity
 
 
-class ConvIWAE(nn.Module):
+class ConvIWAE(LogWeightModel):
     """A convolutional IWAE for 28x28 images (conv encoder, up-convolution decoder, as in Dosovitskiy et al.'s
     chair generator), trained through ``iwae_loss``: the loss does not care what the networks are.
 
@@ -213,17 +213,12 @@ class ConvIWAE(nn.Module):
         return F.iwae_loss(x, mu, logvar, self.decoder, k=k, estimator=estimator, flatten_samples=True,
                            generator=generator, backend=self.backend)
 
-    @torch.no_grad()
-    def log_likelihood(self, x, k=5000, chunk=500):
-        """Per-example L_k [B], folded chunk by chunk (memory does not grow with k)."""
+    def log_weights(self, x, k):
+        """log w [k, B] for k samples (what ``log_likelihood`` folds; training goes through ``loss``)."""
         mu, logvar = self.encoder(x).chunk(2, -1)
-        accumulator = StreamingIWAEBound(x.shape[0], device=x.device, dtype=torch.float64, backend=self.backend)
-        for start in range(0, k, chunk):
-            size = min(chunk, k - start)
-            z, latent = F.gaussian_sample(mu, logvar, size, backend=self.backend)
-            logits = self.decoder(z.flatten(0, 1)).unflatten(0, (size, x.shape[0]))
-            accumulator.update(F.bernoulli_log_likelihood(logits, x, backend=self.backend) + latent)
-        return accumulator.bound()
+        z, latent = F.gaussian_sample(mu, logvar, k, backend=self.backend)
+        logits = self.decoder(z.flatten(0, 1)).unflatten(0, (k, x.shape[0]))
+        return F.bernoulli_log_likelihood(logits, x, backend=self.backend) + latent
 
     @torch.no_grad()
     def sample(self, n):

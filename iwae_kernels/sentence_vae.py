@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import functional
+from .models import LogWeightModel
 
 LICENSES = Path("/usr/share/common-licenses")
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -68,8 +69,9 @@ class Vocabulary:
         return " ".join(words)
 
 
-class SentenceVAE(nn.Module):
-    """tokens [B, T] (<eos>-terminated, <pad>-padded) -> loss / log_weights; decode / interpolate from z."""
+class SentenceVAE(LogWeightModel):
+    """tokens [B, T] (<eos>-terminated, <pad>-padded) -> loss(tokens, k, beta=) / log_weights / log_likelihood;
+    decode / interpolate from z."""
 
     def __init__(self, vocab_size, embed=64, hidden=128, latent=16, word_dropout=0.3, backend=None):
         super().__init__()
@@ -104,10 +106,6 @@ class SentenceVAE(nn.Module):
         logits = self._logits(z.reshape(k * batch, -1), inputs.repeat(k, 1)).reshape(k, batch, steps, -1)
         mask = (tokens != PAD).to(logits.dtype)
         return functional.categorical_log_likelihood(logits, tokens, mask, backend=self.backend) + latent
-
-    def loss(self, tokens, k=5, beta=None):
-        """-L_k averaged over the batch (beta: KL-annealing weight on the latent term)."""
-        return -functional.iwae_bound(self.log_weights(tokens, k, beta=beta), backend=self.backend).mean()
 
     @torch.no_grad()
     def decode(self, z, max_len=20):

@@ -18,7 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import reference
 from ..backend import triton_interpreting
-from .utils import bernoulli_grad, bernoulli_log_prob, dot, library_op, triton_accumulation_dtype
+from .utils import bernoulli_grad, bernoulli_log_prob, dot, dot_precision, library_op, triton_accumulation_dtype
 
 ROW_SEGMENTS = 32
 SEGMENT_ALIGN = 64  # a row segment is a whole number of row blocks for every tuned BLOCK_R
@@ -145,13 +145,7 @@ def _head_grad_weight_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_w_pt
 
 
 def _config(hidden):
-    dtype = hidden.dtype
-    # float32: three TF32 tensor-core products (tf32x3), float32-level accuracy; "ieee" runs on the FMA units,
-    # which at these tiles ran about 100x slower on an H100. Half operands take the default.
-    precision = "tf32x3" if dtype == torch.float32 else None
-    if dtype == torch.bfloat16 and triton_interpreting():
-        precision = "upcast"  # Triton 3.9's interpreter multiplies bf16 operands wrongly (fp16 is fine)
-    return dict(ACC=triton_accumulation_dtype(dtype), PRECISION=precision,
+    return dict(ACC=triton_accumulation_dtype(hidden.dtype), PRECISION=dot_precision(hidden.dtype),
                 H_PAD=max(16, triton.next_power_of_2(hidden.shape[-1])))
 
 

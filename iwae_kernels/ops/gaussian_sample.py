@@ -61,11 +61,12 @@ def _gaussian_sample_fwd_kernel(
             prior_mu = tl.load(prior_mu_ptr + prior_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
             prior_logvar = tl.load(prior_logvar_ptr + prior_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
             diff = z - prior_mu
-            term = -0.5 * prior_logvar - 0.5 * diff * diff * tl.exp(-prior_logvar) + 0.5 * logvar + 0.5 * eps * eps
+            log_p = -0.5 * prior_logvar - 0.5 * diff * diff * tl.exp(-prior_logvar)
         elif PRIOR == STANDARD_PRIOR:
-            term = -0.5 * z * z + 0.5 * logvar + 0.5 * eps * eps
+            log_p = -0.5 * z * z
         else:
-            term = 0.5 * logvar + 0.5 * eps * eps
+            log_p = tl.zeros([BLOCK_R, BLOCK_D], ACC)
+        term = log_p + 0.5 * logvar + 0.5 * eps * eps
         total += tl.sum(tl.where(mask, term, 0.0), axis=1)
     if PRIOR == NO_PRIOR:  # -log q0(z0) keeps the log 2pi that a prior term would cancel
         total += tl.full([], HALF_LOG_2PI, ACC) * D

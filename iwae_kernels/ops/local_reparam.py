@@ -16,9 +16,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import reference
-from ..backend import triton_interpreting
 from .gaussian_sample import draw_seed
-from .utils import dot, library_op, triton_accumulation_dtype
+from .utils import dot, dot_precision, library_op, triton_accumulation_dtype
 
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
 
@@ -59,13 +58,6 @@ def _local_reparam_fwd_kernel(
     tl.store(noise_over_2std_ptr + offsets, tl.where(positive, zeta / (2.0 * std), 0.0), mask=mask)
 
 
-def _precision(dtype):
-    # float32: tf32x3 on the tensor cores (float32-level accuracy); the interpreter takes only ieee.
-    if dtype == torch.float32:
-        return "ieee" if triton_interpreting() else "tf32x3"
-    return "upcast" if dtype == torch.bfloat16 and triton_interpreting() else None
-
-
 @library_op("triton_local_reparam_forward", ("out", "noise_over_2std"))
 def _triton_forward(a: Tensor, mu: Tensor, var: Tensor, bias: Optional[Tensor], noise: Optional[Tensor], seed: Tensor,
                     out: Tensor, noise_over_2std: Tensor) -> None:
@@ -73,7 +65,7 @@ def _triton_forward(a: Tensor, mu: Tensor, var: Tensor, bias: Optional[Tensor], 
     _local_reparam_fwd_kernel[(triton.cdiv(rows, BLOCK_M), triton.cdiv(outputs, BLOCK_N))](
         a, mu, var, out if bias is None else bias, out if noise is None else noise, seed, out, noise_over_2std,
         rows, outputs, inner, HAS_BIAS=bias is not None, HAS_NOISE=noise is not None,
-        ACC=triton_accumulation_dtype(a.dtype), PRECISION=_precision(a.dtype),
+        ACC=triton_accumulation_dtype(a.dtype), PRECISION=dot_precision(a.dtype),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
     )
 

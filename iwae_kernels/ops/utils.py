@@ -7,6 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backend import triton_interpreting
 from ..reference import accumulation_dtype
 
 # A constexpr so compiled kernels may read it; kernels make it an ACC constant with tl.full (a bare Python float
@@ -44,6 +45,17 @@ def row_tile(n_cols):
     """(BLOCK_ROWS, BLOCK_COLS) for kernels that reduce rows of length ``n_cols`` in column chunks."""
     block_cols = min(triton.next_power_of_2(n_cols), MAX_BLOCK_COLS)
     return max(1, TILE_ELEMENTS // block_cols), block_cols
+
+
+def dot_precision(dtype):
+    """The PRECISION ``dot`` takes for operands of torch ``dtype``."""
+    # float32: three TF32 tensor-core products (tf32x3), float32-level accuracy; "ieee" runs on the FMA units,
+    # which at the decoder head's tiles ran about 100x slower on an H100. Half operands take the default.
+    if dtype == torch.float32:
+        return "tf32x3"
+    if dtype == torch.bfloat16 and triton_interpreting():
+        return "upcast"  # Triton 3.9's interpreter multiplies bf16 operands wrongly (fp16 is fine)
+    return None
 
 
 @triton.jit
