@@ -83,7 +83,15 @@ def standard_normal_log_prob(z):
 
 
 def flow_latent(mu, logvar, k, flow, eps=None, estimator="iwae", backend=None):
-    """z_K [k, B, D] and its latent log-weight log p(z_K) - log q0(z0) + sum log|det J| [k, B]."""
+    """z_K [k, B, D] and its latent log-weight log p(z_K) - log q0(z0) + sum log|det J| [k, B].
+
+    estimator: "iwae" (and "vae", "iwae-resample": the exact derivative) or "stl" (unbiased at k = 1, biased
+    above, as without a flow). "dreg" is refused: its stop-gradient would have to cover the flow's parameters
+    inside log|det J| and weight their path terms by wt^2, which this composition does not do.
+    """
+    if estimator == "dreg":
+        raise ValueError("estimator: 'dreg' is not supported with a flow posterior (the flow's parameters are "
+                         "variational parameters the sampling kernel cannot stop); use 'iwae'")
     z0, neg_log_q0 = functional.gaussian_sample(mu, logvar, k, eps=eps, estimator=estimator, include_prior=False,
                                                 backend=backend)
     z, log_det = flow(z0)

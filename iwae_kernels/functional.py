@@ -9,9 +9,9 @@ import torch
 from . import _checks
 from .backend import get_backend
 from . import reference
+from .estimators import ESTIMATORS, check_latent_scale, conditional_density_path
 from .reference import DECODER_HEAD_MAX_HIDDEN, bound_from_max_sum
 
-ESTIMATORS = ("iwae", "vae", "stl", "dreg", "iwae-resample")
 LIKELIHOODS = ("bernoulli", "gaussian")
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -31,7 +31,8 @@ def _latent_scale(name, value, like):
     return None if value == 1 else torch.tensor(float(value), dtype=torch.float64, device=like.device)
 
 
-def _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator):
+def _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, density_mu,
+                                density_logvar):
     _checks.check_sample_count(k)
     _checks.check_tensor("mu", mu, (2, 3))
     _checks.check_tensor("logvar", logvar, (2, 3), like=("mu", mu))
@@ -51,12 +52,20 @@ def _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, esti
             raise ValueError(f"prior_mu: expected shape {(batch, dim)} or {(k, batch, dim)}, got {tuple(prior_mu.shape)}")
         _checks.check_shape("prior_logvar", prior_logvar, prior_mu.shape)
     _checks.check_choice("estimator", estimator, ESTIMATORS)
+    if (density_mu is None) != (density_logvar is None):
+        raise ValueError("density_mu, density_logvar: give both or neither")
+    if density_mu is not None:
+        _checks.check_tensor("density_mu", density_mu, (3,), like=("mu", mu))
+        _checks.check_tensor("density_logvar", density_logvar, (3,), like=("mu", mu))
+        _checks.check_shape("density_mu", density_mu, (k, batch, dim))
+        _checks.check_shape("density_logvar", density_logvar, (k, batch, dim))
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
 
 
 def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None, estimator="iwae",
-                    generator=None, include_prior=True, latent_scale=None, backend=None):
+                    generator=None, include_prior=True, latent_scale=None, density_mu=None, density_logvar=None,
+                    backend=None):
     """Draw k reparameterized samples z = mu + exp(logvar / 2) * eps and their latent log-weights.
 
     Args:
@@ -68,21 +77,35 @@ def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None
         prior_mu, prior_logvar: a diagonal Gaussian prior, [B, D] or [k, B, D]; standard normal when None.
         estimator: the encoder-side gradient: "iwae" / "vae" / "iwae-resample" (the exact derivative),
             "stl" (Roeder et al. 2017), "dreg" (Tucker et al. 2018; reads the normalized weights from the
-            gradient arriving at the log-weight output, so that must come from ``iwae_bound``).
+            gradient arriving at the log-weight output, so that must come from ``iwae_bound``). stl and dreg
+            stop the gradient of log q(z) into (mu, logvar) at fixed z; that is their estimator only when
+            (mu, logvar) depend on nothing sampled. When they depend on an earlier sample (q(h2|h1)), pass
+            ``density_mu, density_logvar`` too, or the gradient is biased for k > 1 (docs/MATH.md).
+        density_mu, density_logvar: [k, B, D], the values of mu, logvar recomputed by the encoder with its
+            weights detached but from the live earlier sample. stl/dreg send log q's derivative at fixed z into
+            them (so it reaches the earlier sample, weighted like a path term, and not the encoder's weights);
+            the exact estimators ignore them.
         include_prior: False drops log p(z): the latent term is then -log q(z|x) (log 2pi included), which a
             normalizing flow needs (it adds log p(z_K) and the log-determinants itself).
         latent_scale: a weight beta >= 0 on the latent term (KL annealing), a float or a 0-dim tensor (a tensor
-            can change between CUDA-graph replays); None is 1.
+            can change between CUDA-graph replays); None is 1. Refused with stl/dreg unless it is 1.
 
     Returns:
         z [k, B, D] in mu's dtype, and latent_scale * (log p(z) - log q(z|x)) [k, B] (float32 for half inputs).
     """
-    _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator)
+    _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, density_mu,
+                                density_logvar)
     if not include_prior and prior_mu is not None:
         raise ValueError("include_prior: False drops the prior, so prior_mu and prior_logvar must be None")
     scale = _latent_scale("latent_scale", latent_scale, mu)
+    check_latent_scale("latent_scale", estimator, scale)
     ops = get_backend(backend, mu.device)
-    return ops.gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, include_prior, scale)
+    z, latent = ops.gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, include_prior,
+                                    scale)
+    if density_mu is not None:
+        path = conditional_density_path(z, density_mu, density_logvar, estimator)
+        latent = latent if path is None else latent + path
+    return z, latent
 
 
 def categorical_log_likelihood(logits, tokens, mask=None, *, backend=None):
@@ -225,7 +248,7 @@ def normalized_weights(log_w, *, backend=None):
 
 
 class StreamingIWAEBound:
-    """L_k folded chunk by chunk: memory does not grow with k (MATH.md, large-k evaluation).
+    """L_k folded chunk by chunk: memory does not grow with k (docs/MATH.md, "Large-k evaluation").
 
     >>> acc = StreamingIWAEBound(batch_size=B, device=x.device)
     >>> for chunk in range(0, 5000, 500): acc.update(log_w_chunk)   # each [kc, B]
@@ -356,7 +379,8 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
             [0, 1]; off by default because it synchronizes the device.
         generator: a torch.Generator on the tensors' device for the noise (default: torch's global RNG).
         beta: KL annealing: the weight on the latent term log p(z) - log q(z|x) in every log-weight (a float or
-            a 0-dim tensor; see ``kl_warmup``); None or 1 is the plain bound. Not with "iwae-resample".
+            a 0-dim tensor; see ``kl_warmup``); None or 1 is the plain bound. Only with "iwae" and "vae": the
+            stl/dreg identities and the resampling estimator assume the plain bound.
 
     Returns:
         -L_k reduced over the batch (a scalar), or [B] for reduction="none".
@@ -381,8 +405,7 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
         if likelihood == "bernoulli":
             _checks.check_unit_interval("x", x)
 
-    if estimator == "iwae-resample" and beta is not None:
-        raise ValueError("beta: KL annealing is not supported with estimator='iwae-resample'")
+    check_latent_scale("beta", estimator, _latent_scale("beta", beta, mu))
     if estimator == "iwae-resample":
         def log_weights(noise):
             return _log_weights(x, mu, logvar, decoder, noise[0].shape[0], noise[0], None, "iwae", likelihood,

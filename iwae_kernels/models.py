@@ -15,6 +15,7 @@ from torch import nn
 
 from . import _checks
 from . import functional as F
+from .estimators import PATH_ESTIMATORS
 from .functional import StreamingIWAEBound
 
 PAPER_SIZES = {
@@ -104,9 +105,16 @@ class PaperModel(nn.Module):
                                            estimator=estimator, backend=backend)
         else:
             eps1 = torch.randn((k,) + tuple(mu.shape), device=mu.device, dtype=mu.dtype) if noise is None else noise[0]
-            mu2, logvar2 = _gaussian(self.encoders[1], mu + torch.exp(0.5 * logvar) * eps1)  # [k, B, D2]
+            h1_sample = mu + torch.exp(0.5 * logvar) * eps1
+            mu2, logvar2 = _gaussian(self.encoders[1], h1_sample)  # [k, B, D2]
+            density = {}
+            if estimator in PATH_ESTIMATORS:
+                # q(h2|h1) depends on the sample h1: stl/dreg stop its weights, not h1 (docs/MATH.md).
+                frozen = {name: p.detach() for name, p in self.encoders[1].named_parameters()}
+                density_net = lambda h: torch.func.functional_call(self.encoders[1], frozen, (h,))
+                density["density_mu"], density["density_logvar"] = _gaussian(density_net, h1_sample)
             h2, latent2 = F.gaussian_sample(mu2, logvar2, k, eps=None if noise is None else noise[1],
-                                            estimator=estimator, backend=backend)
+                                            estimator=estimator, backend=backend, **density)
             prior_mu, prior_logvar = _gaussian(self.priors[0], h2)  # p(h1|h2), [k, B, D1]
             h1, latent1 = F.gaussian_sample(mu, logvar, k, eps=eps1, prior_mu=prior_mu, prior_logvar=prior_logvar,
                                             estimator=estimator, backend=backend)
@@ -119,21 +127,35 @@ class PaperModel(nn.Module):
             log_lik = F.bernoulli_log_likelihood(self.decoder(h1), x, backend=backend)
         return log_lik + latent
 
-    def bound(self, x, k=50, estimator="iwae"):
-        """Per-example bound [B] whose gradient is the estimator's: L_k, or the k-sample ELBO for "vae"."""
+    def bound(self, x, k=50, estimator="iwae", noise=None):
+        """Per-example bound [B] whose gradient is the estimator's: L_k, or the k-sample ELBO for "vae".
+
+        noise: optional standard-normal noise, one [k, B, latent[l]] tensor per stochastic layer (bottom first),
+        which fixes the samples (common random numbers across estimators or backends); drawn when None.
+        """
         _checks.check_choice("estimator", estimator, F.ESTIMATORS)
         posterior = self.encode(x)
+        if noise is not None:
+            self._check_noise(noise, k, x, posterior[0])
         if estimator == "iwae-resample":
-            shapes = [(k, x.shape[0], size) for size in self.latent]
-            noise = [torch.randn(shape, device=x.device, dtype=posterior[0].dtype) for shape in shapes]
+            if noise is None:
+                shapes = [(k, x.shape[0], size) for size in self.latent]
+                noise = [torch.randn(shape, device=x.device, dtype=posterior[0].dtype) for shape in shapes]
             return F.resampled_iwae_bound(
                 lambda n: self._log_weights(x, posterior, n[0].shape[0], "iwae", n), noise, backend=self.backend)
-        log_w = self._log_weights(x, posterior, k, estimator)
+        log_w = self._log_weights(x, posterior, k, estimator, noise)
         return log_w.mean(0) if estimator == "vae" else F.iwae_bound(log_w, backend=self.backend)
 
-    def loss(self, x, k=50, estimator="iwae"):
-        """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar)."""
-        return -self.bound(x, k, estimator).mean()
+    def _check_noise(self, noise, k, x, like):
+        if not isinstance(noise, (list, tuple)) or len(noise) != self.stochastic_layers:
+            raise ValueError(f"noise: expected a list of {self.stochastic_layers} tensors (one per stochastic layer)")
+        for layer, (eps, size) in enumerate(zip(noise, self.latent)):
+            _checks.check_tensor(f"noise[{layer}]", eps, (3,), like=("the model's parameters", like))
+            _checks.check_shape(f"noise[{layer}]", eps, (k, x.shape[0], size))
+
+    def loss(self, x, k=50, estimator="iwae", noise=None):
+        """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar); ``noise`` as in ``bound``."""
+        return -self.bound(x, k, estimator, noise).mean()
 
     @torch.no_grad()
     def log_likelihood(self, x, k=5000, chunk=None):

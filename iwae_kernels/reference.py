@@ -2,7 +2,7 @@
 
 Each function here has the same signature and semantics as its Triton (and CUDA) counterpart in
 ``iwae_kernels.ops``: the ``backend="torch"`` path of the public API calls these directly. Formulas follow
-``MATH.md``; half-precision inputs are computed in float32 and float64 stays float64.
+``docs/MATH.md``; half-precision inputs are computed in float32 and float64 stays float64.
 
 Shapes: k samples, B examples, D latent dimensions, P observed dimensions.
 """
@@ -50,6 +50,14 @@ def _latent_terms(mu, logvar, eps, prior_mu, prior_logvar, include_prior=True):
     return z, sigma, dlogp_dz, log_p + 0.5 * logvar + 0.5 * eps * eps
 
 
+def weights_from_log_weight_grad(grad_log_w):
+    """DReG's normalized weights, read off the gradient that reaches the log-weights from ``iwae_bound``:
+    dJ/d log w_i = g * wt_i, so wt_i = dJ/d log w_i / sum_j dJ/d log w_j. [k, B] -> [k, B]; a zero sum (g = 0,
+    or every log-weight -inf) gives 0."""
+    total = grad_log_w.sum(0, keepdim=True)
+    return torch.where(total != 0, grad_log_w / torch.where(total != 0, total, 1), 0)
+
+
 def _sum_to(grad, like):
     """Sum a [k, B, D] gradient over samples when the parameter was shared by all k ([B, D])."""
     return grad.sum(0) if like.dim() == 2 else grad
@@ -58,7 +66,7 @@ def _sum_to(grad, like):
 class GaussianSampleFunction(torch.autograd.Function):
     """(mu, logvar, eps, prior_mu, prior_logvar) -> (z [k, B, D], log p(z) - log q(z|x) [k, B]).
 
-    The backward is written out (MATH.md) rather than left to autograd, because the stl and dreg
+    The backward is written out (docs/MATH.md, "Backward") rather than left to autograd, because the stl and dreg
     estimators are not the derivative of the forward: they change the encoder-side gradient only.
     """
 
@@ -97,10 +105,7 @@ class GaussianSampleFunction(torch.autograd.Function):
             # Path derivative only: d(-log q)/dz = eps / sigma, no score term.
             per_sample = grad_z + ga * (dlogp_dz + eps * torch.exp(-0.5 * up(logvar)))
             if code == 2:
-                # DReG: dJ/da = g * wt_i, so wt_i = dJ/da_i / sum_j dJ/da_j; a zero sum (g = 0 or all -inf) gives 0.
-                total = grad_a.sum(0, keepdim=True)
-                weight = torch.where(total != 0, grad_a / torch.where(total != 0, total, 1), 0)
-                per_sample = per_sample * weight.unsqueeze(-1)
+                per_sample = per_sample * weights_from_log_weight_grad(grad_a).unsqueeze(-1)
             grad_mu, grad_logvar = per_sample, per_sample * 0.5 * sigma * eps
         grad_prior_mu = grad_prior_logvar = None
         if prior_mu is not None:

@@ -1,4 +1,4 @@
-"""Float64 oracles written from MATH.md with torch.distributions and naive autograd, independent of
+"""Float64 oracles written from docs/MATH.md with torch.distributions and naive autograd, independent of
 iwae_kernels.reference, plus dtype-aware comparisons."""
 
 import math
@@ -38,7 +38,7 @@ def naive_gaussian(mean, logvar, x):
 
 
 def naive_estimator_objective(mu, logvar, eps, weight, x, example_weights, estimator, prior_mu=None, prior_logvar=None):
-    """(encoder surrogate, model objective): autograd of the first gives the estimator's dmu, dlogvar (MATH.md);
+    """(encoder surrogate, model objective): autograd of the first gives the estimator's dmu, dlogvar (docs/MATH.md);
     of the second, the gradient every estimator gives the prior and decoder (plain IWAE, or the ELBO for vae)."""
     k = eps.shape[0]
     z, latent = naive_latent(mu, logvar, eps, prior_mu, prior_logvar)

@@ -100,7 +100,7 @@ def test_reference_estimators_match_naive_surrogates(shape, layout, prior, estim
 
 
 def test_k1_estimators_agree():
-    """With k = 1: iwae and vae agree, and stl equals dreg (MATH.md)."""
+    """With k = 1: iwae and vae agree, and stl equals dreg (docs/MATH.md)."""
     inputs = make_inputs(1, 4, 6)
     model = make_model(4, 6)
     grads = {est: composed_gradients(inputs, *model, est, "torch") for est in ESTIMATORS}

@@ -258,5 +258,5 @@ def test_kl_annealing_weights_the_latent_term():
     assert_close(got, -(torch.logsumexp(log_w, 0) - math.log(5)))
     assert [ik.kl_warmup(s, 10) for s in (0, 5, 10, 50)] == [0.0, 0.5, 1.0, 1.0]
     assert ik.kl_warmup(0, 10, start=0.2) == 0.2
-    with pytest.raises(ValueError, match="beta: KL annealing is not supported"):
+    with pytest.raises(ValueError, match="beta: estimator=.iwae-resample. needs the plain bound"):
         ik.iwae_loss(x, mu, logvar, decoder, k=5, beta=0.5, estimator="iwae-resample")
