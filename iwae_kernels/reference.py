@@ -14,6 +14,10 @@ from torch.autograd.function import once_differentiable
 
 LOG_2PI = math.log(2.0 * math.pi)
 
+# softplus(y) = y above this: log1p(exp(-40)) = 4e-18 is below half a float64 ulp of 40 (F.softplus's default
+# cut-off of 20 would be off by 2e-9 in float64).
+SOFTPLUS_LINEAR_ABOVE = 40.0
+
 # The fused decoder head keeps a row's hidden vector in one block, so its compiled kernels take H up to this.
 DECODER_HEAD_MAX_HIDDEN = 1024
 
@@ -131,12 +135,35 @@ def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, gener
     return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, estimator, include_prior, latent_scale)
 
 
+class BernoulliLogLikelihoodFunction(torch.autograd.Function):
+    """logits y [k, B, P], x [B, P] -> sum_j x_j y_j - softplus(y_j) [k, B]; backward g (x - sigmoid(y)).
+
+    Written out so that the CPU path costs less than the naive BCE-with-logits (3x less on a 2-core CPU at
+    k=50, B=128, P=784): sum_j x_j y_j is one vecdot, softplus one vectorized kernel, and the backward one
+    sigmoid plus two in-place passes (autograd of the formula took five [k, B, P] passes; logsigmoid and
+    logaddexp run 2-3x slower than softplus here). binary_cross_entropy_with_logits itself turns a -inf logit
+    with x = 1 into NaN.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, x):
+        y = logits.to(accumulation_dtype(logits.dtype))
+        x = x.to(y.dtype)
+        ctx.save_for_backward(logits, x)
+        return torch.linalg.vecdot(y, x) - torch.nn.functional.softplus(y, threshold=SOFTPLUS_LINEAR_ABOVE).sum(-1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_log_lik):
+        logits, x = ctx.saved_tensors
+        grad = torch.sigmoid(logits.to(x.dtype))
+        torch.sub(x, grad, out=grad).mul_(grad_log_lik.to(x.dtype).unsqueeze(-1))
+        return grad.to(logits.dtype), None
+
+
 def bernoulli_log_likelihood(logits, x):
     """sum_j x_j y_j - softplus(y_j) over the last dim. logits [k, B, P], x [B, P] -> [k, B]."""
-    y = logits.to(accumulation_dtype(logits.dtype))
-    # logaddexp(y, 0) is softplus without the threshold cut-off, and its gradient is exactly sigmoid(y).
-    # (binary_cross_entropy_with_logits is no faster here and turns a -inf logit with x = 1 into NaN.)
-    return (x.to(y.dtype) * y - torch.logaddexp(y, torch.zeros_like(y))).sum(-1)
+    return BernoulliLogLikelihoodFunction.apply(logits, x)
 
 
 def gaussian_log_likelihood(mean, logvar, x):
