@@ -20,18 +20,18 @@ import torch
 
 from . import data as datasets
 from ._checks import UserError
-from .evaluate import _distributed, evaluate
+from .evaluate import check_evaluation_time, evaluate, rank_and_world
 from .functional import ESTIMATORS
 from .run_folder import RunLock, preflight
-from .train import (TrainConfig, TrainingInterrupted, checkpoint_bytes, describe_schedule, model_from_checkpoint,
-                    start_policy, train)
+from .train import (TrainConfig, TrainingInterrupted, build_model, checkpoint_bytes, describe_schedule,
+                    model_from_checkpoint, resolve_device, start_policy, train)
 
 # About half a minute on a 2-core CPU: one pass of 1-layer IWAE k=5, then L_5000 on 500 test images.
 PRESETS = {
     "quick": {"k": 5, "batch_size": 100, "epochs": 1, "test_subset": 500},
     "paper": {"schedule": "paper", "k": 50, "batch_size": 20},
 }
-EVAL_DEFAULTS = {"eval_k": 5000, "eval_chunk": 500, "eval_batch": 100, "test_subset": 0}
+EVAL_DEFAULTS = {"eval_k": 5000, "eval_chunk": 500, "eval_batch": 100, "test_subset": 0, "max_eval_hours": 24.0}
 # Report, test bounds and pictures.
 EVAL_OUTPUT_BYTES = 16 * 2**20
 EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
@@ -92,6 +92,8 @@ def _eval_arguments(parser):
                         help="samples per chunk: memory does not grow with k (default 500)")
     parser.add_argument("--eval-batch", type=positive_int, help="test examples per batch (default 100)")
     parser.add_argument("--test-subset", type=count_or_all, help="evaluate on the first N test images (0: all)")
+    parser.add_argument("--max-eval-hours", type=positive_float,
+                        help="refuse an evaluation estimated to take longer (default 24)")
 
 
 def build_parser():
@@ -158,13 +160,16 @@ def _check_subsets(args, dataset):
                         "training images")
 
 
-def _run_evaluation(model, args, dataset, out_dir, history, extra):
+def _test_set(args, dataset):
     _, test_x = datasets.DATASETS[dataset]()
-    if args.test_subset:
-        test_x = test_x[: args.test_subset]
-    report = evaluate(model, test_x, out_dir, k=args.eval_k, chunk=args.eval_chunk, batch_size=args.eval_batch,
-                      history=history, extra=extra, progress=not args.no_progress)
-    if _distributed()[0] == 0:
+    return test_x[: args.test_subset] if args.test_subset else test_x
+
+
+def _run_evaluation(model, args, dataset, out_dir, history, step_log, extra):
+    report = evaluate(model, _test_set(args, dataset), out_dir, k=args.eval_k, chunk=args.eval_chunk,
+                      batch_size=args.eval_batch, history=history, step_log=step_log, extra=extra,
+                      progress=not args.no_progress, max_hours=args.max_eval_hours)
+    if rank_and_world()[0] == 0:
         print(f"test NLL (-mean L_{report['k']} over {report['test_examples']} images): {report['test_nll']:.3f} "
               f"nats; active units {report['active_units']}; report and pictures in {out_dir}")
     return report
@@ -172,7 +177,7 @@ def _run_evaluation(model, args, dataset, out_dir, history, extra):
 
 def _owned_run_folder(out_dir, needed_bytes):
     """Preflight and lock ``out_dir`` on the process that writes (rank 0 under torchrun)."""
-    if _distributed()[0] != 0:
+    if rank_and_world()[0] != 0:
         return contextlib.nullcontext()
     preflight(out_dir, needed_bytes)
     return RunLock(out_dir)
@@ -183,7 +188,8 @@ def _evaluate_command(args):
     _check_subsets(args, config.dataset)
     out_dir = args.out or str(Path(args.checkpoint).parent)
     with _owned_run_folder(out_dir, EVAL_OUTPUT_BYTES):
-        _run_evaluation(model, args, config.dataset, out_dir, state["history"], {"config": state["config"]})
+        _run_evaluation(model, args, config.dataset, out_dir, state["history"], state.get("step_log"),
+                        {"config": state["config"]})
 
 
 def _train_command(args):
@@ -193,11 +199,17 @@ def _train_command(args):
     resume = "if-exists" if args.resume_if_exists else args.resume
     start_policy(out_dir, resume, args.overwrite)  # refuse before printing anything about a run that won't start
     with _owned_run_folder(out_dir, checkpoint_bytes(config) + EVAL_OUTPUT_BYTES):
-        print(f"training {config.layers}-layer {config.estimator} k={config.k} on {config.dataset}: "
-              f"{describe_schedule(config)}, batch {config.batch_size}; run folder {out_dir}")
-        model, history = train(config, out_dir, resume=resume, overwrite=args.overwrite, progress=not args.no_progress)
+        if not args.no_eval:  # an evaluation that would be refused is refused before training, not after
+            check_evaluation_time(build_model(config, resolve_device(config.device)), _test_set(args, config.dataset),
+                                  args.eval_k, args.eval_chunk, args.eval_batch, args.max_eval_hours, progress=False)
+        if rank_and_world()[0] == 0:
+            print(f"training {config.layers}-layer {config.estimator} k={config.k} on {config.dataset}: "
+                  f"{describe_schedule(config)}, batch {config.batch_size}; run folder {out_dir}")
+        model, history, step_log = train(config, out_dir, resume=resume, overwrite=args.overwrite,
+                                         progress=not args.no_progress)
         if not args.no_eval:
-            _run_evaluation(model, args, config.dataset, out_dir, history, {"config": dataclasses.asdict(config)})
+            _run_evaluation(model, args, config.dataset, out_dir, history, step_log,
+                            {"config": dataclasses.asdict(config)})
 
 
 def resume_command(argv):

@@ -119,21 +119,23 @@ class PaperModel(nn.Module):
             log_lik = F.bernoulli_log_likelihood(self.decoder(h1), x, backend=backend)
         return log_lik + latent
 
-    def bound(self, x, k=50, estimator="iwae"):
-        """Per-example bound [B] whose gradient is the estimator's: L_k, or the k-sample ELBO for "vae"."""
+    def bound(self, x, k=50, estimator="iwae", noise=None):
+        """Per-example bound [B] whose gradient is the estimator's: L_k, or the k-sample ELBO for "vae".
+        ``noise`` (one [k, B, latent[l]] tensor per stochastic layer) fixes the samples; else they are drawn."""
         _checks.check_choice("estimator", estimator, F.ESTIMATORS)
         posterior = self.encode(x)
         if estimator == "iwae-resample":
-            shapes = [(k, x.shape[0], size) for size in self.latent]
-            noise = [torch.randn(shape, device=x.device, dtype=posterior[0].dtype) for shape in shapes]
+            if noise is None:
+                noise = [torch.randn((k, x.shape[0], size), device=x.device, dtype=posterior[0].dtype)
+                         for size in self.latent]
             return F.resampled_iwae_bound(
                 lambda n: self._log_weights(x, posterior, n[0].shape[0], "iwae", n), noise, backend=self.backend)
-        log_w = self._log_weights(x, posterior, k, estimator)
+        log_w = self._log_weights(x, posterior, k, estimator, noise)
         return log_w.mean(0) if estimator == "vae" else F.iwae_bound(log_w, backend=self.backend)
 
-    def loss(self, x, k=50, estimator="iwae"):
-        """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar)."""
-        return -self.bound(x, k, estimator).mean()
+    def loss(self, x, k=50, estimator="iwae", noise=None):
+        """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar); ``noise`` as for bound."""
+        return -self.bound(x, k, estimator, noise).mean()
 
     @torch.no_grad()
     def log_likelihood(self, x, k=5000, chunk=None):

@@ -21,10 +21,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from . import data as datasets
 from ._checks import UserError
+from .evaluate import rank_and_world
 from .models import paper_model
 
 
@@ -209,17 +211,40 @@ def checkpoint_bytes(config):
     return 2 * (3 * 4 * parameters + 2**20)
 
 
+class _LossModule(torch.nn.Module):
+    """``model.loss`` as a forward(): DistributedDataParallel synchronizes the gradients of what forward computes."""
+
+    def __init__(self, model, k, estimator):
+        super().__init__()
+        self.model, self.k, self.estimator = model, k, estimator
+
+    def forward(self, x, noise=None):
+        return self.model.loss(x, self.k, self.estimator, noise=noise)
+
+
+# Points per epoch on the training curve (train_steps.csv, curves.png): each the mean loss of its interval.
+CURVE_POINTS_PER_EPOCH = 20
+
+
 def train(config, out_dir, resume=False, overwrite=False, progress=True):
-    """Train per ``config``, checkpointing to out_dir/checkpoint.pt; returns (model, history).
+    """Train per ``config``, checkpointing to out_dir/checkpoint.pt; returns (model, history, step_log):
+    history has one row per epoch, step_log one {"step", "train_loss"} per CURVE_POINTS_PER_EPOCH-th of an epoch.
 
     ``resume``/``overwrite`` follow ``start_policy``. SIGINT or SIGTERM checkpoints at the next step boundary
     and raises TrainingInterrupted. Assumes the caller holds the folder's RunLock (the CLI does).
+
+    Under torchrun each of the N processes takes 1/N of every global batch of ``config.batch_size`` examples
+    and DistributedDataParallel averages the gradients; every process binarizes the whole global batch and draws
+    the noise for all of it (then keeps its share), so the run does not depend on N up to float rounding. Rank 0
+    alone writes the checkpoint and logs.
     """
+    rank, world = rank_and_world()
     out_dir = Path(out_dir)
     resuming = start_policy(out_dir, resume, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.batch_size % world:
+        raise UserError(f"--batch-size: {config.batch_size} does not split evenly over {world} processes")
     checkpoint_path = out_dir / "checkpoint.pt"
-    if overwrite:
+    if overwrite and rank == 0:
         checkpoint_path.unlink(missing_ok=True)  # a run stopped before its first checkpoint must not resume the old one
     device = resolve_device(config.device)
     train_x, _ = datasets.DATASETS[config.dataset]()
@@ -229,28 +254,39 @@ def train(config, out_dir, resume=False, overwrite=False, progress=True):
     steps_per_epoch = train_x.shape[0] // config.batch_size
     if steps_per_epoch == 0:
         raise UserError(f"--batch-size: {config.batch_size} is larger than the training set ({train_x.shape[0]})")
+    log_every = max(1, steps_per_epoch // CURVE_POINTS_PER_EPOCH)
+    shard_size = config.batch_size // world
+    my_shard = slice(rank * shard_size, (rank + 1) * shard_size)
 
     torch.manual_seed(config.seed)
     data_generator = torch.Generator().manual_seed(config.seed)
     model = build_model(config, device)
+    loss_module = _LossModule(model, config.k, config.estimator)
+    if world > 1:
+        loss_module = torch.nn.parallel.DistributedDataParallel(loss_module)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-4)
-    epoch, step, history, elapsed = 0, 0, [], 0.0
-    loss_sum, loss_count = 0.0, 0  # the current epoch's, so a mid-epoch resume logs the same mean
+    epoch, step, history, step_log, elapsed = 0, 0, [], [], 0.0
+    # Running sums of the current epoch and curve interval, checkpointed so a resume logs the same means.
+    loss_sum, loss_count, interval_sum = 0.0, 0, 0.0
     if resuming:
         state = load_checkpoint(checkpoint_path)
         check_resumable(config_from_dict(state.get("config"), checkpoint_path), config, checkpoint_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, step, history, elapsed = state["epoch"], state["step"], state["history"], state["elapsed"]
+        step_log, interval_sum = state["step_log"], state["interval_loss_sum"]
         loss_sum, loss_count = state["epoch_loss_sum"], state["epoch_loss_count"]
         _restore_rng(state["rng"], data_generator)
 
     def checkpoint():
-        save_checkpoint(checkpoint_path, {
-            "config": dataclasses.asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "epoch": epoch, "step": step, "history": history, "elapsed": elapsed + time.perf_counter() - started,
-            "epoch_loss_sum": loss_sum, "epoch_loss_count": loss_count,
-            "rng": _rng_state(data_generator)})
+        if rank == 0:
+            save_checkpoint(checkpoint_path, {
+                "config": dataclasses.asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch, "step": step, "history": history, "step_log": step_log,
+                "elapsed": elapsed + time.perf_counter() - started, "epoch_loss_sum": loss_sum,
+                "epoch_loss_count": loss_count, "interval_loss_sum": interval_sum, "rng": _rng_state(data_generator)})
+        if world > 1:
+            dist.barrier()  # no process leaves (on an interrupt) before rank 0 has written
 
     started = last_checkpoint = time.perf_counter()
     with _deferred_stop_signals() as stop_requests:
@@ -261,24 +297,38 @@ def train(config, out_dir, resume=False, overwrite=False, progress=True):
             order = torch.randperm(train_x.shape[0],
                                    generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
             bar = tqdm(range(step, steps_per_epoch), desc=f"epoch {epoch + 1}/{len(learning_rates)}",
-                       disable=not progress, initial=step, total=steps_per_epoch, unit="step", dynamic_ncols=True)
+                       disable=not progress or rank > 0, initial=step, total=steps_per_epoch, unit="step",
+                       dynamic_ncols=True)
             epoch_start, resumed_count = time.perf_counter(), loss_count
             for step in bar:
                 batch = train_x[order[step * config.batch_size : (step + 1) * config.batch_size]]
                 x = datasets.dynamic_binarize(batch, generator=data_generator).to(device)
-                loss = model.loss(x, config.k, config.estimator)
+                noise = None
+                if dist.is_initialized():
+                    noise = [torch.randn((config.k, config.batch_size, size), device=device)[:, my_shard].contiguous()
+                             for size in model.latent]
+                loss = loss_module(x[my_shard], noise)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+                loss_value, stop = loss.item(), bool(stop_requests)
+                if world > 1:  # the global batch's mean loss, and whether any process was asked to stop
+                    shared = torch.tensor([loss_value / world, float(stop)], dtype=torch.float64, device=device)
+                    dist.all_reduce(shared)
+                    loss_value, stop = shared[0].item(), shared[1].item() > 0
+                loss_sum, loss_count, interval_sum = loss_sum + loss_value, loss_count + 1, interval_sum + loss_value
                 rate = (loss_count - resumed_count) * config.batch_size / (time.perf_counter() - epoch_start)
                 bar.set_postfix(loss=f"{loss_sum / loss_count:.2f}", samples_per_s=f"{rate:.0f}")
                 step += 1
+                if step % log_every == 0:
+                    step_log.append({"step": epoch * steps_per_epoch + step, "train_loss": interval_sum / log_every})
+                    interval_sum = 0.0
                 now = time.perf_counter()
-                if stop_requests:
+                if stop:
                     bar.close()
                     checkpoint()
-                    raise TrainingInterrupted(stop_requests[0], checkpoint_path, epoch, step)
+                    raise TrainingInterrupted((stop_requests or ["a signal to another process"])[0], checkpoint_path,
+                                              epoch, step)
                 if (config.checkpoint_steps and step % config.checkpoint_steps == 0) or \
                         now - last_checkpoint > 60 * config.checkpoint_minutes:
                     checkpoint()
@@ -287,19 +337,23 @@ def train(config, out_dir, resume=False, overwrite=False, progress=True):
                             "samples_per_s": (loss_count - resumed_count) * config.batch_size
                             / (time.perf_counter() - epoch_start),
                             "wall_s": elapsed + time.perf_counter() - started})
-            epoch, step, loss_sum, loss_count = epoch + 1, 0, 0.0, 0
+            # An interval cut by the epoch's end (steps_per_epoch not a multiple of log_every) is dropped.
+            epoch, step, loss_sum, loss_count, interval_sum = epoch + 1, 0, 0.0, 0, 0.0
             checkpoint()
             last_checkpoint = time.perf_counter()
-    _write_log(out_dir, history)
-    return model, history
+    if rank == 0:
+        _write_log(out_dir, history, step_log)
+    return model, history, step_log
 
 
-def _write_log(out_dir, history):
-    if history:
-        with open(out_dir / "train_log.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
+def _write_log(out_dir, history, step_log):
+    """train_log.csv and .json (one row per epoch), train_steps.csv (the training curve)."""
+    for name, rows in (("train_log.csv", history), ("train_steps.csv", step_log)):
+        if rows:
+            with open(out_dir / name, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
     (out_dir / "train_log.json").write_text(json.dumps(history, indent=1))
 
 

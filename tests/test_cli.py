@@ -19,8 +19,8 @@ from iwae_kernels import __main__ as cli
 from iwae_kernels import data
 from iwae_kernels._checks import UserError
 from iwae_kernels.run_folder import RunLock, preflight
-from iwae_kernels.train import (TrainConfig, build_model, check_resumable, load_checkpoint, save_checkpoint,
-                                start_policy)
+from iwae_kernels.train import (TrainConfig, _deferred_stop_signals, build_model, check_resumable, load_checkpoint,
+                                save_checkpoint, start_policy)
 
 TRAIN = [sys.executable, "-m", "iwae_kernels", "train", "--train-subset", "1000", "--batch-size", "20", "--epochs", "3",
          "--k", "3", "--checkpoint-steps", "1", "--no-eval", "--no-progress", "--device", "cpu", "--backend", "torch"]
@@ -264,3 +264,73 @@ def test_resume_may_change_cadence_device_and_epochs_only(tmp_path):
     for change in ({"k": 4}, {"batch_size": 7}, {"lr": 0.1}, {"layers": 2}):
         with pytest.raises(UserError, match=f"{next(iter(change))}="):
             check_resumable(saved, dataclasses.replace(saved, **change), "c")
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_as_one(tmp_path):
+    """torchrun training: 2 processes, each with half of every global batch of 20 (and a resume halfway), follow
+    1 process's loss curve and end at its weights within float32 rounding."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    train = ["train", "--train-subset", "200", "--batch-size", "20", "--k", "3", "--no-eval", "--no-progress",
+             "--device", "cpu", "--backend", "torch"]
+
+    def torchrun(processes, *args):
+        return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                    "-m", "iwae_kernels", *train, *args], env=env)
+
+    torchrun(1, "--epochs", "2", "--out", str(tmp_path / "one"))
+    first_half = torchrun(2, "--epochs", "1", "--out", str(tmp_path / "two"))
+    assert first_half.stdout.count("training 1-layer") == 1, "only rank 0 prints"
+    torchrun(2, "--epochs", "2", "--out", str(tmp_path / "two"), "--resume")
+    one, two = load_checkpoint(tmp_path / "one" / "checkpoint.pt"), load_checkpoint(tmp_path / "two" / "checkpoint.pt")
+    assert len(one["step_log"]) == len(two["step_log"]) == 20
+    torch.testing.assert_close(torch.tensor([row["train_loss"] for row in two["step_log"]]),
+                               torch.tensor([row["train_loss"] for row in one["step_log"]]), rtol=1e-5, atol=0)
+    for name, value in one["model"].items():
+        torch.testing.assert_close(two["model"][name], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def saved_checkpoint(tmp_path):
+    path = tmp_path / "run" / "checkpoint.pt"
+    save_checkpoint(path, _checkpoint_state())
+    return path
+
+
+ABSURD_EVALUATION = ["--eval-k", "1000000000", "--eval-chunk", "10", "--test-subset", "10", "--no-progress",
+                     "--device", "cpu"]
+
+
+def test_absurdly_long_evaluation_is_refused_before_any_work(saved_checkpoint, tmp_path, capsys):
+    line = main_error(["evaluate", str(saved_checkpoint), *ABSURD_EVALUATION], capsys)
+    assert "--eval-k 1000000000: L_k over 10 images would take about" in line and "--max-eval-hours 24" in line
+    assert not (saved_checkpoint.parent / "report.json").exists()
+    line = main_error(["train", "--out", str(tmp_path / "train"), "--train-subset", "100", *ABSURD_EVALUATION], capsys)
+    assert "would take about" in line and not (tmp_path / "train" / "checkpoint.pt").exists()
+
+
+def test_evaluation_progress_counts_samples_and_curves_show_steps_and_test_bound(saved_checkpoint, capsys):
+    out = saved_checkpoint.parent
+    state = load_checkpoint(saved_checkpoint)
+    state["step_log"] = [{"step": step, "train_loss": 300.0 - step} for step in range(1, 41)]
+    save_checkpoint(saved_checkpoint, state)
+    assert cli.main(["evaluate", str(saved_checkpoint), "--eval-k", "20", "--eval-chunk", "10", "--test-subset", "30",
+                     "--eval-batch", "10", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "L_20 over 30 images: about" in err and "600/600" in err and "sample/s" in err
+    assert (out / "curves.png").stat().st_size > 1000
+
+
+def test_sigterm_is_deferred_to_a_step_boundary():
+    before = signal.getsignal(signal.SIGTERM)
+    with _deferred_stop_signals() as stop_requests:
+        os.kill(os.getpid(), signal.SIGTERM)  # would end pytest, were it not deferred
+        assert stop_requests == ["SIGTERM"]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_unwritable_report_folder_fails_before_evaluating(saved_checkpoint, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = main_error(["evaluate", str(saved_checkpoint), "--out", str(blocker / "report"), "--device", "cpu"], capsys)
+    assert "--out: cannot write to" in line
