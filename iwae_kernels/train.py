@@ -15,6 +15,7 @@ import io
 import json
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -99,9 +100,13 @@ def load_checkpoint(path):
         if not raw:
             raise UserError(f"checkpoint {path} is empty")
         try:
-            torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         except Exception:
             raise UserError(f"checkpoint {path} is not a checkpoint (unreadable bytes)") from None
+        if isinstance(state, dict) and {"config", "model"} <= state.keys():
+            print(f"warning: checkpoint {path} has no digest (written before checkpoints carried one); "
+                  "loading it unverified", file=sys.stderr)
+            return state
         raise UserError(f"checkpoint {path} was not written by iwae_kernels train (a bare state_dict or another "
                         "program's file); it has no config or digest")
     digest_end = raw.find(b"\n", len(CHECKPOINT_HEADER))
@@ -274,7 +279,7 @@ def train(config, out_dir, resume=False, overwrite=False, progress=True):
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         epoch, step, history, elapsed = state["epoch"], state["step"], state["history"], state["elapsed"]
-        step_log, interval_sum = state["step_log"], state["interval_loss_sum"]
+        step_log, interval_sum = state.get("step_log", []), state.get("interval_loss_sum", 0.0)  # none before the curve
         loss_sum, loss_count = state["epoch_loss_sum"], state["epoch_loss_count"]
         _restore_rng(state["rng"], data_generator)
 

@@ -197,6 +197,13 @@ def test_unusable_checkpoints_are_one_line_errors(make, complaint, tmp_path, cap
     assert str(path) in line and complaint in line
 
 
+def test_checkpoint_from_before_digests_loads_with_a_warning(tmp_path, capsys):
+    path = tmp_path / "checkpoint.pt"
+    torch.save(_checkpoint_state(), path)
+    assert set(load_checkpoint(path)) == {"config", "model", "history"}
+    assert "has no digest" in capsys.readouterr().err
+
+
 def test_flipped_bit_in_a_checkpoint_is_refused(tmp_path):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, _checkpoint_state())
