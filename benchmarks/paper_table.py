@@ -45,9 +45,9 @@ def main():
                              device=args.device)
         out_dir = Path(args.runs) / f"{name.lower()}-k{k}"
         started = time.perf_counter()
-        model, history = train(config, out_dir, resume=True, progress=False)
+        model, history, step_log = train(config, out_dir, resume="if-exists", progress=False)
         train_wall = time.perf_counter() - started
-        report = evaluate(model, test_x, out_dir, k=args.eval_k, history=history, progress=False)
+        report = evaluate(model, test_x, out_dir, k=args.eval_k, history=history, step_log=step_log, progress=False)
         rows.append({"model": name, "k": k, "epochs": args.epochs, "test_nll": report["test_nll"],
                      "active_units": report["active_units"][0], "train_wall_s": train_wall,
                      "eval_wall_s": report["eval_wall_s"], "paper_nll": PAPER_NLL[(name, k)],

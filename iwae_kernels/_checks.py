@@ -1,8 +1,14 @@
 """Argument checks done once, at the public functions, before any kernel runs; messages name the argument."""
 
+import operator
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class UserError(Exception):
+    """A mistake the user can fix (a bad option, an unusable file or folder); the CLI prints it on one line."""
 
 
 def check_tensor(name, value, ndims, like=None):
@@ -35,10 +41,13 @@ def check_same_device(name, value, like_name, like_value):
 
 
 def check_sample_count(k):
-    if isinstance(k, bool) or not isinstance(k, int):
+    """k >= 1 as a Python int; numpy and other integer types (anything with __index__ but bool) are accepted."""
+    if isinstance(k, bool) or not hasattr(type(k), "__index__") or isinstance(k, torch.Tensor):
         raise TypeError(f"k: expected an int >= 1, got {type(k).__name__}")
+    k = operator.index(k)
     if k < 1:
         raise ValueError(f"k: expected an int >= 1, got {k}")
+    return k
 
 
 def check_choice(name, value, choices):

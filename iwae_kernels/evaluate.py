@@ -8,6 +8,7 @@ round-robin to the processes, gathered on rank 0 and reduced in order, and 2 pro
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import data as datasets
+from ._checks import UserError
 from .models import active_units
 
 
@@ -26,7 +28,7 @@ def device_name(device):
     return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
 
 
-def _distributed():
+def rank_and_world():
     """(rank, world size); initialises the process group under torchrun (gloo on CPU, nccl on GPU)."""
     if not dist.is_available() or "WORLD_SIZE" not in os.environ:
         return 0, 1
@@ -35,17 +37,56 @@ def _distributed():
     return dist.get_rank(), dist.get_world_size()
 
 
+def _duration(seconds):
+    """A wall time for people: "7.5 days", "3.2 h", "12.0 min", "40 s"."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+@torch.no_grad()
+def check_evaluation_time(model, test_x, k=5000, chunk=500, batch_size=100, max_hours=24.0, progress=True):
+    """Estimate the wall time of L_k over test_x from one timed chunk of one batch (after one untimed, which
+    absorbs kernel compilation); UserError when it exceeds ``max_hours`` (the slowest process's, under torchrun)."""
+    rank, world = rank_and_world()
+    device = next(model.parameters()).device
+    probe = test_x[:batch_size].to(device)
+    samples = min(chunk, k)
+    model.log_likelihood(probe, k=samples, chunk=samples)  # untimed: compiles the kernels
+    started = time.perf_counter()
+    model.log_likelihood(probe, k=samples, chunk=samples)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    per_sample = (time.perf_counter() - started) / (probe.shape[0] * samples)
+    seconds = torch.tensor(per_sample * k * -(-test_x.shape[0] // world), dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)  # every process must reach the same decision
+    seconds = seconds.item()
+    if seconds > 3600 * max_hours:
+        raise UserError(f"--eval-k {k}: L_k over {test_x.shape[0]} images would take about {_duration(seconds)} here "
+                        f"(more than --max-eval-hours {max_hours:g}); lower --eval-k or --test-subset")
+    if progress and rank == 0:
+        print(f"L_{k} over {test_x.shape[0]} images: about {_duration(seconds)}", file=sys.stderr)
+    return seconds
+
+
 @torch.no_grad()
 def test_log_likelihoods(model, test_x, k=5000, chunk=500, batch_size=100, seed=0, progress=True):
-    """Per-example L_k over test_x [N, P] (already binarized), in example order, on every process's share."""
-    rank, world = _distributed()
+    """Per-example L_k over test_x [N, P] (already binarized), in example order, on every process's share.
+    The progress bar counts samples (examples x k), so its rate and ETA mean the same for any batch size."""
+    rank, world = rank_and_world()
     device = next(model.parameters()).device
     batches = list(range(0, test_x.shape[0], batch_size))
     mine = batches[rank::world]
     results = {}
-    for start in tqdm(mine, desc=f"L_{k} (rank {rank})" if world > 1 else f"L_{k}", disable=not progress, unit="batch"):
+    bar = tqdm(total=sum(min(batch_size, test_x.shape[0] - start) for start in mine) * k, unit="sample",
+               unit_scale=True, desc=f"L_{k} (rank {rank})" if world > 1 else f"L_{k}", disable=not progress)
+    for start in mine:
         torch.manual_seed(seed * 1_000_003 + start)
         results[start] = model.log_likelihood(test_x[start : start + batch_size].to(device), k=k, chunk=chunk).cpu()
+        bar.update(results[start].shape[0] * k)
+    bar.close()
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, results)
@@ -53,11 +94,17 @@ def test_log_likelihoods(model, test_x, k=5000, chunk=500, batch_size=100, seed=
     return torch.cat([results[start] for start in batches])
 
 
-def evaluate(model, test_x, out_dir, k=5000, chunk=500, batch_size=100, seed=0, history=None, extra=None, progress=True):
-    """Test NLL (-mean L_k), active units, report.json and pictures in out_dir; returns the report (all ranks)."""
-    rank, world = _distributed()
+def evaluate(model, test_x, out_dir, k=5000, chunk=500, batch_size=100, seed=0, history=None, extra=None, progress=True,
+             step_log=None, max_hours=24.0):
+    """Test NLL (-mean L_k), active units, report.json and pictures in out_dir; returns the report (all ranks).
+
+    Refuses (UserError) an evaluation estimated to take more than ``max_hours`` (see check_evaluation_time).
+    history (per epoch) or step_log (per logged step) from ``train`` draw the training curve.
+    """
+    rank, world = rank_and_world()
     model.eval()
     test_bits = datasets.fixed_binarization(test_x, seed=seed)
+    check_evaluation_time(model, test_bits, k, chunk, batch_size, max_hours, progress)
     started = time.perf_counter()
     bounds = test_log_likelihoods(model, test_bits, k=k, chunk=chunk, batch_size=batch_size, seed=seed, progress=progress)
     wall = time.perf_counter() - started
@@ -74,7 +121,7 @@ def evaluate(model, test_x, out_dir, k=5000, chunk=500, batch_size=100, seed=0, 
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "report.json").write_text(json.dumps(report, indent=1))
         torch.save({"bounds": bounds, "activity": [a.cpu() for a in activity]}, out_dir / "test_bounds.pt")
-        draw_pictures(model, test_bits, out_dir, history)
+        draw_pictures(model, test_bits, out_dir, history, step_log, report["test_nll"], k)
     return report
 
 
@@ -102,8 +149,9 @@ def save_figure(figure, path, dpi=100):
     print(f"wrote {path}")
 
 
-def draw_pictures(model, test_bits, out_dir, history=None):
-    """samples.png (model samples), reconstructions.png (data above, reconstruction below), curves.png."""
+def draw_pictures(model, test_bits, out_dir, history=None, step_log=None, test_nll=None, k=None):
+    """samples.png (model samples), reconstructions.png (data above, reconstruction below), and curves.png:
+    the training loss per logged step (step_log; else per epoch from history) and the test -L_k when given."""
     plt = pyplot()
 
     device = next(model.parameters()).device
@@ -114,11 +162,20 @@ def draw_pictures(model, test_bits, out_dir, history=None):
         originals = test_bits[:10]
         pairs = torch.cat([originals, model.reconstruct(originals.to(device)).cpu()])
         plt.imsave(Path(out_dir) / "reconstructions.png", _grid(pairs, 2, 10, side).numpy(), cmap="gray")
-    if history:
+    if step_log or history:
         figure, axis = plt.subplots(figsize=(5, 3.5))
-        axis.plot([row["epoch"] for row in history], [row["train_loss"] for row in history], marker="o")
-        axis.set_xlabel("epoch")
-        axis.set_ylabel("training loss (-L_k, nats)")
+        if step_log:
+            axis.plot([row["step"] for row in step_log], [row["train_loss"] for row in step_log], marker=".",
+                      label="training loss")
+            axis.set_xlabel("step")
+        else:
+            axis.plot([row["epoch"] for row in history], [row["train_loss"] for row in history], marker="o",
+                      label="training loss")
+            axis.set_xlabel("epoch")
+        if test_nll is not None:
+            axis.axhline(test_nll, color="C1", linestyle="--", label=f"test -L_{k}")
+        axis.set_ylabel("loss (-L_k, nats)")
+        axis.legend()
         axis.grid(alpha=0.3)
         figure.tight_layout()
         figure.savefig(Path(out_dir) / "curves.png", dpi=120)

@@ -33,7 +33,8 @@ def _latent_scale(name, value, like):
 
 def _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, density_mu,
                                 density_logvar):
-    _checks.check_sample_count(k)
+    """Check the arguments; returns k as a Python int."""
+    k = _checks.check_sample_count(k)
     _checks.check_tensor("mu", mu, (2, 3))
     _checks.check_tensor("logvar", logvar, (2, 3), like=("mu", mu))
     _checks.check_shape("logvar", logvar, mu.shape)
@@ -61,6 +62,7 @@ def _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, esti
         _checks.check_shape("density_logvar", density_logvar, (k, batch, dim))
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+    return k
 
 
 def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None, estimator="iwae",
@@ -93,8 +95,8 @@ def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None
     Returns:
         z [k, B, D] in mu's dtype, and latent_scale * (log p(z) - log q(z|x)) [k, B] (float32 for half inputs).
     """
-    _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, density_mu,
-                                density_logvar)
+    k = _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, density_mu,
+                                    density_logvar)
     if not include_prior and prior_mu is not None:
         raise ValueError("include_prior: False drops the prior, so prior_mu and prior_logvar must be None")
     scale = _latent_scale("latent_scale", latent_scale, mu)
@@ -168,32 +170,43 @@ def local_reparam_linear(input, weight_mu, weight_var, bias=None, *, noise=None,
     return out.reshape(leading + (size,))
 
 
-def _check_observation(name, value, x):
-    _checks.check_tensor(name, value, (3,))
-    _checks.check_tensor("x", x, (2,))
+EVENT_DIMS = tuple(range(1, 7))  # x is [B, *event] with up to 6 event dims (images: [B, C, H, W])
+
+
+def _flat_observation(name, value, x):
+    """Check ``value`` [k, B, *event] against x [B, *event]; both as [k, B, P] and [B, P] (views when contiguous).
+
+    x is data: it is detached, so no backend gives it a gradient.
+    """
+    _checks.check_tensor("x", x, tuple(d + 1 for d in EVENT_DIMS))
+    _checks.check_tensor(name, value, tuple(d + 2 for d in EVENT_DIMS))
     _checks.check_same_device("x", x, name, value)
     if tuple(x.shape) != tuple(value.shape[1:]):
-        raise ValueError(f"x: expected shape [B, P] = {tuple(value.shape[1:])} to match {name}, got {tuple(x.shape)}")
+        raise ValueError(f"x: expected shape [B, *event] = {tuple(value.shape[1:])} to match {name}, "
+                         f"got {tuple(x.shape)}")
+    return value.flatten(2), x.detach().flatten(1)
 
 
 def bernoulli_log_likelihood(logits, x, *, backend=None):
-    """log p(x|z) = sum_j x_j y_j - softplus(y_j) for logits y [k, B, P] and targets x [B, P] in [0, 1].
+    """log p(x|z) = sum_j x_j y_j - softplus(y_j) over the event dims, for logits y [k, B, *event] and targets
+    x [B, *event] in [0, 1] (e.g. [B, P], or images [B, C, H, W]).
 
-    Returns [k, B] (float32 for half logits). Gradient flows to logits only.
+    Returns [k, B] (float32 for half logits). Gradient flows to logits only: x never gets one, on any backend.
     """
-    _check_observation("logits", logits, x)
+    logits, x = _flat_observation("logits", logits, x)
     return get_backend(backend, logits.device).bernoulli_log_likelihood(logits, x)
 
 
 def gaussian_log_likelihood(mean, logvar, x, *, backend=None):
-    """Diagonal-Gaussian log p(x|z) for mean, logvar [k, B, P] and x [B, P]; returns [k, B].
+    """Diagonal-Gaussian log p(x|z) summed over the event dims, for mean, logvar [k, B, *event] and
+    x [B, *event]; returns [k, B].
 
-    Gradient flows to mean and logvar only.
+    Gradient flows to mean and logvar only: x never gets one, on any backend.
     """
-    _check_observation("mean", mean, x)
-    _checks.check_tensor("logvar", logvar, (3,), like=("mean", mean))
+    _checks.check_tensor("logvar", logvar, (mean.dim(),), like=("mean", mean))
     _checks.check_shape("logvar", logvar, mean.shape)
-    return get_backend(backend, mean.device).gaussian_log_likelihood(mean, logvar, x)
+    mean, x = _flat_observation("mean", mean, x)
+    return get_backend(backend, mean.device).gaussian_log_likelihood(mean, logvar.flatten(2), x)
 
 
 def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
@@ -222,6 +235,7 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
         raise ValueError(f"weight: expected shape [P, H={hidden.shape[-1]}], got {tuple(weight.shape)}")
     _checks.check_shape("bias", bias, (size,))
     _checks.check_shape("x", x, (hidden.shape[1], size))
+    x = x.detach()  # data: no gradient on any backend
     ops = get_backend(backend, hidden.device)
     if ops is not reference and width > DECODER_HEAD_MAX_HIDDEN:
         raise ValueError(f"hidden: the fused decoder head holds H <= {DECODER_HEAD_MAX_HIDDEN} per row, got H={width}; "
@@ -232,9 +246,13 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
 def iwae_bound(log_w, *, backend=None):
     """The IWAE bound L_k = logsumexp_i(log w_i) - log k over dim 0 of log_w [k, B]; returns [B].
 
-    Backward gives g * normalized weights. A column of all -inf gives -inf and zero gradient, never NaN.
+    Backward gives g * normalized weights. A column of all -inf gives -inf and zero gradient, never NaN. A +inf
+    log-weight is taken as the dtype's largest finite value: its column's bound is that value (finite, huge)
+    with zero gradient, never NaN (``iwae_loss(check_finite=True)`` raises instead).
     """
     _checks.check_tensor("log_w", log_w, (2,))
+    # Left as +inf, logsumexp's shift by the max would compute inf - inf = NaN.
+    log_w = log_w.clamp(max=torch.finfo(log_w.dtype).max)
     return get_backend(backend, log_w.device).iwae_bound(log_w)
 
 
@@ -296,14 +314,15 @@ def _decode(decoder, z, flatten_samples):
         return decoder(z)
     num_samples, batch, dim = z.shape
     out = decoder(z.reshape(num_samples * batch, dim))
-    unflatten = lambda t: t.reshape(num_samples, batch, -1) if isinstance(t, torch.Tensor) else t
+    # [k * B, *event] -> [k, B, *event]
+    unflatten = lambda t: t.reshape((num_samples, batch) + tuple(t.shape[1:])) if isinstance(t, torch.Tensor) else t
     return tuple(map(unflatten, out)) if isinstance(out, (tuple, list)) else unflatten(out)
 
 
 def _check_decoder_output(name, value, expected_shape, check_finite):
     if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected_shape:
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"decoder: expected {name} of shape [k, B, P] = {expected_shape}, got {got}")
+        raise ValueError(f"decoder: expected {name} of shape [k, B, *event] = {expected_shape}, got {got}")
     if check_finite:
         _checks.check_finite(f"decoder output ({name})", value)
 
@@ -315,7 +334,7 @@ def _log_likelihood(out, x, k, likelihood, check_finite, backend):
         _check_decoder_output("logits", out, expected_shape, check_finite)
         return bernoulli_log_likelihood(out, x, backend=backend)
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
-        raise TypeError("decoder: for likelihood='gaussian' expected a (mean, logvar) pair of [k, B, P] tensors")
+        raise TypeError("decoder: for likelihood='gaussian' expected a (mean, logvar) pair of [k, B, *event] tensors")
     _check_decoder_output("mean", out[0], expected_shape, check_finite)
     _check_decoder_output("logvar", out[1], expected_shape, check_finite)
     return gaussian_log_likelihood(out[0], out[1], x, backend=backend)
@@ -326,6 +345,11 @@ def _log_weights(x, mu, logvar, decoder, k, eps, generator, estimator, likelihoo
     """log w [k, B] = log p(x|z) + beta (log p(z) - log q(z|x)) for k samples of z."""
     z, latent_log_weight = gaussian_sample(mu, logvar, k, eps=eps, estimator=estimator, generator=generator,
                                            latent_scale=beta, backend=backend)
+    if check_finite and not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(latent_log_weight).all())):
+        # Finite mu and logvar can still overflow: exp(logvar / 2) is inf in float32 from logvar ~ 178.
+        raise ValueError(f"mu, logvar: the samples z or the latent term log p(z) - log q(z|x) are not finite "
+                         f"(logvar ranges over [{logvar.min().item():.3g}, {logvar.max().item():.3g}], "
+                         f"mu over [{mu.min().item():.3g}, {mu.max().item():.3g}])")
     out = _decode(decoder, z, flatten_samples)
     return _log_likelihood(out, x, k, likelihood, check_finite, backend) + latent_log_weight
 
@@ -367,16 +391,20 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
     """The drop-in IWAE loss -L_k(x) for an encoder's Gaussian (mu, logvar) and any decoder.
 
     Args:
-        x: data [B, P] (Bernoulli targets in [0, 1], or real values for a Gaussian likelihood).
+        x: data [B, *event], e.g. [B, P] or images [B, C, H, W] (Bernoulli targets in [0, 1], or real values for a
+            Gaussian likelihood); the likelihood sums over the event dims. x gets no gradient from the loss on
+            any backend (it is data; the encoder's mu and logvar carry its gradient, if any).
         mu, logvar: the encoder's diagonal Gaussian q(z|x), [B, D] each.
         decoder: callable; gets z [k, B, D] (or [k * B, D] with ``flatten_samples=True``) and returns
-            logits [k, B, P] ("bernoulli") or a (mean, logvar) pair of [k, B, P] ("gaussian").
+            logits [k, B, *event] ("bernoulli") or a (mean, logvar) pair of [k, B, *event] ("gaussian"); with
+            ``flatten_samples`` it returns [k * B, *event] instead.
         k: samples per example, >= 1.
         estimator: "iwae" (paper Eq. 14), "vae" (k-sample ELBO, Eq. 7), "stl", "dreg", or "iwae-resample"
             (k forward passes, one backward through a sample drawn by its normalized weight).
         reduction: "mean" | "sum" over the batch, or "none" for the per-example loss [B].
-        check_finite: check x, mu, logvar and the decoder's output for NaN/inf, and Bernoulli targets for
-            [0, 1]; off by default because it synchronizes the device.
+        check_finite: check x, mu, logvar, the samples and latent term (blamed on mu, logvar), the decoder's
+            output and the log-weights for NaN/inf, and Bernoulli targets for [0, 1]; off by default because it
+            synchronizes the device. Without it a +inf log-weight gives a huge finite bound (see ``iwae_bound``).
         generator: a torch.Generator on the tensors' device for the noise (default: torch's global RNG).
         beta: KL annealing: the weight on the latent term log p(z) - log q(z|x) in every log-weight (a float or
             a 0-dim tensor; see ``kl_warmup``); None or 1 is the plain bound. Only with "iwae" and "vae": the
@@ -385,7 +413,7 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
     Returns:
         -L_k reduced over the batch (a scalar), or [B] for reduction="none".
     """
-    _checks.check_tensor("x", x, (2,))
+    _checks.check_tensor("x", x, tuple(d + 1 for d in EVENT_DIMS))
     _checks.check_tensor("mu", mu, (2,))
     _checks.check_tensor("logvar", logvar, (2,), like=("mu", mu))
     _checks.check_shape("logvar", logvar, mu.shape)
@@ -394,7 +422,7 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
         raise ValueError(f"x: expected batch size {mu.shape[0]} (as mu), got shape {tuple(x.shape)}")
     if not callable(decoder):
         raise TypeError(f"decoder: expected a callable (an nn.Module or function), got {type(decoder).__name__}")
-    _checks.check_sample_count(k)
+    k = _checks.check_sample_count(k)
     _checks.check_choice("likelihood", likelihood, LIKELIHOODS)
     _checks.check_choice("estimator", estimator, ESTIMATORS)
     _checks.check_choice("reduction", reduction, REDUCTIONS)
@@ -416,6 +444,10 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
     else:
         log_w = _log_weights(x, mu, logvar, decoder, k, None, generator, estimator, likelihood, flatten_samples,
                              check_finite, backend, beta)
+        # -inf is a legitimate impossible sample; NaN or +inf is an overflow (say, a Gaussian likelihood's sum).
+        if check_finite and bool((torch.isnan(log_w) | torch.isposinf(log_w)).any()):
+            raise ValueError("log_w: a log-weight log p(x|z) + log p(z) - log q(z|x) is NaN or +inf (an overflow "
+                             "in the likelihood?)")
         bound = log_w.mean(0) if estimator == "vae" else iwae_bound(log_w, backend=backend)
     loss = -bound
     if reduction == "mean":

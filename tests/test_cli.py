@@ -1,9 +1,13 @@
-"""The training/evaluation CLI on real MNIST: atomic checkpoints, exact resume after SIGKILL, and 2 gloo
-processes agreeing with 1."""
+"""The training/evaluation CLI on real MNIST: atomic checkpoints, exact resume after SIGKILL or SIGINT, 2 gloo
+processes agreeing with 1; one-line errors for every user error, the run-folder rules, verified checkpoints."""
 
+import dataclasses
 import json
 import os
+import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +15,12 @@ import time
 import pytest
 import torch
 
-from iwae_kernels.train import load_checkpoint, save_checkpoint
+from iwae_kernels import __main__ as cli
+from iwae_kernels import data
+from iwae_kernels._checks import UserError
+from iwae_kernels.run_folder import RunLock, preflight
+from iwae_kernels.train import (TrainConfig, _deferred_stop_signals, build_model, check_resumable, load_checkpoint,
+                                save_checkpoint, start_policy)
 
 TRAIN = [sys.executable, "-m", "iwae_kernels", "train", "--train-subset", "1000", "--batch-size", "20", "--epochs", "3",
          "--k", "3", "--checkpoint-steps", "1", "--no-eval", "--no-progress", "--device", "cpu", "--backend", "torch"]
@@ -29,6 +38,15 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
+def _same_run(resumed_path, reference_path):
+    resumed, reference = load_checkpoint(resumed_path), load_checkpoint(reference_path)
+    assert resumed["epoch"] == reference["epoch"] == 3
+    for name, value in reference["model"].items():
+        assert torch.equal(resumed["model"][name], value), name
+    assert [row["train_loss"] for row in resumed["history"]] == [row["train_loss"] for row in reference["history"]]
+
+
+@pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted(uninterrupted, tmp_path):
     process = subprocess.Popen(TRAIN + ["--out", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = tmp_path / "checkpoint.pt"
@@ -44,14 +62,32 @@ def test_resume_after_kill_matches_uninterrupted(uninterrupted, tmp_path):
     process.wait()
     killed_at = load_checkpoint(checkpoint)
     assert (killed_at["epoch"], killed_at["step"]) < (3, 0), "killed mid-training"
-    run(TRAIN + ["--out", str(tmp_path), "--resume"])
-    resumed, reference = load_checkpoint(checkpoint), load_checkpoint(uninterrupted / "checkpoint.pt")
-    assert resumed["epoch"] == reference["epoch"] == 3
-    for name, value in reference["model"].items():
-        assert torch.equal(resumed["model"][name], value), name
-    assert [row["train_loss"] for row in resumed["history"]] == [row["train_loss"] for row in reference["history"]]
+    assert (tmp_path / "run.lock").exists(), "the killed run's lock is left behind"
+    run(TRAIN + ["--out", str(tmp_path), "--resume"])  # takes over the stale lock
+    _same_run(checkpoint, uninterrupted / "checkpoint.pt")
+    assert not (tmp_path / "run.lock").exists()
 
 
+@pytest.mark.slow
+def test_sigint_checkpoints_and_says_how_to_resume(uninterrupted, tmp_path):
+    process = subprocess.Popen(TRAIN + ["--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == cli.EXIT_INTERRUPTED, stderr
+    (message,) = stderr.strip().splitlines()
+    assert message.startswith("SIGINT: stopped at epoch") and message.endswith("--resume"), message
+    interrupted = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert (interrupted["epoch"], interrupted["step"]) < (3, 0)
+    resume = shlex.split(message.split("continue with: ")[1])
+    run([sys.executable, *resume[1:]])
+    _same_run(tmp_path / "checkpoint.pt", uninterrupted / "checkpoint.pt")
+
+
+@pytest.mark.slow
 def test_resume_refuses_another_configuration(uninterrupted, tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes((uninterrupted / "checkpoint.pt").read_bytes())
     with pytest.raises(subprocess.CalledProcessError) as error:
@@ -78,14 +114,17 @@ EVALUATE = ["evaluate", "--test-subset", "60", "--eval-k", "200", "--eval-chunk"
             "--no-progress", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_agree_with_one(uninterrupted, tmp_path):
     checkpoint = str(uninterrupted / "checkpoint.pt")
     # One thread per process in both runs: float32 matmuls then reduce in the same order everywhere.
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run([sys.executable, "-m", "iwae_kernels", *EVALUATE[:1], checkpoint, *EVALUATE[1:], "--out", str(tmp_path / "one")],
         env=env)
-    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "iwae_kernels",
-         *EVALUATE[:1], checkpoint, *EVALUATE[1:], "--out", str(tmp_path / "two")], env=env)
+    two_processes = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                         "iwae_kernels", *EVALUATE[:1], checkpoint, *EVALUATE[1:], "--out", str(tmp_path / "two")],
+                        env=env)
+    assert two_processes.stdout.count("test NLL") == 1, "only rank 0 prints the result"
     one = json.loads((tmp_path / "one" / "report.json").read_text())
     two = json.loads((tmp_path / "two" / "report.json").read_text())
     assert (one["processes"], two["processes"]) == (1, 2)
@@ -93,3 +132,212 @@ def test_two_gloo_processes_agree_with_one(uninterrupted, tmp_path):
     assert 80 < one["test_nll"] < 300
     for picture in ("samples.png", "reconstructions.png", "curves.png"):
         assert (tmp_path / "one" / picture).stat().st_size > 1000
+
+
+def main_error(argv, capsys):
+    """Run the CLI in this process; return its one-line error message (asserting exit status 2 and one line)."""
+    status = cli.main(argv)
+    err = capsys.readouterr().err
+    assert status == cli.EXIT_USER_ERROR, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--batch-size", "-1"), ("--batch-size", "0"), ("--epochs", "-3"), ("--k", "0"), ("--eval-k", "0"),
+    ("--eval-batch", "0"), ("--eval-chunk", "-5"), ("--train-subset", "-59900"), ("--test-subset", "20000"),
+    ("--train-subset", "60001"), ("--lr", "nan"), ("--k", "many")])
+def test_bad_options_are_one_line_errors_naming_the_option(option, value, capsys, tmp_path):
+    assert option in main_error(["train", option, value, "--out", str(tmp_path)], capsys)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_refused_at_parse_time(capsys):
+    assert "--device: cuda: CUDA is not available" in main_error(["train", "--device", "cuda"], capsys)
+
+
+def test_batch_larger_than_subset_is_refused(capsys):
+    assert "--batch-size: 50 is more than the 10" in main_error(["train", "--train-subset", "10", "--batch-size", "50"],
+                                                                 capsys)
+
+
+def test_explicit_options_beat_presets():
+    args = cli.build_parser().parse_args(["train", "--preset", "quick", "--k", "50", "--batch-size", "20"])
+    cli._fill_defaults(args)
+    assert (args.k, args.batch_size, args.epochs, args.test_subset, args.eval_k) == (50, 20, 1, 500, 5000)
+
+
+def test_debug_shows_the_traceback():
+    with pytest.raises(UserError, match="does not exist"):
+        cli.main(["evaluate", "/no/such/checkpoint.pt", "--debug"])
+
+
+def _checkpoint_state(layers=1, **config):
+    return {"config": {**dataclasses.asdict(TrainConfig(layers=layers)), **config},
+            "model": build_model(TrainConfig(layers=layers), torch.device("cpu")).state_dict(), "history": []}
+
+
+@pytest.mark.parametrize("make, complaint", [
+    (lambda path: None, "does not exist"),
+    (lambda path: path.mkdir(), "is a folder"),
+    (lambda path: path.write_bytes(b""), "is empty"),
+    (lambda path: path.write_bytes(os.urandom(4096)), "is not a checkpoint"),
+    (lambda path: torch.save(build_model(TrainConfig(), torch.device("cpu")).state_dict(), path), "bare state_dict"),
+    (lambda path: save_checkpoint(path, _checkpoint_state(bogus=1)), "unknown config key 'bogus'"),
+    (lambda path: save_checkpoint(path, {**_checkpoint_state(2), "config": _checkpoint_state(1)["config"]}),
+     "do not fit its config"),
+    (lambda path: save_checkpoint(path, {"model": {}}), "holds no training config"),
+])
+def test_unusable_checkpoints_are_one_line_errors(make, complaint, tmp_path, capsys):
+    path = tmp_path / "checkpoint.pt"
+    make(path)
+    line = main_error(["evaluate", str(path), "--device", "cpu", "--out", str(tmp_path / "report")], capsys)
+    assert str(path) in line and complaint in line
+
+
+def test_checkpoint_from_before_digests_loads_with_a_warning(tmp_path, capsys):
+    path = tmp_path / "checkpoint.pt"
+    torch.save(_checkpoint_state(), path)
+    assert set(load_checkpoint(path)) == {"config", "model", "history"}
+    assert "has no digest" in capsys.readouterr().err
+
+
+def test_flipped_bit_in_a_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _checkpoint_state())
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=f"checkpoint {path} is damaged"):
+        load_checkpoint(path)
+
+
+def test_no_network_for_mnist_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IWAE_KERNELS_DATA", str(tmp_path))
+    offline = subprocess.CompletedProcess([], 1, "", "WARNING: Retrying ...\nERROR: Could not find a version")
+    monkeypatch.setattr(data.subprocess, "run", lambda *args, **kwargs: offline)
+    assert "no network?): ERROR: Could not find a version" in main_error(["fetch-data"], capsys)
+
+
+def test_unwritable_run_folder_fails_before_training(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = main_error(["train", "--out", str(blocker / "run"), "--train-subset", "100"], capsys)
+    assert "--out: cannot write to" in line
+
+
+def test_preflight_needs_room_for_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10 - 2**20, 2**20))
+    with pytest.raises(UserError, match="1 MiB free; a checkpoint needs 5 MiB"):
+        preflight(tmp_path, 5 * 2**20)
+
+
+def test_run_lock_refuses_a_second_writer_and_recovers_a_stale_one(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "run.lock").write_text(f"{holder.pid} {socket.gethostname()}\n")
+        with pytest.raises(UserError, match=f"in use by process {holder.pid}"):
+            RunLock(tmp_path).__enter__()
+    finally:
+        holder.kill()
+        holder.wait()
+    (tmp_path / "checkpoint.pt12345.tmp").write_bytes(b"partial")  # what a kill -9 mid-write leaves
+    with RunLock(tmp_path):
+        assert (tmp_path / "run.lock").read_text().split()[0] == str(os.getpid())
+        assert not (tmp_path / "checkpoint.pt12345.tmp").exists()
+        with pytest.raises(UserError, match=f"in use by process {os.getpid()}"):
+            RunLock(tmp_path).__enter__()
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_run_folder_rules(tmp_path):
+    assert start_policy(tmp_path) is False
+    assert start_policy(tmp_path, resume="if-exists") is False
+    with pytest.raises(UserError, match="--resume: there is no checkpoint"):
+        start_policy(tmp_path, resume=True)
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(UserError, match="already holds a run.*--resume.*--overwrite"):
+        start_policy(tmp_path)
+    assert start_policy(tmp_path, resume=True) is True
+    assert start_policy(tmp_path, resume="if-exists") is True
+    assert start_policy(tmp_path, overwrite=True) is False
+
+
+def test_resume_may_change_cadence_device_and_epochs_only(tmp_path):
+    saved = TrainConfig(k=3)
+    check_resumable(saved, TrainConfig(k=3, epochs=5, checkpoint_steps=7, checkpoint_minutes=1, device="cpu"), "c")
+    for change in ({"k": 4}, {"batch_size": 7}, {"lr": 0.1}, {"layers": 2}):
+        with pytest.raises(UserError, match=f"{next(iter(change))}="):
+            check_resumable(saved, dataclasses.replace(saved, **change), "c")
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_as_one(tmp_path):
+    """torchrun training: 2 processes, each with half of every global batch of 20 (and a resume halfway), follow
+    1 process's loss curve and end at its weights within float32 rounding."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    train = ["train", "--train-subset", "200", "--batch-size", "20", "--k", "3", "--no-eval", "--no-progress",
+             "--device", "cpu", "--backend", "torch"]
+
+    def torchrun(processes, *args):
+        return run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                    "-m", "iwae_kernels", *train, *args], env=env)
+
+    torchrun(1, "--epochs", "2", "--out", str(tmp_path / "one"))
+    first_half = torchrun(2, "--epochs", "1", "--out", str(tmp_path / "two"))
+    assert first_half.stdout.count("training 1-layer") == 1, "only rank 0 prints"
+    torchrun(2, "--epochs", "2", "--out", str(tmp_path / "two"), "--resume")
+    one, two = load_checkpoint(tmp_path / "one" / "checkpoint.pt"), load_checkpoint(tmp_path / "two" / "checkpoint.pt")
+    assert len(one["step_log"]) == len(two["step_log"]) == 20
+    torch.testing.assert_close(torch.tensor([row["train_loss"] for row in two["step_log"]]),
+                               torch.tensor([row["train_loss"] for row in one["step_log"]]), rtol=1e-5, atol=0)
+    for name, value in one["model"].items():
+        torch.testing.assert_close(two["model"][name], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def saved_checkpoint(tmp_path):
+    path = tmp_path / "run" / "checkpoint.pt"
+    save_checkpoint(path, _checkpoint_state())
+    return path
+
+
+ABSURD_EVALUATION = ["--eval-k", "1000000000", "--eval-chunk", "10", "--test-subset", "10", "--no-progress",
+                     "--device", "cpu"]
+
+
+def test_absurdly_long_evaluation_is_refused_before_any_work(saved_checkpoint, tmp_path, capsys):
+    line = main_error(["evaluate", str(saved_checkpoint), *ABSURD_EVALUATION], capsys)
+    assert "--eval-k 1000000000: L_k over 10 images would take about" in line and "--max-eval-hours 24" in line
+    assert not (saved_checkpoint.parent / "report.json").exists()
+    line = main_error(["train", "--out", str(tmp_path / "train"), "--train-subset", "100", *ABSURD_EVALUATION], capsys)
+    assert "would take about" in line and not (tmp_path / "train" / "checkpoint.pt").exists()
+
+
+def test_evaluation_progress_counts_samples_and_curves_show_steps_and_test_bound(saved_checkpoint, capsys):
+    out = saved_checkpoint.parent
+    state = load_checkpoint(saved_checkpoint)
+    state["step_log"] = [{"step": step, "train_loss": 300.0 - step} for step in range(1, 41)]
+    save_checkpoint(saved_checkpoint, state)
+    assert cli.main(["evaluate", str(saved_checkpoint), "--eval-k", "20", "--eval-chunk", "10", "--test-subset", "30",
+                     "--eval-batch", "10", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "L_20 over 30 images: about" in err and "600/600" in err and "sample/s" in err
+    assert (out / "curves.png").stat().st_size > 1000
+
+
+def test_sigterm_is_deferred_to_a_step_boundary():
+    before = signal.getsignal(signal.SIGTERM)
+    with _deferred_stop_signals() as stop_requests:
+        os.kill(os.getpid(), signal.SIGTERM)  # would end pytest, were it not deferred
+        assert stop_requests == ["SIGTERM"]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_unwritable_report_folder_fails_before_evaluating(saved_checkpoint, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = main_error(["evaluate", str(saved_checkpoint), "--out", str(blocker / "report"), "--device", "cpu"], capsys)
+    assert "--out: cannot write to" in line

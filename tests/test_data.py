@@ -1,6 +1,7 @@
 """Data loading: the safe unpickler, the pinned hash, clear errors, binarization, and real MNIST."""
 
 import gzip
+import hashlib
 import os
 import pickle
 import struct
@@ -48,8 +49,61 @@ def test_missing_and_corrupt_data_name_the_fix(tmp_path, monkeypatch):
     (tmp_path / "mnist.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="corrupt.*python -m iwae_kernels fetch-data"):
         data.load_mnist(download=False)
+    (tmp_path / "mnist.npz").write_bytes(b"")
+    with pytest.raises(data.DataCacheError, match="corrupt.*python -m iwae_kernels fetch-data"):
+        data.load_mnist(download=False)
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         data.load_fashion_mnist(tmp_path)
+
+
+@pytest.fixture
+def small_mnist_cache(tmp_path, monkeypatch):
+    """A cache of 6 + 2 MNIST-like rows whose digest and shapes load_mnist is told to expect; returns a writer of
+    (train, test) into it."""
+    monkeypatch.setenv("IWAE_KERNELS_DATA", str(tmp_path))
+    train = np.random.default_rng(0).random((6, 784), dtype=np.float32) * 0.99
+    test = np.random.default_rng(1).random((2, 784), dtype=np.float32) * 0.99
+    digest = hashlib.sha256(memoryview(train))
+    digest.update(memoryview(test))
+    monkeypatch.setattr(data, "MNIST_SHAPES", {"train": train.shape, "test": test.shape})
+    monkeypatch.setattr(data, "MNIST_ARRAYS_SHA256", digest.hexdigest())
+
+    def write(train=train, test=test):
+        np.savez(tmp_path / "mnist.npz", train=train, test=test)
+        return tmp_path / "mnist.npz"
+
+    write.arrays = train, test
+    return write
+
+
+def test_verified_cache_loads(small_mnist_cache):
+    small_mnist_cache()
+    train, test = data.load_mnist(download=False)
+    np.testing.assert_array_equal(train.numpy(), small_mnist_cache.arrays[0])
+
+
+@pytest.mark.parametrize("damage, complaint", [
+    (lambda train, test: (train, np.zeros_like(test)), "SHA-256 does not match"),
+    (lambda train, test: (train, (test * 255).astype(np.uint8)), "dtype uint8"),
+    (lambda train, test: (np.where(np.arange(784) == 3, np.nan, train).astype(np.float32), test), "outside"),
+    (lambda train, test: (np.where(np.arange(784) == 3, 3.0, train).astype(np.float32), test), "outside"),
+    (lambda train, test: (train[:5], test), "shape"),
+])
+def test_damaged_cache_arrays_say_to_delete_it(small_mnist_cache, damage, complaint):
+    small_mnist_cache(*damage(*small_mnist_cache.arrays))
+    with pytest.raises(data.DataCacheError, match=f"{complaint}.*delete it and run: python -m iwae_kernels fetch-data"):
+        data.load_mnist(download=False)
+
+
+def test_flipped_byte_in_cache_file_is_not_a_raw_bad_zip_file(small_mnist_cache):
+    path = small_mnist_cache()
+    raw = bytearray(path.read_bytes())
+    for offset in (len(raw) // 3, 0, len(raw) - 22):  # array bytes, a local header, the end-of-directory record
+        damaged = raw.copy()
+        damaged[offset] ^= 0x01
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(data.DataCacheError, match="delete it and run"):
+            data.load_mnist(download=False)
 
 
 def test_fashion_mnist_idx_reader(tmp_path):

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,6 +155,7 @@ class BadInput:
 
 BAD_LOSS_CALLS = [
     (dict(k=0), ValueError, r"k: expected an int >= 1, got 0"),
+    (dict(k=np.int64(0)), ValueError, r"k: expected an int >= 1, got 0"),
     (dict(k=2.0), TypeError, r"k: expected an int"),
     (dict(k=True), TypeError, r"k: expected an int"),
     (dict(mu=torch.zeros(3)), ValueError, r"mu: expected a 2-D tensor"),
@@ -164,7 +166,7 @@ BAD_LOSS_CALLS = [
     (dict(x=torch.zeros(3, 5, dtype=torch.int64)), TypeError, r"x: expected a floating dtype"),
     (dict(x=torch.zeros(3, 5, device="meta")), ValueError, r"x: expected device cpu"),
     (dict(decoder=3), TypeError, r"decoder: expected a callable"),
-    (dict(decoder=lambda z: z), ValueError, r"decoder: expected logits of shape \[k, B, P\] = \(4, 3, 5\), got \(4, 3, 2\)"),
+    (dict(decoder=lambda z: z), ValueError, r"decoder: expected logits of shape \[k, B, \*event\] = \(4, 3, 5\), got \(4, 3, 2\)"),
     (dict(decoder=lambda z: (z @ torch.ones(2, 5))[0]), ValueError, r"decoder: expected logits"),
     (dict(likelihood="gaussian"), TypeError, r"decoder: for likelihood='gaussian' expected a \(mean, logvar\) pair"),
     (dict(likelihood="poisson"), ValueError, r"likelihood: expected one of \('bernoulli', 'gaussian'\)"),
@@ -200,7 +202,7 @@ def test_bad_sample_input_names_the_argument(overrides, error, message):
 
 
 def test_bad_observation_and_log_weight_input():
-    with pytest.raises(ValueError, match=r"x: expected shape \[B, P\] = \(3, 5\)"):
+    with pytest.raises(ValueError, match=r"x: expected shape \[B, \*event\] = \(3, 5\)"):
         ik.bernoulli_log_likelihood(torch.zeros(2, 3, 5), torch.zeros(3, 4))
     with pytest.raises(ValueError, match=r"logvar: expected shape"):
         ik.gaussian_log_likelihood(torch.zeros(2, 3, 5), torch.zeros(2, 3, 4), torch.zeros(3, 5))
@@ -235,6 +237,78 @@ def test_check_finite_names_the_tensor():
     with pytest.raises(ValueError, match=r"decoder output \(logits\): contains NaN"):
         ik.iwae_loss(*args[:3], nan_decoder, k=2, check_finite=True)
     assert ik.iwae_loss(*args, k=2, check_finite=True).isfinite()
+
+
+def test_overflowing_latent_term_is_blamed_on_logvar():
+    huge_logvar = torch.full_like(BadInput.logvar, 1000.0)  # finite, but exp(logvar / 2) overflows
+    with pytest.raises(ValueError, match=r"mu, logvar: the samples z or the latent term .* are not finite"):
+        ik.iwae_loss(BadInput.x, BadInput.mu, huge_logvar, BadInput.decoder, k=2, check_finite=True)
+
+
+def test_overflowing_log_weight_is_an_error_with_check_finite():
+    x = BadInput.x
+    # mean == x and a tiny variance: -logvar/2 summed over the pixels, and 0 * exp(-logvar) = NaN.
+    decoder = lambda z: (x.expand(z.shape[0], *x.shape), torch.full((z.shape[0], *x.shape), -1e38))
+    with pytest.raises(ValueError, match=r"log_w: a log-weight .* is NaN or \+inf"):
+        ik.iwae_loss(x, BadInput.mu, BadInput.logvar, decoder, k=2, likelihood="gaussian", check_finite=True)
+
+
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_positive_inf_log_weight_gives_the_largest_float_not_nan(backend):
+    device = backend_device(backend)
+    log_w = torch.zeros(4, 3, device=device)
+    log_w[1, 0] = math.inf
+    log_w.requires_grad_()
+    bound = ik.iwae_bound(log_w, backend=backend)
+    assert bound[0].item() == torch.finfo(torch.float32).max and torch.isfinite(bound).all()
+    (grad,) = torch.autograd.grad(bound.sum(), log_w)
+    assert (grad[:, 0] == 0).all() and torch.allclose(grad[:, 1:], torch.full((4, 2), 0.25, device=device))
+
+
+def test_numpy_integer_sample_counts():
+    torch.manual_seed(0)
+    loss = ik.iwae_loss(BadInput.x, BadInput.mu, BadInput.logvar, BadInput.decoder, k=np.int64(3))
+    torch.manual_seed(0)
+    assert torch.equal(loss, ik.iwae_loss(BadInput.x, BadInput.mu, BadInput.logvar, BadInput.decoder, k=3))
+    assert ik.gaussian_sample(BadInput.mu, BadInput.logvar, np.int32(2))[0].shape == (2, 3, 2)
+
+
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_x_gets_no_gradient_on_any_backend(backend):
+    device = backend_device(backend)
+    x = BadInput.x.to(device).requires_grad_()
+    mu = BadInput.mu.to(device).requires_grad_()
+    loss = ik.iwae_loss(x, mu, BadInput.logvar.to(device), lambda z: z @ torch.ones(2, 5, device=device), k=3,
+                        backend=backend)
+    loss.backward()
+    assert x.grad is None and mu.grad is not None
+
+
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_image_shaped_data(backend, likelihood):
+    """x [B, 1, 4, 4] with decoder output [k, B, 1, 4, 4] (or [k * B, 1, 4, 4] flattened) is the [B, 16] loss."""
+    device = backend_device(backend)
+    k, batch, dim = 3, 2, 4
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 1, 4, 4, generator=gen).round().to(device)
+    mu, logvar = torch.randn(batch, dim, generator=gen).to(device), torch.zeros(batch, dim, device=device)
+    weight = torch.randn(dim, 16, generator=gen).to(device)
+
+    def decoder(event_shape):
+        def decode(z):
+            out = (z @ weight).reshape(*z.shape[:-1], *event_shape)
+            return out if likelihood == "bernoulli" else (out, 0.1 * out)
+        return decode
+
+    def loss(x, event_shape, flatten_samples=False):
+        torch.manual_seed(1)
+        return ik.iwae_loss(x, mu, logvar, decoder(event_shape), k=k, likelihood=likelihood, reduction="none",
+                            flatten_samples=flatten_samples, backend=backend)
+
+    flat = loss(x.reshape(batch, 16), (16,))
+    assert_close(loss(x, (1, 4, 4)), flat)
+    assert_close(loss(x, (1, 4, 4), flatten_samples=True), flat)
 
 
 def test_double_backward_says_it_is_not_supported():
