@@ -269,7 +269,8 @@ def train(config, out_dir, resume=False, overwrite=False, progress=True):
     loss_module = _LossModule(model, config.k, config.estimator)
     if world > 1:
         loss_module = torch.nn.parallel.DistributedDataParallel(loss_module)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-4)
+    # fused=True: Adam's whole update in one kernel per step (CPU and CUDA) instead of a few per parameter tensor.
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-4, fused=True)
     epoch, step, history, step_log, elapsed = 0, 0, [], [], 0.0
     # Running sums of the current epoch and curve interval, checkpointed so a resume logs the same means.
     loss_sum, loss_count, interval_sum = 0.0, 0, 0.0

@@ -12,6 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import iwae_kernels as ik
+from iwae_kernels.ops.utils import dispatch_through_custom_ops
 
 from conftest import COMPILED_BACKENDS, backend_device
 
@@ -67,7 +68,7 @@ def test_opcheck_every_custom_op(backend):
     device = backend_device(backend)
     prefix = {"triton": "triton", "cuda": "cuda"}[backend]
     recorder = RecordCustomOps()
-    with recorder:
+    with dispatch_through_custom_ops(), recorder:  # eager calls otherwise launch directly
         exercise_every_op(backend, device)
     called = {func.name().split("::")[1] for func in recorder.calls}
     assert called == registered_ops(prefix), "every registered op is exercised (and only those)"

@@ -1,5 +1,7 @@
 """Helpers shared by the Triton kernel families: accumulation dtype, tile sizes, numerics."""
 
+import contextlib
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -30,10 +32,39 @@ class Launchers(NamedTuple):
     backward: Callable
 
 
+_DISPATCH_THROUGH_OPS = [False]
+
+
 def library_op(name, mutates):
-    """Register a launcher as the torch.library custom op ``iwae_kernels::<name>``: torch.compile then treats it
-    as one opaque op (no graph break) that writes into ``mutates``. The launcher needs type annotations."""
-    return lambda launcher: torch.library.custom_op(f"iwae_kernels::{name}", mutates_args=mutates)(launcher)
+    """Register a launcher as the torch.library custom op ``iwae_kernels::<name>`` (writing into ``mutates``):
+    torch.compile then treats it as one opaque op (no graph break). In eager mode the launcher runs directly:
+    the custom op's dispatch cost about as much host time as the rest of a loss call (benchmarks/bench_host.py).
+    The launcher needs type annotations; the registered op is ``.custom_op``."""
+
+    def register(launcher):
+        op = torch.library.custom_op(f"iwae_kernels::{name}", mutates_args=mutates)(launcher)
+
+        @functools.wraps(launcher)
+        def launch(*args):
+            if _DISPATCH_THROUGH_OPS[0] or torch.compiler.is_compiling():
+                return op(*args)
+            return launcher(*args)
+
+        launch.custom_op = op
+        return launch
+
+    return register
+
+
+@contextlib.contextmanager
+def dispatch_through_custom_ops():
+    """Inside the block, eager calls go through the custom ops too (as they always do under torch.compile), so
+    that torch.library.opcheck and dispatch modes see them."""
+    _DISPATCH_THROUGH_OPS[0] = True
+    try:
+        yield
+    finally:
+        _DISPATCH_THROUGH_OPS[0] = False
 
 
 def triton_accumulation_dtype(dtype):

@@ -1,0 +1,48 @@
+"""Kernel launches per call, pinned: a change that adds a launch to the loss or a training step shows here.
+
+Counted on the Triton backend with the launches skipped (benchmarks/launches.py), so it runs anywhere the
+backend can be selected (a GPU, or the CPU under TRITON_INTERPRET=1); only Triton kernels are counted (the
+decoder's matmuls and Adam are torch's).
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+import iwae_kernels as ik
+from iwae_kernels.models import paper_model
+
+from conftest import backend_device
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from launches import recorded_launches  # noqa: E402
+
+LOSS_LAUNCHES = {"_gaussian_sample_fwd_kernel": 1, "_log_likelihood_fwd_kernel": 1, "_max_sum_kernel": 1,
+                 "_normalized_weights_kernel": 1, "_log_likelihood_bwd_kernel": 1, "_gaussian_sample_bwd_kernel": 1}
+
+
+def test_iwae_loss_forward_backward_launches():
+    device = backend_device("triton")
+    x = torch.rand(4, 7, device=device).round()
+    mu = torch.randn(4, 3, device=device, requires_grad=True)
+    logvar = torch.randn(4, 3, device=device, requires_grad=True)
+    decoder = torch.nn.Linear(3, 7).to(device)
+    with recorded_launches(execute=False) as launches:
+        ik.iwae_loss(x, mu, logvar, decoder, k=5, backend="triton").backward()
+    assert dict(launches) == LOSS_LAUNCHES
+
+
+def test_paper_model_training_step_launches():
+    device = backend_device("triton")
+    counts = {}
+    for layers in (1, 2):
+        model = paper_model(layers, x_dim=12, backend="triton", hidden=((8,),) * layers, latent=(4, 3)[:layers])
+        model = model.to(device)
+        optimizer = torch.optim.Adam(model.parameters(), fused=True)
+        with recorded_launches(execute=False) as launches:
+            model.loss(torch.rand(5, 12, device=device).round(), k=4).backward()
+            optimizer.step()
+        counts[layers] = sum(launches.values())
+    # One layer: the loss's six; two layers: a second sampling kernel pair.
+    assert counts == {1: 6, 2: 8}
