@@ -1,4 +1,4 @@
-"""Install: pip install -e .[test]
+"""The optional CUDA extension (metadata: pyproject.toml). Install: pip install -e .[test]
 
 The CUDA backend (csrc/) is built with torch.utils.cpp_extension when nvcc and a CUDA build of torch are
 present; that needs torch at build time, so use `pip install --no-build-isolation -e .`.
@@ -13,7 +13,7 @@ import os
 import runpy
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 BUILD = runpy.run_path(str(Path(__file__).parent / "iwae_kernels" / "_build.py"))
 
@@ -42,22 +42,5 @@ def cuda_extension():
 
 ext_modules, cmdclass = cuda_extension()
 
-setup(
-    name="iwae_kernels",
-    version="0.1.0",
-    description="Fused Triton and CUDA kernels for the Importance Weighted Autoencoder (IWAE) loss",
-    long_description=Path("README.md").read_text(encoding="utf-8"),
-    long_description_content_type="text/markdown",
-    packages=find_packages(include=["iwae_kernels", "iwae_kernels.*"]),
-    python_requires=">=3.9",
-    install_requires=[
-        "torch>=2.4",
-        "numpy",
-        "triton>=3.0; platform_system == 'Linux'",
-        "tqdm",
-        "matplotlib",
-    ],
-    extras_require={"test": ["pytest>=7"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+# Metadata lives in pyproject.toml; this file only adds the extension when it is to be built.
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

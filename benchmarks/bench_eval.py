@@ -22,7 +22,7 @@ from torch.distributions import Normal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, peak_memory_mib, write_results  # noqa: E402
-from iwae_kernels import data as datasets  # noqa: E402
+from iwae_kernels.app import data as datasets  # noqa: E402
 from iwae_kernels.models import paper_model  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def main():
     images = args.images or (10000 if device.type == "cuda" else 200)
     torch.manual_seed(0)
     if args.checkpoint:
-        from iwae_kernels.train import model_from_checkpoint
+        from iwae_kernels.app.train import model_from_checkpoint
 
         model = model_from_checkpoint(args.checkpoint, args.device)[0]
     else:

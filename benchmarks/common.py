@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from iwae_kernels.evaluate import device_name
+from iwae_kernels.app.device import device_name
 
 # Where results go: benchmarks/results/<device>/, or IWAE_KERNELS_BENCH_RESULTS (the tests point it elsewhere).
 RESULTS = Path(os.environ.get("IWAE_KERNELS_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))

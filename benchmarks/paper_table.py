@@ -15,9 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, write_results  # noqa: E402
-from iwae_kernels import data as datasets  # noqa: E402
-from iwae_kernels.evaluate import evaluate  # noqa: E402
-from iwae_kernels.train import TrainConfig, resolve_device, train  # noqa: E402
+from iwae_kernels.app import data as datasets  # noqa: E402
+from iwae_kernels.app.evaluate import evaluate  # noqa: E402
+from iwae_kernels.app.device import resolve_device  # noqa: E402
+from iwae_kernels.app.train import TrainConfig, train  # noqa: E402
 
 ROWS = [("VAE", "vae", 1), ("VAE", "vae", 50), ("IWAE", "iwae", 50)]
 PAPER_NLL = {("VAE", 1): 86.76, ("VAE", 50): 86.35, ("IWAE", 50): 84.78}  # 3,280 passes, all 10,000 test images

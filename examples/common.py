@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from iwae_kernels import data
+from iwae_kernels.app import data
 
 
 def mnist_example_parser(doc, epochs, test_images):

@@ -13,8 +13,8 @@ import time
 import torch
 
 import iwae_kernels as ik
-from iwae_kernels import data
-from iwae_kernels.evaluate import pyplot, save_figure
+from iwae_kernels.app import data
+from iwae_kernels.app.plots import pyplot, save_figure
 from iwae_kernels.models import ConvIWAE
 
 from common import mnist_example_parser, mnist_subset

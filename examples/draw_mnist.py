@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from iwae_kernels import data
-from iwae_kernels.draw import DRAW
-from iwae_kernels.evaluate import pyplot, save_figure
+from iwae_kernels.app import data
+from iwae_kernels.models.draw import DRAW
+from iwae_kernels.app.plots import pyplot, save_figure
 
 from common import mnist_example_parser, mnist_subset
 

@@ -14,9 +14,9 @@ import time
 import torch
 
 import iwae_kernels as ik
-from iwae_kernels import data
-from iwae_kernels.evaluate import pyplot, save_figure
-from iwae_kernels.flows import FlowIWAE, flow_latent, make_flow
+from iwae_kernels.app import data
+from iwae_kernels.app.plots import pyplot, save_figure
+from iwae_kernels.models.flows import FlowIWAE, flow_latent, make_flow
 
 from common import mnist_example_parser, mnist_subset
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 import iwae_kernels as ik
-from iwae_kernels.evaluate import pyplot, save_figure
-from iwae_kernels.sentence_vae import SentenceVAE, Vocabulary, license_sentences
+from iwae_kernels.app.plots import pyplot, save_figure
+from iwae_kernels.app.data import license_sentences
+from iwae_kernels.models.sentence_vae import SentenceVAE, Vocabulary
 
 
 def main():

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 import iwae_kernels as ik
-from iwae_kernels import data
-from iwae_kernels.evaluate import pyplot, save_figure
-from iwae_kernels.layers import LocalReparamLinear
+from iwae_kernels.app import data
+from iwae_kernels.app.plots import pyplot, save_figure
+from iwae_kernels.models.layers import LocalReparamLinear
 
 from common import mnist_example_parser, mnist_subset
 

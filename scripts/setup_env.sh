@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install iwae_kernels with its test extras into it.
 # TORCH_SPEC picks the torch to install when the venv has none (default: a release known to work on CPU
-# and GPU; the library itself supports torch >= 2.1).
+# and GPU; the library itself supports torch >= 2.4, as pyproject.toml says).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -13,10 +13,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (compiled Triton); skipped without one")
-
-
 COMPILED_BACKENDS = ["triton", "cuda"]
 
 

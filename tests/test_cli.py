@@ -15,11 +15,11 @@ import time
 import pytest
 import torch
 
-from iwae_kernels import __main__ as cli
-from iwae_kernels import data
+from iwae_kernels.app import cli
+from iwae_kernels.app import data
 from iwae_kernels._checks import UserError
-from iwae_kernels.run_folder import RunLock, preflight
-from iwae_kernels.train import (TrainConfig, _deferred_stop_signals, build_model, check_resumable, load_checkpoint,
+from iwae_kernels.app.run_folder import RunLock, preflight
+from iwae_kernels.app.train import (TrainConfig, _deferred_stop_signals, build_model, check_resumable, load_checkpoint,
                                 save_checkpoint, start_policy)
 
 TRAIN = [sys.executable, "-m", "iwae_kernels", "train", "--train-subset", "1000", "--batch-size", "20", "--epochs", "3",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from iwae_kernels import data
+from iwae_kernels.app import data
 
 
 class RunsCode:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal
 
-from iwae_kernels.draw import DRAW, GaussianAttention
+from iwae_kernels.models.draw import DRAW, GaussianAttention
 
 from conftest import backend_device
 from helpers import assert_close, assert_log_weights_match, train_and_check_loss_drops

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import iwae_kernels as ik
-from iwae_kernels.flows import flow_latent, make_flow
+from iwae_kernels.models.flows import flow_latent, make_flow
 from iwae_kernels.models import ConvIWAE, paper_model
 
 from conftest import backend_device

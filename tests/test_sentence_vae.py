@@ -6,7 +6,8 @@ import torch
 from torch.distributions import Categorical, Normal
 
 import iwae_kernels as ik
-from iwae_kernels.sentence_vae import BOS, EOS, LICENSES, PAD, SentenceVAE, Vocabulary, license_sentences
+from iwae_kernels.app.data import LICENSES, license_sentences
+from iwae_kernels.models.sentence_vae import BOS, EOS, PAD, SentenceVAE, Vocabulary
 
 from conftest import backend_device
 from helpers import assert_log_weights_match, train_and_check_loss_drops

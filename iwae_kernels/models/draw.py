@@ -16,8 +16,8 @@ import math
 import torch
 from torch import nn
 
-from . import functional
-from .models import LogWeightModel
+from .. import functional
+from .base import LogWeightModel
 
 
 class GaussianAttention(nn.Module):

@@ -26,9 +26,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import data as datasets
-from ._checks import UserError
+from .._checks import UserError
+from ..models import paper_model
+from .device import resolve_device
 from .evaluate import rank_and_world
-from .models import paper_model
 
 
 @dataclasses.dataclass
@@ -54,10 +55,6 @@ class TrainConfig:
         if self.schedule == "paper":
             return [self.lr * 10 ** (-i / 7) for i in range(self.paper_stages) for _ in range(3**i)]
         return [self.lr] * self.epochs
-
-
-def resolve_device(name):
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
 
 
 CHECKPOINT_HEADER = b"iwae_kernels checkpoint, sha256 of the torch.save bytes that follow: "

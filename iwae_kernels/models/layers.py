@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import functional
+from .. import functional
 
 # Molchanov, Ashukha & Vetrov (2017), Eq. 14: -KL(q || log-uniform prior) ~ k1 sigmoid(k2 + k3 log alpha)
 # - 0.5 log1p(1 / alpha) - k1, accurate for every alpha (Kingma et al. 2015's polynomial holds for alpha <= 1).

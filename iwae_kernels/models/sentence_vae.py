@@ -4,40 +4,19 @@ GRU encoder -> q(z|s) = N(mu, diag exp(logvar)); GRU decoder started from z, fed
 <unk> with probability ``word_dropout`` in training, so the decoder must lean on z). log p(s|z) is
 ``categorical_log_likelihood`` over the [k, B, T, V] logits, so the log-probabilities are never stored.
 
-Corpus: the sentences of the licence texts Debian ships in every installation (package base-files,
-/usr/share/common-licenses: GPL, LGPL, GFDL, MPL, Apache, Artistic, BSD, CC0): about 800 real English sentences
-of 4 to 25 words, about 1,200 distinct words.
+The example's corpus (the licence texts Debian ships) is loaded by ``iwae_kernels.app.data.license_sentences``.
 """
 
 import collections
-import re
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import functional
-from .models import LogWeightModel
+from .. import functional
+from .base import LogWeightModel
 
-LICENSES = Path("/usr/share/common-licenses")
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
-
-
-def license_sentences(directory=LICENSES, min_words=4, max_words=25):
-    """Lower-cased word lists of the sentences in the distinct licence files (symlinks skipped)."""
-    directory = Path(directory)
-    files = sorted(f for f in directory.iterdir() if f.is_file() and not f.is_symlink()) if directory.is_dir() else []
-    if not files:
-        raise FileNotFoundError(f"no licence texts under {directory} (Debian/Ubuntu package base-files ships them)")
-    sentences = []
-    for path in files:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        for sentence in re.split(r"[.;:!?]\s", text):
-            words = re.findall(r"[a-z]+", sentence.lower())
-            if min_words <= len(words) <= max_words:
-                sentences.append(words)
-    return sentences
 
 
 class Vocabulary:

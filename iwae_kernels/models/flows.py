@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import functional
-from .models import LogWeightModel
-from .reference import LOG_2PI
+from .. import functional
+from .base import LogWeightModel
+from ..reference import LOG_2PI
 
 
 class PlanarFlow(nn.Module):

@@ -13,51 +13,16 @@ h1, layer 1's noise is drawn first and handed to the kernel as ``eps``.
 import torch
 from torch import nn
 
-from . import _checks
-from . import functional as F
-from .estimators import PATH_ESTIMATORS
-from .functional import StreamingIWAEBound
+from .. import _checks
+from .. import functional as F
+from ..estimators import PATH_ESTIMATORS
+from ..functional import StreamingIWAEBound
+from .base import gaussian, mlp
 
 PAPER_SIZES = {
     1: {"hidden": ((200, 200),), "latent": (50,)},
     2: {"hidden": ((200, 200), (100, 100)), "latent": (100, 50)},
 }
-
-
-def _mlp(sizes, out_features):
-    """Linear + tanh through ``sizes``, then a Linear to ``out_features``; Glorot-uniform weights, zero biases."""
-    layers = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(fan_in, fan_out), nn.Tanh()]
-    layers.append(nn.Linear(sizes[-1], out_features))
-    for layer in layers:
-        if isinstance(layer, nn.Linear):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
-    return nn.Sequential(*layers)
-
-
-def _gaussian(net, inputs):
-    mean, logvar = net(inputs).chunk(2, dim=-1)
-    return mean, logvar
-
-
-class LogWeightModel(nn.Module):
-    """Base for models that define ``log_weights(x, k) -> [k, B]``: the IWAE loss and the chunked L_k from it."""
-
-    backend = None
-
-    def loss(self, x, k=5, **options):
-        """-L_k averaged over the batch; ``options`` go to ``log_weights`` (e.g. the sentence VAE's beta)."""
-        return -F.iwae_bound(self.log_weights(x, k, **options), backend=self.backend).mean()
-
-    @torch.no_grad()
-    def log_likelihood(self, x, k=5000, chunk=500):
-        """Per-example L_k [B], folded chunk by chunk (memory does not grow with k)."""
-        accumulator = StreamingIWAEBound(x.shape[0], device=x.device, dtype=torch.float64, backend=self.backend)
-        for start in range(0, k, chunk):
-            accumulator.update(self.log_weights(x, min(chunk, k - start)))
-        return accumulator.bound()
 
 
 class PaperModel(nn.Module):
@@ -82,11 +47,11 @@ class PaperModel(nn.Module):
         self.x_dim, self.latent, self.backend = x_dim, tuple(latent), backend
         below = (x_dim,) + tuple(latent[:-1])
         # q(h_l | h_{l-1}): bottom-up.
-        self.encoders = nn.ModuleList(_mlp([below[l], *hidden[l]], 2 * latent[l]) for l in range(len(latent)))
+        self.encoders = nn.ModuleList(mlp([below[l], *hidden[l]], 2 * latent[l]) for l in range(len(latent)))
         # p(h_l | h_{l+1}) for l below the top (the top prior is N(0, I)): top-down mirrors of the encoders.
         self.priors = nn.ModuleList(
-            _mlp([latent[l + 1], *reversed(hidden[l + 1])], 2 * latent[l]) for l in range(len(latent) - 1))
-        self.decoder = _mlp([latent[0], *reversed(hidden[0])], x_dim)
+            mlp([latent[l + 1], *reversed(hidden[l + 1])], 2 * latent[l]) for l in range(len(latent) - 1))
+        self.decoder = mlp([latent[0], *reversed(hidden[0])], x_dim)
 
     @property
     def stochastic_layers(self):
@@ -94,7 +59,7 @@ class PaperModel(nn.Module):
 
     def encode(self, x):
         """q(h1|x): (mean, logvar), each [B, latent[0]]."""
-        return _gaussian(self.encoders[0], x)
+        return gaussian(self.encoders[0], x)
 
     def _log_weights(self, x, posterior, k, estimator, noise=None):
         """log w [k, B] for k samples; ``noise`` (one [k, B, D_l] per layer) fixes the samples, else drawn."""
@@ -106,16 +71,16 @@ class PaperModel(nn.Module):
         else:
             eps1 = torch.randn((k,) + tuple(mu.shape), device=mu.device, dtype=mu.dtype) if noise is None else noise[0]
             h1_sample = mu + torch.exp(0.5 * logvar) * eps1
-            mu2, logvar2 = _gaussian(self.encoders[1], h1_sample)  # [k, B, D2]
+            mu2, logvar2 = gaussian(self.encoders[1], h1_sample)  # [k, B, D2]
             density = {}
             if estimator in PATH_ESTIMATORS:
                 # q(h2|h1) depends on the sample h1: stl/dreg stop its weights, not h1 (docs/MATH.md).
                 frozen = {name: p.detach() for name, p in self.encoders[1].named_parameters()}
                 density_net = lambda h: torch.func.functional_call(self.encoders[1], frozen, (h,))
-                density["density_mu"], density["density_logvar"] = _gaussian(density_net, h1_sample)
+                density["density_mu"], density["density_logvar"] = gaussian(density_net, h1_sample)
             h2, latent2 = F.gaussian_sample(mu2, logvar2, k, eps=None if noise is None else noise[1],
                                             estimator=estimator, backend=backend, **density)
-            prior_mu, prior_logvar = _gaussian(self.priors[0], h2)  # p(h1|h2), [k, B, D1]
+            prior_mu, prior_logvar = gaussian(self.priors[0], h2)  # p(h1|h2), [k, B, D1]
             h1, latent1 = F.gaussian_sample(mu, logvar, k, eps=eps1, prior_mu=prior_mu, prior_logvar=prior_logvar,
                                             estimator=estimator, backend=backend)
             latent = latent1 + latent2
@@ -174,7 +139,7 @@ class PaperModel(nn.Module):
         weight = self.decoder[0].weight
         h = torch.randn(n, self.latent[-1], device=weight.device, dtype=weight.dtype)
         for prior in reversed(self.priors):
-            mean, logvar = _gaussian(prior, h)
+            mean, logvar = gaussian(prior, h)
             h = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
         return torch.sigmoid(self.decoder(h))
 
@@ -204,45 +169,6 @@ def active_units(model, data, threshold=1e-2, batch_size=1000, samples=10):
         means[0].append(mu)
         if model.stochastic_layers == 2:
             h1 = mu + torch.exp(0.5 * logvar) * torch.randn((samples,) + tuple(mu.shape), device=mu.device, dtype=mu.dtype)
-            means[1].append(_gaussian(model.encoders[1], h1)[0].mean(0))
+            means[1].append(gaussian(model.encoders[1], h1)[0].mean(0))
     activity = [torch.cat(layer).double().var(0) for layer in means]
     return [int((a > threshold).sum()) for a in activity], activity
-
-
-class ConvIWAE(LogWeightModel):
-    """A convolutional IWAE for 28x28 images (conv encoder, up-convolution decoder, as in Dosovitskiy et al.'s
-    chair generator), trained through ``iwae_loss``: the loss does not care what the networks are.
-
-    x [B, 784] in [0, 1] -> loss / log_likelihood; sample(n) -> Bernoulli means [n, 784].
-    """
-
-    def __init__(self, latent=16, channels=32, backend=None):
-        super().__init__()
-        self.latent, self.backend = latent, backend
-        self.encoder = nn.Sequential(
-            nn.Unflatten(1, (1, 28, 28)),
-            nn.Conv2d(1, channels, 4, stride=2, padding=1), nn.ReLU(),             # 14 x 14
-            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), nn.ReLU(),  # 7 x 7
-            nn.Flatten(), nn.Linear(2 * channels * 49, 2 * latent))
-        self.decoder = nn.Sequential(
-            nn.Linear(latent, 2 * channels * 49), nn.ReLU(), nn.Unflatten(1, (2 * channels, 7, 7)),
-            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), nn.ReLU(),  # 14 x 14
-            nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1), nn.Flatten())         # 28 x 28 logits
-
-    def loss(self, x, k=5, estimator="iwae", generator=None):
-        """-L_k averaged over the batch; the decoder sees the k * B samples as one [k * B, latent] batch."""
-        mu, logvar = self.encoder(x).chunk(2, -1)
-        return F.iwae_loss(x, mu, logvar, self.decoder, k=k, estimator=estimator, flatten_samples=True,
-                           generator=generator, backend=self.backend)
-
-    def log_weights(self, x, k):
-        """log w [k, B] for k samples (what ``log_likelihood`` folds; training goes through ``loss``)."""
-        mu, logvar = self.encoder(x).chunk(2, -1)
-        z, latent = F.gaussian_sample(mu, logvar, k, backend=self.backend)
-        logits = self.decoder(z.flatten(0, 1)).unflatten(0, (k, x.shape[0]))
-        return F.bernoulli_log_likelihood(logits, x, backend=self.backend) + latent
-
-    @torch.no_grad()
-    def sample(self, n):
-        weight = self.decoder[0].weight
-        return torch.sigmoid(self.decoder(torch.randn(n, self.latent, device=weight.device, dtype=weight.dtype)))

@@ -1,0 +1,255 @@
+"""Command line: python -m iwae_kernels {fetch-data, train, evaluate} --help
+
+    python -m iwae_kernels train --preset quick        # a small IWAE on real MNIST, then its L_5000 test NLL
+    python -m iwae_kernels train --schedule paper --k 50 --out runs/iwae50
+    python -m iwae_kernels train ... --resume          # continue from runs/.../checkpoint.pt exactly
+    torchrun --nproc_per_node 2 -m iwae_kernels evaluate runs/iwae50/checkpoint.pt
+
+A user error (a bad option, an unusable file or folder) prints one line, "error: ...", and exits with status 2;
+--debug shows the traceback instead. Ctrl-C or SIGTERM during training checkpoints and says how to resume.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from . import data as datasets
+from .._checks import UserError
+from .evaluate import check_evaluation_time, evaluate, rank_and_world
+from ..functional import ESTIMATORS
+from .device import resolve_device
+from .run_folder import RunLock, preflight
+from .train import (TrainConfig, TrainingInterrupted, build_model, checkpoint_bytes, describe_schedule,
+                    model_from_checkpoint, start_policy, train)
+
+# About half a minute on a 2-core CPU: one pass of 1-layer IWAE k=5, then L_5000 on 500 test images.
+PRESETS = {
+    "quick": {"k": 5, "batch_size": 100, "epochs": 1, "test_subset": 500},
+    "paper": {"schedule": "paper", "k": 50, "batch_size": 20},
+}
+EVAL_DEFAULTS = {"eval_k": 5000, "eval_chunk": 500, "eval_batch": 100, "test_subset": 0, "max_eval_hours": 24.0}
+# Report, test bounds and pictures.
+EVAL_OUTPUT_BYTES = 16 * 2**20
+EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are UserErrors, so they print as one line like every other user error."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def _number_type(convert, accept, requirement):
+    """An argparse type: ``convert`` the text, then require ``accept(value)``; the message says what is expected."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {requirement}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _number_type(int, lambda v: v >= 1, "an integer >= 1")
+count_or_all = _number_type(int, lambda v: v >= 0, "an integer >= 0 (0: all)")
+non_negative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number_type(float, lambda v: 0 < v < float("inf"), "a finite number > 0")
+
+
+def device_option(text):
+    """--device: "auto", or a torch device this machine has."""
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available here (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return text
+
+
+def _common_arguments(parser):
+    parser.add_argument("--device", type=device_option, default=None, help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _eval_arguments(parser):
+    parser.add_argument("--eval-k", type=positive_int, help="samples for the test L_k (default and paper: 5000)")
+    parser.add_argument("--eval-chunk", type=positive_int,
+                        help="samples per chunk: memory does not grow with k (default 500)")
+    parser.add_argument("--eval-batch", type=positive_int, help="test examples per batch (default 100)")
+    parser.add_argument("--test-subset", type=count_or_all, help="evaluate on the first N test images (0: all)")
+    parser.add_argument("--max-eval-hours", type=positive_float,
+                        help="refuse an evaluation estimated to take longer (default 24)")
+
+
+def build_parser():
+    parser = _Parser(prog="python -m iwae_kernels", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fetch_parser = commands.add_parser("fetch-data", help="download and verify MNIST into the data cache")
+    fetch_parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+    # Defaults of None: an explicit option beats --preset even when it equals the default (see _fill_defaults).
+    train_parser = commands.add_parser("train", help="train a model, then evaluate it")
+    train_parser.add_argument("--preset", choices=sorted(PRESETS), help="a named set of the options below")
+    train_parser.add_argument("--dataset", choices=sorted(datasets.DATASETS))
+    train_parser.add_argument("--layers", type=int, choices=(1, 2))
+    train_parser.add_argument("--estimator", choices=ESTIMATORS)
+    train_parser.add_argument("--k", type=positive_int, help="importance samples per example (default 50)")
+    train_parser.add_argument("--batch-size", type=positive_int, help="default 20")
+    train_parser.add_argument("--schedule", choices=("constant", "paper"),
+                              help="paper: 3^i passes at lr 1e-3 * 10^(-i/7) for i < --paper-stages")
+    train_parser.add_argument("--epochs", type=positive_int, help="passes for --schedule constant (default 1)")
+    train_parser.add_argument("--paper-stages", type=positive_int)
+    train_parser.add_argument("--lr", type=positive_float)
+    train_parser.add_argument("--seed", type=non_negative_int)
+    train_parser.add_argument("--backend", choices=("torch", "triton", "cuda"))
+    train_parser.add_argument("--train-subset", type=count_or_all, help="train on the first N images (0: all)")
+    train_parser.add_argument("--checkpoint-minutes", type=positive_float, help="default 10")
+    train_parser.add_argument("--checkpoint-steps", type=non_negative_int, help="also checkpoint every N steps")
+    train_parser.add_argument("--out", help="run folder (default runs/<dataset>-l<layers>-<estimator>-k<k>)")
+    resume = train_parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue the run in --out (its checkpoint must exist)")
+    resume.add_argument("--resume-if-exists", action="store_true", help="continue the run in --out if there is one")
+    resume.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    train_parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    _common_arguments(train_parser)
+    _eval_arguments(train_parser)
+
+    eval_parser = commands.add_parser("evaluate", help="test NLL, active units, report and pictures of a checkpoint")
+    eval_parser.add_argument("checkpoint")
+    eval_parser.add_argument("--out", default=None, help="report folder (default: the checkpoint's folder)")
+    _common_arguments(eval_parser)
+    _eval_arguments(eval_parser)
+    return parser
+
+
+def _fill_defaults(args):
+    """Options not given: from --preset, else the base defaults (TrainConfig's and EVAL_DEFAULTS)."""
+    base = {**dataclasses.asdict(TrainConfig()), **EVAL_DEFAULTS}
+    preset = PRESETS[args.preset] if getattr(args, "preset", None) else {}
+    for name, default in base.items():
+        if hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, preset.get(name, default))
+
+
+def _check_subsets(args, dataset):
+    """Subsets and batch sizes within the data set, before any work."""
+    train_size, test_size = datasets.DATASET_SIZES[dataset]
+    if args.test_subset > test_size:
+        raise UserError(f"--test-subset: {args.test_subset} is more than the {test_size} test images of {dataset}")
+    if getattr(args, "train_subset", 0) > train_size:
+        raise UserError(f"--train-subset: {args.train_subset} is more than the {train_size} training images of {dataset}")
+    if hasattr(args, "batch_size") and args.batch_size > (args.train_subset or train_size):
+        raise UserError(f"--batch-size: {args.batch_size} is more than the {args.train_subset or train_size} "
+                        "training images")
+
+
+def _test_set(args, dataset):
+    _, test_x = datasets.DATASETS[dataset]()
+    return test_x[: args.test_subset] if args.test_subset else test_x
+
+
+def _run_evaluation(model, args, dataset, out_dir, history, step_log, extra):
+    report = evaluate(model, _test_set(args, dataset), out_dir, k=args.eval_k, chunk=args.eval_chunk,
+                      batch_size=args.eval_batch, history=history, step_log=step_log, extra=extra,
+                      progress=not args.no_progress, max_hours=args.max_eval_hours)
+    if rank_and_world()[0] == 0:
+        print(f"test NLL (-mean L_{report['k']} over {report['test_examples']} images): {report['test_nll']:.3f} "
+              f"nats; active units {report['active_units']}; report and pictures in {out_dir}")
+    return report
+
+
+def _owned_run_folder(out_dir, needed_bytes):
+    """Preflight and lock ``out_dir`` on the process that writes (rank 0 under torchrun)."""
+    if rank_and_world()[0] != 0:
+        return contextlib.nullcontext()
+    preflight(out_dir, needed_bytes)
+    return RunLock(out_dir)
+
+
+def _evaluate_command(args):
+    model, config, state = model_from_checkpoint(args.checkpoint, args.device)
+    _check_subsets(args, config.dataset)
+    out_dir = args.out or str(Path(args.checkpoint).parent)
+    with _owned_run_folder(out_dir, EVAL_OUTPUT_BYTES):
+        _run_evaluation(model, args, config.dataset, out_dir, state["history"], state.get("step_log"),
+                        {"config": state["config"]})
+
+
+def _train_command(args):
+    config = TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
+    _check_subsets(args, config.dataset)
+    out_dir = args.out or f"runs/{config.dataset}-l{config.layers}-{config.estimator}-k{config.k}"
+    resume = "if-exists" if args.resume_if_exists else args.resume
+    start_policy(out_dir, resume, args.overwrite)  # refuse before printing anything about a run that won't start
+    with _owned_run_folder(out_dir, checkpoint_bytes(config) + EVAL_OUTPUT_BYTES):
+        if not args.no_eval:  # an evaluation that would be refused is refused before training, not after
+            check_evaluation_time(build_model(config, resolve_device(config.device)), _test_set(args, config.dataset),
+                                  args.eval_k, args.eval_chunk, args.eval_batch, args.max_eval_hours, progress=False)
+        if rank_and_world()[0] == 0:
+            print(f"training {config.layers}-layer {config.estimator} k={config.k} on {config.dataset}: "
+                  f"{describe_schedule(config)}, batch {config.batch_size}; run folder {out_dir}")
+        model, history, step_log = train(config, out_dir, resume=resume, overwrite=args.overwrite,
+                                         progress=not args.no_progress)
+        if not args.no_eval:
+            _run_evaluation(model, args, config.dataset, out_dir, history, step_log,
+                            {"config": dataclasses.asdict(config)})
+
+
+def resume_command(argv):
+    """The command line that continues an interrupted ``train`` run given by ``argv``."""
+    kept = [a for a in argv if a not in ("--resume", "--resume-if-exists", "--overwrite")]
+    return shlex.join(["python", "-m", "iwae_kernels", *kept, "--resume"])
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # known even when parsing fails
+    try:
+        args = build_parser().parse_args(argv)
+        _fill_defaults(args)
+        if args.command == "fetch-data":
+            print(f"MNIST ready at {datasets.fetch_mnist()}")
+        elif args.command == "evaluate":
+            _evaluate_command(args)
+        else:
+            _train_command(args)
+        return 0
+    except TrainingInterrupted as stop:
+        if debug:
+            raise
+        print(f"{stop}; continue with: {resume_command(argv)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UserError, OSError) as error:  # OSError: a file or folder the user named, a full disk
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as error:  # a bug: still one line, with the way to get the traceback
+        if debug:
+            raise
+        first_line = (str(error).splitlines() or [""])[0]
+        print(f"error: {type(error).__name__}: {first_line} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,16 @@
+"""The model zoo: the paper's models and the seed notes' others, each built on the public functional API.
+
+    paper.py         PaperModel / paper_model (1 or 2 stochastic layers), active_units
+    conv.py          ConvIWAE (conv encoder, up-convolution decoder, through iwae_loss)
+    flows.py         planar / radial flow posteriors, FlowIWAE
+    draw.py          DRAW with and without Gaussian attention
+    sentence_vae.py  a GRU sentence VAE with word dropout on categorical_log_likelihood
+    layers.py        LocalReparamLinear (variational dropout)
+    base.py          LogWeightModel and the shared MLP pieces
+"""
+
+from .base import LogWeightModel
+from .conv import ConvIWAE
+from .paper import PAPER_SIZES, PaperModel, active_units, paper_model
+
+__all__ = ["ConvIWAE", "LogWeightModel", "PAPER_SIZES", "PaperModel", "active_units", "paper_model"]

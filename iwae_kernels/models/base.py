@@ -1,0 +1,44 @@
+"""What the model zoo shares: the Glorot MLP, a Gaussian head, and ``LogWeightModel``, which turns any
+``log_weights(x, k) -> [k, B]`` into the IWAE loss and the chunked L_k."""
+
+import torch
+from torch import nn
+
+from .. import functional as F
+from ..functional import StreamingIWAEBound
+
+
+def mlp(sizes, out_features):
+    """Linear + tanh through ``sizes``, then a Linear to ``out_features``; Glorot-uniform weights, zero biases."""
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.Tanh()]
+    layers.append(nn.Linear(sizes[-1], out_features))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+def gaussian(net, inputs):
+    mean, logvar = net(inputs).chunk(2, dim=-1)
+    return mean, logvar
+
+
+class LogWeightModel(nn.Module):
+    """Base for models that define ``log_weights(x, k) -> [k, B]``: the IWAE loss and the chunked L_k from it."""
+
+    backend = None
+
+    def loss(self, x, k=5, **options):
+        """-L_k averaged over the batch; ``options`` go to ``log_weights`` (e.g. the sentence VAE's beta)."""
+        return -F.iwae_bound(self.log_weights(x, k, **options), backend=self.backend).mean()
+
+    @torch.no_grad()
+    def log_likelihood(self, x, k=5000, chunk=500):
+        """Per-example L_k [B], folded chunk by chunk (memory does not grow with k)."""
+        accumulator = StreamingIWAEBound(x.shape[0], device=x.device, dtype=torch.float64, backend=self.backend)
+        for start in range(0, k, chunk):
+            accumulator.update(self.log_weights(x, min(chunk, k - start)))
+        return accumulator.bound()

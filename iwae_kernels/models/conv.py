@@ -1,0 +1,46 @@
+"""A convolutional IWAE for 28x28 images, trained through ``iwae_loss``."""
+
+import torch
+from torch import nn
+
+from .. import functional as F
+from .base import LogWeightModel
+
+
+class ConvIWAE(LogWeightModel):
+    """A convolutional IWAE for 28x28 images (conv encoder, up-convolution decoder, as in Dosovitskiy et al.'s
+    chair generator), trained through ``iwae_loss``: the loss does not care what the networks are.
+
+    x [B, 784] in [0, 1] -> loss / log_likelihood; sample(n) -> Bernoulli means [n, 784].
+    """
+
+    def __init__(self, latent=16, channels=32, backend=None):
+        super().__init__()
+        self.latent, self.backend = latent, backend
+        self.encoder = nn.Sequential(
+            nn.Unflatten(1, (1, 28, 28)),
+            nn.Conv2d(1, channels, 4, stride=2, padding=1), nn.ReLU(),             # 14 x 14
+            nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1), nn.ReLU(),  # 7 x 7
+            nn.Flatten(), nn.Linear(2 * channels * 49, 2 * latent))
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, 2 * channels * 49), nn.ReLU(), nn.Unflatten(1, (2 * channels, 7, 7)),
+            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), nn.ReLU(),  # 14 x 14
+            nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1), nn.Flatten())         # 28 x 28 logits
+
+    def loss(self, x, k=5, estimator="iwae", generator=None):
+        """-L_k averaged over the batch; the decoder sees the k * B samples as one [k * B, latent] batch."""
+        mu, logvar = self.encoder(x).chunk(2, -1)
+        return F.iwae_loss(x, mu, logvar, self.decoder, k=k, estimator=estimator, flatten_samples=True,
+                           generator=generator, backend=self.backend)
+
+    def log_weights(self, x, k):
+        """log w [k, B] for k samples (what ``log_likelihood`` folds; training goes through ``loss``)."""
+        mu, logvar = self.encoder(x).chunk(2, -1)
+        z, latent = F.gaussian_sample(mu, logvar, k, backend=self.backend)
+        logits = self.decoder(z.flatten(0, 1)).unflatten(0, (k, x.shape[0]))
+        return F.bernoulli_log_likelihood(logits, x, backend=self.backend) + latent
+
+    @torch.no_grad()
+    def sample(self, n):
+        weight = self.decoder[0].weight
+        return torch.sigmoid(self.decoder(torch.randn(n, self.latent, device=weight.device, dtype=weight.dtype)))
