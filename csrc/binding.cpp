@@ -116,8 +116,8 @@ iwae::LogLikelihoodParams likelihood_params(const at::Tensor& first, const Optio
                                             const at::Tensor& x_acc, int64_t likelihood) {
   check(first, "first", first);
   TORCH_CHECK(first.dim() == 3, "first: expected [k, B, P]");
-  TORCH_CHECK(likelihood == 0 || likelihood == 1, "likelihood: expected 0 (Bernoulli) or 1 (Gaussian)");
-  TORCH_CHECK(likelihood == 0 || second.has_value(), "second: the Gaussian likelihood needs logvar");
+  TORCH_CHECK(likelihood == iwae::kBernoulli || likelihood == iwae::kGaussian, "likelihood: expected 0 (Bernoulli) or 1 (Gaussian)");
+  TORCH_CHECK(likelihood == iwae::kBernoulli || second.has_value(), "second: the Gaussian likelihood needs logvar");
   iwae::LogLikelihoodParams p{};
   p.first = first.data_ptr();
   p.second = optional_ptr(second, "second", first, first.scalar_type());

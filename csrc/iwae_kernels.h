@@ -11,8 +11,9 @@ namespace iwae {
 
 enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
 
-// Estimator codes, as in iwae_kernels/reference.py ESTIMATOR_CODES.
+// Estimator and likelihood codes, as in iwae_kernels/contract.py (Estimator, Likelihood).
 enum Estimator : int { kTotalDerivative = 0, kStickingTheLanding = 1, kDoublyReparameterized = 2 };
+enum Likelihood : int { kBernoulli = 0, kGaussian = 1 };
 
 struct GaussianSampleParams {
   // Inputs, dtype `dtype`. mu/logvar are [B, D] (param_sample_stride 0) or [k, B, D] (stride B*D); the same
@@ -51,7 +52,7 @@ struct LogLikelihoodParams {
   void* grad_first;
   void* grad_second;
   int64_t k, batch, size;
-  int likelihood;  // 0 Bernoulli, 1 Gaussian
+  int likelihood;  // a Likelihood
   DType dtype;
 };
 

@@ -25,7 +25,7 @@ __global__ void forward_kernel(LogLikelihoodParams p) {
   for (int64_t j = lane; j < p.size; j += 32) {
     const int64_t index = row * p.size + j;
     const A y = load_as_acc(first, index);
-    if (p.likelihood == 0) {
+    if (p.likelihood == kBernoulli) {
       // x y - softplus(y), softplus(y) = max(y, 0) + log1p(exp(-|y|)): never log(sigmoid), it underflows.
       total += x[j] * y - (y > A(0) ? y : A(0)) - log1p(exp(-fabs(y)));
     } else {
@@ -49,7 +49,7 @@ __global__ void backward_kernel(LogLikelihoodParams p) {
     const A scale = static_cast<const A*>(p.grad_out)[row];
     const A x = static_cast<const A*>(p.x)[(row % p.batch) * p.size + j];
     const A y = load_as_acc(static_cast<const T*>(p.first), index);
-    if (p.likelihood == 0) {
+    if (p.likelihood == kBernoulli) {
       store_from_acc(static_cast<T*>(p.grad_first), index, scale * (x - A(1) / (A(1) + exp(-y))));
     } else {
       const A logvar = load_as_acc(static_cast<const T*>(p.second), index);

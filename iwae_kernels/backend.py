@@ -1,31 +1,23 @@
-"""Backend choice: ``backend=`` per call, else ``IWAE_KERNELS_BACKEND``, else triton for CUDA tensors, torch for CPU.
+"""Backend choice and dispatch: ``backend=`` per call, else ``IWAE_KERNELS_BACKEND``, else triton for CUDA tensors
+and torch for CPU tensors.
 
-A backend is a module with the functions of ``iwae_kernels.reference``: ``reference`` (torch), ``ops``
-(Triton) or ``cuda_backend`` (CUDA C++). The compiled ones load at ``import iwae_kernels`` where they can run
-(a GPU is present, or ``TRITON_INTERPRET=1`` is set before the import), else on first use; loaded modules sit in
-a dict, so torch.compile traces the dispatch without a graph break.
+A resolved backend is a namespace with one function per op of ``contract.OPS``, each taken from the module that
+``contract.IMPLEMENTATIONS`` names for that op and backend: ``torch_backend`` (torch), ``ops`` (Triton) or
+``cuda_backend`` (CUDA C++). The compiled backends load at ``import iwae_kernels`` where they can run (a GPU is
+present, or ``TRITON_INTERPRET=1`` is set before the import), else on first use; the namespaces sit in a dict, so
+torch.compile traces the dispatch without a graph break.
 """
 
 import importlib
-import importlib.util
 import os
+import types
 
-from . import reference
+from ._env import triton_available, triton_interpreting
+from .contract import IMPLEMENTATIONS, OPS
 
-BACKENDS = ("torch", "triton", "cuda")
-MODULES = {"torch": "iwae_kernels.reference", "triton": "iwae_kernels.ops", "cuda": "iwae_kernels.cuda_backend"}
+BACKENDS = tuple(IMPLEMENTATIONS)
+MODULES = {"torch": "iwae_kernels.torch_backend", "triton": "iwae_kernels.ops", "cuda": "iwae_kernels.cuda_backend"}
 ENV_VAR = "IWAE_KERNELS_BACKEND"
-
-
-_TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
-
-
-def triton_available():
-    return _TRITON_AVAILABLE
-
-
-def triton_interpreting():
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def backend_name(backend, device):
@@ -55,17 +47,23 @@ def backend_name(backend, device):
     return name
 
 
-_LOADED = {"torch": reference}  # compiled backends join at import (preload) or on first use
+def _namespace(name):
+    """Backend ``name``'s ops, each from the module the contract's table names (imported on first use)."""
+    modules = {impl: importlib.import_module(MODULES[impl]) for impl in set(IMPLEMENTATIONS[name].values())}
+    return types.SimpleNamespace(name=name, **{op: getattr(modules[IMPLEMENTATIONS[name][op]], op) for op in OPS})
+
+
+_LOADED = {"torch": _namespace("torch")}  # compiled backends join at import (preload) or on first use
 
 
 def get_backend(backend, device):
-    """The module implementing the ops for ``backend`` (see ``backend_name``) on ``device``.
+    """The ops of ``backend`` (see ``backend_name``) on ``device``: a namespace with one function per op.
 
-    Loaded modules are kept in a dict so torch.compile can trace the dispatch (it cannot trace import_module).
+    Kept in a dict so torch.compile can trace the dispatch (it cannot trace import_module).
     """
     name = backend_name(backend, device)
     if name not in _LOADED:
-        _LOADED[name] = importlib.import_module(MODULES[name])
+        _LOADED[name] = _namespace(name)
     return _LOADED[name]
 
 
@@ -73,11 +71,12 @@ def preload():
     """Load the compiled backends that can run here (called at ``import iwae_kernels``)."""
     import torch
 
-    if _TRITON_AVAILABLE and (torch.cuda.is_available() or triton_interpreting()):
-        _LOADED["triton"] = importlib.import_module(MODULES["triton"])
+    if triton_available() and (torch.cuda.is_available() or triton_interpreting()):
+        _LOADED["triton"] = _namespace("triton")
         if torch.cuda.is_available():
             from . import cuda_backend
 
             if cuda_backend.available():
                 cuda_backend.launchers()
-                _LOADED["cuda"] = cuda_backend
+                _LOADED["cuda"] = _namespace("cuda")
+

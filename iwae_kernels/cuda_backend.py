@@ -14,9 +14,6 @@ from typing import Optional
 from torch import Tensor
 
 from ._build import CXX_FLAGS, NVCC_FLAGS, SOURCES
-from .ops import categorical as _categorical
-from .ops import decoder_head as _decoder_head
-from .ops import local_reparam as _local_reparam
 from .ops.gaussian_sample import gaussian_sample as _gaussian_sample
 from .ops import log_likelihood as _likelihood
 from .ops import logsumexp as _logsumexp
@@ -119,7 +116,7 @@ def _register_launchers(module):
     }
 
 
-# The backend interface (the functions of iwae_kernels.reference), on the CUDA kernels.
+# The backend's ops on the CUDA kernels (contract.IMPLEMENTATIONS says which ops run Triton's kernels instead).
 
 
 def _check_sample_options(include_prior, latent_scale):
@@ -153,18 +150,3 @@ def normalized_weights(log_w):
 
 def fold_max_sum(running_max, running_sum, log_w):
     return _logsumexp.fold_max_sum(running_max, running_sum, log_w, launchers=launchers()["logsumexp"])
-
-
-def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
-    # The fused decoder head has a Triton kernel only; the cuda backend runs it.
-    return _decoder_head.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
-
-
-def categorical_log_likelihood(logits, tokens, mask):
-    # The categorical likelihood has a Triton kernel only; the cuda backend runs it.
-    return _categorical.categorical_log_likelihood(logits, tokens, mask)
-
-
-def local_reparam_linear(a, mu, var, bias, noise, generator):
-    # Local reparameterization has a Triton kernel only; the cuda backend runs it.
-    return _local_reparam.local_reparam_linear(a, mu, var, bias, noise, generator)

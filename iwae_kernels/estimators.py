@@ -17,7 +17,8 @@ model's parameters (decoder, learned prior) the IWAE gradient.
 import torch
 from torch.autograd.function import once_differentiable
 
-from .reference import accumulation_dtype, weights_from_log_weight_grad
+from .contract import accumulation_dtype
+from .torch_backend import weights_from_log_weight_grad
 
 ESTIMATORS = ("iwae", "vae", "stl", "dreg", "iwae-resample")
 PATH_ESTIMATORS = ("stl", "dreg")

@@ -8,9 +8,9 @@ import torch
 
 from . import _checks
 from .backend import get_backend
-from . import reference
 from .estimators import ESTIMATORS, check_latent_scale, conditional_density_path
-from .reference import DECODER_HEAD_MAX_HIDDEN, bound_from_max_sum
+from .contract import DECODER_HEAD_MAX_HIDDEN, accumulation_dtype
+from .torch_backend import bound_from_max_sum
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 REDUCTIONS = ("mean", "sum", "none")
@@ -60,9 +60,13 @@ def _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, esti
         _checks.check_tensor("density_logvar", density_logvar, (3,), like=("mu", mu))
         _checks.check_shape("density_mu", density_mu, (k, batch, dim))
         _checks.check_shape("density_logvar", density_logvar, (k, batch, dim))
+    _check_generator(generator)
+    return k
+
+
+def _check_generator(generator):
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
-    return k
 
 
 def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None, estimator="iwae",
@@ -129,7 +133,7 @@ def categorical_log_likelihood(logits, tokens, mask=None, *, backend=None):
     vocab = logits.shape[-1]
     if tokens.min().item() < 0 or tokens.max().item() >= vocab:
         raise ValueError(f"tokens: expected ids in [0, V={vocab}), got min {tokens.min().item()}, max {tokens.max().item()}")
-    acc = reference.accumulation_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     if mask is None:
         mask = torch.ones(tokens.shape, dtype=acc, device=logits.device)
     else:
@@ -237,7 +241,7 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
     _checks.check_shape("x", x, (hidden.shape[1], size))
     x = x.detach()  # data: no gradient on any backend
     ops = get_backend(backend, hidden.device)
-    if ops is not reference and width > DECODER_HEAD_MAX_HIDDEN:
+    if ops.name != "torch" and width > DECODER_HEAD_MAX_HIDDEN:
         raise ValueError(f"hidden: the fused decoder head holds H <= {DECODER_HEAD_MAX_HIDDEN} per row, got H={width}; "
                          "use backend='torch'")
     return ops.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
@@ -251,9 +255,12 @@ def iwae_bound(log_w, *, backend=None):
     with zero gradient, never NaN (``iwae_loss(check_finite=True)`` raises instead).
     """
     _checks.check_tensor("log_w", log_w, (2,))
+    return _bound(get_backend(backend, log_w.device), log_w)
+
+
+def _bound(ops, log_w):
     # Left as +inf, logsumexp's shift by the max would compute inf - inf = NaN.
-    log_w = log_w.clamp(max=torch.finfo(log_w.dtype).max)
-    return get_backend(backend, log_w.device).iwae_bound(log_w)
+    return ops.iwae_bound(log_w.clamp(max=torch.finfo(log_w.dtype).max))
 
 
 def normalized_weights(log_w, *, backend=None):
@@ -327,31 +334,31 @@ def _check_decoder_output(name, value, expected_shape, check_finite):
         _checks.check_finite(f"decoder output ({name})", value)
 
 
-def _log_likelihood(out, x, k, likelihood, check_finite, backend):
+def _log_likelihood(out, x, k, likelihood, check_finite, ops):
     """log p(x|z) [k, B] from the decoder's output, after checking it returned what the likelihood needs."""
     expected_shape = (k,) + tuple(x.shape)
     if likelihood == "bernoulli":
         _check_decoder_output("logits", out, expected_shape, check_finite)
-        return bernoulli_log_likelihood(out, x, backend=backend)
+        return ops.bernoulli_log_likelihood(*_flat_observation("logits", out, x))
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         raise TypeError("decoder: for likelihood='gaussian' expected a (mean, logvar) pair of [k, B, *event] tensors")
     _check_decoder_output("mean", out[0], expected_shape, check_finite)
     _check_decoder_output("logvar", out[1], expected_shape, check_finite)
-    return gaussian_log_likelihood(out[0], out[1], x, backend=backend)
+    mean, flat_x = _flat_observation("mean", out[0], x)
+    return ops.gaussian_log_likelihood(mean, out[1].flatten(2), flat_x)
 
 
 def _log_weights(x, mu, logvar, decoder, k, eps, generator, estimator, likelihood, flatten_samples, check_finite,
-                 backend, beta=None):
-    """log w [k, B] = log p(x|z) + beta (log p(z) - log q(z|x)) for k samples of z."""
-    z, latent_log_weight = gaussian_sample(mu, logvar, k, eps=eps, estimator=estimator, generator=generator,
-                                           latent_scale=beta, backend=backend)
+                 ops, scale=None):
+    """log w [k, B] = log p(x|z) + scale (log p(z) - log q(z|x)) for k samples of z (arguments already checked)."""
+    z, latent_log_weight = ops.gaussian_sample(mu, logvar, k, eps, None, None, estimator, generator, True, scale)
     if check_finite and not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(latent_log_weight).all())):
         # Finite mu and logvar can still overflow: exp(logvar / 2) is inf in float32 from logvar ~ 178.
         raise ValueError(f"mu, logvar: the samples z or the latent term log p(z) - log q(z|x) are not finite "
                          f"(logvar ranges over [{logvar.min().item():.3g}, {logvar.max().item():.3g}], "
                          f"mu over [{mu.min().item():.3g}, {mu.max().item():.3g}])")
     out = _decode(decoder, z, flatten_samples)
-    return _log_likelihood(out, x, k, likelihood, check_finite, backend) + latent_log_weight
+    return _log_likelihood(out, x, k, likelihood, check_finite, ops) + latent_log_weight
 
 
 def resampled_iwae_bound(log_weights, noise, *, generator=None, backend=None):
@@ -361,12 +368,16 @@ def resampled_iwae_bound(log_weights, noise, *, generator=None, backend=None):
     the k-sample noise. All k samples run forward without a graph; the chosen one is recomputed from its noise
     with a graph, so one backward pass does the work.
     """
+    return _resampled_bound(get_backend(backend, noise[0].device), log_weights, noise, generator)
+
+
+def _resampled_bound(ops, log_weights, noise, generator):
     num_samples, batch = noise[0].shape[:2]
     device = noise[0].device
     with torch.no_grad():
         log_w = log_weights(noise)
-        bound = iwae_bound(log_w, backend=backend)
-        cumulative = normalized_weights(log_w, backend=backend).cumsum(0)
+        bound = _bound(ops, log_w)
+        cumulative = ops.normalized_weights(log_w).cumsum(0)
         uniform = torch.rand((batch,), generator=generator, device=device, dtype=cumulative.dtype)
         chosen = (cumulative < uniform * cumulative[-1]).sum(0).clamp(max=num_samples - 1)
     examples = torch.arange(batch, device=device)
@@ -426,29 +437,31 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
     _checks.check_choice("likelihood", likelihood, LIKELIHOODS)
     _checks.check_choice("estimator", estimator, ESTIMATORS)
     _checks.check_choice("reduction", reduction, REDUCTIONS)
-    get_backend(backend, mu.device)
+    _check_generator(generator)
+    ops = get_backend(backend, mu.device)  # resolved once for the whole call
     if check_finite:
         for name, value in (("x", x), ("mu", mu), ("logvar", logvar)):
             _checks.check_finite(name, value)
         if likelihood == "bernoulli":
             _checks.check_unit_interval("x", x)
 
-    check_latent_scale("beta", estimator, _latent_scale("beta", beta, mu))
+    scale = _latent_scale("beta", beta, mu)
+    check_latent_scale("beta", estimator, scale)
     if estimator == "iwae-resample":
         def log_weights(noise):
             return _log_weights(x, mu, logvar, decoder, noise[0].shape[0], noise[0], None, "iwae", likelihood,
-                                flatten_samples, check_finite, backend)
+                                flatten_samples, check_finite, ops)
 
         eps = torch.randn((k,) + tuple(mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-        bound = resampled_iwae_bound(log_weights, [eps], generator=generator, backend=backend)
+        bound = _resampled_bound(ops, log_weights, [eps], generator)
     else:
         log_w = _log_weights(x, mu, logvar, decoder, k, None, generator, estimator, likelihood, flatten_samples,
-                             check_finite, backend, beta)
+                             check_finite, ops, scale)
         # -inf is a legitimate impossible sample; NaN or +inf is an overflow (say, a Gaussian likelihood's sum).
         if check_finite and bool((torch.isnan(log_w) | torch.isposinf(log_w)).any()):
             raise ValueError("log_w: a log-weight log p(x|z) + log p(z) - log q(z|x) is NaN or +inf (an overflow "
                              "in the likelihood?)")
-        bound = log_w.mean(0) if estimator == "vae" else iwae_bound(log_w, backend=backend)
+        bound = log_w.mean(0) if estimator == "vae" else _bound(ops, log_w)
     loss = -bound
     if reduction == "mean":
         return loss.mean()

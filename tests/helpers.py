@@ -1,5 +1,5 @@
 """Float64 oracles written from docs/MATH.md with torch.distributions and naive autograd, independent of
-iwae_kernels.reference, plus dtype-aware comparisons."""
+the library's torch backend, plus dtype-aware comparisons."""
 
 import math
 

@@ -217,11 +217,13 @@ def test_manual_seed_repeats_and_generator_is_used(backend):
 @pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
 def test_latent_scale_and_no_prior_match_naive(backend, include_prior, estimator):
     """latent_scale=beta weights the latent term (KL annealing); include_prior=False makes it -log q(z|x)
-    (normalizing flows). Values and gradients against a float64 torch.distributions oracle."""
+    (normalizing flows). Values and gradients against a float64 torch.distributions oracle. stl refuses a
+    latent_scale (its identity assumes the plain bound), so it runs with beta = 1."""
     device = backend_device(backend)
     if backend == "cuda":
         pytest.skip("the cuda backend's kernels do not take include_prior/latent_scale yet (it says so)")
-    k, batch, dim, beta = 5, 3, 17, 0.3
+    k, batch, dim = 5, 3, 17
+    beta = 1.0 if estimator == "stl" else 0.3
     gen = torch.Generator().manual_seed(11)
     mu, logvar = torch.randn(batch, dim, generator=gen, dtype=torch.float64), 0.5 * torch.randn(batch, dim, generator=gen, dtype=torch.float64)
     eps, readout = torch.randn(k, batch, dim, generator=gen, dtype=torch.float64), torch.randn(dim, generator=gen, dtype=torch.float64)

@@ -36,3 +36,57 @@ def test_cli_names_the_missing_extra():
     result = run_without_app_extra("import runpy; runpy.run_module('iwae_kernels', run_name='__main__')")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["error: the command line needs tqdm: pip install 'iwae_kernels[app]'"]
+
+
+# Each layer imports only from the layers before it (and itself): no import circle, and the kernels never know
+# the dispatcher or the app.
+LAYERS = [
+    {"_env", "contract", "_checks", "_build"},
+    {"torch_backend"},
+    {"ops"},
+    {"cuda_backend"},
+    {"backend"},
+    {"estimators"},
+    {"functional", "__init__"},
+    {"models"},
+    {"app", "__main__"},
+]
+
+
+def _top_module(path, package):
+    return path.relative_to(package).parts[0].removesuffix(".py")
+
+
+def _imported_modules(path, package):
+    """Top-level iwae_kernels modules that the file at ``path`` imports (relative or absolute)."""
+    import ast
+
+    here = path.relative_to(package).parts[:-1]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - node.level + 1]
+                parts = list(base) + (node.module.split(".") if node.module else [])
+                candidates = [parts] if node.module else [parts + [alias.name] for alias in node.names]
+            elif node.module and node.module.startswith("iwae_kernels"):
+                candidates = [node.module.split(".")[1:] or [alias.name for alias in node.names]]
+            else:
+                continue
+            names.update(c[0] for c in candidates if c)
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("iwae_kernels."))
+    return names
+
+
+def test_layers_import_only_downwards():
+    from pathlib import Path
+
+    import iwae_kernels
+
+    package = Path(iwae_kernels.__file__).parent
+    layer_of = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+    for path in package.rglob("*.py"):
+        own = _top_module(path, package)
+        for imported in _imported_modules(path, package) - {own}:
+            assert layer_of[imported] <= layer_of[own], f"{path.relative_to(package)} imports {imported}"

@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import functional
 from .base import LogWeightModel
-from ..reference import LOG_2PI
+from ..contract import LOG_2PI
 
 
 class PlanarFlow(nn.Module):

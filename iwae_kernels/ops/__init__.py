@@ -1,6 +1,6 @@
 """The Triton backend: one kernel family per module, each with its launcher and autograd Function.
 
-This module exposes the same functions as ``iwae_kernels.reference`` (the torch backend), so the public
+This module exposes the ops of ``iwae_kernels.contract.OPS`` like ``iwae_kernels.torch_backend``, so the public
 API in ``iwae_kernels.functional`` dispatches to either without knowing which it holds.
 """
 

@@ -13,7 +13,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .. import reference
+from ..contract import accumulation_dtype
 from .utils import library_op, shifted_max, triton_accumulation_dtype
 
 BLOCK_ROWS, BLOCK_VOCAB = 16, 256
@@ -85,7 +85,7 @@ class CategoricalLogLikelihoodFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, tokens, mask):
         logits = logits.contiguous()
-        acc = reference.accumulation_dtype(logits.dtype)
+        acc = accumulation_dtype(logits.dtype)
         flat = logits.reshape(-1, logits.shape[-1])
         out = torch.empty(logits.shape[:-1], dtype=acc, device=logits.device)
         lse = torch.empty(logits.shape[:-1], dtype=acc, device=logits.device)

@@ -7,7 +7,7 @@ reduces it in the epilogue, like fused linear + cross-entropy kernels in LLM tra
 
 Backward recomputes the logit tiles instead of storing them: one kernel writes dh (rows in parallel), another
 dW and db (P-tiles in parallel, rows split into segments whose partial sums torch adds up).
-A row's hidden vector is held as one padded block, so H is limited to reference.DECODER_HEAD_MAX_HIDDEN.
+A row's hidden vector is held as one padded block, so H is limited to contract.DECODER_HEAD_MAX_HIDDEN.
 """
 
 import torch
@@ -16,8 +16,9 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .. import reference
-from ..backend import triton_interpreting
+from .. import torch_backend
+from ..contract import accumulation_dtype
+from .._env import triton_interpreting
 from .utils import bernoulli_grad, bernoulli_log_prob, dot, dot_precision, library_op, triton_accumulation_dtype
 
 ROW_SEGMENTS = 32
@@ -177,7 +178,7 @@ class BernoulliDecoderHeadFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, x):
         hidden, weight, bias, x = hidden.contiguous(), weight.contiguous(), bias.contiguous(), x.contiguous()
-        out = torch.empty(hidden.shape[:2], dtype=reference.accumulation_dtype(hidden.dtype), device=hidden.device)
+        out = torch.empty(hidden.shape[:2], dtype=accumulation_dtype(hidden.dtype), device=hidden.device)
         _triton_forward(hidden, weight, bias, x, out)
         ctx.save_for_backward(hidden, weight, bias, x)
         return out
@@ -186,7 +187,7 @@ class BernoulliDecoderHeadFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         hidden, weight, bias, x = ctx.saved_tensors
-        rows, acc = hidden.shape[0] * hidden.shape[1], reference.accumulation_dtype(hidden.dtype)
+        rows, acc = hidden.shape[0] * hidden.shape[1], accumulation_dtype(hidden.dtype)
         # dW and db: each segment of rows writes a partial sum, added up here.
         segments = min(ROW_SEGMENTS, triton.cdiv(rows, SEGMENT_ALIGN))
         grad_hidden = torch.empty_like(hidden)
@@ -199,9 +200,9 @@ class BernoulliDecoderHeadFunction(torch.autograd.Function):
 def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
     """Bernoulli log p(x|z) of logits hidden @ weight.T + bias without materializing them.
 
-    hidden [k, B, H] (H <= reference.DECODER_HEAD_MAX_HIDDEN), weight [P, H], bias [P], x [B, P] -> [k, B].
-    float64 runs the reference: tl.dot takes float32/float16/bfloat16 operands, not float64.
+    hidden [k, B, H] (H <= contract.DECODER_HEAD_MAX_HIDDEN), weight [P, H], bias [P], x [B, P] -> [k, B].
+    float64 runs the torch backend: tl.dot takes float32/float16/bfloat16 operands, not float64.
     """
     if hidden.dtype == torch.float64:
-        return reference.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
+        return torch_backend.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
     return BernoulliDecoderHeadFunction.apply(hidden, weight, bias, x)

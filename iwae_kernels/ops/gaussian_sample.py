@@ -17,7 +17,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .. import reference
+from ..contract import ESTIMATOR_CODES, accumulation_dtype
 from .utils import HALF_LOG_2PI, Launchers, library_op, row_tile, triton_accumulation_dtype
 
 BLOCK_SAMPLES = 32
@@ -243,7 +243,7 @@ class GaussianSampleFunction(torch.autograd.Function):
         prior_mu, prior_logvar = _contiguous(prior_mu), _contiguous(prior_logvar)
         batch, dim = mu.shape[-2:]
         z = torch.empty((k, batch, dim), dtype=mu.dtype, device=mu.device)
-        log_weight = torch.empty((k, batch), dtype=reference.accumulation_dtype(mu.dtype), device=mu.device)
+        log_weight = torch.empty((k, batch), dtype=accumulation_dtype(mu.dtype), device=mu.device)
         launchers.forward(mu, logvar, eps, prior_mu, prior_logvar, z, log_weight, seed, include_prior, scale)
         ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar)
         ctx.k, ctx.seed, ctx.estimator, ctx.launchers = k, seed, estimator, launchers
@@ -260,7 +260,7 @@ class GaussianSampleFunction(torch.autograd.Function):
         grad_prior_logvar = None if prior_logvar is None else torch.empty_like(prior_logvar)
         ctx.launchers.backward(mu, logvar, eps, prior_mu, prior_logvar, _contiguous(grad_z), _contiguous(grad_log_weight),
                                grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar, ctx.k, ctx.seed,
-                               reference.ESTIMATOR_CODES[ctx.estimator], ctx.include_prior, ctx.scale)
+                               ESTIMATOR_CODES[ctx.estimator], ctx.include_prior, ctx.scale)
         return grad_mu, grad_logvar, None, grad_prior_mu, grad_prior_logvar, None, None, None, None, None, None
 
 
@@ -282,7 +282,7 @@ def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, gener
     inputs); without the prior the latent term is -log q(z|x). latent_scale: None or a 0-dim tensor.
     """
     seed = draw_seed(generator, mu.device) if eps is None else torch.zeros((), dtype=torch.int64, device=mu.device)
-    scale = None if latent_scale is None else latent_scale.to(reference.accumulation_dtype(mu.dtype)).contiguous()
+    scale = None if latent_scale is None else latent_scale.to(accumulation_dtype(mu.dtype)).contiguous()
     return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator, launchers,
                                         include_prior, scale)
 

@@ -13,7 +13,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .. import reference
+from ..contract import accumulation_dtype
 from .utils import HALF_LOG_2PI, Launchers, bernoulli_grad, bernoulli_log_prob, library_op, row_tile, triton_accumulation_dtype
 
 BERNOULLI, GAUSSIAN = 0, 1
@@ -112,7 +112,7 @@ class LogLikelihoodFunction(torch.autograd.Function):
     def forward(ctx, first, second, x, likelihood, launchers):
         first, x = first.contiguous(), x.contiguous()
         second = None if second is None else second.contiguous()
-        out = torch.empty(first.shape[:2], dtype=reference.accumulation_dtype(first.dtype), device=first.device)
+        out = torch.empty(first.shape[:2], dtype=accumulation_dtype(first.dtype), device=first.device)
         launchers.forward(first, second, x, out, likelihood)
         ctx.save_for_backward(first, second, x)
         ctx.likelihood, ctx.launchers = likelihood, launchers

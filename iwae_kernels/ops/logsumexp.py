@@ -13,7 +13,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .. import reference
+from .. import torch_backend
+from ..contract import accumulation_dtype
 from .utils import Launchers, library_op, shifted_max, triton_accumulation_dtype
 
 BLOCK_EXAMPLES = 64
@@ -102,7 +103,7 @@ TRITON_LAUNCHERS = Launchers(_triton_max_sum, _triton_normalized_weights)
 def _max_sum(log_w, launchers, running_max=None, running_sum=None, write_bound=False):
     """Fold log_w [kc, B] into (max, sum) [B], starting fresh or from the running state; also L_k if asked."""
     log_w = log_w.contiguous()
-    acc = reference.accumulation_dtype(log_w.dtype) if running_max is None else running_max.dtype
+    acc = accumulation_dtype(log_w.dtype) if running_max is None else running_max.dtype
     out_max = torch.empty(log_w.shape[1], dtype=acc, device=log_w.device)
     out_sum, bound = torch.empty_like(out_max), (torch.empty_like(out_max) if write_bound else None)
     if running_max is not None:
@@ -136,7 +137,7 @@ class IWAEBoundFunction(torch.autograd.Function):
 
 
 class NormalizedWeightsFunction(torch.autograd.Function):
-    """Kernel forward; the softmax backward is a few [k, B] torch ops (the reference's)."""
+    """Kernel forward; the softmax backward is a few [k, B] torch ops (the torch backend's)."""
 
     @staticmethod
     def forward(ctx, log_w, launchers):
@@ -151,7 +152,7 @@ class NormalizedWeightsFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_weights):
         (weights,) = ctx.saved_tensors
-        return reference.normalized_weights_backward(weights, grad_weights).to(ctx.input_dtype), None
+        return torch_backend.normalized_weights_backward(weights, grad_weights).to(ctx.input_dtype), None
 
 
 def iwae_bound(log_w, launchers=TRITON_LAUNCHERS):

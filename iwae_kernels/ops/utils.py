@@ -9,8 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..backend import triton_interpreting
-from ..reference import accumulation_dtype
+from .._env import triton_interpreting
+from ..contract import accumulation_dtype
 
 # A constexpr so compiled kernels may read it; kernels make it an ACC constant with tl.full (a bare Python float
 # would be rounded to float32 first, which float64 results would show).

@@ -1,8 +1,8 @@
-"""Plain-PyTorch implementation of every fused op: the test oracle, the CPU fallback and the benchmarks' check.
-
-Each function here has the same signature and semantics as its Triton (and CUDA) counterpart in
-``iwae_kernels.ops``: the ``backend="torch"`` path of the public API calls these directly. Formulas follow
-``docs/MATH.md``; half-precision inputs are computed in float32 and float64 stays float64.
+"""The torch backend: every op of the contract (``iwae_kernels.contract.OPS``) in plain PyTorch. It runs anywhere
+(the default for CPU tensors) and documents each op's signature and semantics, which the Triton (``ops/``) and
+CUDA (``cuda_backend``) backends match. The tests check every backend against their own float64 oracles
+(tests/helpers.py), not against this module. Formulas follow ``docs/MATH.md``; half-precision inputs are
+computed in float32 and float64 stays float64.
 
 Shapes: k samples, B examples, D latent dimensions, P observed dimensions.
 """
@@ -12,23 +12,11 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-LOG_2PI = math.log(2.0 * math.pi)
+from .contract import ESTIMATOR_CODES, LOG_2PI, Estimator, accumulation_dtype
 
 # softplus(y) = y above this: log1p(exp(-40)) = 4e-18 is below half a float64 ulp of 40 (F.softplus's default
 # cut-off of 20 would be off by 2e-9 in float64).
 SOFTPLUS_LINEAR_ABOVE = 40.0
-
-# The fused decoder head keeps a row's hidden vector in one block, so its compiled kernels take H up to this.
-DECODER_HEAD_MAX_HIDDEN = 1024
-
-# Estimator codes shared with the kernels: "vae" and "iwae" both take the exact derivative of (z, log-weight).
-ESTIMATOR_CODES = {"iwae": 0, "vae": 0, "iwae-resample": 0, "stl": 1, "dreg": 2}
-
-
-def accumulation_dtype(dtype):
-    """float64 stays float64; every other floating dtype accumulates in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
 
 def _shifted_max(running_max):
     """The max used as the exp shift: -inf (every log-weight -inf) becomes 0 so exp() gives 0, not NaN."""
@@ -101,14 +89,14 @@ class GaussianSampleFunction(torch.autograd.Function):
         ga = grad_a.unsqueeze(-1)
         eps = up(eps)
         code = ESTIMATOR_CODES[ctx.estimator]
-        if code == 0:
+        if code == Estimator.TOTAL_DERIVATIVE:
             # Total derivative: the path through z plus the score term 0.5 * dJ/da of -log q on logvar.
             per_sample = grad_z + ga * dlogp_dz
             grad_mu, grad_logvar = per_sample, per_sample * 0.5 * sigma * eps + 0.5 * ga
         else:
             # Path derivative only: d(-log q)/dz = eps / sigma, no score term.
             per_sample = grad_z + ga * (dlogp_dz + eps * torch.exp(-0.5 * up(logvar)))
-            if code == 2:
+            if code == Estimator.DOUBLY_REPARAMETERIZED:
                 per_sample = per_sample * weights_from_log_weight_grad(grad_a).unsqueeze(-1)
             grad_mu, grad_logvar = per_sample, per_sample * 0.5 * sigma * eps
         grad_prior_mu = grad_prior_logvar = None
