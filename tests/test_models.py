@@ -129,12 +129,13 @@ def peak_growth_mib(k, chunk):
 
 
 def test_log_likelihood_memory_does_not_grow_with_k():
-    """Peak memory (process max RSS) for L_5000 with chunk 50 stays at L_50's; one chunk of 5000 would need
-    the [5000, 20, 784] logits (300 MiB) and more, which this measurement sees."""
+    """Peak memory (process max RSS) for L_5000 with chunk 50 stays at L_50's; one chunk of 5000 needs the
+    [5000, 20, 784] logits (300 MiB), which this measurement sees (630 MiB of growth alone, 156 MiB once inside
+    the full suite, where the warm-up's peak sat higher)."""
     base, growth = peak_growth_mib(5000, 50)
     assert growth < 20, f"chunk 50: peak RSS grew {growth:.1f} MiB above the warm-up's {base:.1f} MiB"
     base, growth = peak_growth_mib(5000, 5000)
-    assert growth > 250, f"chunk 5000: peak RSS grew {growth:.1f} MiB above the warm-up's {base:.1f} MiB"
+    assert growth > 100, f"chunk 5000: peak RSS grew {growth:.1f} MiB above the warm-up's {base:.1f} MiB"
 
 
 def test_active_units_counts_units_that_vary():
