@@ -31,9 +31,8 @@ def main():
     step, start = 0, time.time()
     for epoch in range(args.epochs):
         for batch in data.dynamic_binarize(train[torch.randperm(args.images)]).split(100):
-            mu, logvar = model.encoder(batch).chunk(2, -1)
             beta = ik.kl_warmup(step, args.warmup) if args.warmup else None
-            loss = ik.iwae_loss(batch, mu, logvar, model.decoder, k=args.k, flatten_samples=True, beta=beta)
+            loss = model.loss(batch, k=args.k, beta=beta)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -7,10 +7,6 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-class UserError(Exception):
-    """A mistake the user can fix (a bad option, an unusable file or folder); the CLI prints it on one line."""
-
-
 def check_tensor(name, value, ndims, like=None):
     """A floating tensor with one of ``ndims`` dims and no empty dim; same dtype and device as ``like``."""
     if not isinstance(value, torch.Tensor):

@@ -17,9 +17,9 @@ import torch
 
 from iwae_kernels.app import cli
 from iwae_kernels.app import data
-from iwae_kernels._checks import UserError
+from iwae_kernels.app import UserError
 from iwae_kernels.app.run_folder import RunLock, preflight
-from iwae_kernels.app.train import (TrainConfig, _deferred_stop_signals, build_model, check_resumable, load_checkpoint,
+from iwae_kernels.app.train import (TrainConfig, deferred_stop_signals, build_model, check_resumable, load_checkpoint,
                                 save_checkpoint, start_policy)
 
 TRAIN = [sys.executable, "-m", "iwae_kernels", "train", "--train-subset", "1000", "--batch-size", "20", "--epochs", "3",
@@ -165,7 +165,7 @@ def test_batch_larger_than_subset_is_refused(capsys):
 
 def test_explicit_options_beat_presets():
     args = cli.build_parser().parse_args(["train", "--preset", "quick", "--k", "50", "--batch-size", "20"])
-    cli._fill_defaults(args)
+    cli.fill_defaults(args)
     assert (args.k, args.batch_size, args.epochs, args.test_subset, args.eval_k) == (50, 20, 1, 500, 5000)
 
 
@@ -330,7 +330,7 @@ def test_evaluation_progress_counts_samples_and_curves_show_steps_and_test_bound
 
 def test_sigterm_is_deferred_to_a_step_boundary():
     before = signal.getsignal(signal.SIGTERM)
-    with _deferred_stop_signals() as stop_requests:
+    with deferred_stop_signals() as stop_requests:
         os.kill(os.getpid(), signal.SIGTERM)  # would end pytest, were it not deferred
         assert stop_requests == ["SIGTERM"]
     assert signal.getsignal(signal.SIGTERM) is before

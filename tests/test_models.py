@@ -57,7 +57,7 @@ def test_log_weights_and_gradient_match_naive(layers, fused_head):
     k, batch = 5, 4
     x = torch.bernoulli(torch.full((batch, 6), 0.5, dtype=torch.float64))
     noise = [torch.randn(k, batch, size, dtype=torch.float64) for size in model.latent]
-    log_w = model._log_weights(x, model.encode(x), k, "iwae", noise)
+    log_w = model.log_weights(x, k, "iwae", noise)
     expected = naive_log_weights(model, x, noise)
     assert_close(log_w, expected)
     params = list(model.parameters())
@@ -94,14 +94,14 @@ def test_streaming_log_likelihood_folds_every_chunk(layers, monkeypatch):
     model = small_model(layers)
     x = torch.bernoulli(torch.full((3, 6), 0.5, dtype=torch.float64))
     chunks = []
-    original = model._log_weights
+    original = model.log_weights
 
     def recording(*args, **kwargs):
         out = original(*args, **kwargs)
         chunks.append(out)
         return out
 
-    monkeypatch.setattr(model, "_log_weights", recording)
+    monkeypatch.setattr(model, "log_weights", recording)
     result = model.log_likelihood(x, k=107, chunk=20)
     assert [c.shape[0] for c in chunks] == [20] * 5 + [7]
     torch.testing.assert_close(result, ik.iwae_bound(torch.cat(chunks)), rtol=1e-12, atol=1e-12)

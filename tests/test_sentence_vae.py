@@ -27,7 +27,7 @@ def test_log_weights_match_naive(backend):
     mu, logvar = model.encode(tokens)
     z = mu + torch.exp(0.5 * logvar) * eps
     inputs = torch.cat([torch.full_like(tokens[:, :1], BOS), tokens[:, :-1]], 1)
-    logits = model._logits(z.reshape(-1, 3), inputs.repeat(4, 1)).reshape(4, len(SENTENCES), 7, -1)
+    logits = model.decoder_logits(z.reshape(-1, 3), inputs.repeat(4, 1)).reshape(4, len(SENTENCES), 7, -1)
     expected = ((Categorical(logits=logits).log_prob(tokens.expand(4, -1, -1)) * (tokens != PAD)).sum(-1)
                 + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1))
     assert_log_weights_match(model, tokens, 4, eps, expected, backend, device)

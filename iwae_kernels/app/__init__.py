@@ -9,4 +9,9 @@ Needs the ``app`` extra (tqdm, matplotlib): ``pip install iwae_kernels[app]``.
     run_folder.py  preflight checks and the run-folder lock
     plots.py       samples, reconstructions, curves
     device.py      device choice and names
+    errors.py      UserError: what the CLI reports on one line
 """
+
+from .errors import UserError
+
+__all__ = ["UserError"]

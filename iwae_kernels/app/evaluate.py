@@ -16,7 +16,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import data as datasets
-from .._checks import UserError
+from .errors import UserError
 from ..models import active_units
 from .device import device_name
 from .plots import draw_pictures

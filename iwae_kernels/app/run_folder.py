@@ -11,7 +11,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from .._checks import UserError
+from .errors import UserError
 
 LOCK_NAME = "run.lock"
 

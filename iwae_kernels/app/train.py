@@ -26,7 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import data as datasets
-from .._checks import UserError
+from .errors import UserError
 from ..models import paper_model
 from .device import resolve_device
 from .evaluate import rank_and_world
@@ -146,7 +146,7 @@ class TrainingInterrupted(UserError):
 
 
 @contextlib.contextmanager
-def _deferred_stop_signals():
+def deferred_stop_signals():
     """SIGINT and SIGTERM append their name to the yielded list instead of stopping the process, so the training
     loop can checkpoint at the next step boundary. A second signal acts as usual (an impatient second Ctrl-C)."""
     received = []
@@ -292,7 +292,7 @@ def train(config, out_dir, resume=False, overwrite=False, progress=True):
             dist.barrier()  # no process leaves (on an interrupt) before rank 0 has written
 
     started = last_checkpoint = time.perf_counter()
-    with _deferred_stop_signals() as stop_requests:
+    with deferred_stop_signals() as stop_requests:
         while epoch < len(learning_rates):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rates[epoch]

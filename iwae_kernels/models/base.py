@@ -36,8 +36,10 @@ class LogWeightModel(nn.Module):
         return -F.iwae_bound(self.log_weights(x, k, **options), backend=self.backend).mean()
 
     @torch.no_grad()
-    def log_likelihood(self, x, k=5000, chunk=500):
-        """Per-example L_k [B], folded chunk by chunk (memory does not grow with k)."""
+    def log_likelihood(self, x, k=5000, chunk=None):
+        """Per-example L_k [B] (the paper's test log-likelihood with k = 5000), in memory that does not grow with
+        k: samples are drawn ``chunk`` at a time (default min(k, 500)) and their log-weights folded."""
+        chunk = min(k, chunk or 500)
         accumulator = StreamingIWAEBound(x.shape[0], device=x.device, dtype=torch.float64, backend=self.backend)
         for start in range(0, k, chunk):
             accumulator.update(self.log_weights(x, min(chunk, k - start)))

@@ -16,8 +16,7 @@ from torch import nn
 from .. import _checks
 from .. import functional as F
 from ..estimators import PATH_ESTIMATORS
-from ..functional import StreamingIWAEBound
-from .base import gaussian, mlp
+from .base import LogWeightModel, gaussian, mlp
 
 PAPER_SIZES = {
     1: {"hidden": ((200, 200),), "latent": (50,)},
@@ -25,7 +24,7 @@ PAPER_SIZES = {
 }
 
 
-class PaperModel(nn.Module):
+class PaperModel(LogWeightModel):
     """An IWAE/VAE with one or two diagonal-Gaussian stochastic layers and a Bernoulli observation model.
 
     Args:
@@ -33,6 +32,7 @@ class PaperModel(nn.Module):
         hidden: per stochastic layer, the deterministic hidden sizes between it and the layer below.
         latent: per stochastic layer, its size (bottom first).
         backend: kernel backend for the fused ops (None: by device, see ``iwae_kernels.backend``).
+    ``log_likelihood`` (the paper's L_5000, chunked) comes from ``LogWeightModel``.
         fused_head: True: the decoder's output layer and the Bernoulli likelihood as one op that never stores
             the [k, B, x_dim] logits (bernoulli_decoder_log_likelihood). False (default): the nn.Linear forms
             the logits (cuBLAS) and bernoulli_log_likelihood reduces them; on an H100 this ran faster than the
@@ -61,9 +61,16 @@ class PaperModel(nn.Module):
         """q(h1|x): (mean, logvar), each [B, latent[0]]."""
         return gaussian(self.encoders[0], x)
 
-    def _log_weights(self, x, posterior, k, estimator, noise=None):
-        """log w [k, B] for k samples; ``noise`` (one [k, B, D_l] per layer) fixes the samples, else drawn."""
-        mu, logvar = posterior
+    def log_weights(self, x, k, estimator="iwae", noise=None, posterior=None):
+        """log w [k, B] for k samples of x [B, x_dim], whose gradient is the estimator's (docs/MATH.md).
+
+        noise: optional standard-normal noise, one [k, B, latent[l]] tensor per stochastic layer (bottom first),
+        which fixes the samples (common random numbers across estimators or backends); drawn when None.
+        posterior: q(h1|x) as ``encode(x)`` returns it, to reuse; computed when None.
+        """
+        mu, logvar = self.encode(x) if posterior is None else posterior
+        if noise is not None:
+            self._check_noise(noise, k, x, mu)
         backend = self.backend
         if self.stochastic_layers == 1:
             h1, latent = F.gaussian_sample(mu, logvar, k, eps=None if noise is None else noise[0],
@@ -100,15 +107,14 @@ class PaperModel(nn.Module):
         """
         _checks.check_choice("estimator", estimator, F.ESTIMATORS)
         posterior = self.encode(x)
-        if noise is not None:
-            self._check_noise(noise, k, x, posterior[0])
         if estimator == "iwae-resample":
             if noise is None:
                 shapes = [(k, x.shape[0], size) for size in self.latent]
                 noise = [torch.randn(shape, device=x.device, dtype=posterior[0].dtype) for shape in shapes]
-            return F.resampled_iwae_bound(
-                lambda n: self._log_weights(x, posterior, n[0].shape[0], "iwae", n), noise, backend=self.backend)
-        log_w = self._log_weights(x, posterior, k, estimator, noise)
+            self._check_noise(noise, k, x, posterior[0])
+            return F.resampled_iwae_bound(lambda n: self.log_weights(x, n[0].shape[0], "iwae", n, posterior), noise,
+                                          backend=self.backend)
+        log_w = self.log_weights(x, k, estimator, noise, posterior)
         return log_w.mean(0) if estimator == "vae" else F.iwae_bound(log_w, backend=self.backend)
 
     def _check_noise(self, noise, k, x, like):
@@ -121,17 +127,6 @@ class PaperModel(nn.Module):
     def loss(self, x, k=50, estimator="iwae", noise=None):
         """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar); ``noise`` as in ``bound``."""
         return -self.bound(x, k, estimator, noise).mean()
-
-    @torch.no_grad()
-    def log_likelihood(self, x, k=5000, chunk=None):
-        """Per-example L_k [B] (the paper's test log-likelihood with k = 5000), in memory that does not grow
-        with k: the encoder runs once, samples are drawn ``chunk`` at a time (default min(k, 500)) and folded."""
-        chunk = min(k, chunk or 500)
-        posterior = self.encode(x)
-        accumulator = StreamingIWAEBound(x.shape[0], device=x.device, dtype=torch.float64, backend=self.backend)
-        for start in range(0, k, chunk):
-            accumulator.update(self._log_weights(x, posterior, min(chunk, k - start), "iwae"))
-        return accumulator.bound()
 
     @torch.no_grad()
     def sample(self, n):

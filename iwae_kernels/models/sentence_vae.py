@@ -68,7 +68,7 @@ class SentenceVAE(LogWeightModel):
         last = (tokens != PAD).sum(1) - 1
         return self.posterior(states[torch.arange(tokens.shape[0]), last]).chunk(2, -1)
 
-    def _logits(self, z, inputs):
+    def decoder_logits(self, z, inputs):
         """z [N, latent], inputs [N, T] -> logits [N, T, V] (teacher forcing)."""
         states, _ = self.decoder(self.embedding(inputs), torch.tanh(self.initial(z)).unsqueeze(0))
         return self.output(states)
@@ -82,7 +82,7 @@ class SentenceVAE(LogWeightModel):
             dropped = torch.rand(inputs.shape, device=inputs.device) < self.word_dropout
             inputs = torch.where(dropped & (inputs != PAD) & (inputs != BOS), UNK, inputs)
         batch, steps = tokens.shape
-        logits = self._logits(z.reshape(k * batch, -1), inputs.repeat(k, 1)).reshape(k, batch, steps, -1)
+        logits = self.decoder_logits(z.reshape(k * batch, -1), inputs.repeat(k, 1)).reshape(k, batch, steps, -1)
         mask = (tokens != PAD).to(logits.dtype)
         return functional.categorical_log_likelihood(logits, tokens, mask, backend=self.backend) + latent
 
