@@ -22,7 +22,7 @@ run() {  # run NAME CMD...: log it, keep its pytest summary line
 }
 rm -f "$results/.rows"
 run tests "$PYTHON" -m pytest -q tests
-kernel_tests=(tests/test_gaussian_sample.py tests/test_log_likelihood.py tests/test_logsumexp.py -k "kernel or noise")
+kernel_tests=(tests/ops/test_gaussian_sample.py tests/ops/test_log_likelihood.py tests/ops/test_logsumexp.py -k "kernel or noise")
 if command -v compute-sanitizer >/dev/null; then
   run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$PYTHON" -m pytest -q -x "${kernel_tests[@]}"
   run racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$PYTHON" -m pytest -q -x "${kernel_tests[@]}"

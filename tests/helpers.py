@@ -2,11 +2,16 @@
 the library's torch backend, plus dtype-aware comparisons."""
 
 import math
+from pathlib import Path
 
+import pytest
 import torch
 from torch.distributions import Bernoulli, Normal
 
 import iwae_kernels
+
+# The repository root (tests/ is one level down): for the examples, benchmarks and scripts the tests run.
+REPO = Path(__file__).resolve().parent.parent
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -102,3 +107,28 @@ def train_and_check_loss_drops(model, inputs, k, steps, drop, beta=None):
     model.eval()
     last = model.loss(inputs, k=k).item()
     assert last < first - drop, f"loss went from {first:.3f} to {last:.3f}, expected a drop of {drop}"
+
+
+COMPILED_BACKENDS = ["triton", "cuda"]
+
+
+def backend_device(name):
+    """Where backend ``name`` runs in this session, or a skip that says why it cannot.
+
+    torch: the CPU. triton: the GPU, or the CPU under TRITON_INTERPRET=1. cuda: the GPU with the extension.
+    """
+    from iwae_kernels import backend, cuda_backend
+
+    if name == "torch":
+        return torch.device("cpu")
+    if name == "triton":
+        if not backend.triton_available():
+            pytest.skip("triton is not installed")
+        if torch.cuda.is_available() and not backend.triton_interpreting():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        pytest.skip("the cuda backend needs a CUDA GPU")
+    if not cuda_backend.available():
+        pytest.skip(cuda_backend.HOW_TO_BUILD)
+    return torch.device("cuda")

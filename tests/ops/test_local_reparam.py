@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import iwae_kernels as ik
 from iwae_kernels.models.layers import KL_K1, LocalReparamLinear
 
-from conftest import COMPILED_BACKENDS, backend_device
+from helpers import COMPILED_BACKENDS, backend_device
 from helpers import assert_close
 
 

@@ -6,7 +6,7 @@ from torch.distributions import Categorical
 
 import iwae_kernels as ik
 
-from conftest import backend_device
+from helpers import backend_device
 from helpers import LOW_PRECISION, assert_close, assert_close_as_torch
 
 # (k, B, T, V): k = 1, T = 1, V not a power of two, V above one vocabulary block (256).

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from helpers import REPO
+
+pytestmark = pytest.mark.slow  # subprocesses
+
+EXAMPLES = REPO / "examples"
 
 
 def run_example(tmp_path, script, *args):

@@ -17,7 +17,7 @@ import iwae_kernels as ik
 from iwae_kernels.models.flows import flow_latent, make_flow
 from iwae_kernels.models import ConvIWAE, paper_model
 
-from conftest import backend_device
+from helpers import backend_device
 
 FAMILY_LEVEL = 1e-3
 

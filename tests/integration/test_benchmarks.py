@@ -3,9 +3,15 @@
 import json
 import subprocess
 import sys
+
+import pytest
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from helpers import REPO
+
+pytestmark = pytest.mark.slow  # subprocesses
+
+BENCHMARKS = REPO / "benchmarks"
 
 
 def run_benchmark(tmp_path, script, *args):

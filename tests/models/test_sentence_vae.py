@@ -9,7 +9,7 @@ import iwae_kernels as ik
 from iwae_kernels.app.data import LICENSES, license_sentences
 from iwae_kernels.models.sentence_vae import BOS, EOS, PAD, SentenceVAE, Vocabulary
 
-from conftest import backend_device
+from helpers import backend_device
 from helpers import assert_log_weights_match, train_and_check_loss_drops
 
 SENTENCES = [["a", "b", "c"], ["b", "c", "a", "a"], ["c", "c"], ["a", "b", "b", "c", "a"]]

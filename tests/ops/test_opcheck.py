@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import iwae_kernels as ik
 from iwae_kernels.ops.utils import dispatch_through_custom_ops
 
-from conftest import COMPILED_BACKENDS, backend_device
+from helpers import COMPILED_BACKENDS, backend_device
 
 PACKAGE = Path(ik.__file__).parent
 

@@ -5,7 +5,7 @@ import torch
 
 import iwae_kernels as ik
 
-from conftest import COMPILED_BACKENDS, backend_device
+from helpers import COMPILED_BACKENDS, backend_device
 from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_bernoulli, naive_gaussian
 
 # (k, B, P): k=1, B=1, P=1, odd sizes, P=784 (MNIST) spanning one block, P above one block.

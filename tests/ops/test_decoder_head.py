@@ -5,7 +5,7 @@ import torch
 
 import iwae_kernels as ik
 
-from conftest import backend_device
+from helpers import backend_device
 from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_bernoulli
 
 # (k, B, H, P): k=1/B=1/H=1/P=1, odd sizes, P over one tile, and enough rows for many segments in backward.

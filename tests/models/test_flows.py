@@ -7,7 +7,7 @@ from torch.distributions import Bernoulli, Normal
 
 from iwae_kernels.models.flows import FlowIWAE, PlanarFlow, RadialFlow, make_flow
 
-from conftest import backend_device
+from helpers import backend_device
 from helpers import assert_close, assert_log_weights_match, train_and_check_loss_drops
 
 

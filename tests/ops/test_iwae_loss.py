@@ -9,7 +9,7 @@ import torch
 import iwae_kernels as ik
 from iwae_kernels.ops.gaussian_sample import draw_seed
 
-from conftest import COMPILED_BACKENDS, backend_device
+from helpers import COMPILED_BACKENDS, backend_device
 from helpers import assert_close, kernel_noise, naive_bernoulli, naive_estimator_objective, naive_latent
 
 ESTIMATORS = ["iwae", "vae", "stl", "dreg"]

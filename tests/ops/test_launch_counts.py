@@ -6,16 +6,15 @@ decoder's matmuls and Adam are torch's).
 """
 
 import sys
-from pathlib import Path
 
 import torch
 
 import iwae_kernels as ik
 from iwae_kernels.models import paper_model
 
-from conftest import backend_device
+from helpers import REPO, backend_device
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 from launches import recorded_launches  # noqa: E402
 
 LOSS_LAUNCHES = {"_gaussian_sample_fwd_kernel": 1, "_log_likelihood_fwd_kernel": 1, "_max_sum_kernel": 1,

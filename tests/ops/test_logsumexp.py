@@ -7,7 +7,7 @@ import torch
 
 import iwae_kernels as ik
 
-from conftest import COMPILED_BACKENDS, backend_device
+from helpers import COMPILED_BACKENDS, backend_device
 from helpers import LOW_PRECISION, assert_close, assert_close_as_torch
 
 SHAPES = [(1, 3), (5, 1), (7, 5), (50, 3), (130, 70)]

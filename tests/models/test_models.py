@@ -128,6 +128,7 @@ def peak_growth_mib(k, chunk):
     return tuple(map(float, out.stdout.strip().splitlines()[-1].split()))
 
 
+@pytest.mark.slow
 def test_log_likelihood_memory_does_not_grow_with_k():
     """Peak memory (process max RSS) for L_5000 with chunk 50 stays at L_50's; one chunk of 5000 needs the
     [5000, 20, 784] logits (300 MiB), which this measurement sees (630 MiB of growth alone, 156 MiB once inside

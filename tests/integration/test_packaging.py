@@ -4,6 +4,10 @@ and the CLI names the extra when it is missing."""
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses
+
 BLOCK_APP_EXTRA = """
 import sys
 class BlockAppExtra:

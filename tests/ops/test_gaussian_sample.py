@@ -7,7 +7,7 @@ from torch.distributions import Normal
 import iwae_kernels as ik
 from iwae_kernels.ops.gaussian_sample import draw_seed
 
-from conftest import COMPILED_BACKENDS, backend_device
+from helpers import COMPILED_BACKENDS, backend_device
 from helpers import LOW_PRECISION, kernel_noise, assert_close, assert_close_as_torch, naive_estimator_objective, naive_latent
 
 ESTIMATORS = ["iwae", "vae", "stl", "dreg"]

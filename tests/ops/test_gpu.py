@@ -11,7 +11,7 @@ import torch
 
 import iwae_kernels as ik
 
-from conftest import COMPILED_BACKENDS, backend_device
+from helpers import COMPILED_BACKENDS, backend_device
 from helpers import kernel_noise
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

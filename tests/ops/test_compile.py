@@ -7,7 +7,7 @@ import torch
 import iwae_kernels as ik
 from iwae_kernels.models import paper_model
 
-from conftest import COMPILED_BACKENDS, backend_device
+from helpers import COMPILED_BACKENDS, backend_device
 from helpers import assert_close
 
 
