@@ -1,7 +1,9 @@
-"""The public functions: argument checks, backend dispatch, and the drop-in ``iwae_loss``.
+"""The public functions: every argument checked once (messages name it), the backend resolved once per call,
+then the backend's op; and the drop-in ``iwae_loss``.
 
 Shapes: k samples (always the leading dim), B examples, D latent dimensions, P observed dimensions.
-Every function takes ``backend=None`` ("torch" | "triton"; see ``iwae_kernels.backend``).
+Every function takes ``backend=None`` ("torch" | "triton" | "cuda"; see ``iwae_kernels.backend`` and the table in
+``iwae_kernels.contract``).
 """
 
 import torch
