@@ -78,12 +78,21 @@ def row_tile(n_cols):
     return max(1, TILE_ELEMENTS // block_cols), block_cols
 
 
+# torch.get_float32_matmul_precision() -> tl.dot's precision for float32 operands, as cuBLAS follows it. "highest":
+# three TF32 tensor-core products (tf32x3), float32-level accuracy ("ieee" runs on the FMA units, about 100x
+# slower at the decoder head's tiles on an H100); "high": one TF32 product; "medium": bf16 operands. The
+# accumulation is float32 in every mode.
+FLOAT32_DOT_PRECISION = {"highest": "tf32x3", "high": "tf32", "medium": "bf16"}
+
+
 def dot_precision(dtype):
-    """The PRECISION ``dot`` takes for operands of torch ``dtype``."""
-    # float32: three TF32 tensor-core products (tf32x3), float32-level accuracy; "ieee" runs on the FMA units,
-    # which at the decoder head's tiles ran about 100x slower on an H100. Half operands take the default.
+    """The PRECISION ``dot`` takes for operands of torch ``dtype`` (read at each launch, so a change of
+    torch.set_float32_matmul_precision applies to the next call)."""
     if dtype == torch.float32:
-        return "tf32x3"
+        precision = FLOAT32_DOT_PRECISION[torch.get_float32_matmul_precision()]
+        if precision == "bf16" and triton_interpreting():
+            return "bf16-upcast"  # the interpreter's bf16 products are wrong (below): round, then multiply in fp32
+        return precision
     if dtype == torch.bfloat16 and triton_interpreting():
         return "upcast"  # Triton 3.9's interpreter multiplies bf16 operands wrongly (fp16 is fine)
     return None
@@ -91,10 +100,16 @@ def dot_precision(dtype):
 
 @triton.jit
 def dot(a, b, ACC: tl.constexpr, PRECISION: tl.constexpr):
-    """tl.dot accumulating in ACC. PRECISION "upcast": float32 operands, only where the Triton interpreter gets
-    bf16 dot products wrong; otherwise tl.dot's input_precision (None: its default)."""
+    """tl.dot accumulating in ACC. PRECISION "bf16": operands rounded to bf16 (torch's "medium" matmul precision);
+    "upcast" / "bf16-upcast": float32 products of the (bf16-rounded) operands, only under the Triton interpreter,
+    whose bf16 dot products are wrong; otherwise tl.dot's input_precision (None: its default)."""
     if PRECISION == "upcast":
         return tl.dot(a.to(tl.float32), b.to(tl.float32), out_dtype=ACC, input_precision="ieee")
+    if PRECISION == "bf16-upcast":
+        return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), out_dtype=ACC,
+                      input_precision="ieee")
+    if PRECISION == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=ACC)
     return tl.dot(a, b, out_dtype=ACC, input_precision=PRECISION)
 
 

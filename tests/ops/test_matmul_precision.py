@@ -1,0 +1,54 @@
+"""The fused matmul kernels (decoder head, local reparameterization) follow torch.get_float32_matmul_precision()
+as cuBLAS does: "highest" float32-accurate, "high" TF32, "medium" bf16 operands; float32 accumulation always.
+
+Under the Triton interpreter (CPU) the bf16 rounding of "medium" is real, TF32's is not emulated: "high" is
+checked against its tolerance, which the interpreter's float32 products meet trivially."""
+
+import pytest
+import torch
+
+import iwae_kernels as ik
+
+from helpers import backend_device
+
+# Relative error allowed at each precision (the outputs sum O(100) products).
+TOLERANCE = {"highest": 1e-5, "high": 1e-2, "medium": 3e-2}
+
+
+@pytest.fixture(params=list(TOLERANCE))
+def precision(request):
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(request.param)
+    yield request.param
+    torch.set_float32_matmul_precision(saved)
+
+
+def decoder_head(device, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden, weight = torch.randn(3, 5, 96, generator=gen), torch.randn(70, 96, generator=gen) / 96**0.5
+    bias, x = torch.randn(70, generator=gen), torch.rand(5, 70, generator=gen).round()
+    leaves = [t.to(device, dtype).requires_grad_() for t in (hidden, weight, bias)]
+    backend = "torch" if dtype == torch.float64 else "triton"
+    out = ik.bernoulli_decoder_log_likelihood(*leaves, x.to(device, dtype), backend=backend)
+    return [out, *torch.autograd.grad(out.sum(), leaves)]
+
+
+def local_reparam(device, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    a, mu = torch.randn(9, 96, generator=gen), torch.randn(40, 96, generator=gen) / 96**0.5
+    var, noise = torch.rand(40, 96, generator=gen) / 96, torch.randn(9, 40, generator=gen)
+    backend = "torch" if dtype == torch.float64 else "triton"
+    return [ik.local_reparam_linear(*(t.to(device, dtype) for t in (a, mu, var)), noise=noise.to(device, dtype),
+                                    backend=backend)]
+
+
+@pytest.mark.parametrize("op", [decoder_head, local_reparam])
+def test_fused_matmuls_follow_the_float32_matmul_precision(op, precision):
+    device = backend_device("triton")
+    want = op("cpu", torch.float64)
+    got = op(device, torch.float32)
+    for g, w in zip(got, want):
+        error = (g.double().cpu() - w).abs().max() / w.abs().max()
+        assert error < TOLERANCE[precision], f"{op.__name__} at {precision}: relative error {error:.2e}"
+        if precision == "medium":  # bf16 operands are really rounded: far from float32's error
+            assert error > 1e-4, f"{op.__name__} at medium: error {error:.2e} shows no bf16 rounding"
