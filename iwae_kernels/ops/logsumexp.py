@@ -3,6 +3,11 @@
 One pass over log_w [k, B] keeps an online (max, sum of exp(log w - max)) per example, the same
 update FlashAttention uses for softmax; that state is also what the streaming evaluator folds chunk by
 chunk, so k = 5000 never needs all log-weights at once.
+
+Split-k: one program per 64 examples leaves the GPU almost empty when B is small and k large (B = 20,
+k = 5000: one program walking 5000 rows). Then the k rows are cut into splits, each program folds its split
+into a partial logsumexp [splits, B], and the same kernel folds those partials (a partial's logsumexp is a
+log-weight standing for its whole split, so the fold is exact) into (max, sum) and the bound.
 """
 
 from typing import Optional
@@ -20,39 +25,56 @@ from .utils import Launchers, library_op, shifted_max, triton_accumulation_dtype
 BLOCK_EXAMPLES = 64
 BLOCK_SAMPLES = 64
 BLOCK_ELEMENTS = 1024
+# Split k once a split would still hold this many rows, until about this many programs run (2 per SM of an H100).
+MIN_SAMPLES_PER_SPLIT = 256
+TARGET_PROGRAMS = 264
 
 
 @triton.jit
 def _max_sum_kernel(
-    log_w_ptr, in_max_ptr, in_sum_ptr, out_max_ptr, out_sum_ptr, bound_ptr,
-    K, B,
-    ACCUMULATE: tl.constexpr, WRITE_BOUND: tl.constexpr, ACC: tl.constexpr,
+    log_w_ptr, in_max_ptr, in_sum_ptr, out_max_ptr, out_sum_ptr, bound_ptr, partial_ptr,
+    K, B, ROWS_PER_SPLIT, NUM_SAMPLES,
+    ACCUMULATE: tl.constexpr, WRITE_BOUND: tl.constexpr, WRITE_PARTIAL: tl.constexpr, ACC: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
-    # One program per block of examples walks all k samples: log_w rows are contiguous in B.
+    """Fold log_w [K, B] (rows contiguous in B) into (max, sum of exp(log w - max)) per example.
+
+    Grid (cdiv(B, BLOCK_B), splits): program (i, s) folds rows [s * ROWS_PER_SPLIT, (s + 1) * ROWS_PER_SPLIT) of
+    examples [i * BLOCK_B, (i + 1) * BLOCK_B). WRITE_PARTIAL: store that split's logsumexp to partial_ptr [splits, B]
+    (then one split per program column is the whole fold); else store max/sum [B] (starting from in_max/in_sum when
+    ACCUMULATE) and, with WRITE_BOUND, L = logsumexp - log NUM_SAMPLES. Reads K * B elements once.
+    """
     cols = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     col_mask = cols < B
+    split = tl.program_id(1)
+    first_row = split * ROWS_PER_SPLIT
+    end_row = tl.minimum(first_row + ROWS_PER_SPLIT, K)
     if ACCUMULATE:
         running_max = tl.load(in_max_ptr + cols, mask=col_mask, other=float("-inf")).to(ACC)
         running_sum = tl.load(in_sum_ptr + cols, mask=col_mask, other=0.0).to(ACC)
     else:
         running_max = tl.full([BLOCK_B], float("-inf"), ACC)
         running_sum = tl.zeros([BLOCK_B], ACC)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(first_row, end_row, BLOCK_K):
         rows = k0 + tl.arange(0, BLOCK_K)
-        mask = (rows < K)[:, None] & col_mask[None, :]
+        mask = (rows < end_row)[:, None] & col_mask[None, :]
         offsets = rows[:, None].to(tl.int64) * B + cols[None, :]
         chunk = tl.load(log_w_ptr + offsets, mask=mask, other=float("-inf")).to(ACC)
         new_max = tl.maximum(running_max, tl.max(chunk, axis=0))
         shift = shifted_max(new_max)
         running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(tl.exp(chunk - shift[None, :]), axis=0)
         running_max = new_max
-    tl.store(out_max_ptr + cols, running_max, mask=col_mask)
-    tl.store(out_sum_ptr + cols, running_sum, mask=col_mask)
-    if WRITE_BOUND:
-        # log k in ACC from the integer (a Python float argument would arrive as float32).
-        log_k = tl.log(tl.zeros([BLOCK_B], ACC) + K)
-        tl.store(bound_ptr + cols, shifted_max(running_max) + tl.log(running_sum) - log_k, mask=col_mask)
+    if WRITE_PARTIAL:
+        # log(0) = -inf for a split whose log-weights are all -inf: it then adds nothing to the fold.
+        tl.store(partial_ptr + split.to(tl.int64) * B + cols, shifted_max(running_max) + tl.log(running_sum),
+                 mask=col_mask)
+    else:
+        tl.store(out_max_ptr + cols, running_max, mask=col_mask)
+        tl.store(out_sum_ptr + cols, running_sum, mask=col_mask)
+        if WRITE_BOUND:
+            # log k in ACC from the integer (a Python float argument would arrive as float32).
+            log_k = tl.log(tl.zeros([BLOCK_B], ACC) + NUM_SAMPLES)
+            tl.store(bound_ptr + cols, shifted_max(running_max) + tl.log(running_sum) - log_k, mask=col_mask)
 
 
 @triton.jit
@@ -74,15 +96,33 @@ def _normalized_weights_kernel(
     tl.store(out_ptr + offsets, weights.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def sample_splits(num_samples, batch):
+    """How many splits of the k rows the fold uses: 1 unless the example blocks alone leave the GPU empty."""
+    programs = -(-batch // BLOCK_EXAMPLES)
+    return max(1, min(num_samples // MIN_SAMPLES_PER_SPLIT, TARGET_PROGRAMS // programs))
+
+
 @library_op("triton_max_sum", ("out_max", "out_sum", "bound"))
 def _triton_max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Tensor], out_max: Tensor, out_sum: Tensor,
                     bound: Optional[Tensor]) -> None:
     num_samples, batch = log_w.shape
     accumulate = in_max is not None
-    _max_sum_kernel[(triton.cdiv(batch, BLOCK_EXAMPLES),)](
-        log_w, in_max if accumulate else out_max, in_sum if accumulate else out_sum, out_max, out_sum,
-        out_max if bound is None else bound, num_samples, batch,
-        ACCUMULATE=accumulate, WRITE_BOUND=bound is not None, ACC=triton_accumulation_dtype(out_max.dtype),
+    blocks, splits = -(-batch // BLOCK_EXAMPLES), sample_splits(num_samples, batch)
+    acc = triton_accumulation_dtype(out_max.dtype)
+    folded = log_w
+    if splits > 1:  # first each split's logsumexp [splits, B], then the fold below over those
+        rows_per_split = -(-num_samples // splits)
+        folded = torch.empty((splits, batch), dtype=out_max.dtype, device=log_w.device)
+        _max_sum_kernel[(blocks, splits)](
+            log_w, out_max, out_sum, out_max, out_sum, out_max, folded, num_samples, batch, rows_per_split,
+            num_samples, ACCUMULATE=False, WRITE_BOUND=False, WRITE_PARTIAL=True, ACC=acc,
+            BLOCK_K=BLOCK_SAMPLES, BLOCK_B=BLOCK_EXAMPLES,
+        )
+    rows = folded.shape[0]
+    _max_sum_kernel[(blocks, 1)](
+        folded, in_max if accumulate else out_max, in_sum if accumulate else out_sum, out_max, out_sum,
+        out_max if bound is None else bound, out_max, rows, batch, rows, num_samples,
+        ACCUMULATE=accumulate, WRITE_BOUND=bound is not None, WRITE_PARTIAL=False, ACC=acc,
         BLOCK_K=BLOCK_SAMPLES, BLOCK_B=BLOCK_EXAMPLES,
     )
 
