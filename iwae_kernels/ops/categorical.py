@@ -22,6 +22,9 @@ BLOCK_ROWS, BLOCK_VOCAB = 16, 256
 @triton.jit
 def _categorical_fwd_kernel(logits_ptr, tokens_ptr, mask_ptr, out_ptr, lse_ptr, R, BT, V,
                             ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):
+    """Per row r of logits [R = k * B * T, V]: lse_r = logsumexp_v y_rv (online max/sum over V in BLOCK_V
+    chunks) and out_r = mask_r (y_r,token_r - lse_r). tokens, mask: [B * T = BT], row r uses r % BT.
+    Grid: cdiv(R, BLOCK_R). Reads the logits once (R * V elements), writes 2 R; the log-probabilities never."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
     running_max = tl.full([BLOCK_R], float("-inf"), ACC)
@@ -46,6 +49,8 @@ def _categorical_fwd_kernel(logits_ptr, tokens_ptr, mask_ptr, out_ptr, lse_ptr, 
 @triton.jit
 def _categorical_bwd_kernel(logits_ptr, tokens_ptr, mask_ptr, lse_ptr, grad_out_ptr, grad_logits_ptr, R, BT, V,
                             ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):
+    """grad_logits [R, V] = g_r mask_r (onehot(token_r) - softmax(y_r)), softmax from the saved lse [R].
+    Grid: cdiv(R, BLOCK_R). Reads the logits once and writes their gradient once (2 R * V elements)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
     token = tl.load(tokens_ptr + rows % BT, mask=row_mask, other=0)
@@ -66,8 +71,8 @@ def _categorical_bwd_kernel(logits_ptr, tokens_ptr, mask_ptr, lse_ptr, grad_out_
 def _triton_forward(logits: Tensor, tokens: Tensor, mask: Tensor, out: Tensor, lse: Tensor) -> None:
     rows, vocab = logits.shape
     _categorical_fwd_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](
-        logits, tokens, mask, out, lse, rows, tokens.numel(), vocab,
-        ACC=triton_accumulation_dtype(logits.dtype), BLOCK_R=BLOCK_ROWS, BLOCK_V=BLOCK_VOCAB)
+        logits_ptr=logits, tokens_ptr=tokens, mask_ptr=mask, out_ptr=out, lse_ptr=lse, R=rows, BT=tokens.numel(),
+        V=vocab, ACC=triton_accumulation_dtype(logits.dtype), BLOCK_R=BLOCK_ROWS, BLOCK_V=BLOCK_VOCAB)
 
 
 @library_op("triton_categorical_backward", ("grad_logits",))
@@ -75,7 +80,8 @@ def _triton_backward(logits: Tensor, tokens: Tensor, mask: Tensor, lse: Tensor, 
                      grad_logits: Tensor) -> None:
     rows, vocab = logits.shape
     _categorical_bwd_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](
-        logits, tokens, mask, lse, grad_out, grad_logits, rows, tokens.numel(), vocab,
+        logits_ptr=logits, tokens_ptr=tokens, mask_ptr=mask, lse_ptr=lse, grad_out_ptr=grad_out,
+        grad_logits_ptr=grad_logits, R=rows, BT=tokens.numel(), V=vocab,
         ACC=triton_accumulation_dtype(logits.dtype), BLOCK_R=BLOCK_ROWS, BLOCK_V=BLOCK_VOCAB)
 
 

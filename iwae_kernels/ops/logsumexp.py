@@ -82,7 +82,9 @@ def _normalized_weights_kernel(
     log_w_ptr, max_ptr, sum_ptr, scale_ptr, out_ptr, N, B,
     HAS_SCALE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # Elementwise over [k, B]: wt = exp(log w - max) / sum, times the upstream gradient when given.
+    """Elementwise over log_w [k, B] (N = k * B): wt = exp(log w - max_b) / sum_b from the fold's (max, sum) [B],
+    times scale [B] (the upstream gradient of L_k) when HAS_SCALE; 0 for an all -inf column.
+    Grid: cdiv(N, BLOCK). Reads and writes N elements."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < N
     cols = offsets % B
@@ -113,17 +115,19 @@ def _triton_max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Te
     if splits > 1:  # first each split's logsumexp [splits, B], then the fold below over those
         rows_per_split = -(-num_samples // splits)
         folded = torch.empty((splits, batch), dtype=out_max.dtype, device=log_w.device)
+        # Pointers a constexpr flag leaves unused get out_max.
         _max_sum_kernel[(blocks, splits)](
-            log_w, out_max, out_sum, out_max, out_sum, out_max, folded, num_samples, batch, rows_per_split,
-            num_samples, ACCUMULATE=False, WRITE_BOUND=False, WRITE_PARTIAL=True, ACC=acc,
+            log_w_ptr=log_w, in_max_ptr=out_max, in_sum_ptr=out_sum, out_max_ptr=out_max, out_sum_ptr=out_sum,
+            bound_ptr=out_max, partial_ptr=folded, K=num_samples, B=batch, ROWS_PER_SPLIT=rows_per_split,
+            NUM_SAMPLES=num_samples, ACCUMULATE=False, WRITE_BOUND=False, WRITE_PARTIAL=True, ACC=acc,
             BLOCK_K=BLOCK_SAMPLES, BLOCK_B=BLOCK_EXAMPLES,
         )
     rows = folded.shape[0]
     _max_sum_kernel[(blocks, 1)](
-        folded, in_max if accumulate else out_max, in_sum if accumulate else out_sum, out_max, out_sum,
-        out_max if bound is None else bound, out_max, rows, batch, rows, num_samples,
-        ACCUMULATE=accumulate, WRITE_BOUND=bound is not None, WRITE_PARTIAL=False, ACC=acc,
-        BLOCK_K=BLOCK_SAMPLES, BLOCK_B=BLOCK_EXAMPLES,
+        log_w_ptr=folded, in_max_ptr=in_max if accumulate else out_max, in_sum_ptr=in_sum if accumulate else out_sum,
+        out_max_ptr=out_max, out_sum_ptr=out_sum, bound_ptr=out_max if bound is None else bound, partial_ptr=out_max,
+        K=rows, B=batch, ROWS_PER_SPLIT=rows, NUM_SAMPLES=num_samples, ACCUMULATE=accumulate,
+        WRITE_BOUND=bound is not None, WRITE_PARTIAL=False, ACC=acc, BLOCK_K=BLOCK_SAMPLES, BLOCK_B=BLOCK_EXAMPLES,
     )
 
 
@@ -131,8 +135,9 @@ def _triton_max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Te
 def _triton_normalized_weights(log_w: Tensor, running_max: Tensor, running_sum: Tensor, scale: Optional[Tensor],
                                out: Tensor) -> None:
     _normalized_weights_kernel[(triton.cdiv(log_w.numel(), BLOCK_ELEMENTS),)](
-        log_w, running_max, running_sum, running_max if scale is None else scale, out, log_w.numel(), log_w.shape[1],
-        HAS_SCALE=scale is not None, ACC=triton_accumulation_dtype(running_max.dtype), BLOCK=BLOCK_ELEMENTS,
+        log_w_ptr=log_w, max_ptr=running_max, sum_ptr=running_sum, scale_ptr=running_max if scale is None else scale,
+        out_ptr=out, N=log_w.numel(), B=log_w.shape[1], HAS_SCALE=scale is not None,
+        ACC=triton_accumulation_dtype(running_max.dtype), BLOCK=BLOCK_ELEMENTS,
     )
 
 
