@@ -9,7 +9,7 @@ import torch
 from . import _checks
 from .backend import get_backend
 from . import reference
-from .reference import DECODER_HEAD_MAX_HIDDEN, bound_from_max_sum
+from .reference import bound_from_max_sum, decoder_head_max_hidden
 
 ESTIMATORS = ("iwae", "vae", "stl", "dreg", "iwae-resample")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -178,8 +178,8 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
     hidden @ weight.T + bias are never written to memory by the compiled backends (the torch one forms them).
 
     Args:
-        hidden: the decoder's last hidden activations [k, B, H] (H <= DECODER_HEAD_MAX_HIDDEN = 1024 for the
-            compiled backends).
+        hidden: the decoder's last hidden activations [k, B, H] (for the compiled backends H <= 512 in float32,
+            1024 in float16/bfloat16: reference.DECODER_HEAD_MAX_HIDDEN).
         weight, bias: that layer's [P, H] weight and [P] bias (an nn.Linear's).
         x: Bernoulli targets [B, P].
     Returns:
@@ -200,9 +200,10 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
     _checks.check_shape("bias", bias, (size,))
     _checks.check_shape("x", x, (hidden.shape[1], size))
     ops = get_backend(backend, hidden.device)
-    if ops is not reference and width > DECODER_HEAD_MAX_HIDDEN:
-        raise ValueError(f"hidden: the fused decoder head holds H <= {DECODER_HEAD_MAX_HIDDEN} per row, got H={width}; "
-                         "use backend='torch'")
+    limit = decoder_head_max_hidden(hidden.dtype)
+    if ops is not reference and limit is not None and width > limit:
+        raise ValueError(f"hidden: the fused decoder head holds H <= {limit} per row for {hidden.dtype}, "
+                         f"got H={width}; use backend='torch'")
     return ops.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
 
 
