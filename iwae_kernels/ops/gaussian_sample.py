@@ -20,10 +20,10 @@ from torch.autograd.function import once_differentiable
 from .. import reference
 from .utils import HALF_LOG_2PI, Launchers, library_op, row_tile, triton_accumulation_dtype
 
-BLOCK_SAMPLES = 32
-# Values per forward program: the in-kernel Philox normals need many registers per value, and 4096 (the row
-# kernels' tile) spilled in every specialization (benchmarks/aot_report.py).
-FORWARD_TILE = 1024
+# Values per program, forward (FORWARD_TILE) and backward (BLOCK_SAMPLES x up to 64): the in-kernel Philox normals
+# need many registers per value; 4096 forward and 32 x 64 backward spilled (benchmarks/aot_report.py).
+BLOCK_SAMPLES = 16
+FORWARD_TILE = 512
 # The latent term's prior: N(0, I), the caller's diagonal Gaussian, or none (then it is -log q(z|x), for flows).
 STANDARD_PRIOR, GIVEN_PRIOR, NO_PRIOR = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
