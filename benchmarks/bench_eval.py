@@ -2,9 +2,11 @@
 
 naive: what a user writes: the encoder once, then chunks of samples through torch.distributions log-probs and
 binary_cross_entropy_with_logits, keeping every chunk's [chunk, B] log-weights and taking torch.logsumexp over
-all k at the end (eager, no kernels). fused: PaperModel.log_likelihood (encoder once, chunks folded into a
-(max, sum) state by the kernels, nothing of size k kept). Both see the same model and images; their NLLs are
-checked to agree within Monte Carlo error before the times are written.
+all k at the end (eager, no kernels). naive+compile: torch.compile of it (on a GPU, or --compile). fused:
+PaperModel.log_likelihood (encoder once, chunks folded into a (max, sum) state by the kernels, nothing of size k
+kept). All see the same model and images; their NLLs are checked to agree within Monte Carlo error before the
+times are written. Each variant first runs one batch as a warm-up, so compiling (Triton kernels, autotuning,
+torch.compile) stays out of wall_s; naive+compile's warm-up time is reported apart as compile_s.
 
     python benchmarks/bench_eval.py                          # CPU default: 200 test images
     python benchmarks/bench_eval.py --images 10000 --device cuda
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, peak_memory_mib, write_results  # noqa: E402
 from iwae_kernels.app import data as datasets  # noqa: E402
 from iwae_kernels.models import paper_model  # noqa: E402
+from roofline import eval_roofline  # noqa: E402
 
 
 @torch.no_grad()
@@ -59,6 +62,8 @@ def main():
     parser.add_argument("--chunk", type=int, default=500)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--checkpoint", default=None, help="a trained checkpoint (default: a fresh model)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="include naive+compile (default: on a GPU only; slow to compile on a CPU)")
     args = parser.parse_args()
     device = torch.device(args.device)
     images = args.images or (10000 if device.type == "cuda" else 200)
@@ -73,27 +78,35 @@ def main():
     env = environment(device)
     head_model = copy.deepcopy(model)
     head_model.fused_head = True
-    variants = {"naive (chunked, eager)": naive_log_likelihood,
-                "fused": lambda m, x, k, chunk: m.log_likelihood(x, k=k, chunk=chunk),
-                "fused-head": lambda m, x, k, chunk: head_model.log_likelihood(x, k=k, chunk=chunk)}
+    variants = {"naive (chunked, eager)": naive_log_likelihood}
+    if args.compile if args.compile is not None else device.type == "cuda":
+        variants["naive+compile"] = torch.compile(naive_log_likelihood)
+    variants["fused"] = lambda m, x, k, chunk: m.log_likelihood(x, k=k, chunk=chunk)
+    variants["fused-head"] = lambda m, x, k, chunk: head_model.log_likelihood(x, k=k, chunk=chunk)
     rows = []
     for name, fn in variants.items():
-        # One batch first: its peak memory, and the warm-up (kernel compilation stays out of the wall time).
+        # One batch first, the warm-up: compiling (Triton kernels, autotuning, torch.compile) stays out of wall_s.
+        _, warmup_s = timed_nll(fn, model, test[: args.batch], args.k, args.chunk, args.batch, device)
         peak = peak_memory_mib(lambda: fn(model, test[: args.batch], args.k, args.chunk), device)
         nll, seconds = timed_nll(fn, model, test, args.k, args.chunk, args.batch, device)
         rows.append({"variant": name, "images": images, "k": args.k, "chunk": args.chunk, "batch": args.batch,
-                     "test_nll": nll, "wall_s": seconds, "peak_mib_per_batch": peak})
+                     "test_nll": nll, "wall_s": seconds, "peak_mib_per_batch": peak,
+                     "compile_s": warmup_s if name == "naive+compile" else None})
+        rows[-1]["pct_of_bound"] = eval_roofline(rows[-1], env["device"], head="head" in name).get("pct_of_bound")
         print(rows[-1], flush=True)
     for row in rows[1:]:
         row["speedup_vs_naive"] = rows[0]["wall_s"] / row["wall_s"]
         assert abs(rows[0]["test_nll"] - row["test_nll"]) < 0.05 * abs(rows[0]["test_nll"]), "the variants disagree"
     notes = ["model: " + (args.checkpoint or "a freshly initialised paper 1-layer model (speed does not depend on training)"),
-             "peak memory: one batch's evaluation on the GPU, above what was allocated before (CPU: not measured); "
-             "that batch also warms each variant up before its timed pass",
+             "peak memory: one batch's evaluation on the GPU, above what was allocated before (CPU: not measured)",
+             "pct_of_bound: 100 x the roofline bound (benchmarks/roofline.py; devices with known peaks only) / wall_s",
+             "every variant ran one batch before its timed pass (warm-up); compile_s: naive+compile's warm-up batch, "
+             "compilation included",
              "fused: PaperModel.log_likelihood as it comes (fused_head=False: each chunk's logits formed, then "
              "reduced by the likelihood kernel); fused-head: fused_head=True (logits never stored)"]
     write_results("bench_eval", device, env, rows,
-                  ["variant", "images", "k", "chunk", "test_nll", "wall_s", "peak_mib_per_batch", "speedup_vs_naive"],
+                  ["variant", "images", "k", "chunk", "test_nll", "wall_s", "compile_s", "peak_mib_per_batch",
+                   "speedup_vs_naive", "pct_of_bound"],
                   notes)
 
 

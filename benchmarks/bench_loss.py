@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import iwae_kernels as ik  # noqa: E402
 from common import environment, median_ms, peak_memory_mib, write_results  # noqa: E402
 from naive import naive_iwae_loss  # noqa: E402
+from roofline import loss_roofline  # noqa: E402
 
 GPU_GRID = {"k": [1, 5, 50, 500, 5000], "batch": [20, 128, 1024], "dim": [50, 100]}
 CPU_GRID = {"k": [1, 5, 50], "batch": [20, 128], "dim": [50]}
@@ -95,8 +96,8 @@ def main():
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     grid = GPU_GRID if device.type == "cuda" else CPU_GRID
     ks, batches, dims = args.k or grid["k"], args.batch or grid["batch"], args.dim or grid["dim"]
-    env = environment(device)
     bandwidth = copy_bandwidth_gbps(device)
+    env = {**environment(device), "copy_gbps": bandwidth}
 
     backends = ["torch"] + [b for b in ("triton", "cuda") if device.type == "cuda" and _runs(b, device)]
     heads = ["triton"] if "triton" in backends else []
@@ -116,12 +117,14 @@ def main():
              "out_of_memory=True: that variant could not run the shape on this device (no times)",
              "times: median; GPU via triton.testing.do_bench, CPU via perf_counter after 3 warm-up calls",
              "fused-torch is the library's torch backend (the CPU fallback), not a fused kernel",
+             "pct_of_bound: 100 x the forward+backward's roofline bound (benchmarks/roofline.py; devices with known "
+             "peaks only) / its time",
              "naive+compile: first_call_ms in the JSON is its first forward+backward at each shape (compiling, or "
              "recompiling when torch.compile does), apart from the timed calls"]
     if device.type != "cuda":
         notes.append("CPU run: peak GPU memory does not apply; GPU figures come only from GPU runs")
     columns = ["k", "B", "D", "variant", "fwd_ms", "fwd_bwd_ms", "peak_mib", "gb_per_s", "pct_bandwidth",
-               "speedup_vs_naive", "out_of_memory"]
+               "speedup_vs_naive", "pct_of_bound", "out_of_memory"]
     # Saved after every shape, so a run cut short keeps what it measured.
     save = lambda show: write_results("bench_loss", device, env, rows, columns, notes, show=show)
 
@@ -156,6 +159,7 @@ def main():
                         row["gb_per_s"] = bytes_fwd_bwd / row["fwd_bwd_ms"] / 1e6
                         row["pct_bandwidth"] = 100 * row["gb_per_s"] / bandwidth
                         row["speedup_vs_naive"] = baseline / row["fwd_bwd_ms"] if baseline else None
+                        row["pct_of_bound"] = loss_roofline(row, env["device"], bandwidth).get("pct_of_bound")
                     rows.append(row)
                     print(row, flush=True)
                 save(False)

@@ -27,11 +27,14 @@ def environment(device):
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
-    try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                            cwd=Path(__file__).resolve().parent).stdout.strip()
-    except OSError:
-        info["git_commit"] = None
+    # A copied tree's git metadata can be stale (the GPU plan passes the real commit in IWAE_KERNELS_COMMIT).
+    info["git_commit"] = os.environ.get("IWAE_KERNELS_COMMIT")
+    if not info["git_commit"]:
+        try:
+            info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
+        except OSError:
+            info["git_commit"] = None
     return info
 
 

@@ -59,8 +59,16 @@ class Likelihood(enum.IntEnum):
     GAUSSIAN = 1
 
 
-# The fused decoder head keeps a row's hidden vector in one block, so its compiled kernels take H up to this.
-DECODER_HEAD_MAX_HIDDEN = 1024
+# The fused decoder head keeps a row's padded hidden vector in one tile, so its compiled kernels take H up to the
+# largest power of two whose smallest tile still fits an A100's shared memory (benchmarks/aot_report.py compiles
+# every kernel at these sizes for sm_80 and sm_90 and fails if none of their tiles fits).
+DECODER_HEAD_MAX_HIDDEN = {torch.float32: 512, torch.float16: 1024, torch.bfloat16: 1024}
+
+
+def decoder_head_max_hidden(dtype):
+    """The largest hidden size H the compiled decoder head takes for inputs of ``dtype`` (None: no limit; float64
+    runs the torch backend)."""
+    return DECODER_HEAD_MAX_HIDDEN.get(dtype)
 
 
 def accumulation_dtype(dtype):

@@ -10,8 +10,8 @@ import torch
 
 from . import _checks
 from .backend import get_backend
+from .contract import accumulation_dtype, decoder_head_max_hidden
 from .estimators import ESTIMATORS, check_latent_scale, conditional_density_path
-from .contract import DECODER_HEAD_MAX_HIDDEN, accumulation_dtype
 from .torch_backend import bound_from_max_sum
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -220,8 +220,8 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
     hidden @ weight.T + bias are never written to memory by the compiled backends (the torch one forms them).
 
     Args:
-        hidden: the decoder's last hidden activations [k, B, H] (H <= DECODER_HEAD_MAX_HIDDEN = 1024 for the
-            compiled backends).
+        hidden: the decoder's last hidden activations [k, B, H] (for the compiled backends H <= 512 in float32,
+            1024 in float16/bfloat16: contract.DECODER_HEAD_MAX_HIDDEN).
         weight, bias: that layer's [P, H] weight and [P] bias (an nn.Linear's).
         x: Bernoulli targets [B, P].
     Returns:
@@ -243,9 +243,10 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
     _checks.check_shape("x", x, (hidden.shape[1], size))
     x = x.detach()  # data: no gradient on any backend
     ops = get_backend(backend, hidden.device)
-    if ops.name != "torch" and width > DECODER_HEAD_MAX_HIDDEN:
-        raise ValueError(f"hidden: the fused decoder head holds H <= {DECODER_HEAD_MAX_HIDDEN} per row, got H={width}; "
-                         "use backend='torch'")
+    limit = decoder_head_max_hidden(hidden.dtype)
+    if ops.name != "torch" and limit is not None and width > limit:
+        raise ValueError(f"hidden: the fused decoder head holds H <= {limit} per row for {hidden.dtype}, "
+                         f"got H={width}; use backend='torch'")
     return ops.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
 
 

@@ -7,8 +7,11 @@ reduces it in the epilogue, like fused linear + cross-entropy kernels in LLM tra
 
 Backward recomputes the logit tiles instead of storing them: one kernel writes dh (rows in parallel), another
 dW and db (P-tiles in parallel, rows split into segments whose partial sums torch adds up).
-A row's hidden vector is held as one padded block, so H is limited to contract.DECODER_HEAD_MAX_HIDDEN.
+A row's hidden vector is held as one padded block, so H is limited to contract.DECODER_HEAD_MAX_HIDDEN, and
+tile shapes whose blocks would not fit the GPU's shared memory are dropped before they are compiled.
 """
+
+import functools
 
 import torch
 import triton
@@ -19,15 +22,15 @@ from torch.autograd.function import once_differentiable
 from .. import torch_backend
 from ..contract import accumulation_dtype
 from .._env import triton_interpreting
-from .utils import bernoulli_grad, bernoulli_log_prob, dot, dot_precision, library_op, triton_accumulation_dtype
+from .utils import (bernoulli_grad, bernoulli_log_prob, dot, dot_precision, library_op, max_shared_bytes,
+                    triton_accumulation_dtype)
 
 ROW_SEGMENTS = 32
 SEGMENT_ALIGN = 64  # a row segment is a whole number of row blocks for every tuned BLOCK_R
 
 
 def _configs():
-    """Tile shapes the autotuner times once per (H, P); one fixed shape under the interpreter (nothing to time).
-    A shape that does not fit the GPU (shared memory at large H) is skipped by the autotuner."""
+    """Tile shapes the autotuner times once per (H, P); one fixed shape under the interpreter (nothing to time)."""
     if triton_interpreting():
         return [triton.Config({"BLOCK_R": 32, "BLOCK_P": 64})]
     tiles = [triton.Config({"BLOCK_R": r, "BLOCK_P": p}, num_warps=w, num_stages=2)
@@ -35,7 +38,30 @@ def _configs():
     return tiles + [triton.Config({"BLOCK_R": 16, "BLOCK_P": 16}, num_warps=4, num_stages=1)]
 
 
-_autotune = triton.autotune(configs=_configs(), key=["H", "P"])
+# Shared memory per kernel and tile (BLOCK_R, BLOCK_P), in hidden-length rows of the input dtype: the h block, the
+# weight tile over the pipeline stages and their tf32x3 hi/lo copies. It grows linearly in H_PAD; these are the
+# largest values benchmarks/aot_report.py measured (sm_80 and sm_90, float32 and bfloat16, H_PAD 64 to 1024, 4 or 8
+# warps, Triton 3.9), and it checks them on every run: a config compiled that does not fit fails the report.
+SHARED_ROWS = {
+    "forward": {(16, 16): 48, (32, 32): 112, (32, 64): 160, (64, 32): 224, (64, 64): 320},
+    "grad_hidden": {(16, 16): 64, (32, 32): 129, (32, 64): 192, (64, 32): 257, (64, 64): 385},
+    "grad_weight": {(16, 16): 64, (32, 32): 145, (32, 64): 257, (64, 32): 225, (64, 64): 321},
+}
+
+
+def _fitting_configs(rows, configs, named_args, **kwargs):
+    """The configs whose estimated shared memory fits the GPU, before any is compiled (autotune's early prune)."""
+    row_bytes, limit = kwargs["H_PAD"] * named_args["h_ptr"].element_size(), max_shared_bytes()
+    fitting = [c for c in configs if rows[c.kwargs["BLOCK_R"], c.kwargs["BLOCK_P"]] * row_bytes <= limit]
+    if not fitting:
+        raise ValueError(f"decoder head: no tile fits {limit} B of shared memory at H_PAD={kwargs['H_PAD']} "
+                         f"({named_args['h_ptr'].dtype}); contract.DECODER_HEAD_MAX_HIDDEN is too large")
+    return fitting
+
+
+def _autotune(kernel):
+    prune = functools.partial(_fitting_configs, SHARED_ROWS[kernel])
+    return triton.autotune(configs=_configs(), key=["H", "P"], prune_configs_by={"early_config_prune": prune})
 
 
 @triton.jit
@@ -73,7 +99,7 @@ def _grad_logits(y, x_ptr, x_rows, cols, mask, grad_out, P, ACC: tl.constexpr):
     return tl.where(mask, grad_out[:, None] * bernoulli_grad(x, y), 0.0)
 
 
-@_autotune
+@_autotune("forward")
 @triton.jit
 def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, out_ptr, R, B, H, P,
                      ACC: tl.constexpr, PRECISION: tl.constexpr, H_PAD: tl.constexpr,
@@ -92,7 +118,7 @@ def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, out_ptr, R, B, H, P,
     tl.store(out_ptr + rows, total, mask=row_mask)
 
 
-@_autotune
+@_autotune("grad_hidden")
 @triton.jit
 def _head_grad_hidden_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_ptr, R, B, H, P,
                              ACC: tl.constexpr, PRECISION: tl.constexpr, H_PAD: tl.constexpr,
@@ -114,7 +140,7 @@ def _head_grad_hidden_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_pt
              mask=row_mask[:, None] & (hidden < H)[None, :])
 
 
-@_autotune
+@_autotune("grad_weight")
 @triton.jit
 def _head_grad_weight_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_w_ptr, grad_b_ptr, R, B, H, P,
                              rows_per_segment,
@@ -200,7 +226,7 @@ class BernoulliDecoderHeadFunction(torch.autograd.Function):
 def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
     """Bernoulli log p(x|z) of logits hidden @ weight.T + bias without materializing them.
 
-    hidden [k, B, H] (H <= contract.DECODER_HEAD_MAX_HIDDEN), weight [P, H], bias [P], x [B, P] -> [k, B].
+    hidden [k, B, H] (H <= contract.decoder_head_max_hidden(dtype)), weight [P, H], bias [P], x [B, P] -> [k, B].
     float64 runs the torch backend: tl.dot takes float32/float16/bfloat16 operands, not float64.
     """
     if hidden.dtype == torch.float64:

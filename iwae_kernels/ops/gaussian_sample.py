@@ -20,7 +20,10 @@ from torch.autograd.function import once_differentiable
 from ..contract import ESTIMATOR_CODES, accumulation_dtype
 from .utils import HALF_LOG_2PI, Launchers, library_op, row_tile, triton_accumulation_dtype
 
-BLOCK_SAMPLES = 32
+# Values per program, forward (FORWARD_TILE) and backward (BLOCK_SAMPLES x up to 64): the in-kernel Philox normals
+# need many registers per value; 4096 forward and 32 x 64 backward spilled (benchmarks/aot_report.py).
+BLOCK_SAMPLES = 16
+FORWARD_TILE = 512
 # The latent term's prior: N(0, I), the caller's diagonal Gaussian, or none (then it is -log q(z|x), for flows).
 STANDARD_PRIOR, GIVEN_PRIOR, NO_PRIOR = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
@@ -193,7 +196,7 @@ def _triton_forward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu:
                     prior_logvar: Optional[Tensor], z: Tensor, log_weight: Tensor, seed: Tensor, include_prior: bool,
                     scale: Optional[Tensor]) -> None:
     k, batch, dim = z.shape
-    block_rows, block_cols = row_tile(dim)
+    block_rows, block_cols = row_tile(dim, mu.dtype, FORWARD_TILE)
     has_prior = prior_mu is not None
     _gaussian_sample_fwd_kernel[(triton.cdiv(k * batch, block_rows),)](
         mu, logvar, z if eps is None else eps, prior_mu if has_prior else mu, prior_logvar if has_prior else mu,

@@ -79,7 +79,7 @@ def _log_likelihood_bwd_kernel(
 @library_op("triton_log_likelihood_forward", ("out",))
 def _triton_forward(first: Tensor, second: Optional[Tensor], x: Tensor, out: Tensor, likelihood: int) -> None:
     num_samples, batch, size = first.shape
-    block_rows, block_cols = row_tile(size)
+    block_rows, block_cols = row_tile(size, first.dtype)
     _log_likelihood_fwd_kernel[(triton.cdiv(num_samples * batch, block_rows),)](
         first, first if second is None else second, x, out, num_samples * batch, batch, size,
         LIKELIHOOD=likelihood, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows, BLOCK_P=block_cols,
@@ -90,7 +90,7 @@ def _triton_forward(first: Tensor, second: Optional[Tensor], x: Tensor, out: Ten
 def _triton_backward(first: Tensor, second: Optional[Tensor], x: Tensor, grad_out: Tensor, grad_first: Tensor,
                      grad_second: Optional[Tensor], likelihood: int) -> None:
     num_samples, batch, size = first.shape
-    block_rows, block_cols = row_tile(size)
+    block_rows, block_cols = row_tile(size, first.dtype)
     _log_likelihood_bwd_kernel[(triton.cdiv(num_samples * batch, block_rows),)](
         first, first if second is None else second, x, grad_out, grad_first,
         grad_first if grad_second is None else grad_second, num_samples * batch, batch, size,

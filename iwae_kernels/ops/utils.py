@@ -21,6 +21,16 @@ TILE_ELEMENTS = 4096
 MAX_BLOCK_COLS = 1024
 
 
+# Shared memory one block may use (the opt-in maximum), by compute capability; an unknown GPU gets the smallest.
+MAX_SHARED_BYTES = {80: 166_912, 86: 101_376, 87: 166_912, 89: 101_376, 90: 232_448}
+
+
+def max_shared_bytes():
+    """The shared memory a block may use on the GPU Triton compiles for (the real one, or the report's target)."""
+    arch = triton.runtime.driver.active.get_current_target().arch
+    return MAX_SHARED_BYTES.get(arch, min(MAX_SHARED_BYTES.values()))
+
+
 class Launchers(NamedTuple):
     """A compiled backend's kernels for one op family; they fill preallocated, contiguous outputs.
 
@@ -72,10 +82,13 @@ def triton_accumulation_dtype(dtype):
     return tl.float64 if accumulation_dtype(dtype) == torch.float64 else tl.float32
 
 
-def row_tile(n_cols):
-    """(BLOCK_ROWS, BLOCK_COLS) for kernels that reduce rows of length ``n_cols`` in column chunks."""
+def row_tile(n_cols, dtype, elements=TILE_ELEMENTS):
+    """(BLOCK_ROWS, BLOCK_COLS) for kernels that reduce rows of length ``n_cols`` in column chunks, holding about
+    ``elements`` values of a float32 accumulator per program: half as many for float64 (twice the registers
+    each), which would otherwise spill (benchmarks/aot_report.py shows it)."""
     block_cols = min(triton.next_power_of_2(n_cols), MAX_BLOCK_COLS)
-    return max(1, TILE_ELEMENTS // block_cols), block_cols
+    elements //= 2 if accumulation_dtype(dtype) == torch.float64 else 1
+    return max(1, elements // block_cols), block_cols
 
 
 # torch.get_float32_matmul_precision() -> tl.dot's precision for float32 operands, as cuBLAS follows it. "highest":

@@ -46,3 +46,26 @@ def test_bench_train_step_runs(tmp_path):
     variants = ["naive", "fused", "fused-head"]
     assert [(row["layers"], row["variant"]) for row in rows] == [(layers, v) for layers in (1, 2) for v in variants]
     assert all(row["samples_per_s"] > 0 for row in rows)
+
+
+def test_roofline_reads_the_committed_h100_results(tmp_path):
+    source = BENCHMARKS / "results" / "NVIDIA_H100_80GB_HBM3"
+    for name in ("bench_loss.json", "bench_loss.md", "bench_eval.json"):
+        (tmp_path / name).write_text((source / name).read_text())
+    subprocess.run([sys.executable, str(BENCHMARKS / "roofline.py"), "--results", str(tmp_path)], check=True,
+                   capture_output=True, text=True)
+    result = json.loads((tmp_path / "roofline.json").read_text())
+    loss_rows = [row for row in json.loads((source / "bench_loss.json").read_text())["rows"] if row.get("fwd_bwd_ms")]
+    assert result["copy_gbps"] > 2000  # recorded in that run's notes
+    assert len([row for row in result["rows"] if row["bench"].startswith("bench_loss")]) == len(loss_rows)
+    assert all(0 < row["pct_of_bound"] <= 100 and row["bound_ms"] > 0 for row in result["rows"])
+    assert "pct_of_bound" in (tmp_path / "roofline.md").read_text()
+
+
+def test_gpu_plan_dry_run_lists_its_stages_in_order():
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_plan.sh"), "--dry-run"], check=True, capture_output=True,
+                            text=True)
+    stages = [line.split(" ", 1)[0] for line in result.stdout.splitlines()]
+    assert stages == ["versions", "build", "tests", "bench_loss", "bench_eval", "bench_train_step", "profile",
+                      "memcheck", "racecheck"]
+    assert "timeout" in result.stdout and "tests/test_compile.py" in result.stdout

@@ -76,6 +76,8 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match=r"x: expected shape \(3, 5\)"):
         ik.bernoulli_decoder_log_likelihood(hidden, weight, bias, torch.zeros(3, 4))
     device = backend_device("triton")
-    with pytest.raises(ValueError, match=r"hidden: the fused decoder head holds H <= 1024"):
-        ik.bernoulli_decoder_log_likelihood(torch.zeros(1, 1, 1025, device=device), torch.zeros(5, 1025, device=device),
-                                            bias.to(device), torch.zeros(1, 5, device=device), backend="triton")
+    for dtype, limit in ((torch.float32, 512), (torch.bfloat16, 1024)):  # what fits an A100's shared memory
+        with pytest.raises(ValueError, match=rf"hidden: the fused decoder head holds H <= {limit} per row for {dtype}"):
+            ik.bernoulli_decoder_log_likelihood(
+                torch.zeros(1, 1, limit + 1, device=device, dtype=dtype), torch.zeros(5, limit + 1, device=device,
+                dtype=dtype), bias.to(device, dtype), torch.zeros(1, 5, device=device, dtype=dtype), backend="triton")
