@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..contract import accumulation_dtype
-from .utils import library_op, shifted_max, triton_accumulation_dtype
+from .utils import cdiv, library_op, shifted_max, triton_accumulation_dtype
 
 BLOCK_ROWS, BLOCK_VOCAB = 16, 256
 
@@ -70,7 +70,7 @@ def _categorical_bwd_kernel(logits_ptr, tokens_ptr, mask_ptr, lse_ptr, grad_out_
 @library_op("triton_categorical_forward", ("out", "lse"))
 def _triton_forward(logits: Tensor, tokens: Tensor, mask: Tensor, out: Tensor, lse: Tensor) -> None:
     rows, vocab = logits.shape
-    _categorical_fwd_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](
+    _categorical_fwd_kernel[(cdiv(rows, BLOCK_ROWS),)](
         logits_ptr=logits, tokens_ptr=tokens, mask_ptr=mask, out_ptr=out, lse_ptr=lse, R=rows, BT=tokens.numel(),
         V=vocab, ACC=triton_accumulation_dtype(logits.dtype), BLOCK_R=BLOCK_ROWS, BLOCK_V=BLOCK_VOCAB)
 
@@ -79,7 +79,7 @@ def _triton_forward(logits: Tensor, tokens: Tensor, mask: Tensor, out: Tensor, l
 def _triton_backward(logits: Tensor, tokens: Tensor, mask: Tensor, lse: Tensor, grad_out: Tensor,
                      grad_logits: Tensor) -> None:
     rows, vocab = logits.shape
-    _categorical_bwd_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](
+    _categorical_bwd_kernel[(cdiv(rows, BLOCK_ROWS),)](
         logits_ptr=logits, tokens_ptr=tokens, mask_ptr=mask, lse_ptr=lse, grad_out_ptr=grad_out,
         grad_logits_ptr=grad_logits, R=rows, BT=tokens.numel(), V=vocab,
         ACC=triton_accumulation_dtype(logits.dtype), BLOCK_R=BLOCK_ROWS, BLOCK_V=BLOCK_VOCAB)

@@ -22,8 +22,8 @@ from torch.autograd.function import once_differentiable
 from .. import torch_backend
 from ..contract import accumulation_dtype
 from .._env import triton_interpreting
-from .utils import (bernoulli_grad, bernoulli_log_prob, dot, dot_precision, library_op, max_shared_bytes,
-                    triton_accumulation_dtype)
+from .utils import (bernoulli_grad, bernoulli_log_prob, cdiv, dot, dot_precision, library_op, max_shared_bytes,
+                    next_power_of_2, triton_accumulation_dtype)
 
 ROW_SEGMENTS = 32
 SEGMENT_ALIGN = 64  # a row segment is a whole number of row blocks for every tuned BLOCK_R
@@ -173,14 +173,14 @@ def _head_grad_weight_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_w_pt
 
 def _config(hidden):
     return dict(ACC=triton_accumulation_dtype(hidden.dtype), PRECISION=dot_precision(hidden.dtype),
-                H_PAD=max(16, triton.next_power_of_2(hidden.shape[-1])))
+                H_PAD=max(16, next_power_of_2(hidden.shape[-1])))
 
 
 @library_op("triton_decoder_head_forward", ("out",))
 def _triton_forward(hidden: Tensor, weight: Tensor, bias: Tensor, x: Tensor, out: Tensor) -> None:
     num_samples, batch, width = hidden.shape
     rows = num_samples * batch
-    _head_fwd_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_R"]),)](
+    _head_fwd_kernel[lambda meta: (cdiv(rows, meta["BLOCK_R"]),)](
         hidden, weight, bias, x, out, rows, batch, width, weight.shape[0], **_config(hidden))
 
 
@@ -190,10 +190,10 @@ def _triton_backward(hidden: Tensor, weight: Tensor, bias: Tensor, x: Tensor, gr
     num_samples, batch, width = hidden.shape
     rows, size, segments = num_samples * batch, weight.shape[0], partial_weight.shape[0]
     config = _config(hidden)
-    _head_grad_hidden_kernel[lambda meta: (triton.cdiv(rows, meta["BLOCK_R"]),)](
+    _head_grad_hidden_kernel[lambda meta: (cdiv(rows, meta["BLOCK_R"]),)](
         hidden, weight, bias, x, grad_out, grad_hidden, rows, batch, width, size, **config)
-    rows_per_segment = triton.cdiv(triton.cdiv(rows, segments), SEGMENT_ALIGN) * SEGMENT_ALIGN
-    _head_grad_weight_kernel[lambda meta: (triton.cdiv(size, meta["BLOCK_P"]), segments)](
+    rows_per_segment = cdiv(cdiv(rows, segments), SEGMENT_ALIGN) * SEGMENT_ALIGN
+    _head_grad_weight_kernel[lambda meta: (cdiv(size, meta["BLOCK_P"]), segments)](
         hidden, weight, bias, x, grad_out, partial_weight, partial_bias, rows, batch, width, size, rows_per_segment,
         **config)
 
@@ -215,7 +215,7 @@ class BernoulliDecoderHeadFunction(torch.autograd.Function):
         hidden, weight, bias, x = ctx.saved_tensors
         rows, acc = hidden.shape[0] * hidden.shape[1], accumulation_dtype(hidden.dtype)
         # dW and db: each segment of rows writes a partial sum, added up here.
-        segments = min(ROW_SEGMENTS, triton.cdiv(rows, SEGMENT_ALIGN))
+        segments = min(ROW_SEGMENTS, cdiv(rows, SEGMENT_ALIGN))
         grad_hidden = torch.empty_like(hidden)
         partial_weight = torch.empty((segments,) + tuple(weight.shape), dtype=acc, device=hidden.device)
         partial_bias = torch.empty((segments,) + tuple(bias.shape), dtype=acc, device=hidden.device)

@@ -17,8 +17,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..contract import ESTIMATOR_CODES, accumulation_dtype
-from .utils import HALF_LOG_2PI, Launchers, library_op, row_tile, triton_accumulation_dtype
+from ..contract import ESTIMATOR_CODES, Estimator, accumulation_dtype
+from .utils import HALF_LOG_2PI, Launchers, cdiv, library_op, next_power_of_2, row_tile, triton_accumulation_dtype
 
 # Values per program, forward (FORWARD_TILE) and backward (BLOCK_SAMPLES x up to 64): the in-kernel Philox normals
 # need many registers per value; 4096 forward and 32 x 64 backward spilled (benchmarks/aot_report.py).
@@ -26,6 +26,9 @@ BLOCK_SAMPLES = 16
 FORWARD_TILE = 512
 # The latent term's prior: N(0, I), the caller's diagonal Gaussian, or none (then it is -log q(z|x), for flows).
 STANDARD_PRIOR, GIVEN_PRIOR, NO_PRIOR = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+# The estimator codes (contract.Estimator), as constexprs the kernels compare against.
+TOTAL_DERIVATIVE = tl.constexpr(int(Estimator.TOTAL_DERIVATIVE))
+DOUBLY_REPARAMETERIZED = tl.constexpr(int(Estimator.DOUBLY_REPARAMETERIZED))
 
 
 @triton.jit
@@ -94,7 +97,7 @@ def _gaussian_sample_bwd_kernel(
 
     # DReG needs wt_i = dJ/da_i / sum_j dJ/da_j, so first sum the upstream log-weight gradient over k.
     weight_total = 0.0
-    if ESTIMATOR == 2:
+    if ESTIMATOR == DOUBLY_REPARAMETERIZED:
         total = tl.zeros([BLOCK_K], ACC)
         for k0 in range(0, K, BLOCK_K):
             samples = k0 + tl.arange(0, BLOCK_K)
@@ -147,14 +150,14 @@ def _gaussian_sample_bwd_kernel(
             dlogp_dz = -z
         else:
             dlogp_dz = tl.zeros([BLOCK_K, BLOCK_D], ACC)
-        if ESTIMATOR == 0:
+        if ESTIMATOR == TOTAL_DERIVATIVE:
             # iwae / vae: the total derivative, the score term of -log q adds 0.5 * dJ/da to dlogvar.
             per_sample = grad_z + grad_a * dlogp_dz
             grad_logvar = per_sample * 0.5 * sigma * eps + 0.5 * grad_a
         else:
             # stl / dreg: path derivative only, d(-log q)/dz = eps / sigma, no score term.
             per_sample = grad_z + grad_a * (dlogp_dz + eps * tl.exp(-0.5 * logvar))
-            if ESTIMATOR == 2:
+            if ESTIMATOR == DOUBLY_REPARAMETERIZED:
                 safe_total = tl.where(weight_total != 0.0, weight_total, 1.0)
                 per_sample = per_sample * tl.where(weight_total != 0.0, grad_a / safe_total, 0.0)
             grad_logvar = per_sample * 0.5 * sigma * eps
@@ -198,7 +201,7 @@ def _triton_forward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu:
     k, batch, dim = z.shape
     block_rows, block_cols = row_tile(dim, mu.dtype, FORWARD_TILE)
     has_prior = prior_mu is not None
-    _gaussian_sample_fwd_kernel[(triton.cdiv(k * batch, block_rows),)](
+    _gaussian_sample_fwd_kernel[(cdiv(k * batch, block_rows),)](
         mu, logvar, z if eps is None else eps, prior_mu if has_prior else mu, prior_logvar if has_prior else mu,
         z, log_weight, seed, seed if scale is None else scale, k * batch, batch, dim, _sample_stride(mu),
         _sample_stride(prior_mu), HAS_EPS=eps is not None, PRIOR=_prior_kind(prior_mu, include_prior),
@@ -214,9 +217,9 @@ def _triton_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu
                      scale: Optional[Tensor]) -> None:
     batch, dim = mu.shape[-2:]
     has_prior = prior_mu is not None
-    block_dim = min(triton.next_power_of_2(dim), 64)
+    block_dim = min(next_power_of_2(dim), 64)
     placeholder = grad_mu  # for pointers a constexpr flag says are unused
-    _gaussian_sample_bwd_kernel[(batch, triton.cdiv(dim, block_dim))](
+    _gaussian_sample_bwd_kernel[(batch, cdiv(dim, block_dim))](
         mu, logvar, placeholder if eps is None else eps,
         prior_mu if has_prior else placeholder, prior_logvar if has_prior else placeholder,
         placeholder if grad_z is None else grad_z, placeholder if grad_log_weight is None else grad_log_weight,
@@ -263,7 +266,7 @@ class GaussianSampleFunction(torch.autograd.Function):
         grad_prior_logvar = None if prior_logvar is None else torch.empty_like(prior_logvar)
         ctx.launchers.backward(mu, logvar, eps, prior_mu, prior_logvar, _contiguous(grad_z), _contiguous(grad_log_weight),
                                grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar, ctx.k, ctx.seed,
-                               ESTIMATOR_CODES[ctx.estimator], ctx.include_prior, ctx.scale)
+                               int(ESTIMATOR_CODES[ctx.estimator]), ctx.include_prior, ctx.scale)
         return grad_mu, grad_logvar, None, grad_prior_mu, grad_prior_logvar, None, None, None, None, None, None
 
 

@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import torch_backend
 from .gaussian_sample import draw_seed
-from .utils import dot, dot_precision, library_op, triton_accumulation_dtype
+from .utils import cdiv, dot, dot_precision, library_op, triton_accumulation_dtype
 
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
 
@@ -62,7 +62,7 @@ def _local_reparam_fwd_kernel(
 def _triton_forward(a: Tensor, mu: Tensor, var: Tensor, bias: Optional[Tensor], noise: Optional[Tensor], seed: Tensor,
                     out: Tensor, noise_over_2std: Tensor) -> None:
     (rows, inner), outputs = a.shape, mu.shape[0]
-    _local_reparam_fwd_kernel[(triton.cdiv(rows, BLOCK_M), triton.cdiv(outputs, BLOCK_N))](
+    _local_reparam_fwd_kernel[(cdiv(rows, BLOCK_M), cdiv(outputs, BLOCK_N))](
         a, mu, var, out if bias is None else bias, out if noise is None else noise, seed, out, noise_over_2std,
         rows, outputs, inner, HAS_BIAS=bias is not None, HAS_NOISE=noise is not None,
         ACC=triton_accumulation_dtype(a.dtype), PRECISION=dot_precision(a.dtype),

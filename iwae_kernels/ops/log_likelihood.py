@@ -13,10 +13,12 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..contract import accumulation_dtype
-from .utils import HALF_LOG_2PI, Launchers, bernoulli_grad, bernoulli_log_prob, library_op, row_tile, triton_accumulation_dtype
+from ..contract import Likelihood, accumulation_dtype
+from .utils import (HALF_LOG_2PI, Launchers, bernoulli_grad, bernoulli_log_prob, cdiv, library_op, row_tile,
+                    triton_accumulation_dtype)
 
-BERNOULLI, GAUSSIAN = 0, 1
+# The likelihood codes (contract.Likelihood), as constexprs the kernels compare against.
+BERNOULLI, GAUSSIAN = tl.constexpr(int(Likelihood.BERNOULLI)), tl.constexpr(int(Likelihood.GAUSSIAN))
 
 
 @triton.jit
@@ -41,14 +43,14 @@ def _log_likelihood_fwd_kernel(
     total = tl.zeros([BLOCK_R], ACC)
     for p0 in range(0, P, BLOCK_P):
         mask, offsets, x, first = _load_tile(first_ptr, x_ptr, rows, row_mask, x_rows, p0, P, ACC, BLOCK_P)
-        if LIKELIHOOD == 0:
+        if LIKELIHOOD == BERNOULLI:
             term = bernoulli_log_prob(x, first)
         else:
             logvar = tl.load(second_ptr + offsets, mask=mask, other=0.0).to(ACC)
             diff = x - first
             term = -0.5 * logvar - 0.5 * diff * diff * tl.exp(-logvar)
         total += tl.sum(tl.where(mask, term, 0.0), axis=1)
-    if LIKELIHOOD == 1:
+    if LIKELIHOOD == GAUSSIAN:
         total -= tl.full([], HALF_LOG_2PI, ACC) * P
     tl.store(out_ptr + rows, total, mask=row_mask)
 
@@ -64,7 +66,7 @@ def _log_likelihood_bwd_kernel(
     scale = tl.load(grad_out_ptr + rows, mask=row_mask, other=0.0).to(ACC)[:, None]
     for p0 in range(0, P, BLOCK_P):
         mask, offsets, x, first = _load_tile(first_ptr, x_ptr, rows, row_mask, x_rows, p0, P, ACC, BLOCK_P)
-        if LIKELIHOOD == 0:
+        if LIKELIHOOD == BERNOULLI:
             grad_first = scale * bernoulli_grad(x, first)
         else:
             logvar = tl.load(second_ptr + offsets, mask=mask, other=0.0).to(ACC)
@@ -80,7 +82,7 @@ def _log_likelihood_bwd_kernel(
 def _triton_forward(first: Tensor, second: Optional[Tensor], x: Tensor, out: Tensor, likelihood: int) -> None:
     num_samples, batch, size = first.shape
     block_rows, block_cols = row_tile(size, first.dtype)
-    _log_likelihood_fwd_kernel[(triton.cdiv(num_samples * batch, block_rows),)](
+    _log_likelihood_fwd_kernel[(cdiv(num_samples * batch, block_rows),)](
         first, first if second is None else second, x, out, num_samples * batch, batch, size,
         LIKELIHOOD=likelihood, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows, BLOCK_P=block_cols,
     )
@@ -91,7 +93,7 @@ def _triton_backward(first: Tensor, second: Optional[Tensor], x: Tensor, grad_ou
                      grad_second: Optional[Tensor], likelihood: int) -> None:
     num_samples, batch, size = first.shape
     block_rows, block_cols = row_tile(size, first.dtype)
-    _log_likelihood_bwd_kernel[(triton.cdiv(num_samples * batch, block_rows),)](
+    _log_likelihood_bwd_kernel[(cdiv(num_samples * batch, block_rows),)](
         first, first if second is None else second, x, grad_out, grad_first,
         grad_first if grad_second is None else grad_second, num_samples * batch, batch, size,
         LIKELIHOOD=likelihood, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows, BLOCK_P=block_cols,
@@ -130,9 +132,9 @@ class LogLikelihoodFunction(torch.autograd.Function):
 
 def bernoulli_log_likelihood(logits, x, launchers=TRITON_LAUNCHERS):
     """sum_j x_j y_j - softplus(y_j) over the last dim. logits [k, B, P], x [B, P] -> [k, B]."""
-    return LogLikelihoodFunction.apply(logits, None, x, BERNOULLI, launchers)
+    return LogLikelihoodFunction.apply(logits, None, x, int(Likelihood.BERNOULLI), launchers)
 
 
 def gaussian_log_likelihood(mean, logvar, x, launchers=TRITON_LAUNCHERS):
     """Diagonal-Gaussian log-density of x summed over the last dim. mean, logvar [k, B, P], x [B, P] -> [k, B]."""
-    return LogLikelihoodFunction.apply(mean, logvar, x, GAUSSIAN, launchers)
+    return LogLikelihoodFunction.apply(mean, logvar, x, int(Likelihood.GAUSSIAN), launchers)

@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import torch_backend
 from ..contract import accumulation_dtype
-from .utils import Launchers, library_op, shifted_max, triton_accumulation_dtype
+from .utils import Launchers, cdiv, library_op, shifted_max, triton_accumulation_dtype
 
 BLOCK_EXAMPLES = 64
 BLOCK_SAMPLES = 64
@@ -100,7 +100,7 @@ def _normalized_weights_kernel(
 
 def sample_splits(num_samples, batch):
     """How many splits of the k rows the fold uses: 1 unless the example blocks alone leave the GPU empty."""
-    programs = -(-batch // BLOCK_EXAMPLES)
+    programs = cdiv(batch, BLOCK_EXAMPLES)
     return max(1, min(num_samples // MIN_SAMPLES_PER_SPLIT, TARGET_PROGRAMS // programs))
 
 
@@ -109,11 +109,11 @@ def _triton_max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Te
                     bound: Optional[Tensor]) -> None:
     num_samples, batch = log_w.shape
     accumulate = in_max is not None
-    blocks, splits = -(-batch // BLOCK_EXAMPLES), sample_splits(num_samples, batch)
+    blocks, splits = cdiv(batch, BLOCK_EXAMPLES), sample_splits(num_samples, batch)
     acc = triton_accumulation_dtype(out_max.dtype)
     folded = log_w
     if splits > 1:  # first each split's logsumexp [splits, B], then the fold below over those
-        rows_per_split = -(-num_samples // splits)
+        rows_per_split = cdiv(num_samples, splits)
         folded = torch.empty((splits, batch), dtype=out_max.dtype, device=log_w.device)
         # Pointers a constexpr flag leaves unused get out_max.
         _max_sum_kernel[(blocks, splits)](
@@ -134,7 +134,7 @@ def _triton_max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Te
 @library_op("triton_normalized_weights", ("out",))
 def _triton_normalized_weights(log_w: Tensor, running_max: Tensor, running_sum: Tensor, scale: Optional[Tensor],
                                out: Tensor) -> None:
-    _normalized_weights_kernel[(triton.cdiv(log_w.numel(), BLOCK_ELEMENTS),)](
+    _normalized_weights_kernel[(cdiv(log_w.numel(), BLOCK_ELEMENTS),)](
         log_w_ptr=log_w, max_ptr=running_max, sum_ptr=running_sum, scale_ptr=running_max if scale is None else scale,
         out_ptr=out, N=log_w.numel(), B=log_w.shape[1], HAS_SCALE=scale is not None,
         ACC=triton_accumulation_dtype(running_max.dtype), BLOCK=BLOCK_ELEMENTS,

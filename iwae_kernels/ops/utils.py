@@ -77,6 +77,17 @@ def dispatch_through_custom_ops():
         _DISPATCH_THROUGH_OPS[0] = False
 
 
+def cdiv(a, b):
+    """ceil(a / b) for launch grids: plain Python, since triton.cdiv is a constexpr function whose call costs
+    microseconds of host time at every launch."""
+    return -(-a // b)
+
+
+def next_power_of_2(n):
+    """The smallest power of two >= n (n >= 1), in plain Python like ``cdiv``."""
+    return 1 << (n - 1).bit_length()
+
+
 def triton_accumulation_dtype(dtype):
     """The Triton dtype kernels accumulate in for inputs of torch ``dtype``."""
     return tl.float64 if accumulation_dtype(dtype) == torch.float64 else tl.float32
@@ -86,7 +97,7 @@ def row_tile(n_cols, dtype, elements=TILE_ELEMENTS):
     """(BLOCK_ROWS, BLOCK_COLS) for kernels that reduce rows of length ``n_cols`` in column chunks, holding about
     ``elements`` values of a float32 accumulator per program: half as many for float64 (twice the registers
     each), which would otherwise spill (benchmarks/aot_report.py shows it)."""
-    block_cols = min(triton.next_power_of_2(n_cols), MAX_BLOCK_COLS)
+    block_cols = min(next_power_of_2(n_cols), MAX_BLOCK_COLS)
     elements //= 2 if accumulation_dtype(dtype) == torch.float64 else 1
     return max(1, elements // block_cols), block_cols
 
