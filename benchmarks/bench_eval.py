@@ -23,7 +23,7 @@ import torch
 from torch.distributions import Normal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, peak_memory_mib, write_results  # noqa: E402
+from common import environment, parse_args, peak_memory_mib, write_results  # noqa: E402
 from iwae_kernels.app import data as datasets  # noqa: E402
 from iwae_kernels.models import paper_model  # noqa: E402
 from roofline import eval_roofline  # noqa: E402
@@ -64,7 +64,7 @@ def main():
     parser.add_argument("--checkpoint", default=None, help="a trained checkpoint (default: a fresh model)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="include naive+compile (default: on a GPU only; slow to compile on a CPU)")
-    args = parser.parse_args()
+    args = parse_args(parser)
     device = torch.device(args.device)
     images = args.images or (10000 if device.type == "cuda" else 200)
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import iwae_kernels as ik  # noqa: E402
-from common import environment, median_ms, peak_memory_mib, write_results  # noqa: E402
+from common import environment, parse_args, median_ms, peak_memory_mib, write_results  # noqa: E402
 from naive import naive_iwae_loss  # noqa: E402
 from roofline import loss_roofline  # noqa: E402
 
@@ -92,7 +92,7 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="include naive+compile (default: on a GPU only; slow to compile on a CPU)")
-    args = parser.parse_args()
+    args = parse_args(parser)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     grid = GPU_GRID if device.type == "cuda" else CPU_GRID
     ks, batches, dims = args.k or grid["k"], args.batch or grid["batch"], args.dim or grid["dim"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, median_ms, peak_memory_mib, write_results  # noqa: E402
+from common import environment, parse_args, median_ms, peak_memory_mib, write_results  # noqa: E402
 from iwae_kernels.models import paper_model  # noqa: E402
 from naive import naive_model_loss  # noqa: E402
 
@@ -32,7 +32,7 @@ def main():
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--variants", nargs="+", default=["naive", "fused", "fused-head"],
                         choices=["naive", "fused", "fused-head"], help="naive must come first (the speedups' base)")
-    args = parser.parse_args()
+    args = parse_args(parser)
     device = torch.device(args.device)
     batches = args.batch or ([20, 128] if device.type == "cuda" else [20])
     env = environment(device)

@@ -17,10 +17,23 @@ from iwae_kernels.app.device import device_name
 RESULTS = Path(os.environ.get("IWAE_KERNELS_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
+def parse_args(parser):
+    """parser.parse_args() after adding --matmul-precision, which it applies before anything runs: the fused
+    kernels and cuBLAS then run every variant at that float32 matmul precision (recorded by ``environment``)."""
+    parser.add_argument("--matmul-precision", choices=["highest", "high", "medium"], default=None,
+                        help="torch.set_float32_matmul_precision for every variant (default: torch's, highest)")
+    args = parser.parse_args()
+    if args.matmul_precision:
+        torch.set_float32_matmul_precision(args.matmul_precision)
+    return args
+
+
 def environment(device):
     """What a result must record besides its numbers."""
     info = {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "python " + " ".join(sys.argv)}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": "python " + " ".join(sys.argv),
+            # The fused matmul kernels and cuBLAS (naive, naive+compile) both follow it: every variant runs under it.
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
     try:
         import triton
 
@@ -38,8 +51,9 @@ def environment(device):
     return info
 
 
-def median_ms(fn, device, warmup=3, repeats=10):
-    """Median wall time of fn() in ms after warm-up: triton.testing.do_bench on a GPU, perf_counter on a CPU."""
+def median_ms(fn, device, warmup=5, repeats=25):
+    """Median wall time of fn() in ms after warm-up: triton.testing.do_bench on a GPU, perf_counter on a CPU
+    (25 repeats: with 10, CPU medians of the same code moved by 30% between runs)."""
     if device.type == "cuda":
         import triton.testing
 
@@ -73,7 +87,8 @@ def write_results(name, device, env, rows, columns, notes=(), show=True):
     (folder / f"{name}.json").write_text(json.dumps({**env, "rows": rows}, indent=1))
     fmt = lambda v: "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
     lines = [f"# {name} on {env['device']}", "",
-             f"- {env['date']}, torch {env['torch']}, triton {env['triton']}, commit {env['git_commit']}",
+             f"- {env['date']}, torch {env['torch']}, triton {env['triton']}, commit {env['git_commit']}, "
+             f"float32 matmul precision {env['float32_matmul_precision']!r}",
              f"- command: `{env['command']}`", *[f"- {note}" for note in notes], "",
              "| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
     lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
