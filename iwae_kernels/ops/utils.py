@@ -127,14 +127,17 @@ def dot(a, b, ACC: tl.constexpr, PRECISION: tl.constexpr):
     """tl.dot accumulating in ACC. PRECISION "bf16": operands rounded to bf16 (torch's "medium" matmul precision);
     "upcast" / "bf16-upcast": float32 products of the (bf16-rounded) operands, only under the Triton interpreter,
     whose bf16 dot products are wrong; otherwise tl.dot's input_precision (None: its default)."""
+    # One branch per mode, with an else: the compiler still compiles statements after a constexpr-if's return.
     if PRECISION == "upcast":
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), out_dtype=ACC, input_precision="ieee")
-    if PRECISION == "bf16-upcast":
-        return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), out_dtype=ACC,
-                      input_precision="ieee")
-    if PRECISION == "bf16":
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=ACC)
-    return tl.dot(a, b, out_dtype=ACC, input_precision=PRECISION)
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), out_dtype=ACC, input_precision="ieee")
+    elif PRECISION == "bf16-upcast":
+        out = tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), out_dtype=ACC,
+                     input_precision="ieee")
+    elif PRECISION == "bf16":
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=ACC)
+    else:
+        out = tl.dot(a, b, out_dtype=ACC, input_precision=PRECISION)
+    return out
 
 
 @triton.jit
