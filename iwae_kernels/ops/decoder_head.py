@@ -104,6 +104,10 @@ def _grad_logits(y, x_ptr, x_rows, cols, mask, grad_out, P, ACC: tl.constexpr):
 def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, out_ptr, R, B, H, P,
                      ACC: tl.constexpr, PRECISION: tl.constexpr, H_PAD: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+    """out [R = k * B] = sum_j x_j y_j - softplus(y_j), y = h W^T + b for h [R, H], W [P, H], b [P], x [B, P]
+    (row r uses x[r % B]); the logits live only in registers. Grid: cdiv(R, BLOCK_R) (autotuned); each program
+    holds its rows' hidden block [BLOCK_R, H_PAD] and walks P in BLOCK_P tiles of W. Reads h once and W once per
+    program; 2 R H P FLOPs on tensor cores."""
     rows, row_mask, h_block = _program_rows(h_ptr, R, H, H_PAD, BLOCK_R)
     x_rows = rows % B
     total = tl.zeros([BLOCK_R], ACC)
@@ -123,6 +127,8 @@ def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, out_ptr, R, B, H, P,
 def _head_grad_hidden_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_ptr, R, B, H, P,
                              ACC: tl.constexpr, PRECISION: tl.constexpr, H_PAD: tl.constexpr,
                              BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+    """grad_h [R, H] = sum_j g_r (x_j - sigmoid(y_j)) W_j, recomputing each logit tile instead of reading stored
+    logits. Grid: cdiv(R, BLOCK_R) (autotuned). 4 R H P FLOPs (the logits again, then dh)."""
     rows, row_mask, h_block = _program_rows(h_ptr, R, H, H_PAD, BLOCK_R)
     x_rows = rows % B
     grad_out = tl.load(grad_out_ptr + rows, mask=row_mask, other=0.0).to(ACC)
@@ -146,6 +152,8 @@ def _head_grad_weight_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_w_pt
                              rows_per_segment,
                              ACC: tl.constexpr, PRECISION: tl.constexpr, H_PAD: tl.constexpr,
                              BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Partial dW [segments, P, H] and db [segments, P] over rows_per_segment rows each (torch sums the segments:
+    deterministic), recomputing the logits. Grid: (cdiv(P, BLOCK_P), segments) (autotuned). 4 R H P FLOPs."""
     # Program (P-tile, row segment) writes that segment's partial dW [BLOCK_P, H] and db [BLOCK_P].
     cols = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     col_mask = cols < P

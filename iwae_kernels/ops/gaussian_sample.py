@@ -47,6 +47,11 @@ def _gaussian_sample_fwd_kernel(
     HAS_EPS: tl.constexpr, PRIOR: tl.constexpr, HAS_SCALE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """z [R = k * B, D] = mu + exp(logvar / 2) eps and log_weight [R] = scale * sum_d (log p(z) - log q(z|x))
+    (docs/MATH.md, "Forward"). mu/logvar (and a given prior) are [B, D] (sample stride 0) or [k, B, D]; eps is
+    read (HAS_EPS) or drawn as Philox normals keyed on (seed, element index), the same stream the backward redraws.
+    PRIOR: STANDARD_PRIOR, GIVEN_PRIOR or NO_PRIOR (-log q only). Grid: cdiv(R, BLOCK_R), each program walking D in
+    BLOCK_D chunks. Reads the parameters once (eps too when given), writes z and the log-weights."""
     # Rows are (sample i, example b) pairs r = i * B + b; a shared [B, D] parameter has sample stride 0.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
@@ -91,6 +96,12 @@ def _gaussian_sample_bwd_kernel(
     PARAM_PER_SAMPLE: tl.constexpr, PRIOR_PER_SAMPLE: tl.constexpr, ESTIMATOR: tl.constexpr,
     ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """Gradients for mu, logvar [B, D] (summed over the k samples) or [k, B, D] (PARAM_PER_SAMPLE), and for a given
+    prior, from grad_z [k, B, D] and grad_log_weight [k, B], with the estimator's encoder gradient (ESTIMATOR:
+    TOTAL_DERIVATIVE, stl's path derivative, or DOUBLY_REPARAMETERIZED, which first sums grad_log_weight over k to
+    read off the normalized weights; docs/MATH.md, "Backward"). eps is re-read or redrawn, never stored.
+    Grid: (B, cdiv(D, BLOCK_D)); each program walks the k samples in BLOCK_K chunks. Reads grad_z and the
+    per-sample parameters once (grad_log_weight twice for dreg), writes the gradients once."""
     example = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < D
@@ -202,10 +213,12 @@ def _triton_forward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu:
     block_rows, block_cols = row_tile(dim, mu.dtype, FORWARD_TILE)
     has_prior = prior_mu is not None
     _gaussian_sample_fwd_kernel[(cdiv(k * batch, block_rows),)](
-        mu, logvar, z if eps is None else eps, prior_mu if has_prior else mu, prior_logvar if has_prior else mu,
-        z, log_weight, seed, seed if scale is None else scale, k * batch, batch, dim, _sample_stride(mu),
-        _sample_stride(prior_mu), HAS_EPS=eps is not None, PRIOR=_prior_kind(prior_mu, include_prior),
-        HAS_SCALE=scale is not None, ACC=triton_accumulation_dtype(mu.dtype), BLOCK_R=block_rows, BLOCK_D=block_cols,
+        mu_ptr=mu, logvar_ptr=logvar, eps_ptr=z if eps is None else eps, prior_mu_ptr=prior_mu if has_prior else mu,
+        prior_logvar_ptr=prior_logvar if has_prior else mu, z_ptr=z, log_weight_ptr=log_weight, seed_ptr=seed,
+        scale_ptr=seed if scale is None else scale, R=k * batch, B=batch, D=dim,
+        param_sample_stride=_sample_stride(mu), prior_sample_stride=_sample_stride(prior_mu),
+        HAS_EPS=eps is not None, PRIOR=_prior_kind(prior_mu, include_prior), HAS_SCALE=scale is not None,
+        ACC=triton_accumulation_dtype(mu.dtype), BLOCK_R=block_rows, BLOCK_D=block_cols,
     )
 
 
@@ -220,12 +233,16 @@ def _triton_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu
     block_dim = min(next_power_of_2(dim), 64)
     placeholder = grad_mu  # for pointers a constexpr flag says are unused
     _gaussian_sample_bwd_kernel[(batch, cdiv(dim, block_dim))](
-        mu, logvar, placeholder if eps is None else eps,
-        prior_mu if has_prior else placeholder, prior_logvar if has_prior else placeholder,
-        placeholder if grad_z is None else grad_z, placeholder if grad_log_weight is None else grad_log_weight,
-        grad_mu, grad_logvar, grad_prior_mu if has_prior else placeholder, grad_prior_logvar if has_prior else placeholder,
-        seed, seed if scale is None else scale, k, batch, dim, _sample_stride(mu), _sample_stride(prior_mu),
-        HAS_EPS=eps is not None, PRIOR=_prior_kind(prior_mu, include_prior), HAS_SCALE=scale is not None,
+        mu_ptr=mu, logvar_ptr=logvar, eps_ptr=placeholder if eps is None else eps,
+        prior_mu_ptr=prior_mu if has_prior else placeholder,
+        prior_logvar_ptr=prior_logvar if has_prior else placeholder,
+        grad_z_ptr=placeholder if grad_z is None else grad_z,
+        grad_log_weight_ptr=placeholder if grad_log_weight is None else grad_log_weight,
+        grad_mu_ptr=grad_mu, grad_logvar_ptr=grad_logvar,
+        grad_prior_mu_ptr=grad_prior_mu if has_prior else placeholder,
+        grad_prior_logvar_ptr=grad_prior_logvar if has_prior else placeholder, seed_ptr=seed,
+        scale_ptr=seed if scale is None else scale, K=k, B=batch, D=dim, param_sample_stride=_sample_stride(mu),
+        prior_sample_stride=_sample_stride(prior_mu), HAS_EPS=eps is not None, PRIOR=_prior_kind(prior_mu, include_prior), HAS_SCALE=scale is not None,
         HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_WEIGHT=grad_log_weight is not None,
         PARAM_PER_SAMPLE=mu.dim() == 3, PRIOR_PER_SAMPLE=has_prior and prior_mu.dim() == 3,
         ESTIMATOR=estimator, ACC=triton_accumulation_dtype(mu.dtype), BLOCK_K=BLOCK_SAMPLES, BLOCK_D=block_dim,

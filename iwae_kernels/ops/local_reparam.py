@@ -28,6 +28,11 @@ def _local_reparam_fwd_kernel(
     HAS_BIAS: tl.constexpr, HAS_NOISE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """out [M, N] = a mu^T + sqrt((a * a) var^T) zeta + bias for a [M, K], mu and var [N, K], bias [N]; zeta [M, N]
+    read from noise_ptr (HAS_NOISE) or drawn as Philox normals keyed on (seed, element index). Also writes
+    zeta / (2 std) [M, N] for the backward. Grid: (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N)); both matmuls share the
+    K loop (tensor cores at the precision of ``dot_precision``). Reads a once per N tile, mu and var once per
+    M tile; writes 2 M N."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask, col_mask = rows < M, cols < N
@@ -63,8 +68,9 @@ def _triton_forward(a: Tensor, mu: Tensor, var: Tensor, bias: Optional[Tensor], 
                     out: Tensor, noise_over_2std: Tensor) -> None:
     (rows, inner), outputs = a.shape, mu.shape[0]
     _local_reparam_fwd_kernel[(cdiv(rows, BLOCK_M), cdiv(outputs, BLOCK_N))](
-        a, mu, var, out if bias is None else bias, out if noise is None else noise, seed, out, noise_over_2std,
-        rows, outputs, inner, HAS_BIAS=bias is not None, HAS_NOISE=noise is not None,
+        a_ptr=a, mu_ptr=mu, var_ptr=var, bias_ptr=out if bias is None else bias,
+        noise_ptr=out if noise is None else noise, seed_ptr=seed, out_ptr=out, noise_over_2std_ptr=noise_over_2std,
+        M=rows, N=outputs, K=inner, HAS_BIAS=bias is not None, HAS_NOISE=noise is not None,
         ACC=triton_accumulation_dtype(a.dtype), PRECISION=dot_precision(a.dtype),
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
     )

@@ -37,6 +37,10 @@ def _log_likelihood_fwd_kernel(
     first_ptr, second_ptr, x_ptr, out_ptr, R, B, P,
     LIKELIHOOD: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
+    """out [R = k * B] = sum_j of the log-density of x [B, P] (row r uses x[r % B]) under the row's parameters:
+    BERNOULLI: logits first [R, P], x y - softplus(y); GAUSSIAN: mean first and log-variance second [R, P]
+    (docs/MATH.md, "Forward"). Grid: cdiv(R, BLOCK_R), each program walking P in BLOCK_P chunks.
+    Reads R * P parameters once (twice that for the Gaussian), x from cache, writes R."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
     x_rows = rows % B
@@ -60,6 +64,9 @@ def _log_likelihood_bwd_kernel(
     first_ptr, second_ptr, x_ptr, grad_out_ptr, grad_first_ptr, grad_second_ptr, R, B, P,
     LIKELIHOOD: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
+    """grad_first [R, P] (and grad_second for GAUSSIAN) = grad_out [R] times the log-density's derivative:
+    BERNOULLI x - sigmoid(y); GAUSSIAN (x - m) e^{-s} and 0.5 (x - m)^2 e^{-s} - 0.5 (docs/MATH.md, "Backward").
+    Grid: cdiv(R, BLOCK_R). Reads the parameters once and writes their gradients once."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
     x_rows = rows % B
@@ -83,8 +90,9 @@ def _triton_forward(first: Tensor, second: Optional[Tensor], x: Tensor, out: Ten
     num_samples, batch, size = first.shape
     block_rows, block_cols = row_tile(size, first.dtype)
     _log_likelihood_fwd_kernel[(cdiv(num_samples * batch, block_rows),)](
-        first, first if second is None else second, x, out, num_samples * batch, batch, size,
-        LIKELIHOOD=likelihood, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows, BLOCK_P=block_cols,
+        first_ptr=first, second_ptr=first if second is None else second, x_ptr=x, out_ptr=out,
+        R=num_samples * batch, B=batch, P=size, LIKELIHOOD=likelihood, ACC=triton_accumulation_dtype(first.dtype),
+        BLOCK_R=block_rows, BLOCK_P=block_cols,
     )
 
 
@@ -94,9 +102,10 @@ def _triton_backward(first: Tensor, second: Optional[Tensor], x: Tensor, grad_ou
     num_samples, batch, size = first.shape
     block_rows, block_cols = row_tile(size, first.dtype)
     _log_likelihood_bwd_kernel[(cdiv(num_samples * batch, block_rows),)](
-        first, first if second is None else second, x, grad_out, grad_first,
-        grad_first if grad_second is None else grad_second, num_samples * batch, batch, size,
-        LIKELIHOOD=likelihood, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows, BLOCK_P=block_cols,
+        first_ptr=first, second_ptr=first if second is None else second, x_ptr=x, grad_out_ptr=grad_out,
+        grad_first_ptr=grad_first, grad_second_ptr=grad_first if grad_second is None else grad_second,
+        R=num_samples * batch, B=batch, P=size, LIKELIHOOD=likelihood, ACC=triton_accumulation_dtype(first.dtype),
+        BLOCK_R=block_rows, BLOCK_P=block_cols,
     )
 
 
