@@ -96,7 +96,8 @@ def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None
         include_prior: False drops log p(z): the latent term is then -log q(z|x) (log 2pi included), which a
             normalizing flow needs (it adds log p(z_K) and the log-determinants itself).
         latent_scale: a weight beta >= 0 on the latent term (KL annealing), a float or a 0-dim tensor (a tensor
-            can change between CUDA-graph replays); None is 1. Refused with stl/dreg unless it is 1.
+            can change between CUDA-graph replays); None is 1. Refused with stl, dreg and iwae-resample unless
+            it is 1 (they assume the plain bound).
 
     Returns:
         z [k, B, D] in mu's dtype, and latent_scale * (log p(z) - log q(z|x)) [k, B] (float32 for half inputs).

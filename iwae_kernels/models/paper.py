@@ -32,11 +32,12 @@ class PaperModel(LogWeightModel):
         hidden: per stochastic layer, the deterministic hidden sizes between it and the layer below.
         latent: per stochastic layer, its size (bottom first).
         backend: kernel backend for the fused ops (None: by device, see ``iwae_kernels.backend``).
-    ``log_likelihood`` (the paper's L_5000, chunked) comes from ``LogWeightModel``.
         fused_head: True: the decoder's output layer and the Bernoulli likelihood as one op that never stores
             the [k, B, x_dim] logits (bernoulli_decoder_log_likelihood). False (default): the nn.Linear forms
             the logits (cuBLAS) and bernoulli_log_likelihood reduces them; on an H100 this ran faster than the
             fused head (benchmarks/results), which saves memory but not time yet.
+
+    ``log_likelihood`` (the paper's L_5000, chunked) comes from ``LogWeightModel``.
     """
 
     def __init__(self, x_dim=784, hidden=((200, 200),), latent=(50,), backend=None, fused_head=False):
