@@ -33,6 +33,8 @@ if [ "$DRY_RUN" = 0 ] && [ -z "$COMMIT" ]; then
 fi
 export IWAE_KERNELS_COMMIT=$COMMIT OMP_NUM_THREADS=1   # the benchmarks record this commit instead of git's
 BUDGET=${PLAN_CALL_SECONDS:-570}
+# pytest-xdist, where installed, spreads the GPU tests over processes (Triton compiles on the CPU).
+XDIST=$($PYTHON -c "import xdist" 2>/dev/null && echo "-n 8")
 SINCE=${PLAN_SINCE:-a2952b8}
 
 # The kernel families changed since SINCE (every family when git cannot tell), as their test files.
@@ -41,7 +43,7 @@ changed_tests() {
   files=$(git diff --name-only "$SINCE" -- iwae_kernels/ops csrc 2>/dev/null) || files="iwae_kernels/ops/utils.py"
   for family in gaussian_sample log_likelihood logsumexp decoder_head categorical local_reparam; do
     if grep -q -e "ops/$family.py" -e "ops/utils.py" -e "csrc/" <<< "$files"; then
-      tests+=("tests/test_$family.py")
+      tests+=("tests/ops/test_$family.py")
     fi
   done
   echo "${tests[@]}"
@@ -61,13 +63,13 @@ with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
 print("one forward+backward of the 1-layer paper model, k=50, B=128; Calls = launches")
 print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
 '
-SANITIZED="tests/test_gaussian_sample.py tests/test_log_likelihood.py tests/test_logsumexp.py -k 'kernel or noise'"
+SANITIZED="tests/ops/test_gaussian_sample.py tests/ops/test_log_likelihood.py tests/ops/test_logsumexp.py -k 'kernel or noise'"
 
 # name, time limit (s), command: in priority order.
 STAGES=(
   "versions|60|nvidia-smi && nvidia-smi -q -d CLOCK,PERFORMANCE && $PYTHON -c 'import torch, triton; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"triton\", triton.__version__)'"
   "build|480|IWAE_KERNELS_BUILD_CUDA=1 $PYTHON -m pip install --no-deps --no-build-isolation -e ."
-  "tests|540|$PYTHON -m pytest -q $(changed_tests) tests/test_gpu.py tests/test_compile.py"
+  "tests|540|$PYTHON -m pytest -q $XDIST $(changed_tests) tests/ops/test_gpu.py tests/ops/test_compile.py tests/ops/test_opcheck.py tests/ops/test_matmul_precision.py"
   "bench_loss|540|$PYTHON benchmarks/bench_loss.py --batch 128 1024 20 --k 50 500 5000 --dim 50"
   "bench_eval|420|$PYTHON benchmarks/bench_eval.py --images 10000"
   "bench_train_step|360|$PYTHON benchmarks/bench_train_step.py --k 50"
@@ -87,6 +89,8 @@ fi
 device=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 | tr ' ' '_') || exit 1
 plan="benchmarks/results/$device/gpu_plan"
 mkdir -p "$plan"
+# On the lent machine ($OUT is the folder that comes back), every exit packs the device's results for fetching.
+[ -n "${OUT:-}" ] && trap 'tar -czf "$OUT/results.tar.gz" "benchmarks/results/$device"' EXIT
 start=$SECONDS
 for stage in "${STAGES[@]}"; do
   IFS='|' read -r name limit command <<< "$stage"
