@@ -69,7 +69,7 @@ SANITIZED="tests/ops/test_gaussian_sample.py tests/ops/test_log_likelihood.py te
 STAGES=(
   "versions|60|nvidia-smi && nvidia-smi -q -d CLOCK,PERFORMANCE && $PYTHON -c 'import torch, triton; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"triton\", triton.__version__)'"
   "build|480|IWAE_KERNELS_BUILD_CUDA=1 $PYTHON -m pip install --no-deps --no-build-isolation -e ."
-  "tests|540|$PYTHON -m pytest -q $XDIST $(changed_tests) tests/ops/test_gpu.py tests/ops/test_compile.py tests/ops/test_opcheck.py tests/ops/test_matmul_precision.py"
+  "tests|540|$PYTHON -m pytest -q $XDIST $(changed_tests) tests/ops/test_gpu.py tests/ops/test_iwae_loss.py tests/ops/test_compile.py tests/ops/test_opcheck.py tests/ops/test_matmul_precision.py"
   "bench_loss|540|$PYTHON benchmarks/bench_loss.py --batch 128 1024 20 --k 50 500 5000 --dim 50"
   "bench_eval|420|$PYTHON benchmarks/bench_eval.py --images 10000"
   "bench_train_step|360|$PYTHON benchmarks/bench_train_step.py --k 50"
