@@ -61,6 +61,9 @@ def main():
     parser.add_argument("--k", type=int, default=5000)
     parser.add_argument("--chunk", type=int, default=500)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--synthetic", action="store_true",
+                        help="random binary images at MNIST's mean pixel density instead of MNIST (for a machine "
+                             "without the data or a network; the times do not depend on the pixels, the NLL does)")
     parser.add_argument("--checkpoint", default=None, help="a trained checkpoint (default: a fresh model)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="include naive+compile (default: on a GPU only; slow to compile on a CPU)")
@@ -74,7 +77,10 @@ def main():
         model = model_from_checkpoint(args.checkpoint, args.device)[0]
     else:
         model = paper_model(1).to(device)
-    test = datasets.fixed_binarization(datasets.load_mnist()[1][:images]).to(device)
+    if args.synthetic:
+        test = torch.bernoulli(torch.full((images, 784), 0.13)).to(device)
+    else:
+        test = datasets.fixed_binarization(datasets.load_mnist()[1][:images]).to(device)
     env = environment(device)
     head_model = copy.deepcopy(model)
     head_model.fused_head = True
@@ -97,7 +103,8 @@ def main():
     for row in rows[1:]:
         row["speedup_vs_naive"] = rows[0]["wall_s"] / row["wall_s"]
         assert abs(rows[0]["test_nll"] - row["test_nll"]) < 0.05 * abs(rows[0]["test_nll"]), "the variants disagree"
-    notes = ["model: " + (args.checkpoint or "a freshly initialised paper 1-layer model (speed does not depend on training)"),
+    notes = ["data: " + ("synthetic binary images (pixel density 0.13)" if args.synthetic else "MNIST test images"),
+             "model: " + (args.checkpoint or "a freshly initialised paper 1-layer model (speed does not depend on training)"),
              "peak memory: one batch's evaluation on the GPU, above what was allocated before (CPU: not measured)",
              "pct_of_bound: 100 x the roofline bound (benchmarks/roofline.py; devices with known peaks only) / wall_s",
              "every variant ran one batch before its timed pass (warm-up); compile_s: naive+compile's warm-up batch, "

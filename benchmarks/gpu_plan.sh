@@ -71,7 +71,7 @@ STAGES=(
   "build|480|IWAE_KERNELS_BUILD_CUDA=1 $PYTHON -m pip install --no-deps --no-build-isolation -e ."
   "tests|540|$PYTHON -m pytest -q $XDIST $(changed_tests) tests/ops/test_gpu.py tests/ops/test_iwae_loss.py tests/ops/test_compile.py tests/ops/test_opcheck.py tests/ops/test_matmul_precision.py"
   "bench_loss|540|$PYTHON benchmarks/bench_loss.py --batch 128 1024 20 --k 50 500 5000 --dim 50"
-  "bench_eval|420|$PYTHON benchmarks/bench_eval.py --images 10000"
+  "bench_eval|420|$PYTHON benchmarks/bench_eval.py --images 10000 --synthetic"
   "bench_train_step|360|$PYTHON benchmarks/bench_train_step.py --k 50"
   "profile|180|$PYTHON -c \"\$PROFILE\""
   "memcheck|420|compute-sanitizer --tool memcheck --error-exitcode 1 $PYTHON -m pytest -q -x $SANITIZED"
