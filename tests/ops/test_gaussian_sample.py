@@ -230,7 +230,7 @@ def test_latent_scale_and_no_prior_match_naive(backend, include_prior, estimator
 
     def objective(mu, logvar, latent_fn):
         z, latent = latent_fn(mu, logvar)
-        return -ik.iwae_bound(torch.sin(z) @ readout + latent, backend="torch").sum(), latent
+        return -ik.iwae_bound(torch.sin(z) @ readout.to(z.device) + latent, backend="torch").sum(), latent
 
     def naive(mu, logvar):
         sigma = torch.exp(0.5 * logvar)

@@ -276,8 +276,8 @@ def test_numpy_integer_sample_counts():
 @pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
 def test_x_gets_no_gradient_on_any_backend(backend):
     device = backend_device(backend)
-    x = BadInput.x.to(device).requires_grad_()
-    mu = BadInput.mu.to(device).requires_grad_()
+    x = BadInput.x.detach().to(device).requires_grad_()
+    mu = BadInput.mu.detach().to(device).requires_grad_()
     loss = ik.iwae_loss(x, mu, BadInput.logvar.to(device), lambda z: z @ torch.ones(2, 5, device=device), k=3,
                         backend=backend)
     loss.backward()

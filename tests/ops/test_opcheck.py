@@ -12,6 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import iwae_kernels as ik
+from iwae_kernels.contract import IMPLEMENTATIONS
 from iwae_kernels.ops.utils import dispatch_through_custom_ops
 
 from helpers import COMPILED_BACKENDS, backend_device
@@ -66,11 +67,14 @@ def exercise_every_op(backend, device):
 @pytest.mark.parametrize("backend", COMPILED_BACKENDS)
 def test_opcheck_every_custom_op(backend):
     device = backend_device(backend)
-    prefix = {"triton": "triton", "cuda": "cuda"}[backend]
     recorder = RecordCustomOps()
     with dispatch_through_custom_ops(), recorder:  # eager calls otherwise launch directly
         exercise_every_op(backend, device)
     called = {func.name().split("::")[1] for func in recorder.calls}
-    assert called == registered_ops(prefix), "every registered op is exercised (and only those)"
+    own = registered_ops(backend)
+    # The cuda backend runs some ops through their Triton kernels (contract.IMPLEMENTATIONS declares which).
+    others = set().union(*(registered_ops(impl) for impl in set(IMPLEMENTATIONS[backend].values()) - {backend}))
+    assert own <= called, f"every {backend} op is exercised; not called: {sorted(own - called)}"
+    assert called <= own | others, f"only the backend's declared implementations run: {sorted(called - own - others)}"
     for func, (args, kwargs) in recorder.calls.items():
         torch.library.opcheck(func, args, kwargs)
