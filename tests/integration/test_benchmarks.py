@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from pathlib import Path
 
 from helpers import REPO
@@ -69,3 +70,26 @@ def test_gpu_plan_dry_run_lists_its_stages_in_order():
     assert stages == ["versions", "build", "tests", "bench_loss", "bench_eval", "bench_train_step", "profile",
                       "memcheck", "racecheck"]
     assert "timeout" in result.stdout and "tests/test_compile.py" in result.stdout
+
+
+def test_probe_host_runs_every_item(tmp_path):
+    folder = run_benchmark(tmp_path, "probe_host.py", "--k", "2", "--batch", "3", "--dim", "4", "--obs", "5",
+                           "--calls", "2", "--warmup", "1", "--profile-calls", "1", "--rounds", "2")
+    result = json.loads((folder / "probe_host.json").read_text())
+    assert result["device"] and result["git_commit"] is not None
+    rows = result["rows"]
+    assert not [row for row in rows if row["note"].startswith("error")]
+    assert {row["section"] for row in rows} == {"launch", "torch", "launcher", "autograd", "loss", "in-loss"}
+    timed = [row for row in rows if row.get("host_us") is not None]
+    assert len(timed) > 30 and all(row["host_us"] > 0 and row["wall_us"] > 0 for row in timed if "wall_us" in row)
+    assert all(row["rounds"] == 2 and row["host_us_min"] <= row["host_us"] <= row["host_us_max"]
+               for row in timed if row["section"] != "in-loss")
+    loss = {(row["item"], row["backend"]): row for row in rows if row["section"] == "loss"}
+    assert loss[("iwae_loss forward+backward (autograd.grad)", "torch")]["triton_launches"] == 0
+    if not torch.cuda.is_available():  # then the script runs Triton under its interpreter on the CPU tensors
+        assert loss[("iwae_loss forward+backward (autograd.grad)", "triton")]["triton_launches"] == 6
+        in_loss = [row for row in rows if row["section"] == "in-loss" and row["backend"] == "triton"]
+        assert len([row for row in in_loss if "kernel[grid]" in row["item"]]) == 6
+        assert any(row["item"].startswith("garbage collection") for row in in_loss)
+    assert "self CPU time" in (folder / "probe_host_profile.txt").read_text()
+    assert "cProfile" in (folder / "probe_host_cprofile.txt").read_text()
