@@ -107,11 +107,8 @@ def _first_line(error):
 
 def launched_kernels(module):
     """The kernels ``module`` launches: its JIT functions (autotuned or not) that appear as ``name[grid]``."""
-    from iwae_kernels.ops.utils import CachedLaunch
-
     source = Path(module.__file__).read_text()
-    kernels = {name: value.kernel if isinstance(value, CachedLaunch) else value for name, value in vars(module).items()}
-    return {kernel_name(value) for name, value in kernels.items()
+    return {kernel_name(value) for name, value in vars(module).items()
             if isinstance(value, (JITFunction, Autotuner)) and re.search(rf"\b{name}\[", source)}
 
 

@@ -14,12 +14,11 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..contract import accumulation_dtype
-from .utils import CachedLaunch, cdiv, library_op, shifted_max, triton_accumulation_dtype
+from .utils import cdiv, library_op, shifted_max, triton_accumulation_dtype
 
 BLOCK_ROWS, BLOCK_VOCAB = 16, 256
 
 
-@CachedLaunch
 @triton.jit
 def _categorical_fwd_kernel(logits_ptr, tokens_ptr, mask_ptr, out_ptr, lse_ptr, R, BT, V,
                             ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):
@@ -47,7 +46,6 @@ def _categorical_fwd_kernel(logits_ptr, tokens_ptr, mask_ptr, out_ptr, lse_ptr, 
     tl.store(lse_ptr + rows, lse, mask=row_mask)
 
 
-@CachedLaunch
 @triton.jit
 def _categorical_bwd_kernel(logits_ptr, tokens_ptr, mask_ptr, lse_ptr, grad_out_ptr, grad_logits_ptr, R, BT, V,
                             ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr):

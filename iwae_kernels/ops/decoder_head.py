@@ -3,13 +3,12 @@
 log p(x|z) [k, B] = sum_j x_j y_j - softplus(y_j) with y = h W^T + b, for the decoder's last hidden
 activations h [k, B, H], weight W [P, H], bias b [P] and data x [B, P]. At large k the logits are most of an
 IWAE step's bytes; here each program forms a [rows, P-tile] block of them in registers (one matmul tile) and
-reduces it in the epilogue, like fused linear + cross-entropy kernels in LLM training. The forward is a
-matmul over H in chunks (any H).
+reduces it in the epilogue, like fused linear + cross-entropy kernels in LLM training.
 
 Backward recomputes the logit tiles instead of storing them: one kernel writes dh (rows in parallel), another
-dW and db (P-tiles in parallel, rows split into segments whose partial sums torch adds up). The backward holds
-a row's hidden vector as one padded block, so H is limited to contract.DECODER_HEAD_MAX_HIDDEN, and tile shapes
-whose blocks would not fit the GPU's shared memory are dropped before they are compiled.
+dW and db (P-tiles in parallel, rows split into segments whose partial sums torch adds up).
+A row's hidden vector is held as one padded block, so H is limited to contract.DECODER_HEAD_MAX_HIDDEN, and
+tile shapes whose blocks would not fit the GPU's shared memory are dropped before they are compiled.
 """
 
 import functools
@@ -23,8 +22,8 @@ from torch.autograd.function import once_differentiable
 from .. import torch_backend
 from ..contract import accumulation_dtype
 from .._env import triton_interpreting
-from .utils import (CachedLaunch, bernoulli_grad, cdiv, dot, dot_accumulate, dot_precision, library_op, max_shared_bytes,
-                    next_power_of_2, softplus, triton_accumulation_dtype)
+from .utils import (bernoulli_grad, bernoulli_log_prob, cdiv, dot, dot_precision, library_op, max_shared_bytes,
+                    next_power_of_2, triton_accumulation_dtype)
 
 ROW_SEGMENTS = 32
 SEGMENT_ALIGN = 64  # a row segment is a whole number of row blocks for every tuned BLOCK_R
@@ -39,11 +38,12 @@ def _configs():
     return tiles + [triton.Config({"BLOCK_R": 16, "BLOCK_P": 16}, num_warps=4, num_stages=1)]
 
 
-# Shared memory per backward kernel and tile (BLOCK_R, BLOCK_P), in hidden-length rows of the input dtype: the h block, the
+# Shared memory per kernel and tile (BLOCK_R, BLOCK_P), in hidden-length rows of the input dtype: the h block, the
 # weight tile over the pipeline stages and their tf32x3 hi/lo copies. It grows linearly in H_PAD; these are the
 # largest values benchmarks/aot_report.py measured (sm_80 and sm_90, float32 and bfloat16, H_PAD 64 to 1024, 4 or 8
 # warps, Triton 3.9), and it checks them on every run: a config compiled that does not fit fails the report.
 SHARED_ROWS = {
+    "forward": {(16, 16): 48, (32, 32): 112, (32, 64): 160, (64, 32): 224, (64, 64): 320},
     "grad_hidden": {(16, 16): 64, (32, 32): 129, (32, 64): 192, (64, 32): 257, (64, 64): 385},
     "grad_weight": {(16, 16): 64, (32, 32): 145, (32, 64): 257, (64, 32): 225, (64, 64): 321},
 }
@@ -99,66 +99,29 @@ def _grad_logits(y, x_ptr, x_rows, cols, mask, grad_out, P, ACC: tl.constexpr):
     return tl.where(mask, grad_out[:, None] * bernoulli_grad(x, y), 0.0)
 
 
-def _forward_configs():
-    """The forward's tiles: a matmul's (rows, P-tile, H-chunk), software-pipelined over H; one fixed shape under
-    the interpreter (nothing to time)."""
-    if triton_interpreting():
-        return [triton.Config({"BLOCK_R": 32, "BLOCK_P": 64, "BLOCK_H": 16})]
-    shapes = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 64, 32, 4, 4), (128, 128, 64, 8, 3)]
-    return [triton.Config({"BLOCK_R": r, "BLOCK_P": p, "BLOCK_H": h}, num_warps=w, num_stages=stages)
-            for r, p, h, w, stages in shapes]
-
-
-def _fitting_forward_configs(configs, named_args, **kwargs):
-    """The forward configs whose pipelined operand tiles fit the GPU's shared memory: num_stages copies of the h and
-    W chunks, twice over for float32 (tf32x3 keeps split copies; benchmarks/aot_report.py checks the estimate)."""
-    element = {**named_args, **kwargs}["h_ptr"].element_size()  # a keyword launch passes the pointers in kwargs
-    factor = 2 if element == 4 else 1
-    fitting = [c for c in configs if c.num_stages * (c.kwargs["BLOCK_R"] + c.kwargs["BLOCK_P"]) * c.kwargs["BLOCK_H"]
-               * element * factor <= max_shared_bytes()]
-    return fitting or configs[-1:]
-
-
-@CachedLaunch
-@triton.autotune(configs=_forward_configs(), key=["H", "P"],
-                 prune_configs_by={"early_config_prune": _fitting_forward_configs})
+@_autotune("forward")
 @triton.jit
-def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, xw_ptr, xb_ptr, out_ptr, R, B, H, P,
-                     ACC: tl.constexpr, PRECISION: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr):
-    """out [R = k * B] = sum_j x_j y_j - softplus(y_j), y = h W^T + b for h [R, H], W [P, H], b [P] (row r
-    belongs to example r % B), given per example xw = x W [B, H] and xb = x . b [B] (ACC dtype): the data term
-    sum_j x_j y_j is h . xw + xb, so x is never read per logit tile. Grid: cdiv(R, BLOCK_R) (autotuned). Each
-    program walks P in BLOCK_P tiles; each logit tile is a matmul over H in BLOCK_H chunks (any H; the chunk loads
-    are software-pipelined) whose epilogue subtracts the tile's softplus sums from the rows' totals, in registers.
-    Reads h once per P-tile (L2-resident) and W once per program; 2 R H P FLOPs on tensor cores."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_mask = rows < R
-    examples = rows % B
-    total = tl.load(xb_ptr + examples, mask=row_mask, other=0.0)
-    for h0 in range(0, H, BLOCK_H):  # the data term h . xw
-        hidden = h0 + tl.arange(0, BLOCK_H)
-        mask = row_mask[:, None] & (hidden < H)[None, :]
-        h_chunk = tl.load(h_ptr + rows[:, None] * H + hidden[None, :], mask=mask, other=0.0).to(ACC)
-        total += tl.sum(h_chunk * tl.load(xw_ptr + examples[:, None] * H + hidden[None, :], mask=mask, other=0.0), axis=1)
+def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, out_ptr, R, B, H, P,
+                     ACC: tl.constexpr, PRECISION: tl.constexpr, H_PAD: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+    """out [R = k * B] = sum_j x_j y_j - softplus(y_j), y = h W^T + b for h [R, H], W [P, H], b [P], x [B, P]
+    (row r uses x[r % B]); the logits live only in registers. Grid: cdiv(R, BLOCK_R) (autotuned); each program
+    holds its rows' hidden block [BLOCK_R, H_PAD] and walks P in BLOCK_P tiles of W. Reads h once and W once per
+    program; 2 R H P FLOPs on tensor cores."""
+    rows, row_mask, h_block = _program_rows(h_ptr, R, H, H_PAD, BLOCK_R)
+    x_rows = rows % B
+    total = tl.zeros([BLOCK_R], ACC)
     for p0 in range(0, P, BLOCK_P):
         cols = p0 + tl.arange(0, BLOCK_P)
         col_mask = cols < P
-        y = tl.zeros([BLOCK_R, BLOCK_P], ACC)
-        for h0 in range(0, H, BLOCK_H):
-            hidden = h0 + tl.arange(0, BLOCK_H)
-            hidden_mask = hidden < H
-            h_chunk = tl.load(h_ptr + rows[:, None] * H + hidden[None, :], mask=row_mask[:, None] & hidden_mask[None, :],
-                              other=0.0)
-            w_chunk_t = tl.load(w_ptr + cols[None, :] * H + hidden[:, None], mask=hidden_mask[:, None] & col_mask[None, :],
-                                other=0.0)
-            y = dot_accumulate(h_chunk, w_chunk_t, y, PRECISION)
-        y += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
-        total -= tl.sum(tl.where(col_mask[None, :], softplus(y), 0.0), axis=1)
+        mask = row_mask[:, None] & col_mask[None, :]
+        y = _logits(h_block, _weight_tile_t(w_ptr, cols, col_mask, H, H_PAD), b_ptr, cols, col_mask, ACC, PRECISION)
+        x = tl.load(x_ptr + x_rows[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
+        term = bernoulli_log_prob(x, y)
+        total += tl.sum(tl.where(mask, term, 0.0), axis=1)
     tl.store(out_ptr + rows, total, mask=row_mask)
 
 
-@CachedLaunch
 @_autotune("grad_hidden")
 @triton.jit
 def _head_grad_hidden_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_ptr, R, B, H, P,
@@ -183,7 +146,6 @@ def _head_grad_hidden_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_pt
              mask=row_mask[:, None] & (hidden < H)[None, :])
 
 
-@CachedLaunch
 @_autotune("grad_weight")
 @triton.jit
 def _head_grad_weight_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_w_ptr, grad_b_ptr, R, B, H, P,
@@ -226,12 +188,8 @@ def _config(hidden):
 def _triton_forward(hidden: Tensor, weight: Tensor, bias: Tensor, x: Tensor, out: Tensor) -> None:
     num_samples, batch, width = hidden.shape
     rows = num_samples * batch
-    acc = accumulation_dtype(hidden.dtype)
-    x_acc = x.to(acc)
     _head_fwd_kernel[lambda meta: (cdiv(rows, meta["BLOCK_R"]),)](
-        h_ptr=hidden, w_ptr=weight, b_ptr=bias, xw_ptr=x_acc @ weight.to(acc), xb_ptr=x_acc @ bias.to(acc), out_ptr=out,
-        R=rows, B=batch, H=width, P=weight.shape[0], ACC=triton_accumulation_dtype(hidden.dtype),
-        PRECISION=dot_precision(hidden.dtype))
+        hidden, weight, bias, x, out, rows, batch, width, weight.shape[0], **_config(hidden))
 
 
 @library_op("triton_decoder_head_backward", ("grad_hidden", "partial_weight", "partial_bias"))

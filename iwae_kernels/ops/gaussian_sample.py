@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..contract import ESTIMATOR_CODES, Estimator, accumulation_dtype
-from .utils import CachedLaunch, HALF_LOG_2PI, Launchers, cdiv, library_op, next_power_of_2, row_tile, triton_accumulation_dtype
+from .utils import HALF_LOG_2PI, Launchers, cdiv, library_op, next_power_of_2, row_tile, triton_accumulation_dtype
 
 # Values per program, forward (FORWARD_TILE) and backward (BLOCK_SAMPLES x up to 64): the in-kernel Philox normals
 # need many registers per value; 4096 forward and 32 x 64 backward spilled (benchmarks/aot_report.py).
@@ -40,7 +40,6 @@ def _load_noise(eps_ptr, offsets, mask, seed_ptr, HAS_EPS: tl.constexpr, ACC: tl
     return noise
 
 
-@CachedLaunch
 @triton.jit
 def _gaussian_sample_fwd_kernel(
     mu_ptr, logvar_ptr, eps_ptr, prior_mu_ptr, prior_logvar_ptr, z_ptr, log_weight_ptr,
@@ -87,7 +86,6 @@ def _gaussian_sample_fwd_kernel(
     tl.store(log_weight_ptr + rows, total, mask=row_mask)
 
 
-@CachedLaunch
 @triton.jit
 def _gaussian_sample_bwd_kernel(
     mu_ptr, logvar_ptr, eps_ptr, prior_mu_ptr, prior_logvar_ptr,

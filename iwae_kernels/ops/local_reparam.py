@@ -17,12 +17,11 @@ from torch.autograd.function import once_differentiable
 
 from .. import torch_backend
 from .gaussian_sample import draw_seed
-from .utils import CachedLaunch, cdiv, dot, dot_precision, library_op, triton_accumulation_dtype
+from .utils import cdiv, dot, dot_precision, library_op, triton_accumulation_dtype
 
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
 
 
-@CachedLaunch
 @triton.jit
 def _local_reparam_fwd_kernel(
     a_ptr, mu_ptr, var_ptr, bias_ptr, noise_ptr, seed_ptr, out_ptr, noise_over_2std_ptr, M, N, K,

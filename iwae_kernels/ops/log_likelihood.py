@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..contract import Likelihood, accumulation_dtype
-from .utils import (CachedLaunch, HALF_LOG_2PI, Launchers, bernoulli_grad, bernoulli_log_prob, cdiv, library_op, row_tile,
+from .utils import (HALF_LOG_2PI, Launchers, bernoulli_grad, bernoulli_log_prob, cdiv, library_op, row_tile,
                     triton_accumulation_dtype)
 
 # The likelihood codes (contract.Likelihood), as constexprs the kernels compare against.
@@ -32,7 +32,6 @@ def _load_tile(first_ptr, x_ptr, rows, row_mask, x_rows, p0, P, ACC: tl.constexp
     return mask, offsets, x, first
 
 
-@CachedLaunch
 @triton.jit
 def _log_likelihood_fwd_kernel(
     first_ptr, second_ptr, x_ptr, out_ptr, R, B, P,
@@ -60,7 +59,6 @@ def _log_likelihood_fwd_kernel(
     tl.store(out_ptr + rows, total, mask=row_mask)
 
 
-@CachedLaunch
 @triton.jit
 def _log_likelihood_bwd_kernel(
     first_ptr, second_ptr, x_ptr, grad_out_ptr, grad_first_ptr, grad_second_ptr, R, B, P,

@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import torch_backend
 from ..contract import accumulation_dtype
-from .utils import CachedLaunch, Launchers, cdiv, library_op, shifted_max, triton_accumulation_dtype
+from .utils import Launchers, cdiv, library_op, shifted_max, triton_accumulation_dtype
 
 BLOCK_EXAMPLES = 64
 BLOCK_SAMPLES = 64
@@ -30,7 +30,6 @@ MIN_SAMPLES_PER_SPLIT = 256
 TARGET_PROGRAMS = 264
 
 
-@CachedLaunch
 @triton.jit
 def _max_sum_kernel(
     log_w_ptr, in_max_ptr, in_sum_ptr, out_max_ptr, out_sum_ptr, bound_ptr, partial_ptr,
@@ -78,7 +77,6 @@ def _max_sum_kernel(
             tl.store(bound_ptr + cols, shifted_max(running_max) + tl.log(running_sum) - log_k, mask=col_mask)
 
 
-@CachedLaunch
 @triton.jit
 def _normalized_weights_kernel(
     log_w_ptr, max_ptr, sum_ptr, scale_ptr, out_ptr, N, B,

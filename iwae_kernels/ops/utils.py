@@ -8,8 +8,6 @@ from typing import Callable, NamedTuple
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.autotuner import Autotuner
-from triton.runtime.jit import KernelInterface
 
 from .._env import triton_interpreting
 from ..contract import accumulation_dtype
@@ -79,76 +77,6 @@ def dispatch_through_custom_ops():
         _DISPATCH_THROUGH_OPS[0] = False
 
 
-class CachedLaunch:
-    """``kernel[grid](...)`` for a Triton kernel (jit or autotuned) that skips Triton's per-launch work after the
-    first launch of each specialization.
-
-    Triton's ``JITFunction.run`` binds the arguments, specializes them, looks the compiled kernel up and re-checks
-    its globals at every launch: 57-98 us of host time a launch inside a small loss on an H100, where launching the
-    cached ``CompiledKernel`` costs 8-14 us (benchmarks/results/NVIDIA_H100_80GB_HBM3/probe_host.md). Here the
-    first launch of each key goes through Triton (compiling and autotuning as usual) and keeps the CompiledKernel
-    it returns; later launches with the same key call it directly. The key is finer than Triton's specialization:
-    every constexpr's value, every tensor's dtype, device and 16-byte alignment, every other int's (== 1,
-    % 16 == 0, 32-bit) class, and the autotuner's key values exactly. Under the interpreter, on non-CUDA tensors,
-    and while anything has replaced ``kernel[grid]`` (launch counters, the ahead-of-time report) every launch
-    goes through Triton.
-    """
-
-    device_type = "cuda"  # the tensors whose launches are cached (a test uses the CPU with a stand-in kernel)
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.jit = kernel.fn if isinstance(kernel, Autotuner) else kernel
-        self.arg_names = self.jit.arg_names
-        self.constexpr = frozenset(p.name for p in getattr(self.jit, "params", ()) if p.is_constexpr)  # none: interpreted
-        self.tuning_keys = tuple(kernel.keys) if isinstance(kernel, Autotuner) else ()
-        self.compiled = {}
-
-    def __getitem__(self, grid):
-        return functools.partial(self.launch, grid)
-
-    def key(self, bound):
-        """The cache key of bound arguments (name -> value), or None where the fast path does not apply."""
-        key = []
-        for name, value in bound.items():
-            if isinstance(value, torch.Tensor):
-                if value.device.type != self.device_type:
-                    return None
-                key.append((value.dtype, value.device.index, value.data_ptr() % 16 == 0))
-            elif name in self.constexpr or not isinstance(value, int) or isinstance(value, bool):
-                key.append(value)
-            else:
-                key.append((value == 1, value % 16 == 0, -2**31 <= value < 2**31))
-        return tuple(key) + tuple(bound[name] for name in self.tuning_keys)
-
-    def launch(self, grid, *args, **kwargs):
-        if triton_interpreting() or KernelInterface.__getitem__ is not _TRITON_GETITEM:
-            return self.kernel[grid](*args, **kwargs)
-        bound = dict(zip(self.arg_names, args), **kwargs)
-        key = self.key(bound) if len(bound) + self.config_size() == len(self.arg_names) else None
-        entry = self.compiled.get(key) if key is not None else None
-        if entry is None:
-            compiled = self.kernel[grid](*args, **kwargs)
-            if key is not None:
-                config = self.kernel.best_config.kwargs if isinstance(self.kernel, Autotuner) else {}
-                self.compiled[key] = (compiled, config)
-            return compiled
-        compiled, config = entry
-        bound.update(config)
-        if callable(grid):
-            grid = grid(bound)
-        grid = tuple(grid) + (1,) * (3 - len(grid))
-        compiled[grid](*(bound[name] for name in self.arg_names))
-        return compiled
-
-    def config_size(self):
-        """How many of the kernel's arguments the autotuner's configs supply."""
-        return len(self.kernel.configs[0].kwargs) if isinstance(self.kernel, Autotuner) else 0
-
-
-_TRITON_GETITEM = KernelInterface.__getitem__
-
-
 def cdiv(a, b):
     """ceil(a / b) for launch grids: plain Python, since triton.cdiv is a constexpr function whose call costs
     microseconds of host time at every launch."""
@@ -196,25 +124,19 @@ def dot_precision(dtype):
 
 @triton.jit
 def dot(a, b, ACC: tl.constexpr, PRECISION: tl.constexpr):
-    """a @ b accumulated in ACC from zero: ``dot_accumulate`` with a zero accumulator."""
-    return dot_accumulate(a, b, tl.zeros((a.shape[0], b.shape[1]), ACC), PRECISION)
-
-
-@triton.jit
-def dot_accumulate(a, b, acc, PRECISION: tl.constexpr):
-    """acc + a @ b (acc's dtype; the tensor cores add into it in place). PRECISION "bf16": operands rounded to
-    bf16 (torch's "medium" matmul precision); "upcast" / "bf16-upcast": float32 products of the (bf16-rounded)
-    operands, only under the Triton interpreter, whose bf16 dot products are wrong; otherwise tl.dot's
-    input_precision (None: its default)."""
+    """tl.dot accumulating in ACC. PRECISION "bf16": operands rounded to bf16 (torch's "medium" matmul precision);
+    "upcast" / "bf16-upcast": float32 products of the (bf16-rounded) operands, only under the Triton interpreter,
+    whose bf16 dot products are wrong; otherwise tl.dot's input_precision (None: its default)."""
     # One branch per mode, with an else: the compiler still compiles statements after a constexpr-if's return.
     if PRECISION == "upcast":
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), out_dtype=ACC, input_precision="ieee")
     elif PRECISION == "bf16-upcast":
-        out = tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), acc, input_precision="ieee")
+        out = tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), out_dtype=ACC,
+                     input_precision="ieee")
     elif PRECISION == "bf16":
-        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=ACC)
     else:
-        out = tl.dot(a, b, acc, input_precision=PRECISION)
+        out = tl.dot(a, b, out_dtype=ACC, input_precision=PRECISION)
     return out
 
 
