@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import iwae_kernels as ik  # noqa: E402
-from common import environment, parse_args, median_ms, peak_memory_mib, write_results  # noqa: E402
+from common import backend_runs, environment, median_ms, parse_args, peak_memory_mib, write_results  # noqa: E402
 from naive import naive_iwae_loss  # noqa: E402
 from roofline import loss_roofline  # noqa: E402
 
@@ -99,7 +99,7 @@ def main():
     bandwidth = copy_bandwidth_gbps(device)
     env = {**environment(device), "copy_gbps": bandwidth}
 
-    backends = ["torch"] + [b for b in ("triton", "cuda") if device.type == "cuda" and _runs(b, device)]
+    backends = ["torch"] + [b for b in ("triton", "cuda") if device.type == "cuda" and backend_runs(b, device)]
     heads = ["triton"] if "triton" in backends else []
     variants = {f"fused-{b}": fused_variant(b) for b in backends}
     variants.update({f"fused-head-{b}": fused_variant(b, head=True) for b in heads})
@@ -183,14 +183,6 @@ def runs_in_memory(fn, device):
     except torch.OutOfMemoryError:
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return False
-    return True
-
-
-def _runs(backend, device):
-    try:
-        ik.backend.backend_name(backend, device)
-    except ValueError:
         return False
     return True
 

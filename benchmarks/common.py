@@ -17,6 +17,17 @@ from iwae_kernels.app.device import device_name
 RESULTS = Path(os.environ.get("IWAE_KERNELS_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
+def backend_runs(backend, device):
+    """Whether iwae_kernels' ``backend`` runs on ``device`` here (the cuda backend needs a GPU and its extension)."""
+    import iwae_kernels as ik
+
+    try:
+        ik.backend.backend_name(backend, device)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_args(parser):
     """parser.parse_args() after adding --matmul-precision, which it applies before anything runs: the fused
     kernels and cuBLAS then run every variant at that float32 matmul precision (recorded by ``environment``)."""

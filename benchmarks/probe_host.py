@@ -581,16 +581,6 @@ def profiles(probe, steps, kwargs20, profile_calls, cprofile_calls, header):
     return texts
 
 
-def runs(backend, device):
-    import iwae_kernels as ik
-
-    try:
-        ik.backend.backend_name(backend, device)
-    except ValueError:
-        return False
-    return True
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -607,10 +597,10 @@ def main():
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(1)  # host overhead is serial; threads only add noise
-    from common import environment, write_results
+    from common import backend_runs, environment, write_results
 
     env = environment(device)
-    backends = [b for b in ("torch", "triton", "cuda") if runs(b, device)]
+    backends = [b for b in ("torch", "triton", "cuda") if backend_runs(b, device)]
     shape = {"k": args.k, "batch": args.batch, "dim": args.dim, "obs": args.obs}
     probe = Probe(device, args.calls, args.warmup, args.gpu_calls)
     start = time.perf_counter()

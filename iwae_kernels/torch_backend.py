@@ -18,6 +18,22 @@ from .contract import ESTIMATOR_CODES, LOG_2PI, Estimator, accumulation_dtype
 # cut-off of 20 would be off by 2e-9 in float64).
 SOFTPLUS_LINEAR_ABOVE = 40.0
 
+def _as_dtype(tensor, dtype):
+    """tensor in dtype (None stays None), skipping the call when it already is: a no-op .to() still costs host
+    time, and a small loss is host-bound."""
+    return tensor if tensor is None or tensor.dtype == dtype else tensor.to(dtype)
+
+
+def _sample_and_latent_term(mu, logvar, eps, prior_mu, prior_logvar, include_prior, scale):
+    """(z [k, B, D] in mu's dtype, scale * latent log-weight [k, B] in the accumulation dtype): the forward."""
+    acc = accumulation_dtype(mu.dtype)
+    up = lambda t: _as_dtype(t, acc)
+    z, _, _, log_weight = _latent_terms(up(mu), up(logvar), up(eps), up(prior_mu), up(prior_logvar), include_prior)
+    log_weight = log_weight.sum(-1) if scale is None else scale.to(acc) * log_weight.sum(-1)
+    # No no-op .to(): under torch 2.11's dynamo a Function's forward output made by one loses its gradient.
+    return (z if z.dtype == mu.dtype else z.to(mu.dtype)), log_weight
+
+
 def _shifted_max(running_max):
     """The max used as the exp shift: -inf (every log-weight -inf) becomes 0 so exp() gives 0, not NaN."""
     return torch.where(torch.isneginf(running_max), torch.zeros_like(running_max), running_max)
@@ -64,22 +80,17 @@ class GaussianSampleFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mu, logvar, eps, prior_mu, prior_logvar, estimator, include_prior=True, scale=None):
-        acc = accumulation_dtype(mu.dtype)
-        up = lambda t: None if t is None else t.to(acc)
-        z, _, _, log_weight = _latent_terms(up(mu), up(logvar), up(eps), up(prior_mu), up(prior_logvar), include_prior)
         ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar, scale)
         ctx.estimator, ctx.include_prior = estimator, include_prior
         ctx.set_materialize_grads(False)
-        log_weight = log_weight.sum(-1) if scale is None else scale.to(acc) * log_weight.sum(-1)
-        # No no-op .to(): under torch 2.11's dynamo a forward output made by one loses its gradient.
-        return (z if z.dtype == mu.dtype else z.to(mu.dtype)), log_weight
+        return _sample_and_latent_term(mu, logvar, eps, prior_mu, prior_logvar, include_prior, scale)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_z, grad_log_weight):
         mu, logvar, eps, prior_mu, prior_logvar, scale = ctx.saved_tensors
         acc = accumulation_dtype(mu.dtype)
-        up = lambda t: None if t is None else t.to(acc)
+        up = lambda t: _as_dtype(t, acc)
         z, sigma, dlogp_dz, _ = _latent_terms(up(mu), up(logvar), up(eps), up(prior_mu), up(prior_logvar),
                                               ctx.include_prior)
         grad_z = torch.zeros_like(z) if grad_z is None else grad_z.to(acc)
@@ -120,6 +131,10 @@ def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, gener
     if eps is None:
         shape = (k,) + tuple(mu.shape[-2:])
         eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    if ESTIMATOR_CODES[estimator] == Estimator.TOTAL_DERIVATIVE:
+        # This estimator's gradient is autograd's derivative of the forward, and autograd's nodes cost less host time
+        # than the Function's Python backward (a small loss is host-bound: benchmarks/bench_host.py).
+        return _sample_and_latent_term(mu, logvar, eps.detach(), prior_mu, prior_logvar, include_prior, latent_scale)
     return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, estimator, include_prior, latent_scale)
 
 
@@ -135,8 +150,8 @@ class BernoulliLogLikelihoodFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, x):
-        y = logits.to(accumulation_dtype(logits.dtype))
-        x = x.to(y.dtype)
+        y = _as_dtype(logits, accumulation_dtype(logits.dtype))
+        x = _as_dtype(x, y.dtype)
         ctx.save_for_backward(logits, x)
         return torch.linalg.vecdot(y, x) - torch.nn.functional.softplus(y, threshold=SOFTPLUS_LINEAR_ABOVE).sum(-1)
 
@@ -144,9 +159,9 @@ class BernoulliLogLikelihoodFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_log_lik):
         logits, x = ctx.saved_tensors
-        grad = torch.sigmoid(logits.to(x.dtype))
-        torch.sub(x, grad, out=grad).mul_(grad_log_lik.to(x.dtype).unsqueeze(-1))
-        return grad.to(logits.dtype), None
+        grad = torch.sigmoid(_as_dtype(logits, x.dtype))
+        torch.sub(x, grad, out=grad).mul_(_as_dtype(grad_log_lik, x.dtype).unsqueeze(-1))
+        return _as_dtype(grad, logits.dtype), None
 
 
 def bernoulli_log_likelihood(logits, x):
@@ -164,7 +179,7 @@ def gaussian_log_likelihood(mean, logvar, x):
 
 def fold_max_sum(running_max, running_sum, log_w):
     """Fold a chunk of log-weights [kc, B] into the running (max, sum of exp(log w - max)) state [B]."""
-    chunk = log_w.to(running_max.dtype)
+    chunk = _as_dtype(log_w, running_max.dtype)
     new_max = torch.maximum(running_max, chunk.amax(0))
     shift = _shifted_max(new_max)
     new_sum = running_sum * torch.exp(running_max - shift) + torch.exp(chunk - shift).sum(0)
@@ -183,7 +198,7 @@ def _max_sum(log_w):
 
 
 def _weights_from_max_sum(log_w, running_max, running_sum):
-    ratio = torch.exp(log_w.to(running_max.dtype) - _shifted_max(running_max))
+    ratio = torch.exp(_as_dtype(log_w, running_max.dtype) - _shifted_max(running_max))
     return torch.where(running_sum > 0, ratio / torch.where(running_sum > 0, running_sum, 1), 0)
 
 
@@ -200,7 +215,7 @@ class IWAEBoundFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_bound):
         log_w, running_max, running_sum = ctx.saved_tensors
-        return (grad_bound * _weights_from_max_sum(log_w, running_max, running_sum)).to(log_w.dtype)
+        return _as_dtype(grad_bound * _weights_from_max_sum(log_w, running_max, running_sum), log_w.dtype)
 
 
 def normalized_weights_backward(weights, grad_weights):
