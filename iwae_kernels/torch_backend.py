@@ -224,11 +224,13 @@ def normalized_weights_backward(weights, grad_weights):
 
 
 class NormalizedWeightsFunction(torch.autograd.Function):
-    """log_w [k, B] -> softmax over samples [k, B], all-zero for an all -inf column."""
+    """log_w [k, B] -> softmax over samples [k, B], all-zero for an all -inf column: this backend's, or
+    ``softmax(log_w, launchers)`` (a compiled backend's kernels); the backward is ``normalized_weights_backward``
+    for every backend."""
 
     @staticmethod
-    def forward(ctx, log_w):
-        weights = _weights_from_max_sum(log_w, *_max_sum(log_w))
+    def forward(ctx, log_w, softmax=None, launchers=None):
+        weights = _weights_from_max_sum(log_w, *_max_sum(log_w)) if softmax is None else softmax(log_w, launchers)
         ctx.save_for_backward(weights)
         ctx.input_dtype = log_w.dtype
         return weights
@@ -237,7 +239,7 @@ class NormalizedWeightsFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_weights):
         (weights,) = ctx.saved_tensors
-        return normalized_weights_backward(weights, grad_weights).to(ctx.input_dtype)
+        return _as_dtype(normalized_weights_backward(weights, grad_weights), ctx.input_dtype), None, None
 
 
 def iwae_bound(log_w):

@@ -41,13 +41,14 @@ def _duration(seconds):
 
 @torch.no_grad()
 def check_evaluation_time(model, test_x, k=5000, chunk=500, batch_size=100, max_hours=24.0, progress=True):
-    """Estimate the wall time of L_k over test_x from one timed chunk of one batch (after one untimed, which
-    absorbs kernel compilation); UserError when it exceeds ``max_hours`` (the slowest process's, under torchrun)."""
+    """Estimate the wall time of L_k over test_x from one timed chunk of one batch (on a GPU after one untimed,
+    which absorbs kernel compilation); UserError when it exceeds ``max_hours`` (the slowest process's, under torchrun)."""
     rank, world = rank_and_world()
     device = next(model.parameters()).device
     probe = test_x[:batch_size].to(device)
     samples = min(chunk, k)
-    model.log_likelihood(probe, k=samples, chunk=samples)  # untimed: compiles the kernels
+    if device.type == "cuda":
+        model.log_likelihood(probe, k=samples, chunk=samples)  # untimed: compiles the kernels (none on a CPU)
     started = time.perf_counter()
     model.log_likelihood(probe, k=samples, chunk=samples)
     if device.type == "cuda":

@@ -181,23 +181,11 @@ class IWAEBoundFunction(torch.autograd.Function):
         return _weights(log_w, running_max, running_sum, grad_bound, log_w.dtype, ctx.launchers), None
 
 
-class NormalizedWeightsFunction(torch.autograd.Function):
-    """Kernel forward; the softmax backward is a few [k, B] torch ops (the torch backend's)."""
-
-    @staticmethod
-    def forward(ctx, log_w, launchers):
-        log_w = log_w.contiguous()
-        running_max, running_sum, _ = _max_sum(log_w, launchers)
-        weights = _weights(log_w, running_max, running_sum, None, running_max.dtype, launchers)
-        ctx.save_for_backward(weights)
-        ctx.input_dtype = log_w.dtype
-        return weights
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_weights):
-        (weights,) = ctx.saved_tensors
-        return torch_backend.normalized_weights_backward(weights, grad_weights).to(ctx.input_dtype), None
+def _kernel_softmax(log_w, launchers):
+    """Normalized weights [k, B] by the kernels: the fold, then one elementwise pass."""
+    log_w = log_w.contiguous()
+    running_max, running_sum, _ = _max_sum(log_w, launchers)
+    return _weights(log_w, running_max, running_sum, None, running_max.dtype, launchers)
 
 
 def iwae_bound(log_w, launchers=TRITON_LAUNCHERS):
@@ -207,7 +195,7 @@ def iwae_bound(log_w, launchers=TRITON_LAUNCHERS):
 
 def normalized_weights(log_w, launchers=TRITON_LAUNCHERS):
     """Self-normalized importance weights, softmax over dim 0. log_w [k, B] -> [k, B]."""
-    return NormalizedWeightsFunction.apply(log_w, launchers)
+    return torch_backend.NormalizedWeightsFunction.apply(log_w, _kernel_softmax, launchers)
 
 
 def fold_max_sum(running_max, running_sum, log_w, launchers=TRITON_LAUNCHERS):
