@@ -14,6 +14,7 @@ Without a GPU the Triton backend runs on CPU tensors (TRITON_INTERPRET=1, set he
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ sys.path.insert(0, str(HERE))
 from launches import recorded_launches  # noqa: E402
 
 SHAPE = {"k": 5, "B": 4, "D": 3, "P": 7}
+BLOCK = 20  # calls per timed block
 
 
 def measure(device, repeats):
@@ -46,31 +48,36 @@ def measure(device, repeats):
     variants = {"naive": lambda: naive_iwae_loss(x, mu, logvar, decoder, k, eps)}
     for backend in ("torch", "triton"):
         variants[f"iwae_loss-{backend}"] = (lambda b: lambda: ik.iwae_loss(x, mu, logvar, decoder, k=k, backend=b))(backend)
-    rows = []
-    for name, loss_fn in variants.items():
-        step = lambda: loss_fn().backward()
-        with recorded_launches(execute=False) as launches:
+    steps = {name: (lambda fn: lambda: fn().backward())(fn) for name, fn in variants.items()}
+    counted = {}
+    with recorded_launches(execute=False) as launches:
+        for name, step in steps.items():
+            launches.clear()
             step()
-        counted = sum(launches.values())
-        with recorded_launches(execute=False):
+            counted[name] = sum(launches.values())
             for _ in range(10):
                 step()
-            times = []
-            for _ in range(repeats):
+    # The variants take turns in blocks of BLOCK calls, so a slow spell of the machine (this 2-core VM has them:
+    # medians of the same code moved 1.7x between back-to-back runs) falls on all of them alike.
+    times = {name: [] for name in steps}
+    with recorded_launches(execute=False):
+        for _ in range(max(1, repeats // BLOCK)):
+            for name, step in steps.items():
                 start = time.perf_counter()
-                step()
+                for _ in range(BLOCK):
+                    step()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - start)
-        times.sort()
-        rows.append({"variant": name, "host_us": 1e6 * times[len(times) // 2], "triton_launches": counted})
-    return rows
+                times[name].append((time.perf_counter() - start) / BLOCK)
+    return [{"variant": name, "host_us": 1e6 * statistics.median(block), "triton_launches": counted[name]}
+            for name, block in times.items()]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds in which the trees take turns")
     parser.add_argument("--baseline-tree", help="another checkout of the library, measured in a subprocess")
     parser.add_argument("--measure-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -79,16 +86,29 @@ def main():
         print(json.dumps(measure(device, args.repeats)))
         return
     torch.set_num_threads(1)  # host overhead is serial; threads only add noise
-    rows = [dict(row, tree="this checkout") for row in measure(device, args.repeats)]
-    notes = [f"shape: {SHAPE}, float32, one thread; median of {args.repeats} forward+backward calls after 10 "
-             "warm-up calls; Triton launches skipped (their count is per forward+backward)"]
-    if args.baseline_tree:
-        tree = Path(args.baseline_tree).resolve()
-        out = subprocess.run([sys.executable, __file__, "--measure-only", "--device", args.device, "--repeats",
-                              str(args.repeats)], env={**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"},
-                             capture_output=True, text=True, check=True).stdout
-        rows += [dict(row, tree=f"baseline {tree.name}") for row in json.loads(out.splitlines()[-1])]
-        notes.append(f"baseline: the library at {tree} (commit {_commit(tree)}), measured in a subprocess of this run")
+    tree = Path(args.baseline_tree).resolve() if args.baseline_tree else None
+    measured = {}  # (tree, variant) -> rows, one per round
+    for _ in range(args.rounds):  # the trees take turns too
+        for row in measure(device, args.repeats):
+            measured.setdefault(("this checkout", row["variant"]), []).append(row)
+        if tree:
+            out = subprocess.run([sys.executable, __file__, "--measure-only", "--device", args.device, "--repeats",
+                                  str(args.repeats)], env={**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"},
+                                 capture_output=True, text=True, check=True).stdout
+            for row in json.loads(out.splitlines()[-1]):
+                measured.setdefault((f"baseline {tree.name}", row["variant"]), []).append(row)
+    rows = []
+    for (tree_name, variant), runs in measured.items():
+        host = sorted(row["host_us"] for row in runs)
+        rows.append({"tree": tree_name, "variant": variant, "host_us": statistics.median(host), "host_us_min": host[0],
+                     "host_us_max": host[-1], "triton_launches": runs[0]["triton_launches"]})
+    notes = [f"shape: {SHAPE}, float32, one thread; per round, the variants take turns in blocks of {BLOCK} "
+             f"forward+backward calls ({args.repeats} calls each, after 10 warm-up calls) and host_us is the median "
+             f"block's time per call; then the median over {args.rounds} rounds, in which this checkout and the "
+             "baseline take turns (host_us_min/max: the rounds' range); Triton launches skipped (their count is per "
+             "forward+backward)"]
+    if tree:
+        notes.append(f"baseline: the library at {tree} (commit {_commit(tree)}), measured in a subprocess per round")
     naive = {row["tree"]: row["host_us"] for row in rows if row["variant"] == "naive"}
     for row in rows:
         row["vs_naive"] = row["host_us"] / naive[row["tree"]]
@@ -96,7 +116,7 @@ def main():
     from common import environment, write_results
 
     write_results("bench_host", device, environment(device), rows,
-                  ["tree", "variant", "host_us", "vs_naive", "triton_launches"], notes)
+                  ["tree", "variant", "host_us", "host_us_min", "host_us_max", "vs_naive", "triton_launches"], notes)
 
 
 def _commit(tree):

@@ -93,3 +93,14 @@ def test_probe_host_runs_every_item(tmp_path):
         assert any(row["item"].startswith("garbage collection") for row in in_loss)
     assert "self CPU time" in (folder / "probe_host_profile.txt").read_text()
     assert "cProfile" in (folder / "probe_host_cprofile.txt").read_text()
+
+
+def test_bench_host_alternates_trees_and_counts_launches(tmp_path):
+    folder = run_benchmark(tmp_path, "bench_host.py", "--repeats", "40", "--rounds", "2", "--baseline-tree", str(REPO))
+    rows = json.loads((folder / "bench_host.json").read_text())["rows"]
+    assert {(row["tree"], row["variant"]) for row in rows} == {
+        (tree, variant) for tree in ("this checkout", f"baseline {REPO.name}")
+        for variant in ("naive", "iwae_loss-torch", "iwae_loss-triton")}
+    assert all(0 < row["host_us_min"] <= row["host_us"] <= row["host_us_max"] for row in rows)
+    assert {row["variant"]: row["triton_launches"] for row in rows} == {"naive": 0, "iwae_loss-torch": 0,
+                                                                      "iwae_loss-triton": 6}
