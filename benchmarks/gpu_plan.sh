@@ -11,7 +11,7 @@
 # Stages: versions and clocks; build (with the CUDA extension); the GPU tests of the kernel families changed
 # since the last GPU run (PLAN_SINCE, default the commit of the committed H100 results) plus the backend="cuda"
 # and torch.compile tests; bench_loss at the target shapes; bench_eval (warmed up); bench_train_step; a
-# torch.profiler kernel table of one forward+backward; compute-sanitizer memcheck and racecheck on three kernel
+# torch.profiler kernel table of one forward+backward; probe_host (where a small loss's host time goes); compute-sanitizer memcheck and racecheck on three kernel
 # tests. Results: benchmarks/results/<device>/ (the benchmarks' files) and its gpu_plan/ folder (logs, markers,
 # gpu_plan.md: stage, exit status, seconds, last line).
 set -uo pipefail
@@ -35,7 +35,7 @@ export IWAE_KERNELS_COMMIT=$COMMIT OMP_NUM_THREADS=1   # the benchmarks record t
 BUDGET=${PLAN_CALL_SECONDS:-570}
 # pytest-xdist, where installed, spreads the GPU tests over processes (Triton compiles on the CPU).
 XDIST=$($PYTHON -c "import xdist" 2>/dev/null && echo "-n 8")
-SINCE=${PLAN_SINCE:-a2952b8}
+SINCE=${PLAN_SINCE:-6c7aced}
 
 # The kernel families changed since SINCE (every family when git cannot tell), as their test files.
 changed_tests() {
@@ -74,6 +74,7 @@ STAGES=(
   "bench_eval|420|$PYTHON benchmarks/bench_eval.py --images 10000 --synthetic"
   "bench_train_step|360|$PYTHON benchmarks/bench_train_step.py --k 50"
   "profile|180|$PYTHON -c \"\$PROFILE\""
+  "probe_host|180|$PYTHON benchmarks/probe_host.py"
   "memcheck|420|compute-sanitizer --tool memcheck --error-exitcode 1 $PYTHON -m pytest -q -x $SANITIZED"
   "racecheck|420|compute-sanitizer --tool racecheck --error-exitcode 1 $PYTHON -m pytest -q -x $SANITIZED"
 )
