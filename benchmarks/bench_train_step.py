@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, parse_args, median_ms, peak_memory_mib, write_results  # noqa: E402
+from common import environment, median_ms_each, parse_args, peak_memory_mib, write_results  # noqa: E402
 from iwae_kernels.models import paper_model  # noqa: E402
 from naive import naive_model_loss  # noqa: E402
 
@@ -53,18 +53,20 @@ def main():
                           "fused": (lambda m: m.loss(x, k), False), "fused-head": (lambda m: m.loss(x, k), True)}
                 losses = {name: losses[name] for name in args.variants}
                 graphs = [False, True] if device.type == "cuda" else [False]
+                steps = {}
                 for name, (loss_fn, fused_head) in losses.items():
                     for graphed in graphs:
                         model = copy.deepcopy(base)
                         model.fused_head = fused_head
-                        step = make_step(model, loss_fn, graphed)
-                        ms = median_ms(step, device)
-                        baseline = ms if name == "naive" and not graphed else baseline
-                        rows.append({"layers": layers, "B": batch, "k": k, "variant": name + ("+graph" if graphed else ""),
-                                     "step_ms": ms, "samples_per_s": 1000 * batch / ms,
-                                     "peak_mib": peak_memory_mib(step, device), "speedup_vs_naive": baseline / ms})
-                        print(rows[-1], flush=True)
-    notes = ["a step: zero_grad, loss, backward, Adam (lr 1e-3, eps 1e-4); median over repeats after warm-up",
+                        steps[name + ("+graph" if graphed else "")] = make_step(model, loss_fn, graphed)
+                for variant, ms in median_ms_each(steps, device).items():
+                    baseline = ms if variant == "naive" else baseline
+                    rows.append({"layers": layers, "B": batch, "k": k, "variant": variant, "step_ms": ms,
+                                 "samples_per_s": 1000 * batch / ms, "peak_mib": peak_memory_mib(steps[variant], device),
+                                 "speedup_vs_naive": baseline / ms})
+                    print(rows[-1], flush=True)
+    notes = ["a step: zero_grad, loss, backward, Adam (lr 1e-3, eps 1e-4); median over repeats after warm-up (on a "
+             "CPU the variants of a shape take turns call by call: benchmarks/common.py median_ms_each)",
              "speedup_vs_naive: against naive eager at the same shape, measured in the same run",
              "+graph: the whole step captured once as a CUDA graph and replayed (peak memory excludes the graph's pool)",
              "fused: PaperModel.loss as it comes (fused_head=False: logits from the nn.Linear, reduced by the "

@@ -79,6 +79,24 @@ def median_ms(fn, device, warmup=5, repeats=25):
     return statistics.median(times)
 
 
+def median_ms_each(fns, device, warmup=5, repeats=25):
+    """{name: median ms} of each fn in ``fns``: ``median_ms`` one after another on a GPU; on a CPU the fns take turns
+    call by call, so a slow spell of the machine (medians of the same code moved up to 1.7x between back-to-back
+    runs on the 2-core development VM) falls on every variant alike."""
+    if device.type == "cuda":
+        return {name: median_ms(fn, device) for name, fn in fns.items()}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def peak_memory_mib(fn, device):
     """Peak device memory of one fn() call above what was allocated before it (GPU only; None on CPU)."""
     if device.type != "cuda":
