@@ -18,6 +18,7 @@ from .contract import ESTIMATOR_CODES, LOG_2PI, Estimator, accumulation_dtype
 # cut-off of 20 would be off by 2e-9 in float64).
 SOFTPLUS_LINEAR_ABOVE = 40.0
 
+
 def _as_dtype(tensor, dtype):
     """tensor in dtype (None stays None), skipping the call when it already is: a no-op .to() still costs host
     time, and a small loss is host-bound."""
@@ -72,10 +73,12 @@ def _sum_to(grad, like):
 
 
 class GaussianSampleFunction(torch.autograd.Function):
-    """(mu, logvar, eps, prior_mu, prior_logvar) -> (z [k, B, D], log p(z) - log q(z|x) [k, B]).
+    """(mu, logvar, eps, prior_mu, prior_logvar) -> (z [k, B, D], log p(z) - log q(z|x) [k, B]) for the stl and
+    dreg estimators.
 
-    The backward is written out (docs/MATH.md, "Backward") rather than left to autograd, because the stl and dreg
-    estimators are not the derivative of the forward: they change the encoder-side gradient only.
+    Their backward is written out (docs/MATH.md, "Backward") because it is not the derivative of the forward: they
+    change the encoder-side gradient only. The total-derivative estimators (iwae, vae) use autograd of the same
+    forward (``gaussian_sample``).
     """
 
     @staticmethod
@@ -99,17 +102,12 @@ class GaussianSampleFunction(torch.autograd.Function):
             grad_a = grad_a * scale.to(acc)
         ga = grad_a.unsqueeze(-1)
         eps = up(eps)
-        code = ESTIMATOR_CODES[ctx.estimator]
-        if code == Estimator.TOTAL_DERIVATIVE:
-            # Total derivative: the path through z plus the score term 0.5 * dJ/da of -log q on logvar.
-            per_sample = grad_z + ga * dlogp_dz
-            grad_mu, grad_logvar = per_sample, per_sample * 0.5 * sigma * eps + 0.5 * ga
-        else:
-            # Path derivative only: d(-log q)/dz = eps / sigma, no score term.
-            per_sample = grad_z + ga * (dlogp_dz + eps * torch.exp(-0.5 * up(logvar)))
-            if code == Estimator.DOUBLY_REPARAMETERIZED:
-                per_sample = per_sample * weights_from_log_weight_grad(grad_a).unsqueeze(-1)
-            grad_mu, grad_logvar = per_sample, per_sample * 0.5 * sigma * eps
+        # Path derivative only: d(-log q)/dz = eps / sigma, no score term (the total derivative would add
+        # 0.5 * dJ/da to logvar's gradient).
+        per_sample = grad_z + ga * (dlogp_dz + eps * torch.exp(-0.5 * up(logvar)))
+        if ESTIMATOR_CODES[ctx.estimator] == Estimator.DOUBLY_REPARAMETERIZED:
+            per_sample = per_sample * weights_from_log_weight_grad(grad_a).unsqueeze(-1)
+        grad_mu, grad_logvar = per_sample, per_sample * 0.5 * sigma * eps
         grad_prior_mu = grad_prior_logvar = None
         if prior_mu is not None:
             precision = torch.exp(-up(prior_logvar))
