@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import iwae_kernels as ik  # noqa: E402
-from common import backend_runs, environment, median_ms, parse_args, peak_memory_mib, write_results  # noqa: E402
+from common import backend_runs, environment, median_ms, median_ms_each, parse_args, peak_memory_mib, write_results  # noqa: E402
 from naive import naive_iwae_loss  # noqa: E402
 from roofline import loss_roofline  # noqa: E402
 
@@ -115,7 +115,8 @@ def main():
              "every variant's loss and gradients were checked against naive on the same noise before timing "
              "(checked=False: the check itself ran out of device memory at that shape)",
              "out_of_memory=True: that variant could not run the shape on this device (no times)",
-             "times: median; GPU via triton.testing.do_bench, CPU via perf_counter after 3 warm-up calls",
+             "times: median; GPU via triton.testing.do_bench, CPU via perf_counter after warm-up calls, the variants of "
+             "a shape taking turns call by call (common.median_ms_each; not with naive+compile)",
              "fused-torch is the library's torch backend (the CPU fallback), not a fused kernel",
              "pct_of_bound: 100 x the forward+backward's roofline bound (benchmarks/roofline.py; devices with known "
              "peaks only) / its time",
@@ -140,6 +141,14 @@ def main():
                 bytes_fwd = element * (2 * k * batch * dim + 2 * k * batch * args.obs)
                 bytes_fwd_bwd = bytes_fwd + element * (4 * k * batch * args.obs + 3 * k * batch * dim)
                 baseline = None
+                interleaved = {}
+                if device.type != "cuda" and "naive+compile" not in timed:  # the variants take turns call by call
+                    calls = {}
+                    for name, fn in timed.items():
+                        forward = (lambda fn: lambda: fn(x, mu, logvar, decoder, k, eps))(fn)
+                        calls[name, "fwd"] = forward
+                        calls[name, "fwd_bwd"] = (lambda forward: lambda: torch.autograd.grad(forward(), inputs))(forward)
+                    interleaved = median_ms_each(calls, device)
                 for name, fn in timed.items():
                     forward = lambda: fn(x, mu, logvar, decoder, k, eps)
                     both = lambda: torch.autograd.grad(forward(), inputs)
@@ -149,7 +158,10 @@ def main():
                     def measure():
                         if name == "naive+compile":  # compiling (again, when torch.compile recompiles for a new shape)
                             row["first_call_ms"] = wall_ms(both, device)
-                        row["fwd_ms"], row["fwd_bwd_ms"] = median_ms(forward, device), median_ms(both, device)
+                        if interleaved:
+                            row["fwd_ms"], row["fwd_bwd_ms"] = interleaved[name, "fwd"], interleaved[name, "fwd_bwd"]
+                        else:
+                            row["fwd_ms"], row["fwd_bwd_ms"] = median_ms(forward, device), median_ms(both, device)
                         row["peak_mib"] = peak_memory_mib(both, device)
 
                     row["out_of_memory"] = not runs_in_memory(measure, device)
