@@ -11,25 +11,35 @@ import contextlib
 from triton.runtime.jit import KernelInterface
 
 
+def kernel_name(kernel):
+    """A jit kernel's or autotuner's function name."""
+    return getattr(getattr(kernel, "fn", kernel), "__name__", repr(kernel))
+
+
+@contextlib.contextmanager
+def wrapped_launches(wrap):
+    """Inside the block every ``kernel[grid](...)`` runs ``wrap(kernel, grid, launch)(...)`` instead, where
+    ``launch`` is Triton's own launcher for that grid."""
+    original = KernelInterface.__getitem__
+    KernelInterface.__getitem__ = lambda kernel, grid: wrap(kernel, grid, original(kernel, grid))
+    try:
+        yield
+    finally:
+        KernelInterface.__getitem__ = original
+
+
 @contextlib.contextmanager
 def recorded_launches(execute=True):
     """Count the Triton kernel launches made inside the block by kernel name (yields a Counter); with
     ``execute=False`` the launches are skipped, so what remains is the host's work."""
     counts = collections.Counter()
-    original = KernelInterface.__getitem__
 
-    def getitem(kernel, grid):
-        launch = original(kernel, grid)
-        name = getattr(getattr(kernel, "fn", kernel), "__name__", repr(kernel))
-
+    def wrap(kernel, grid, launch):
         def record(*args, **kwargs):
-            counts[name] += 1
+            counts[kernel_name(kernel)] += 1
             return launch(*args, **kwargs) if execute else None
 
         return record
 
-    KernelInterface.__getitem__ = getitem
-    try:
+    with wrapped_launches(wrap):
         yield counts
-    finally:
-        KernelInterface.__getitem__ = original

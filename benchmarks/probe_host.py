@@ -62,12 +62,12 @@ if not torch.cuda.is_available():
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from triton.runtime.jit import KernelInterface  # noqa: E402
 
 from iwae_kernels._env import triton_interpreting  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from launches import kernel_name, recorded_launches, wrapped_launches  # noqa: E402
 
 COLUMNS = ["section", "item", "backend", "host_us", "host_us_min", "host_us_max", "host_mean_us", "wall_us", "gpu_us",
            "triton_launches", "note"]
@@ -87,24 +87,18 @@ def _empty_20(a_ptr, b_ptr, c_ptr, d_ptr, e_ptr, f_ptr, g_ptr, h_ptr, R, B, D, n
 
 @contextlib.contextmanager
 def captured_launches():
-    """The Triton launches made inside the block, as (kernel, grid, kwargs), still executed (as launches.py)."""
+    """The Triton launches made inside the block, as (kernel, grid, args, kwargs), still executed."""
     launches = []
-    original = KernelInterface.__getitem__
 
-    def getitem(kernel, grid):
-        launch = original(kernel, grid)
-
+    def wrap(kernel, grid, launch):
         def record(*args, **kwargs):
             launches.append((kernel, grid, args, kwargs))
             return launch(*args, **kwargs)
 
         return record
 
-    KernelInterface.__getitem__ = getitem
-    try:
+    with wrapped_launches(wrap):
         yield launches
-    finally:
-        KernelInterface.__getitem__ = original
 
 
 def without_gc(fn):
@@ -116,14 +110,8 @@ def without_gc(fn):
 
 
 def skipping_launches(fn):
-    from launches import recorded_launches
-
     with recorded_launches(execute=False):
         return fn()
-
-
-def kernel_name(kernel):
-    return getattr(getattr(kernel, "fn", kernel), "__name__", repr(kernel))
 
 
 def positional(kernel, args, kwargs):
@@ -450,10 +438,9 @@ def probe_autograd(probe, device, backends, shape):
 def timed_triton_launches(times):
     """Inside the block, each Triton launch's ``kernel[grid](...)`` call (JITFunction.run: bind, specialize, look up,
     launch) is timed into times[kernel name]."""
-    original = KernelInterface.__getitem__
 
-    def getitem(kernel, grid):
-        launch, name = original(kernel, grid), kernel_name(kernel)
+    def wrap(kernel, grid, launch):
+        name = kernel_name(kernel)
 
         def timed(*args, **kwargs):
             begin = time.perf_counter()
@@ -463,11 +450,8 @@ def timed_triton_launches(times):
 
         return timed
 
-    KernelInterface.__getitem__ = getitem
-    try:
+    with wrapped_launches(wrap):
         yield
-    finally:
-        KernelInterface.__getitem__ = original
 
 
 @contextlib.contextmanager
