@@ -141,17 +141,16 @@ def main():
                 bytes_fwd = element * (2 * k * batch * dim + 2 * k * batch * args.obs)
                 bytes_fwd_bwd = bytes_fwd + element * (4 * k * batch * args.obs + 3 * k * batch * dim)
                 baseline = None
+                calls = {}  # (variant, "fwd" | "fwd_bwd") -> a zero-argument call
+                for name, fn in timed.items():
+                    forward = (lambda fn: lambda: fn(x, mu, logvar, decoder, k, eps))(fn)
+                    calls[name, "fwd"] = forward
+                    calls[name, "fwd_bwd"] = (lambda forward: lambda: torch.autograd.grad(forward(), inputs))(forward)
                 interleaved = {}
                 if device.type != "cuda" and "naive+compile" not in timed:  # the variants take turns call by call
-                    calls = {}
-                    for name, fn in timed.items():
-                        forward = (lambda fn: lambda: fn(x, mu, logvar, decoder, k, eps))(fn)
-                        calls[name, "fwd"] = forward
-                        calls[name, "fwd_bwd"] = (lambda forward: lambda: torch.autograd.grad(forward(), inputs))(forward)
                     interleaved = median_ms_each(calls, device)
-                for name, fn in timed.items():
-                    forward = lambda: fn(x, mu, logvar, decoder, k, eps)
-                    both = lambda: torch.autograd.grad(forward(), inputs)
+                for name in timed:
+                    forward, both = calls[name, "fwd"], calls[name, "fwd_bwd"]
                     row = {"k": k, "B": batch, "D": dim, "P": args.obs, "dtype": args.dtype, "variant": name,
                            "min_bytes_fwd_bwd": bytes_fwd_bwd, "checked": agreed}
 

@@ -65,26 +65,17 @@ def environment(device):
 def median_ms(fn, device, warmup=5, repeats=25):
     """Median wall time of fn() in ms after warm-up: triton.testing.do_bench on a GPU, perf_counter on a CPU
     (25 repeats: with 10, CPU medians of the same code moved by 30% between runs)."""
-    if device.type == "cuda":
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+    return median_ms_each({"fn": fn}, device, warmup, repeats)["fn"]
 
 
 def median_ms_each(fns, device, warmup=5, repeats=25):
-    """{name: median ms} of each fn in ``fns``: ``median_ms`` one after another on a GPU; on a CPU the fns take turns
-    call by call, so a slow spell of the machine (medians of the same code moved up to 1.7x between back-to-back
-    runs on the 2-core development VM) falls on every variant alike."""
+    """{name: median ms} of each fn in ``fns`` after warm-up: triton.testing.do_bench one after another on a GPU;
+    on a CPU the fns take turns call by call, so a slow spell of the machine (medians of the same code moved up to
+    1.7x between back-to-back runs on the 2-core development VM) falls on every variant alike."""
     if device.type == "cuda":
-        return {name: median_ms(fn, device) for name, fn in fns.items()}
+        import triton.testing
+
+        return {name: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") for name, fn in fns.items()}
     for fn in fns.values():
         for _ in range(warmup):
             fn()

@@ -12,8 +12,8 @@
 # since the last GPU run (PLAN_SINCE, default the commit of the committed H100 results) plus the backend="cuda"
 # and torch.compile tests; bench_loss at the target shapes; bench_eval (warmed up); bench_train_step; a
 # torch.profiler kernel table of one forward+backward; probe_host (where a small loss's host time goes);
-# compute-sanitizer memcheck and racecheck on three kernel tests. Results: benchmarks/results/<device>/ (the benchmarks' files) and its gpu_plan/ folder (logs, markers,
-# gpu_plan.md: stage, exit status, seconds, last line).
+# compute-sanitizer memcheck and racecheck on three kernel tests. Results: benchmarks/results/<device>/ (the
+# benchmarks' files) and its gpu_plan/ folder (logs, markers, gpu_plan.md: stage, exit status, seconds, last line).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
