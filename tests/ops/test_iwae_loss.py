@@ -93,14 +93,19 @@ def test_gaussian_likelihood_and_flatten_samples(backend):
     assert_close(loss, -(torch.logsumexp(log_w, 0) - math.log(k)))
 
 
-def test_resample_value_is_the_bound_for_its_noise():
-    k, batch, dim, obs = 7, 4, 3, 9
+def resampled_loss(k, batch, dim, obs, seed, reduction):
+    """The iwae-resample loss of a linear-decoder problem and the noise it drew: (x, mu, logvar, weight, loss, eps)."""
     x, mu, logvar, weight = setup_problem(k, batch, dim, obs)
     mu.requires_grad_()
-    torch.manual_seed(3)
-    loss = ik.iwae_loss(x, mu, logvar, lambda z: z @ weight, k=k, estimator="iwae-resample", reduction="none")
-    torch.manual_seed(3)
-    eps = torch.randn(k, batch, dim, dtype=torch.float64)
+    torch.manual_seed(seed)
+    loss = ik.iwae_loss(x, mu, logvar, lambda z: z @ weight, k=k, estimator="iwae-resample", reduction=reduction)
+    torch.manual_seed(seed)
+    return x, mu, logvar, weight, loss, torch.randn(k, batch, dim, dtype=torch.float64)
+
+
+def test_resample_value_is_the_bound_for_its_noise():
+    k, batch, dim, obs = 7, 4, 3, 9
+    x, mu, logvar, weight, loss, eps = resampled_loss(k, batch, dim, obs, seed=3, reduction="none")
     z, latent = naive_latent(mu.detach(), logvar, eps)
     log_w = naive_bernoulli(z @ weight, x) + latent
     assert_close(loss, -(torch.logsumexp(log_w, 0) - math.log(k)))
@@ -111,13 +116,8 @@ def test_resample_value_is_the_bound_for_its_noise():
 def test_resample_gradient_is_one_sample_gradient():
     """Each example's gradient is -d log w_j / d mu for one of its k samples (one backward pass)."""
     k, batch, dim, obs = 6, 5, 3, 8
-    x, mu, logvar, weight = setup_problem(k, batch, dim, obs)
-    mu.requires_grad_()
-    torch.manual_seed(9)
-    loss = ik.iwae_loss(x, mu, logvar, lambda z: z @ weight, k=k, estimator="iwae-resample", reduction="sum")
+    x, mu, logvar, weight, loss, eps = resampled_loss(k, batch, dim, obs, seed=9, reduction="sum")
     (grad,) = torch.autograd.grad(loss, mu)
-    torch.manual_seed(9)
-    eps = torch.randn(k, batch, dim, dtype=torch.float64)
     leaf = mu.detach().clone().requires_grad_()
     z, latent = naive_latent(leaf, logvar, eps)
     log_w = naive_bernoulli(z @ weight, x) + latent
