@@ -6,6 +6,8 @@ Public API (k samples lead every [k, ...] tensor):
     bernoulli_log_likelihood(logits, x)        -> [k, B]
     bernoulli_decoder_log_likelihood(hidden, weight, bias, x) -> [k, B], the logits never written
     gaussian_log_likelihood(mean, logvar, x)   -> [k, B]
+    bernoulli_iwae_loss(logits, x, latent)     -> -L_k of log p(x|z) + latent, likelihood and bound fused
+    gaussian_iwae_loss(mean, logvar, x, latent) -> the same for a Gaussian decoder
     categorical_log_likelihood(logits, tokens, mask) -> [k, B], log-softmax + gather fused
     local_reparam_linear(input, weight_mu, weight_var, bias) -> [..., N], sampled pre-activations
     iwae_bound(log_w)                          -> L_k [B]
@@ -19,8 +21,10 @@ from .functional import (
     LIKELIHOODS,
     StreamingIWAEBound,
     bernoulli_decoder_log_likelihood,
+    bernoulli_iwae_loss,
     bernoulli_log_likelihood,
     categorical_log_likelihood,
+    gaussian_iwae_loss,
     gaussian_log_likelihood,
     gaussian_sample,
     iwae_bound,
@@ -42,8 +46,10 @@ __all__ = [
     "LIKELIHOODS",
     "StreamingIWAEBound",
     "bernoulli_decoder_log_likelihood",
+    "bernoulli_iwae_loss",
     "bernoulli_log_likelihood",
     "categorical_log_likelihood",
+    "gaussian_iwae_loss",
     "gaussian_log_likelihood",
     "gaussian_sample",
     "iwae_bound",

@@ -18,6 +18,8 @@ OPS = (
     "gaussian_sample",                   # mu, logvar [B, D] or [k, B, D] -> z [k, B, D], latent log-weight [k, B]
     "bernoulli_log_likelihood",          # logits [k, B, P], x [B, P] -> [k, B]
     "gaussian_log_likelihood",           # mean, logvar [k, B, P], x [B, P] -> [k, B]
+    "bernoulli_iwae_loss",               # logits [k, B, P], x [B, P], latent [k, B], reduction -> -L_k reduced
+    "gaussian_iwae_loss",                # mean, logvar [k, B, P], x [B, P], latent [k, B], reduction -> -L_k reduced
     "bernoulli_decoder_log_likelihood",  # hidden [k, B, H], weight [P, H], bias [P], x [B, P] -> [k, B]
     "categorical_log_likelihood",        # logits [k, B, T, V], tokens, mask [B, T] -> [k, B]
     "iwae_bound",                        # log_w [k, B] -> L_k [B]
@@ -27,7 +29,8 @@ OPS = (
 )
 
 # Which backend's implementation runs each op, per backend: every backend runs its own, except where it declares
-# another's. The cuda backend has no CUDA C++ kernel for three ops yet and runs their Triton kernels. Within an
+# another's. The cuda backend has no CUDA C++ kernel for three ops yet and runs their Triton kernels (and its two
+# losses compose its likelihood and bound kernels, as the torch backend composes its ops). Within an
 # op, the Triton decoder head and local reparameterization hand float64 to the torch backend (tl.dot takes no
 # float64 operands), and the cuda backend refuses include_prior=False and latent_scale (its sampling kernel has
 # neither yet).

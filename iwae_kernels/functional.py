@@ -12,7 +12,7 @@ from . import _checks
 from .backend import get_backend
 from .contract import accumulation_dtype, decoder_head_max_hidden
 from .estimators import ESTIMATORS, check_latent_scale, conditional_density_path
-from .torch_backend import bound_from_max_sum
+from .torch_backend import bound_from_max_sum, largest_finite, reduced_loss
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 REDUCTIONS = ("mean", "sum", "none")
@@ -216,6 +216,39 @@ def gaussian_log_likelihood(mean, logvar, x, *, backend=None):
     return get_backend(backend, mean.device).gaussian_log_likelihood(mean, logvar.flatten(2), x)
 
 
+def _check_latent_log_weight(latent_log_weight, like):
+    _checks.check_tensor("latent_log_weight", latent_log_weight, (2,))
+    _checks.check_same_device("latent_log_weight", latent_log_weight, "the decoder output", like)
+    _checks.check_shape("latent_log_weight", latent_log_weight, like.shape[:2])
+
+
+def bernoulli_iwae_loss(logits, x, latent_log_weight, *, reduction="mean", backend=None):
+    """-L_k for log-weights log w = log p(x|z) + latent_log_weight with a Bernoulli decoder: what ``iwae_loss``
+    ends in, from the decoder's logits y [k, B, *event], the targets x [B, *event] and the latent term [k, B]
+    (e.g. ``gaussian_sample``'s). The compiled backends never write the log-weights' gradient chain as separate
+    ops: the Triton backend runs it as one autograd node and three kernels.
+
+    Returns -L_k reduced over the batch: a scalar for reduction "mean" / "sum", [B] for "none". Gradients flow
+    to logits and latent_log_weight (the normalized weights times the upstream gradient); x gets none.
+    """
+    _checks.check_choice("reduction", reduction, REDUCTIONS)
+    logits, x = _flat_observation("logits", logits, x)
+    _check_latent_log_weight(latent_log_weight, logits)
+    return get_backend(backend, logits.device).bernoulli_iwae_loss(logits, x, latent_log_weight, reduction)
+
+
+def gaussian_iwae_loss(mean, logvar, x, latent_log_weight, *, reduction="mean", backend=None):
+    """-L_k for log-weights log w = log N(x; mean, exp(logvar)) + latent_log_weight: ``bernoulli_iwae_loss`` for a
+    diagonal-Gaussian decoder, mean and logvar [k, B, *event]."""
+    _checks.check_choice("reduction", reduction, REDUCTIONS)
+    _checks.check_tensor("logvar", logvar, (mean.dim(),), like=("mean", mean))
+    _checks.check_shape("logvar", logvar, mean.shape)
+    mean, x = _flat_observation("mean", mean, x)
+    _check_latent_log_weight(latent_log_weight, mean)
+    return get_backend(backend, mean.device).gaussian_iwae_loss(mean, logvar.flatten(2), x, latent_log_weight,
+                                                                reduction)
+
+
 def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
     """The decoder's last linear layer fused with the Bernoulli log-likelihood: the [k, B, P] logits
     hidden @ weight.T + bias are never written to memory by the compiled backends (the torch one forms them).
@@ -263,8 +296,7 @@ def iwae_bound(log_w, *, backend=None):
 
 
 def _bound(ops, log_w):
-    # Left as +inf, logsumexp's shift by the max would compute inf - inf = NaN.
-    return ops.iwae_bound(log_w.clamp(max=torch.finfo(log_w.dtype).max))
+    return ops.iwae_bound(largest_finite(log_w))
 
 
 def normalized_weights(log_w, *, backend=None):
@@ -338,23 +370,25 @@ def _check_decoder_output(name, value, expected_shape, check_finite):
         _checks.check_finite(f"decoder output ({name})", value)
 
 
-def _log_likelihood(out, x, k, likelihood, check_finite, ops):
-    """log p(x|z) [k, B] from the decoder's output, after checking it returned what the likelihood needs."""
+def _likelihood_inputs(out, x, k, likelihood, check_finite):
+    """The likelihood's tensors, flat ((logits,) or (mean, logvar) [k, B, P], then x [B, P]), from the decoder's
+    output, after checking it returned what the likelihood needs."""
     expected_shape = (k,) + tuple(x.shape)
     if likelihood == "bernoulli":
         _check_decoder_output("logits", out, expected_shape, check_finite)
-        return ops.bernoulli_log_likelihood(*_flat_observation("logits", out, x))
+        return _flat_observation("logits", out, x)
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         raise TypeError("decoder: for likelihood='gaussian' expected a (mean, logvar) pair of [k, B, *event] tensors")
     _check_decoder_output("mean", out[0], expected_shape, check_finite)
     _check_decoder_output("logvar", out[1], expected_shape, check_finite)
     mean, flat_x = _flat_observation("mean", out[0], x)
-    return ops.gaussian_log_likelihood(mean, out[1].flatten(2), flat_x)
+    return mean, out[1].flatten(2), flat_x
 
 
-def _log_weights(x, mu, logvar, decoder, k, eps, generator, estimator, likelihood, flatten_samples, check_finite,
-                 ops, scale=None):
-    """log w [k, B] = log p(x|z) + scale (log p(z) - log q(z|x)) for k samples of z (arguments already checked)."""
+def _sample_and_decode(x, mu, logvar, decoder, k, eps, generator, estimator, likelihood, flatten_samples,
+                       check_finite, ops, scale=None):
+    """For k samples of z: the likelihood's inputs (``_likelihood_inputs``) and the latent term
+    scale (log p(z) - log q(z|x)) [k, B] (arguments already checked)."""
     z, latent_log_weight = ops.gaussian_sample(mu, logvar, k, eps, None, None, estimator, generator, True, scale)
     if check_finite and not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(latent_log_weight).all())):
         # Finite mu and logvar can still overflow: exp(logvar / 2) is inf in float32 from logvar ~ 178.
@@ -362,7 +396,15 @@ def _log_weights(x, mu, logvar, decoder, k, eps, generator, estimator, likelihoo
                          f"(logvar ranges over [{logvar.min().item():.3g}, {logvar.max().item():.3g}], "
                          f"mu over [{mu.min().item():.3g}, {mu.max().item():.3g}])")
     out = _decode(decoder, z, flatten_samples)
-    return _log_likelihood(out, x, k, likelihood, check_finite, ops) + latent_log_weight
+    return _likelihood_inputs(out, x, k, likelihood, check_finite), latent_log_weight
+
+
+def _log_weights(x, mu, logvar, decoder, k, eps, generator, estimator, likelihood, flatten_samples, check_finite,
+                 ops, scale=None):
+    """log w [k, B] = log p(x|z) + scale (log p(z) - log q(z|x)) for k samples of z (arguments already checked)."""
+    inputs, latent_log_weight = _sample_and_decode(x, mu, logvar, decoder, k, eps, generator, estimator, likelihood,
+                                                   flatten_samples, check_finite, ops, scale)
+    return getattr(ops, f"{likelihood}_log_likelihood")(*inputs) + latent_log_weight
 
 
 def resampled_iwae_bound(log_weights, noise, *, generator=None, backend=None):
@@ -457,16 +499,15 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
                                 flatten_samples, check_finite, ops)
 
         eps = torch.randn((k,) + tuple(mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-        bound = _resampled_bound(ops, log_weights, [eps], generator)
-    else:
-        log_w = _log_weights(x, mu, logvar, decoder, k, None, generator, estimator, likelihood, flatten_samples,
-                             check_finite, ops, scale)
-        # -inf is a legitimate impossible sample; NaN or +inf is an overflow (say, a Gaussian likelihood's sum).
-        if check_finite and bool((torch.isnan(log_w) | torch.isposinf(log_w)).any()):
-            raise ValueError("log_w: a log-weight log p(x|z) + log p(z) - log q(z|x) is NaN or +inf (an overflow "
-                             "in the likelihood?)")
-        bound = log_w.mean(0) if estimator == "vae" else _bound(ops, log_w)
-    loss = -bound
-    if reduction == "mean":
-        return loss.mean()
-    return loss.sum() if reduction == "sum" else loss
+        return reduced_loss(_resampled_bound(ops, log_weights, [eps], generator), reduction)
+    inputs, latent_log_weight = _sample_and_decode(x, mu, logvar, decoder, k, None, generator, estimator, likelihood,
+                                                   flatten_samples, check_finite, ops, scale)
+    if estimator != "vae" and not check_finite:
+        # The likelihood, bound and reduction as one op (for the Triton backend one autograd node, three kernels).
+        return getattr(ops, f"{likelihood}_iwae_loss")(*inputs, latent_log_weight, reduction)
+    log_w = getattr(ops, f"{likelihood}_log_likelihood")(*inputs) + latent_log_weight
+    # -inf is a legitimate impossible sample; NaN or +inf is an overflow (say, a Gaussian likelihood's sum).
+    if check_finite and bool((torch.isnan(log_w) | torch.isposinf(log_w)).any()):
+        raise ValueError("log_w: a log-weight log p(x|z) + log p(z) - log q(z|x) is NaN or +inf (an overflow "
+                         "in the likelihood?)")
+    return reduced_loss(log_w.mean(0) if estimator == "vae" else _bound(ops, log_w), reduction)

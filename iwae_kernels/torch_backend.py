@@ -245,6 +245,42 @@ def iwae_bound(log_w):
     return IWAEBoundFunction.apply(log_w)
 
 
+def largest_finite(log_w):
+    """log_w with +inf taken as its dtype's largest finite value: logsumexp's shift by the max would otherwise
+    compute inf - inf = NaN. Its derivative there is 0."""
+    return log_w.clamp(max=torch.finfo(log_w.dtype).max)
+
+
+def reduced_loss(bound, reduction):
+    """The loss -bound [B] reduced over the batch: "mean", "sum", or "none" ([B])."""
+    if reduction == "mean":
+        return -bound.mean()
+    return -bound.sum() if reduction == "sum" else -bound
+
+
+def bound_gradient(grad_loss, reduction, batch):
+    """dJ/dL_k from dJ/d loss (``reduced_loss``'s backward): [B] for "none", else one 0-dim value for every example."""
+    return grad_loss * (-1.0 / batch) if reduction == "mean" else -grad_loss
+
+
+def iwae_loss_from_log_weights(log_w, bound, reduction):
+    """-L_k reduced (``reduced_loss``) of log_w [k, B], by the backend's ``bound`` (its iwae_bound op)."""
+    return reduced_loss(bound(largest_finite(log_w)), reduction)
+
+
+def bernoulli_iwae_loss(logits, x, latent_log_weight, reduction):
+    """-L_k for log w = sum_j (x_j y_j - softplus(y_j)) + latent. logits [k, B, P], x [B, P], latent [k, B] ->
+    a scalar ("mean", "sum") or [B] ("none")."""
+    return iwae_loss_from_log_weights(bernoulli_log_likelihood(logits, x) + latent_log_weight, iwae_bound, reduction)
+
+
+def gaussian_iwae_loss(mean, logvar, x, latent_log_weight, reduction):
+    """-L_k for log w = the diagonal-Gaussian log-density of x + latent. mean, logvar [k, B, P], x [B, P],
+    latent [k, B] -> a scalar ("mean", "sum") or [B] ("none")."""
+    return iwae_loss_from_log_weights(gaussian_log_likelihood(mean, logvar, x) + latent_log_weight, iwae_bound,
+                                      reduction)
+
+
 def normalized_weights(log_w):
     """Self-normalized importance weights, softmax over dim 0. log_w [k, B] -> [k, B]."""
     return NormalizedWeightsFunction.apply(log_w)

@@ -69,6 +69,18 @@ class PaperModel(LogWeightModel):
         which fixes the samples (common random numbers across estimators or backends); drawn when None.
         posterior: q(h1|x) as ``encode(x)`` returns it, to reuse; computed when None.
         """
+        h1, latent = self._samples(x, k, estimator, noise, posterior)
+        if self.fused_head:  # the output layer and the likelihood as one op: the logits are never stored
+            output = self.decoder[-1]
+            log_lik = F.bernoulli_decoder_log_likelihood(self.decoder[:-1](h1), output.weight, output.bias, x,
+                                                         backend=self.backend)
+        else:
+            log_lik = F.bernoulli_log_likelihood(self.decoder(h1), x, backend=self.backend)
+        return log_lik + latent
+
+    def _samples(self, x, k, estimator, noise, posterior):
+        """The bottom samples h1 [k, B, latent[0]] and the latent term of the log-weights [k, B] (``log_weights``'
+        arguments)."""
         mu, logvar = self.encode(x) if posterior is None else posterior
         if noise is not None:
             self._check_noise(noise, k, x, mu)
@@ -92,13 +104,7 @@ class PaperModel(LogWeightModel):
             h1, latent1 = F.gaussian_sample(mu, logvar, k, eps=eps1, prior_mu=prior_mu, prior_logvar=prior_logvar,
                                             estimator=estimator, backend=backend)
             latent = latent1 + latent2
-        if self.fused_head:  # the output layer and the likelihood as one op: the logits are never stored
-            output = self.decoder[-1]
-            log_lik = F.bernoulli_decoder_log_likelihood(self.decoder[:-1](h1), output.weight, output.bias, x,
-                                                         backend=backend)
-        else:
-            log_lik = F.bernoulli_log_likelihood(self.decoder(h1), x, backend=backend)
-        return log_lik + latent
+        return h1, latent
 
     def bound(self, x, k=50, estimator="iwae", noise=None):
         """Per-example bound [B] whose gradient is the estimator's: L_k, or the k-sample ELBO for "vae".
@@ -127,6 +133,10 @@ class PaperModel(LogWeightModel):
 
     def loss(self, x, k=50, estimator="iwae", noise=None):
         """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar); ``noise`` as in ``bound``."""
+        if estimator in ("iwae", "stl", "dreg") and not self.fused_head:
+            # The likelihood, bound and mean as one op (bernoulli_iwae_loss): fewer autograd nodes and kernels.
+            h1, latent = self._samples(x, k, estimator, noise, None)
+            return F.bernoulli_iwae_loss(self.decoder(h1), x, latent, backend=self.backend)
         return -self.bound(x, k, estimator, noise).mean()
 
     @torch.no_grad()

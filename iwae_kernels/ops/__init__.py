@@ -8,13 +8,15 @@ from .categorical import categorical_log_likelihood
 from .decoder_head import bernoulli_decoder_log_likelihood
 from .gaussian_sample import gaussian_sample
 from .local_reparam import local_reparam_linear
-from .log_likelihood import bernoulli_log_likelihood, gaussian_log_likelihood
+from .log_likelihood import bernoulli_iwae_loss, bernoulli_log_likelihood, gaussian_iwae_loss, gaussian_log_likelihood
 from .logsumexp import fold_max_sum, iwae_bound, normalized_weights
 
 __all__ = [
     "gaussian_sample",
     "bernoulli_log_likelihood",
     "gaussian_log_likelihood",
+    "bernoulli_iwae_loss",
+    "gaussian_iwae_loss",
     "iwae_bound",
     "normalized_weights",
     "fold_max_sum",

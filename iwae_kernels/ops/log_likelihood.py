@@ -1,8 +1,14 @@
-"""Observation log-likelihoods reduced over P: Bernoulli (logits) and diagonal Gaussian (mean, logvar).
+"""Observation log-likelihoods reduced over P: Bernoulli (logits) and diagonal Gaussian (mean, logvar), and the
+IWAE loss that ends in them.
 
 Rows are the k * B (sample, example) pairs; the data row of row r is r % B, so x [B, P] is never
 expanded to [k, B, P]. Forward reads the decoder output once and writes [k, B]; backward reads it once
 more and writes its gradient, scaled by the upstream g * wt_i per row.
+
+The loss (``IWAELossFunction``): forward writes the log-weights log p(x|z) + latent term in the likelihood's
+pass and folds them with the logsumexp kernel; backward is the likelihood's pass alone, each row's g * wt_i
+formed from the fold's saved (max, sum). One autograd node and three kernels for what the composed ops do in
+six nodes and four kernels: a small loss is host-bound (benchmarks/bench_host.py).
 """
 
 from typing import Optional
@@ -13,9 +19,11 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .. import torch_backend
 from ..contract import Likelihood, accumulation_dtype
-from .utils import (HALF_LOG_2PI, Launchers, bernoulli_grad, bernoulli_log_prob, cdiv, library_op, row_tile,
-                    triton_accumulation_dtype)
+from . import logsumexp
+from .utils import (HALF_LOG_2PI, Launchers, bernoulli_grad, bernoulli_log_prob, cdiv, library_op,
+                    normalized_weight, row_tile, triton_accumulation_dtype)
 
 # The likelihood codes (contract.Likelihood), as constexprs the kernels compare against.
 BERNOULLI, GAUSSIAN = tl.constexpr(int(Likelihood.BERNOULLI)), tl.constexpr(int(Likelihood.GAUSSIAN))
@@ -34,12 +42,14 @@ def _load_tile(first_ptr, x_ptr, rows, row_mask, x_rows, p0, P, ACC: tl.constexp
 
 @triton.jit
 def _log_likelihood_fwd_kernel(
-    first_ptr, second_ptr, x_ptr, out_ptr, R, B, P,
-    LIKELIHOOD: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+    first_ptr, second_ptr, x_ptr, latent_ptr, out_ptr, R, B, P,
+    LIKELIHOOD: tl.constexpr, ADD_LATENT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """out [R = k * B] = sum_j of the log-density of x [B, P] (row r uses x[r % B]) under the row's parameters:
     BERNOULLI: logits first [R, P], x y - softplus(y); GAUSSIAN: mean first and log-variance second [R, P]
-    (docs/MATH.md, "Forward"). Grid: cdiv(R, BLOCK_R), each program walking P in BLOCK_P chunks.
+    (docs/MATH.md, "Forward"); plus latent [R] when ADD_LATENT (then out is the log-weight).
+    Grid: cdiv(R, BLOCK_R), each program walking P in BLOCK_P chunks.
     Reads R * P parameters once (twice that for the Gaussian), x from cache, writes R."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
@@ -56,21 +66,38 @@ def _log_likelihood_fwd_kernel(
         total += tl.sum(tl.where(mask, term, 0.0), axis=1)
     if LIKELIHOOD == GAUSSIAN:
         total -= tl.full([], HALF_LOG_2PI, ACC) * P
+    if ADD_LATENT:
+        total += tl.load(latent_ptr + rows, mask=row_mask, other=0.0).to(ACC)
     tl.store(out_ptr + rows, total, mask=row_mask)
 
 
 @triton.jit
 def _log_likelihood_bwd_kernel(
-    first_ptr, second_ptr, x_ptr, grad_out_ptr, grad_first_ptr, grad_second_ptr, R, B, P,
-    LIKELIHOOD: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+    first_ptr, second_ptr, x_ptr, grad_out_ptr, grad_first_ptr, grad_second_ptr,
+    log_w_ptr, max_ptr, sum_ptr, grad_log_w_ptr, R, B, P, grad_bound_stride,
+    LIKELIHOOD: tl.constexpr, FROM_BOUND: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
-    """grad_first [R, P] (and grad_second for GAUSSIAN) = grad_out [R] times the log-density's derivative:
-    BERNOULLI x - sigmoid(y); GAUSSIAN (x - m) e^{-s} and 0.5 (x - m)^2 e^{-s} - 0.5 (docs/MATH.md, "Backward").
+    """grad_first [R, P] (and grad_second for GAUSSIAN) = the row's upstream gradient times the log-density's
+    derivative: BERNOULLI x - sigmoid(y); GAUSSIAN (x - m) e^{-s} and 0.5 (x - m)^2 e^{-s} - 0.5 (docs/MATH.md,
+    "Backward"). The upstream gradient is grad_out [R]; with FROM_BOUND it is the bound's: g_b wt_r, from
+    grad_out = dJ/dL_k [B] (grad_bound_stride 0: one value for every example), the log-weights log_w [R] and
+    their fold's max, sum [B], also written to grad_log_w [R] (the latent term's gradient). A +inf log-weight,
+    which the fold read as the largest finite value, gets 0 (a clamp's derivative).
     Grid: cdiv(R, BLOCK_R). Reads the parameters once and writes their gradients once."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
     x_rows = rows % B
-    scale = tl.load(grad_out_ptr + rows, mask=row_mask, other=0.0).to(ACC)[:, None]
+    if FROM_BOUND:
+        log_w = tl.load(log_w_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+        weight = normalized_weight(log_w, tl.load(max_ptr + x_rows, mask=row_mask, other=0.0).to(ACC),
+                                   tl.load(sum_ptr + x_rows, mask=row_mask, other=0.0).to(ACC))
+        grad_bound = tl.load(grad_out_ptr + x_rows * grad_bound_stride, mask=row_mask, other=0.0).to(ACC)
+        scale = tl.where(log_w == float("inf"), 0.0, weight) * grad_bound
+        tl.store(grad_log_w_ptr + rows, scale.to(grad_log_w_ptr.dtype.element_ty), mask=row_mask)
+    else:
+        scale = tl.load(grad_out_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+    scale = scale[:, None]
     for p0 in range(0, P, BLOCK_P):
         mask, offsets, x, first = _load_tile(first_ptr, x_ptr, rows, row_mask, x_rows, p0, P, ACC, BLOCK_P)
         if LIKELIHOOD == BERNOULLI:
@@ -85,31 +112,58 @@ def _log_likelihood_bwd_kernel(
         tl.store(grad_first_ptr + offsets, grad_first.to(grad_first_ptr.dtype.element_ty), mask=mask)
 
 
-@library_op("triton_log_likelihood_forward", ("out",))
-def _triton_forward(first: Tensor, second: Optional[Tensor], x: Tensor, out: Tensor, likelihood: int) -> None:
+def _launch_forward(first, second, x, latent, out, likelihood):
     num_samples, batch, size = first.shape
     block_rows, block_cols = row_tile(size, first.dtype)
     _log_likelihood_fwd_kernel[(cdiv(num_samples * batch, block_rows),)](
-        first_ptr=first, second_ptr=first if second is None else second, x_ptr=x, out_ptr=out,
-        R=num_samples * batch, B=batch, P=size, LIKELIHOOD=likelihood, ACC=triton_accumulation_dtype(first.dtype),
+        first_ptr=first, second_ptr=first if second is None else second, x_ptr=x,
+        latent_ptr=out if latent is None else latent, out_ptr=out, R=num_samples * batch, B=batch, P=size,
+        LIKELIHOOD=likelihood, ADD_LATENT=latent is not None, ACC=triton_accumulation_dtype(first.dtype),
         BLOCK_R=block_rows, BLOCK_P=block_cols,
     )
+
+
+def _launch_backward(first, second, x, grad_out, grad_first, grad_second, likelihood, bound_state=None):
+    """bound_state: None (grad_out is per row), or (log_w, max, sum, grad_log_w) for the bound's gradient."""
+    num_samples, batch, size = first.shape
+    block_rows, block_cols = row_tile(size, first.dtype)
+    log_w, running_max, running_sum, grad_log_w = bound_state or (grad_out,) * 4  # unused when bound_state is None
+    _log_likelihood_bwd_kernel[(cdiv(num_samples * batch, block_rows),)](
+        first_ptr=first, second_ptr=first if second is None else second, x_ptr=x, grad_out_ptr=grad_out,
+        grad_first_ptr=grad_first, grad_second_ptr=grad_first if grad_second is None else grad_second,
+        log_w_ptr=log_w, max_ptr=running_max, sum_ptr=running_sum, grad_log_w_ptr=grad_log_w,
+        R=num_samples * batch, B=batch, P=size, grad_bound_stride=1 if grad_out.dim() else 0, LIKELIHOOD=likelihood,
+        FROM_BOUND=bound_state is not None, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows,
+        BLOCK_P=block_cols,
+    )
+
+
+@library_op("triton_log_likelihood_forward", ("out",))
+def _triton_forward(first: Tensor, second: Optional[Tensor], x: Tensor, out: Tensor, likelihood: int) -> None:
+    _launch_forward(first, second, x, None, out, likelihood)
 
 
 @library_op("triton_log_likelihood_backward", ("grad_first", "grad_second"))
 def _triton_backward(first: Tensor, second: Optional[Tensor], x: Tensor, grad_out: Tensor, grad_first: Tensor,
                      grad_second: Optional[Tensor], likelihood: int) -> None:
-    num_samples, batch, size = first.shape
-    block_rows, block_cols = row_tile(size, first.dtype)
-    _log_likelihood_bwd_kernel[(cdiv(num_samples * batch, block_rows),)](
-        first_ptr=first, second_ptr=first if second is None else second, x_ptr=x, grad_out_ptr=grad_out,
-        grad_first_ptr=grad_first, grad_second_ptr=grad_first if grad_second is None else grad_second,
-        R=num_samples * batch, B=batch, P=size, LIKELIHOOD=likelihood, ACC=triton_accumulation_dtype(first.dtype),
-        BLOCK_R=block_rows, BLOCK_P=block_cols,
-    )
+    _launch_backward(first, second, x, grad_out, grad_first, grad_second, likelihood)
 
 
 TRITON_LAUNCHERS = Launchers(_triton_forward, _triton_backward)
+
+
+@library_op("triton_log_weight_forward", ("log_w",))
+def _triton_log_weight_forward(first: Tensor, second: Optional[Tensor], x: Tensor, latent: Tensor, log_w: Tensor,
+                               likelihood: int) -> None:
+    _launch_forward(first, second, x, latent, log_w, likelihood)
+
+
+@library_op("triton_iwae_loss_backward", ("grad_first", "grad_second", "grad_log_w"))
+def _triton_loss_backward(first: Tensor, second: Optional[Tensor], x: Tensor, log_w: Tensor, running_max: Tensor,
+                          running_sum: Tensor, grad_bound: Tensor, grad_first: Tensor, grad_second: Optional[Tensor],
+                          grad_log_w: Tensor, likelihood: int) -> None:
+    _launch_backward(first, second, x, grad_bound, grad_first, grad_second, likelihood,
+                     (log_w, running_max, running_sum, grad_log_w))
 
 
 class LogLikelihoodFunction(torch.autograd.Function):
@@ -147,3 +201,47 @@ def bernoulli_log_likelihood(logits, x, launchers=TRITON_LAUNCHERS):
 def gaussian_log_likelihood(mean, logvar, x, launchers=TRITON_LAUNCHERS):
     """Diagonal-Gaussian log-density of x summed over the last dim. mean, logvar [k, B, P], x [B, P] -> [k, B]."""
     return LogLikelihoodFunction.apply(mean, logvar, x, int(Likelihood.GAUSSIAN), launchers)
+
+
+class IWAELossFunction(torch.autograd.Function):
+    """(first [k, B, P], second [k, B, P] or None, x [B, P], latent [k, B]) -> -L_k reduced over the batch
+    ("mean", "sum", or "none" for [B]), where log w = log p(x|z) + latent; x gets no gradient.
+
+    The Triton backend's loss for the total-derivative and path estimators: see the module docstring.
+    """
+
+    @staticmethod
+    def forward(ctx, first, second, x, latent, likelihood, reduction):
+        first, x, latent = first.contiguous(), x.contiguous(), latent.contiguous()
+        second = None if second is None else second.contiguous()
+        log_w = torch.empty(first.shape[:2], dtype=accumulation_dtype(first.dtype), device=first.device)
+        _triton_log_weight_forward(first, second, x, latent, log_w, likelihood)
+        running_max, running_sum, bound = logsumexp.max_sum(log_w, write_bound=True)
+        ctx.save_for_backward(first, second, x, log_w, running_max, running_sum)
+        ctx.likelihood, ctx.reduction, ctx.latent_dtype = likelihood, reduction, latent.dtype
+        return torch_backend.reduced_loss(bound, reduction)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        first, second, x, log_w, running_max, running_sum = ctx.saved_tensors
+        grad_bound = torch_backend.bound_gradient(grad_loss.to(log_w.dtype), ctx.reduction, log_w.shape[1])
+        grad_first = torch.empty_like(first)
+        grad_second = None if second is None else torch.empty_like(second)
+        grad_log_w = torch.empty_like(log_w)
+        _triton_loss_backward(first, second, x, log_w, running_max, running_sum, grad_bound.contiguous(), grad_first,
+                              grad_second, grad_log_w, ctx.likelihood)
+        grad_latent = grad_log_w if grad_log_w.dtype == ctx.latent_dtype else grad_log_w.to(ctx.latent_dtype)
+        return grad_first, grad_second, None, grad_latent, None, None
+
+
+def bernoulli_iwae_loss(logits, x, latent_log_weight, reduction):
+    """-L_k for log w = sum_j (x_j y_j - softplus(y_j)) + latent. logits [k, B, P], x [B, P], latent [k, B] ->
+    a scalar ("mean", "sum") or [B] ("none")."""
+    return IWAELossFunction.apply(logits, None, x, latent_log_weight, int(Likelihood.BERNOULLI), reduction)
+
+
+def gaussian_iwae_loss(mean, logvar, x, latent_log_weight, reduction):
+    """-L_k for log w = the diagonal-Gaussian log-density of x + latent. mean, logvar [k, B, P], x [B, P],
+    latent [k, B] -> a scalar ("mean", "sum") or [B] ("none")."""
+    return IWAELossFunction.apply(mean, logvar, x, latent_log_weight, int(Likelihood.GAUSSIAN), reduction)

@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import torch_backend
 from ..contract import accumulation_dtype
-from .utils import Launchers, cdiv, library_op, shifted_max, triton_accumulation_dtype
+from .utils import Launchers, cdiv, library_op, normalized_weight, shifted_max, triton_accumulation_dtype
 
 BLOCK_EXAMPLES = 64
 BLOCK_SAMPLES = 64
@@ -35,14 +35,15 @@ def _max_sum_kernel(
     log_w_ptr, in_max_ptr, in_sum_ptr, out_max_ptr, out_sum_ptr, bound_ptr, partial_ptr,
     K, B, ROWS_PER_SPLIT, NUM_SAMPLES,
     ACCUMULATE: tl.constexpr, WRITE_BOUND: tl.constexpr, WRITE_PARTIAL: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr,
+    FINITE_MAX: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     """Fold log_w [K, B] (rows contiguous in B) into (max, sum of exp(log w - max)) per example.
 
     Grid (cdiv(B, BLOCK_B), splits): program (i, s) folds rows [s * ROWS_PER_SPLIT, (s + 1) * ROWS_PER_SPLIT) of
     examples [i * BLOCK_B, (i + 1) * BLOCK_B). WRITE_PARTIAL: store that split's logsumexp to partial_ptr [splits, B]
     (then one split per program column is the whole fold); else store max/sum [B] (starting from in_max/in_sum when
-    ACCUMULATE) and, with WRITE_BOUND, L = logsumexp - log NUM_SAMPLES. Reads K * B elements once.
+    ACCUMULATE) and, with WRITE_BOUND, L = logsumexp - log NUM_SAMPLES. A +inf log-weight is read as FINITE_MAX,
+    ACC's largest finite value (inf - inf would make the shift NaN); NaN stays NaN. Reads K * B elements once.
     """
     cols = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     col_mask = cols < B
@@ -60,6 +61,7 @@ def _max_sum_kernel(
         mask = (rows < end_row)[:, None] & col_mask[None, :]
         offsets = rows[:, None].to(tl.int64) * B + cols[None, :]
         chunk = tl.load(log_w_ptr + offsets, mask=mask, other=float("-inf")).to(ACC)
+        chunk = tl.where(chunk == float("inf"), tl.full([], FINITE_MAX, ACC), chunk)
         new_max = tl.maximum(running_max, tl.max(chunk, axis=0))
         shift = shifted_max(new_max)
         running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(tl.exp(chunk - shift[None, :]), axis=0)
@@ -91,8 +93,7 @@ def _normalized_weights_kernel(
     log_w = tl.load(log_w_ptr + offsets, mask=mask, other=float("-inf")).to(ACC)
     running_max = tl.load(max_ptr + cols, mask=mask, other=0.0)
     running_sum = tl.load(sum_ptr + cols, mask=mask, other=0.0)
-    safe_sum = tl.where(running_sum > 0, running_sum, 1.0)
-    weights = tl.where(running_sum > 0, tl.exp(log_w - shifted_max(running_max)) / safe_sum, 0.0)
+    weights = normalized_weight(log_w, running_max, running_sum)
     if HAS_SCALE:
         weights = weights * tl.load(scale_ptr + cols, mask=mask, other=0.0).to(ACC)
     tl.store(out_ptr + offsets, weights.to(out_ptr.dtype.element_ty), mask=mask)
@@ -110,7 +111,7 @@ def _triton_max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Te
     num_samples, batch = log_w.shape
     accumulate = in_max is not None
     blocks, splits = cdiv(batch, BLOCK_EXAMPLES), sample_splits(num_samples, batch)
-    acc = triton_accumulation_dtype(out_max.dtype)
+    acc, finite_max = triton_accumulation_dtype(out_max.dtype), torch.finfo(out_max.dtype).max
     folded = log_w
     if splits > 1:  # first each split's logsumexp [splits, B], then the fold below over those
         rows_per_split = cdiv(num_samples, splits)
@@ -120,14 +121,15 @@ def _triton_max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Te
             log_w_ptr=log_w, in_max_ptr=out_max, in_sum_ptr=out_sum, out_max_ptr=out_max, out_sum_ptr=out_sum,
             bound_ptr=out_max, partial_ptr=folded, K=num_samples, B=batch, ROWS_PER_SPLIT=rows_per_split,
             NUM_SAMPLES=num_samples, ACCUMULATE=False, WRITE_BOUND=False, WRITE_PARTIAL=True, ACC=acc,
-            BLOCK_K=BLOCK_SAMPLES, BLOCK_B=BLOCK_EXAMPLES,
+            FINITE_MAX=finite_max, BLOCK_K=BLOCK_SAMPLES, BLOCK_B=BLOCK_EXAMPLES,
         )
     rows = folded.shape[0]
     _max_sum_kernel[(blocks, 1)](
         log_w_ptr=folded, in_max_ptr=in_max if accumulate else out_max, in_sum_ptr=in_sum if accumulate else out_sum,
         out_max_ptr=out_max, out_sum_ptr=out_sum, bound_ptr=out_max if bound is None else bound, partial_ptr=out_max,
         K=rows, B=batch, ROWS_PER_SPLIT=rows, NUM_SAMPLES=num_samples, ACCUMULATE=accumulate,
-        WRITE_BOUND=bound is not None, WRITE_PARTIAL=False, ACC=acc, BLOCK_K=BLOCK_SAMPLES, BLOCK_B=BLOCK_EXAMPLES,
+        WRITE_BOUND=bound is not None, WRITE_PARTIAL=False, ACC=acc, FINITE_MAX=finite_max, BLOCK_K=BLOCK_SAMPLES,
+        BLOCK_B=BLOCK_EXAMPLES,
     )
 
 
@@ -145,7 +147,7 @@ def _triton_normalized_weights(log_w: Tensor, running_max: Tensor, running_sum: 
 TRITON_LAUNCHERS = Launchers(_triton_max_sum, _triton_normalized_weights)
 
 
-def _max_sum(log_w, launchers, running_max=None, running_sum=None, write_bound=False):
+def max_sum(log_w, launchers=TRITON_LAUNCHERS, running_max=None, running_sum=None, write_bound=False):
     """Fold log_w [kc, B] into (max, sum) [B], starting fresh or from the running state; also L_k if asked."""
     log_w = log_w.contiguous()
     acc = accumulation_dtype(log_w.dtype) if running_max is None else running_max.dtype
@@ -169,7 +171,7 @@ class IWAEBoundFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, log_w, launchers):
         log_w = log_w.contiguous()
-        running_max, running_sum, bound = _max_sum(log_w, launchers, write_bound=True)
+        running_max, running_sum, bound = max_sum(log_w, launchers, write_bound=True)
         ctx.save_for_backward(log_w, running_max, running_sum)
         ctx.launchers = launchers
         return bound
@@ -184,7 +186,7 @@ class IWAEBoundFunction(torch.autograd.Function):
 def _kernel_softmax(log_w, launchers):
     """Normalized weights [k, B] by the kernels: the fold, then one elementwise pass."""
     log_w = log_w.contiguous()
-    running_max, running_sum, _ = _max_sum(log_w, launchers)
+    running_max, running_sum, _ = max_sum(log_w, launchers)
     return _weights(log_w, running_max, running_sum, None, running_max.dtype, launchers)
 
 
@@ -200,5 +202,5 @@ def normalized_weights(log_w, launchers=TRITON_LAUNCHERS):
 
 def fold_max_sum(running_max, running_sum, log_w, launchers=TRITON_LAUNCHERS):
     """Fold a chunk of log-weights [kc, B] into the running (max, sum) state [B]; no autograd."""
-    new_max, new_sum, _ = _max_sum(log_w.detach(), launchers, running_max, running_sum)
+    new_max, new_sum, _ = max_sum(log_w.detach(), launchers, running_max, running_sum)
     return new_max, new_sum

@@ -171,6 +171,14 @@ def softplus(y):
 
 
 @triton.jit
+def normalized_weight(log_w, running_max, running_sum):
+    """exp(log w - max) / sum from a logsumexp fold's (max, sum) of the log-weight's example; 0 when every
+    log-weight of the example was -inf (sum 0)."""
+    safe_sum = tl.where(running_sum > 0, running_sum, 1.0)
+    return tl.where(running_sum > 0, tl.exp(log_w - shifted_max(running_max)) / safe_sum, 0.0)
+
+
+@triton.jit
 def bernoulli_log_prob(x, y):
     """x y - softplus(y): the Bernoulli log-probability of x in [0, 1] under logits y."""
     return x * y - softplus(y)

@@ -13,7 +13,7 @@ from torch.distributions import Bernoulli, Normal
 import iwae_kernels as ik
 from iwae_kernels.models import ConvIWAE, active_units, paper_model
 
-from helpers import assert_close
+from helpers import assert_close, backend_device
 
 
 def test_paper_architectures():
@@ -76,6 +76,25 @@ def test_every_estimator_trains(layers, estimator):
     grads = torch.autograd.grad(loss, list(model.parameters()))
     assert loss.shape == () and torch.isfinite(loss)
     assert all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("estimator", ["iwae", "stl", "dreg"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_loss_is_minus_the_mean_bound(layers, estimator, backend):
+    """``loss`` runs the fused bernoulli_iwae_loss; it equals -bound().mean(), in value and every gradient."""
+    device = backend_device(backend)
+    model = small_model(layers).to(device)
+    model.backend = backend
+    k, batch = 5, 4
+    x = torch.bernoulli(torch.full((batch, 6), 0.5, dtype=torch.float64)).to(device)
+    noise = [torch.randn(k, batch, size, dtype=torch.float64).to(device) for size in model.latent]
+    params = list(model.parameters())
+    loss = model.loss(x, k, estimator, noise)
+    expected = -model.bound(x, k, estimator, noise).mean()
+    assert_close(loss, expected)
+    for got, want in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params)):
+        assert_close(got, want)
 
 
 def test_one_layer_loss_is_iwae_loss():

@@ -1,4 +1,7 @@
-"""Bernoulli and Gaussian log-likelihoods reduced over P, against torch.distributions in float64."""
+"""Bernoulli and Gaussian log-likelihoods reduced over P, and the IWAE loss ending in them, against
+torch.distributions and torch.logsumexp in float64."""
+
+import math
 
 import pytest
 import torch
@@ -95,3 +98,119 @@ def test_bernoulli_extreme_logits_are_exact_and_finite(backend):
     torch.testing.assert_close(out.double().cpu(), expected, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(grad.double().cpu(), (x - torch.sigmoid(logits.detach())).double().cpu())
     assert torch.isfinite(grad).all()
+
+
+# The loss that ends in a likelihood: -L_k of log w = log p(x|z) + latent, reduced over the batch.
+
+REDUCTIONS = ["mean", "sum", "none"]
+LOSS_FUNCTIONS = {"bernoulli": ik.bernoulli_iwae_loss, "gaussian": ik.gaussian_iwae_loss}
+
+
+def run_loss(likelihood, tensors, latent, x, backend, device, dtype, reduction, latent_dtype=None):
+    """The loss and its gradients (decoder outputs, then latent) under a fixed random upstream gradient."""
+    leaves = [t.to(device=device, dtype=dtype).requires_grad_() for t in tensors]
+    latent = latent.to(device=device, dtype=latent_dtype or torch.promote_types(dtype, torch.float32)).requires_grad_()
+    loss = LOSS_FUNCTIONS[likelihood](*leaves, x.to(device=device, dtype=dtype), latent, reduction=reduction,
+                                      backend=backend)
+    upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    return [loss, *torch.autograd.grad(loss, [*leaves, latent], upstream.to(device=device, dtype=loss.dtype))]
+
+
+def naive_loss(likelihood, tensors, latent, x, reduction):
+    leaves = [t.clone().requires_grad_() for t in [*tensors, latent]]
+    log_lik = naive_bernoulli(leaves[0], x) if likelihood == "bernoulli" else naive_gaussian(*leaves[:2], x)
+    per_example = -(torch.logsumexp(log_lik + leaves[-1], 0) - math.log(latent.shape[0]))
+    loss = {"mean": per_example.mean(), "sum": per_example.sum(), "none": per_example}[reduction]
+    upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    return [loss, *torch.autograd.grad(loss, leaves, upstream)]
+
+
+def make_latent(k, batch, seed=1):
+    return 2.0 * torch.randn(k, batch, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_iwae_loss_op_reference_matches_naive(likelihood, shape, reduction):
+    tensors, x = make_inputs(likelihood, *shape)
+    latent = make_latent(*shape[:2])
+    actual = run_loss(likelihood, tensors, latent, x, "torch", "cpu", torch.float64, reduction)
+    for got, want in zip(actual, naive_loss(likelihood, tensors, latent, x, reduction)):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_iwae_loss_op_kernel_matches_naive(kernel, dtype, likelihood, shape, reduction):
+    tensors, x = make_inputs(likelihood, *shape)
+    latent = make_latent(*shape[:2])
+    actual = run_loss(likelihood, tensors, latent, x, *kernel, dtype, reduction)
+    assert actual[0].dtype == dtype
+    for got, want in zip(actual, naive_loss(likelihood, tensors, latent, x, reduction)):
+        assert got.shape == want.shape
+        assert_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_iwae_loss_op_kernel_low_precision(kernel, likelihood, dtype):
+    tensors, x = make_inputs(likelihood, 3, 4, 100, scale=1.0)
+    latent = make_latent(3, 4)
+    rounded = [t.to(dtype).double() for t in tensors]
+    oracle = naive_loss(likelihood, rounded, latent, x.to(dtype).double(), "mean")
+    torch_low = run_loss(likelihood, tensors, latent, x, "torch", "cpu", dtype, "mean")
+    actual = run_loss(likelihood, tensors, latent, x, *kernel, dtype, "mean")
+    assert actual[0].dtype == torch.float32, "half inputs give a float32 loss"
+    assert [t.dtype for t in actual[1:]] == [dtype] * len(tensors) + [torch.float32]
+    for got, ref, want in zip(actual, torch_low, oracle):
+        assert_close_as_torch(got, ref, want)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_iwae_loss_op_gradcheck(backend, likelihood):
+    device = backend_device(backend)
+    tensors, x = make_inputs(likelihood, 3, 2, 5, scale=1.0)
+    leaves = [t.to(device).requires_grad_() for t in [*tensors, make_latent(3, 2)]]
+    fn = LOSS_FUNCTIONS[likelihood]
+    assert torch.autograd.gradcheck(lambda *t: fn(*t[:-1], x.to(device), t[-1], reduction="none", backend=backend),
+                                    leaves)
+
+
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_iwae_loss_op_infinite_log_weights_give_no_nan(backend):
+    """-inf log-weights are impossible samples (weight 0; an example with only those has loss +inf and zero
+    gradient); a +inf one is taken as the largest finite float: a finite loss, zero gradient for its example."""
+    device = backend_device(backend)
+    tensors, x = make_inputs("bernoulli", 4, 3, 6)
+    logits = tensors[0].float().to(device).requires_grad_()
+    latent = make_latent(4, 3).float()
+    latent[0, 0] = -float("inf")  # one sample of example 0
+    latent[:, 1] = -float("inf")  # every sample of example 1
+    latent[2, 2] = float("inf")  # one sample of example 2
+    latent = latent.to(device).requires_grad_()
+    loss = ik.bernoulli_iwae_loss(logits, x.float().to(device), latent, reduction="none", backend=backend)
+    grad_logits, grad_latent = torch.autograd.grad(loss.sum(), [logits, latent])
+    assert loss[1].item() == float("inf") and loss[2].item() == -torch.finfo(torch.float32).max
+    assert torch.isfinite(loss[[0, 2]]).all()
+    assert torch.isfinite(grad_logits).all() and torch.isfinite(grad_latent).all()
+    assert grad_latent[0, 0].item() == 0 and (grad_latent[:, 1] == 0).all() and (grad_latent[:, 2] == 0).all()
+    assert (grad_logits[:, 1] == 0).all() and (grad_logits[:, 2] == 0).all()
+    assert_close(grad_latent[1:, 0].sum(), torch.tensor(-1.0))
+
+
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_iwae_loss_op_bad_arguments(backend):
+    device = backend_device(backend)
+    logits, x, latent = torch.zeros(3, 2, 5, device=device), torch.zeros(2, 5, device=device), torch.zeros(3, 2, device=device)
+    with pytest.raises(ValueError, match="latent_log_weight"):
+        ik.bernoulli_iwae_loss(logits, x, latent[:, :1], backend=backend)
+    with pytest.raises(ValueError, match="reduction: expected one of"):
+        ik.bernoulli_iwae_loss(logits, x, latent, reduction="max", backend=backend)
+    with pytest.raises(ValueError, match="x: expected shape"):
+        ik.bernoulli_iwae_loss(logits, x[:, :4], latent, backend=backend)
+    with pytest.raises(ValueError, match="logvar"):
+        ik.gaussian_iwae_loss(logits, logits[..., :4], x, latent, backend=backend)

@@ -57,6 +57,8 @@ def exercise_every_op(backend, device):
     hidden, weight, bias = rand(k, batch, 6), rand(obs, 6), rand(obs)
     log_w = log_w + ik.bernoulli_decoder_log_likelihood(hidden, weight, bias, x, backend=backend)
     total = ik.iwae_bound(log_w, backend=backend).sum() + ik.normalized_weights(log_w, backend=backend).sum()
+    total = total + ik.bernoulli_iwae_loss(rand(k, batch, obs), x, rand(k, batch), backend=backend)
+    total = total + ik.gaussian_iwae_loss(rand(k, batch, obs), rand(k, batch, obs), x, rand(k, batch), backend=backend)
     tokens = torch.randint(0, 7, (batch, 3), generator=gen).to(device)
     total = total + ik.categorical_log_likelihood(rand(k, batch, 3, 7), tokens, backend=backend).sum()
     total = total + ik.local_reparam_linear(rand(batch, 6), rand(obs, 6), rand(obs, 6).detach().abs().requires_grad_(),
