@@ -93,12 +93,14 @@ def _register_launchers(module):
 
     @library_op("cuda_log_likelihood_forward", ("out",))
     def likelihood_forward(first: Tensor, second: Optional[Tensor], x: Tensor, out: Tensor, likelihood: int) -> None:
-        module.log_likelihood_forward(first, second, x, out, likelihood)
+        # The CUDA kernels read contiguous rows; the Triton ones take the sample and example strides.
+        module.log_likelihood_forward(first.contiguous(), _contiguous(second), x, out, likelihood)
 
     @library_op("cuda_log_likelihood_backward", ("grad_first", "grad_second"))
     def likelihood_backward(first: Tensor, second: Optional[Tensor], x: Tensor, grad_out: Tensor, grad_first: Tensor,
                             grad_second: Optional[Tensor], likelihood: int) -> None:
-        module.log_likelihood_backward(first, second, x, grad_out, grad_first, grad_second, likelihood)
+        module.log_likelihood_backward(first.contiguous(), _contiguous(second), x, grad_out, grad_first, grad_second,
+                                       likelihood)
 
     @library_op("cuda_max_sum", ("out_max", "out_sum", "bound"))
     def max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Tensor], out_max: Tensor, out_sum: Tensor,
@@ -115,6 +117,10 @@ def _register_launchers(module):
         "likelihood": Launchers(likelihood_forward, likelihood_backward),
         "logsumexp": Launchers(max_sum, normalized_weights),
     }
+
+
+def _contiguous(tensor):
+    return None if tensor is None else tensor.contiguous()
 
 
 # The backend's ops on the CUDA kernels (contract.IMPLEMENTATIONS says which ops run Triton's kernels instead).

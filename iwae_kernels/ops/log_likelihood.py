@@ -30,37 +30,50 @@ BERNOULLI, GAUSSIAN = tl.constexpr(int(Likelihood.BERNOULLI)), tl.constexpr(int(
 
 
 @triton.jit
-def _load_tile(first_ptr, x_ptr, rows, row_mask, x_rows, p0, P, ACC: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Columns p0 .. p0 + BLOCK_P of the rows: the mask, flat offsets, x (row r reads data row r % B), first."""
+def _row_starts(rows, B, stride_k, stride_b):
+    """Where row r = (sample r // B, example r % B) of a [k, B, P] tensor with strides (stride_k, stride_b, 1)
+    starts: decoder outputs may be views (mean, logvar = out.chunk(2, -1)), read in place, not copied."""
+    return (rows // B) * stride_k + (rows % B) * stride_b
+
+
+@triton.jit
+def _load_tile(first_ptr, x_ptr, first_rows, rows, row_mask, x_rows, p0, P, ACC: tl.constexpr,
+               BLOCK_P: tl.constexpr):
+    """Columns p0 .. p0 + BLOCK_P of the rows: the mask, the columns, flat offsets into a contiguous [R, P]
+    output, x (row r reads data row r % B), first (row r starting at first_rows[r])."""
     cols = p0 + tl.arange(0, BLOCK_P)
     mask = row_mask[:, None] & (cols < P)[None, :]
     offsets = rows[:, None] * P + cols[None, :]
     x = tl.load(x_ptr + x_rows[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
-    first = tl.load(first_ptr + offsets, mask=mask, other=0.0).to(ACC)
-    return mask, offsets, x, first
+    first = tl.load(first_ptr + first_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
+    return mask, cols, offsets, x, first
 
 
 @triton.jit
 def _log_likelihood_fwd_kernel(
     first_ptr, second_ptr, x_ptr, latent_ptr, out_ptr, R, B, P,
+    first_stride_k, first_stride_b, second_stride_k, second_stride_b,
     LIKELIHOOD: tl.constexpr, ADD_LATENT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     """out [R = k * B] = sum_j of the log-density of x [B, P] (row r uses x[r % B]) under the row's parameters:
     BERNOULLI: logits first [R, P], x y - softplus(y); GAUSSIAN: mean first and log-variance second [R, P]
-    (docs/MATH.md, "Forward"); plus latent [R] when ADD_LATENT (then out is the log-weight).
-    Grid: cdiv(R, BLOCK_R), each program walking P in BLOCK_P chunks.
+    (docs/MATH.md, "Forward"); plus latent [R] when ADD_LATENT (then out is the log-weight). first and second
+    are [k, B, P] with the given sample and example strides and unit column stride. Grid: cdiv(R, BLOCK_R), each program walking P in BLOCK_P chunks.
     Reads R * P parameters once (twice that for the Gaussian), x from cache, writes R."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
     x_rows = rows % B
+    first_rows = _row_starts(rows, B, first_stride_k, first_stride_b)
+    second_rows = _row_starts(rows, B, second_stride_k, second_stride_b)
     total = tl.zeros([BLOCK_R], ACC)
     for p0 in range(0, P, BLOCK_P):
-        mask, offsets, x, first = _load_tile(first_ptr, x_ptr, rows, row_mask, x_rows, p0, P, ACC, BLOCK_P)
+        mask, cols, _, x, first = _load_tile(first_ptr, x_ptr, first_rows, rows, row_mask, x_rows, p0, P, ACC,
+                                             BLOCK_P)
         if LIKELIHOOD == BERNOULLI:
             term = bernoulli_log_prob(x, first)
         else:
-            logvar = tl.load(second_ptr + offsets, mask=mask, other=0.0).to(ACC)
+            logvar = tl.load(second_ptr + second_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
             diff = x - first
             term = -0.5 * logvar - 0.5 * diff * diff * tl.exp(-logvar)
         total += tl.sum(tl.where(mask, term, 0.0), axis=1)
@@ -75,6 +88,7 @@ def _log_likelihood_fwd_kernel(
 def _log_likelihood_bwd_kernel(
     first_ptr, second_ptr, x_ptr, grad_out_ptr, grad_first_ptr, grad_second_ptr,
     log_w_ptr, max_ptr, sum_ptr, grad_log_w_ptr, R, B, P, grad_bound_stride,
+    first_stride_k, first_stride_b, second_stride_k, second_stride_b,
     LIKELIHOOD: tl.constexpr, FROM_BOUND: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
@@ -83,7 +97,8 @@ def _log_likelihood_bwd_kernel(
     "Backward"). The upstream gradient is grad_out [R]; with FROM_BOUND it is the bound's: g_b wt_r, from
     grad_out = dJ/dL_k [B] (grad_bound_stride 0: one value for every example), the log-weights log_w [R] and
     their fold's max, sum [B], also written to grad_log_w [R] (the latent term's gradient). A +inf log-weight,
-    which the fold read as the largest finite value, gets 0 (a clamp's derivative).
+    which the fold read as the largest finite value, gets 0 (a clamp's derivative). first and second are strided
+    as in the forward; their gradients are contiguous [R, P].
     Grid: cdiv(R, BLOCK_R). Reads the parameters once and writes their gradients once."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
@@ -98,12 +113,15 @@ def _log_likelihood_bwd_kernel(
     else:
         scale = tl.load(grad_out_ptr + rows, mask=row_mask, other=0.0).to(ACC)
     scale = scale[:, None]
+    first_rows = _row_starts(rows, B, first_stride_k, first_stride_b)
+    second_rows = _row_starts(rows, B, second_stride_k, second_stride_b)
     for p0 in range(0, P, BLOCK_P):
-        mask, offsets, x, first = _load_tile(first_ptr, x_ptr, rows, row_mask, x_rows, p0, P, ACC, BLOCK_P)
+        mask, cols, offsets, x, first = _load_tile(first_ptr, x_ptr, first_rows, rows, row_mask, x_rows, p0, P, ACC,
+                                                   BLOCK_P)
         if LIKELIHOOD == BERNOULLI:
             grad_first = scale * bernoulli_grad(x, first)
         else:
-            logvar = tl.load(second_ptr + offsets, mask=mask, other=0.0).to(ACC)
+            logvar = tl.load(second_ptr + second_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(ACC)
             diff = x - first
             scaled_sq = diff * diff * tl.exp(-logvar)
             grad_first = scale * diff * tl.exp(-logvar)
@@ -112,13 +130,20 @@ def _log_likelihood_bwd_kernel(
         tl.store(grad_first_ptr + offsets, grad_first.to(grad_first_ptr.dtype.element_ty), mask=mask)
 
 
+def _strides(first, second):
+    """The kernels' sample and example strides of first and second (second None: first's)."""
+    second = first if second is None else second
+    return dict(first_stride_k=first.stride(0), first_stride_b=first.stride(1), second_stride_k=second.stride(0),
+                second_stride_b=second.stride(1))
+
+
 def _launch_forward(first, second, x, latent, out, likelihood):
     num_samples, batch, size = first.shape
     block_rows, block_cols = row_tile(size, first.dtype)
     _log_likelihood_fwd_kernel[(cdiv(num_samples * batch, block_rows),)](
         first_ptr=first, second_ptr=first if second is None else second, x_ptr=x,
         latent_ptr=out if latent is None else latent, out_ptr=out, R=num_samples * batch, B=batch, P=size,
-        LIKELIHOOD=likelihood, ADD_LATENT=latent is not None, ACC=triton_accumulation_dtype(first.dtype),
+        **_strides(first, second), LIKELIHOOD=likelihood, ADD_LATENT=latent is not None, ACC=triton_accumulation_dtype(first.dtype),
         BLOCK_R=block_rows, BLOCK_P=block_cols,
     )
 
@@ -132,7 +157,8 @@ def _launch_backward(first, second, x, grad_out, grad_first, grad_second, likeli
         first_ptr=first, second_ptr=first if second is None else second, x_ptr=x, grad_out_ptr=grad_out,
         grad_first_ptr=grad_first, grad_second_ptr=grad_first if grad_second is None else grad_second,
         log_w_ptr=log_w, max_ptr=running_max, sum_ptr=running_sum, grad_log_w_ptr=grad_log_w,
-        R=num_samples * batch, B=batch, P=size, grad_bound_stride=1 if grad_out.dim() else 0, LIKELIHOOD=likelihood,
+        R=num_samples * batch, B=batch, P=size, grad_bound_stride=1 if grad_out.dim() else 0,
+        **_strides(first, second), LIKELIHOOD=likelihood,
         FROM_BOUND=bound_state is not None, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows,
         BLOCK_P=block_cols,
     )
@@ -166,6 +192,18 @@ def _triton_loss_backward(first: Tensor, second: Optional[Tensor], x: Tensor, lo
                      (log_w, running_max, running_sum, grad_log_w))
 
 
+def _unit_column_stride(tensor):
+    """tensor (None stays None) as the kernels read it: any sample and example strides, columns contiguous."""
+    if tensor is None or tensor.stride(-1) == 1 or tensor.shape[-1] == 1:
+        return tensor
+    return tensor.contiguous()
+
+
+def _contiguous_like(tensor):
+    """A contiguous empty tensor of tensor's shape and dtype (None for None): the kernels write gradients [R, P]."""
+    return None if tensor is None else torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
+
+
 class LogLikelihoodFunction(torch.autograd.Function):
     """(first [k, B, P], second [k, B, P] or None, x [B, P]) -> log p(x|z) [k, B]; x gets no gradient.
 
@@ -175,8 +213,7 @@ class LogLikelihoodFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, first, second, x, likelihood, launchers):
-        first, x = first.contiguous(), x.contiguous()
-        second = None if second is None else second.contiguous()
+        first, second, x = _unit_column_stride(first), _unit_column_stride(second), x.contiguous()
         out = torch.empty(first.shape[:2], dtype=accumulation_dtype(first.dtype), device=first.device)
         launchers.forward(first, second, x, out, likelihood)
         ctx.save_for_backward(first, second, x)
@@ -187,8 +224,7 @@ class LogLikelihoodFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         first, second, x = ctx.saved_tensors
-        grad_first = torch.empty_like(first)
-        grad_second = None if second is None else torch.empty_like(second)
+        grad_first, grad_second = _contiguous_like(first), _contiguous_like(second)
         ctx.launchers.backward(first, second, x, grad_out.contiguous(), grad_first, grad_second, ctx.likelihood)
         return grad_first, grad_second, None, None, None
 
@@ -212,8 +248,8 @@ class IWAELossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, first, second, x, latent, likelihood, reduction):
-        first, x, latent = first.contiguous(), x.contiguous(), latent.contiguous()
-        second = None if second is None else second.contiguous()
+        first, second = _unit_column_stride(first), _unit_column_stride(second)
+        x, latent = x.contiguous(), latent.contiguous()
         log_w = torch.empty(first.shape[:2], dtype=accumulation_dtype(first.dtype), device=first.device)
         _triton_log_weight_forward(first, second, x, latent, log_w, likelihood)
         running_max, running_sum, bound = logsumexp.max_sum(log_w, write_bound=True)
@@ -226,8 +262,7 @@ class IWAELossFunction(torch.autograd.Function):
     def backward(ctx, grad_loss):
         first, second, x, log_w, running_max, running_sum = ctx.saved_tensors
         grad_bound = torch_backend.bound_gradient(grad_loss.to(log_w.dtype), ctx.reduction, log_w.shape[1])
-        grad_first = torch.empty_like(first)
-        grad_second = None if second is None else torch.empty_like(second)
+        grad_first, grad_second = _contiguous_like(first), _contiguous_like(second)
         grad_log_w = torch.empty_like(log_w)
         _triton_loss_backward(first, second, x, log_w, running_max, running_sum, grad_bound.contiguous(), grad_first,
                               grad_second, grad_log_w, ctx.likelihood)

@@ -214,3 +214,28 @@ def test_iwae_loss_op_bad_arguments(backend):
         ik.bernoulli_iwae_loss(logits, x[:, :4], latent, backend=backend)
     with pytest.raises(ValueError, match="logvar"):
         ik.gaussian_iwae_loss(logits, logits[..., :4], x, latent, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_strided_decoder_outputs(backend):
+    """Decoder outputs that are views (a chunk of the last dim, samples and examples transposed) give what their
+    contiguous copies give, for the log-likelihoods and the loss."""
+    device = backend_device(backend)
+    gen = torch.Generator().manual_seed(3)
+    k, batch, size = 3, 4, 9
+    out = torch.randn(batch, k, 2 * size, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    x = torch.randn(batch, size, generator=gen, dtype=torch.float64).to(device)
+    latent = make_latent(k, batch).to(device)
+    for fn in (lambda m, s: ik.gaussian_log_likelihood(m, s, x, backend=backend).sum(),
+               lambda m, s: ik.gaussian_iwae_loss(m, s, x, latent, backend=backend),
+               lambda m, s: ik.bernoulli_iwae_loss(m, x.sigmoid(), latent, reduction="sum", backend=backend)):
+        mean, logvar = out.transpose(0, 1).chunk(2, dim=-1)  # [k, B, P] views, strides (2P, 2kP, 1)
+        assert not mean.is_contiguous()
+        got = fn(mean, logvar)
+        (grad,) = torch.autograd.grad(got, out)
+        leaf = out.detach().clone().requires_grad_()
+        mean, logvar = (t.contiguous() for t in leaf.transpose(0, 1).chunk(2, dim=-1))
+        want = fn(mean, logvar)
+        (want_grad,) = torch.autograd.grad(want, leaf)
+        assert_close(got, want)
+        assert_close(grad, want_grad)
