@@ -168,6 +168,7 @@ def gaussian_sample_cases():
 
 def log_likelihood_cases():
     from iwae_kernels import ops
+    from iwae_kernels.contract import accumulation_dtype
 
     for dtype in DTYPES:
         for likelihood in ("bernoulli", "gaussian"):
@@ -180,9 +181,22 @@ def log_likelihood_cases():
 
             yield f"{_dtype(dtype)} {likelihood} P=784", case
 
+            def loss_case(dtype=dtype, likelihood=likelihood):  # log-weights with the latent term, weights in backward
+                x, latent = meta(20, 784, dtype=dtype), meta(5, 20, dtype=accumulation_dtype(dtype), grad=True)
+                if likelihood == "bernoulli":
+                    out = meta(5, 20, 784, dtype=dtype, grad=True)
+                    loss = ops.bernoulli_iwae_loss(out, x, latent, "mean")
+                else:  # strided views, as a Gaussian decoder returns them
+                    out = meta(5, 20, 2 * 784, dtype=dtype, grad=True)
+                    loss = ops.gaussian_iwae_loss(*out.chunk(2, dim=-1), x, latent, "mean")
+                backward(loss, inputs=(out, latent))
+
+            yield f"{_dtype(dtype)} {likelihood} P=784 iwae_loss", loss_case
+
 
 def logsumexp_cases():
     from iwae_kernels import ops
+    from iwae_kernels.contract import accumulation_dtype
 
     for dtype in DTYPES:
         def bound(dtype=dtype):
@@ -193,7 +207,7 @@ def logsumexp_cases():
             ops.normalized_weights(meta(50, 20, dtype=dtype))
 
         def fold(dtype=dtype):
-            state = meta(20, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+            state = meta(20, dtype=accumulation_dtype(dtype))
             ops.fold_max_sum(state, state, meta(50, 20, dtype=dtype))
 
         def split_bound(dtype=dtype):  # k = 5000 over B = 20: the split-k fold (partials, then their fold)
@@ -242,11 +256,12 @@ def decoder_head_cases():
 
 def categorical_cases():
     from iwae_kernels import ops
+    from iwae_kernels.contract import accumulation_dtype
 
     for dtype in DTYPES:
         def case(dtype=dtype):
             logits = meta(5, 4, 12, 1000, dtype=dtype, grad=True)
-            mask = meta(4, 12, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+            mask = meta(4, 12, dtype=accumulation_dtype(dtype))
             tokens = torch.zeros((4, 12), dtype=torch.int64, device="meta")
             backward(ops.categorical_log_likelihood(logits, tokens, mask), inputs=(logits,))
 

@@ -30,10 +30,18 @@ BERNOULLI, GAUSSIAN = tl.constexpr(int(Likelihood.BERNOULLI)), tl.constexpr(int(
 
 
 @triton.jit
-def _row_starts(rows, B, stride_k, stride_b):
-    """Where row r = (sample r // B, example r % B) of a [k, B, P] tensor with strides (stride_k, stride_b, 1)
-    starts: decoder outputs may be views (mean, logvar = out.chunk(2, -1)), read in place, not copied."""
-    return (rows // B) * stride_k + (rows % B) * stride_b
+def _row_starts(rows, B, P, first_stride_k, first_stride_b, second_stride_k, second_stride_b, STRIDED: tl.constexpr):
+    """Where row r = (sample r // B, example r % B) of first and second [k, B, P] starts: decoder outputs may be
+    views (mean, logvar = out.chunk(2, -1)), read in place, not copied. Contiguous inputs (not STRIDED) share the
+    outputs' offsets r * P: separate address vectors per tensor cost registers (the Gaussian backward went from
+    96 to 158 on sm_90, benchmarks/aot_report.py)."""
+    if STRIDED:
+        first_rows = (rows // B) * first_stride_k + (rows % B) * first_stride_b
+        second_rows = (rows // B) * second_stride_k + (rows % B) * second_stride_b
+    else:
+        first_rows = rows * P
+        second_rows = first_rows
+    return first_rows, second_rows
 
 
 @triton.jit
@@ -53,8 +61,8 @@ def _load_tile(first_ptr, x_ptr, first_rows, rows, row_mask, x_rows, p0, P, ACC:
 def _log_likelihood_fwd_kernel(
     first_ptr, second_ptr, x_ptr, latent_ptr, out_ptr, R, B, P,
     first_stride_k, first_stride_b, second_stride_k, second_stride_b,
-    LIKELIHOOD: tl.constexpr, ADD_LATENT: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_P: tl.constexpr,
+    LIKELIHOOD: tl.constexpr, ADD_LATENT: tl.constexpr, STRIDED: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """out [R = k * B] = sum_j of the log-density of x [B, P] (row r uses x[r % B]) under the row's parameters:
     BERNOULLI: logits first [R, P], x y - softplus(y); GAUSSIAN: mean first and log-variance second [R, P]
@@ -64,8 +72,8 @@ def _log_likelihood_fwd_kernel(
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
     x_rows = rows % B
-    first_rows = _row_starts(rows, B, first_stride_k, first_stride_b)
-    second_rows = _row_starts(rows, B, second_stride_k, second_stride_b)
+    first_rows, second_rows = _row_starts(rows, B, P, first_stride_k, first_stride_b, second_stride_k,
+                                          second_stride_b, STRIDED)
     total = tl.zeros([BLOCK_R], ACC)
     for p0 in range(0, P, BLOCK_P):
         mask, cols, _, x, first = _load_tile(first_ptr, x_ptr, first_rows, rows, row_mask, x_rows, p0, P, ACC,
@@ -89,8 +97,8 @@ def _log_likelihood_bwd_kernel(
     first_ptr, second_ptr, x_ptr, grad_out_ptr, grad_first_ptr, grad_second_ptr,
     log_w_ptr, max_ptr, sum_ptr, grad_log_w_ptr, R, B, P, grad_bound_stride,
     first_stride_k, first_stride_b, second_stride_k, second_stride_b,
-    LIKELIHOOD: tl.constexpr, FROM_BOUND: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_P: tl.constexpr,
+    LIKELIHOOD: tl.constexpr, FROM_BOUND: tl.constexpr, STRIDED: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """grad_first [R, P] (and grad_second for GAUSSIAN) = the row's upstream gradient times the log-density's
     derivative: BERNOULLI x - sigmoid(y); GAUSSIAN (x - m) e^{-s} and 0.5 (x - m)^2 e^{-s} - 0.5 (docs/MATH.md,
@@ -113,8 +121,8 @@ def _log_likelihood_bwd_kernel(
     else:
         scale = tl.load(grad_out_ptr + rows, mask=row_mask, other=0.0).to(ACC)
     scale = scale[:, None]
-    first_rows = _row_starts(rows, B, first_stride_k, first_stride_b)
-    second_rows = _row_starts(rows, B, second_stride_k, second_stride_b)
+    first_rows, second_rows = _row_starts(rows, B, P, first_stride_k, first_stride_b, second_stride_k,
+                                          second_stride_b, STRIDED)
     for p0 in range(0, P, BLOCK_P):
         mask, cols, offsets, x, first = _load_tile(first_ptr, x_ptr, first_rows, rows, row_mask, x_rows, p0, P, ACC,
                                                    BLOCK_P)
@@ -131,10 +139,10 @@ def _log_likelihood_bwd_kernel(
 
 
 def _strides(first, second):
-    """The kernels' sample and example strides of first and second (second None: first's)."""
+    """The kernels' sample and example strides of first and second (second None: first's), and STRIDED."""
     second = first if second is None else second
     return dict(first_stride_k=first.stride(0), first_stride_b=first.stride(1), second_stride_k=second.stride(0),
-                second_stride_b=second.stride(1))
+                second_stride_b=second.stride(1), STRIDED=not (first.is_contiguous() and second.is_contiguous()))
 
 
 def _launch_forward(first, second, x, latent, out, likelihood):
