@@ -258,11 +258,6 @@ def reduced_loss(bound, reduction):
     return -bound.sum() if reduction == "sum" else -bound
 
 
-def bound_gradient(grad_loss, reduction, batch):
-    """dJ/dL_k from dJ/d loss (``reduced_loss``'s backward): [B] for "none", else one 0-dim value for every example."""
-    return grad_loss * (-1.0 / batch) if reduction == "mean" else -grad_loss
-
-
 def iwae_loss_from_log_weights(log_w, bound, reduction):
     """-L_k reduced (``reduced_loss``) of log_w [k, B], by the backend's ``bound`` (its iwae_bound op)."""
     return reduced_loss(bound(largest_finite(log_w)), reduction)

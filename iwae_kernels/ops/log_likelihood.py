@@ -19,7 +19,6 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .. import torch_backend
 from ..contract import Likelihood, accumulation_dtype
 from . import logsumexp
 from .utils import (HALF_LOG_2PI, Launchers, bernoulli_grad, bernoulli_log_prob, cdiv, library_op,
@@ -95,16 +94,17 @@ def _log_likelihood_fwd_kernel(
 @triton.jit
 def _log_likelihood_bwd_kernel(
     first_ptr, second_ptr, x_ptr, grad_out_ptr, grad_first_ptr, grad_second_ptr,
-    log_w_ptr, max_ptr, sum_ptr, grad_log_w_ptr, R, B, P, grad_bound_stride,
+    log_w_ptr, max_ptr, sum_ptr, grad_log_w_ptr, R, B, P, grad_loss_stride, loss_divisor,
     first_stride_k, first_stride_b, second_stride_k, second_stride_b,
     LIKELIHOOD: tl.constexpr, FROM_BOUND: tl.constexpr, STRIDED: tl.constexpr, ACC: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """grad_first [R, P] (and grad_second for GAUSSIAN) = the row's upstream gradient times the log-density's
     derivative: BERNOULLI x - sigmoid(y); GAUSSIAN (x - m) e^{-s} and 0.5 (x - m)^2 e^{-s} - 0.5 (docs/MATH.md,
-    "Backward"). The upstream gradient is grad_out [R]; with FROM_BOUND it is the bound's: g_b wt_r, from
-    grad_out = dJ/dL_k [B] (grad_bound_stride 0: one value for every example), the log-weights log_w [R] and
-    their fold's max, sum [B], also written to grad_log_w [R] (the latent term's gradient). A +inf log-weight,
+    "Backward"). The upstream gradient is grad_out [R]; with FROM_BOUND it is the loss's: g_b wt_r, from
+    grad_out = dJ/d loss [B] or [] (grad_loss_stride 0; the loss is -sum_b L_b / loss_divisor, so
+    g_b = -grad_out / loss_divisor), the log-weights log_w [R] and their fold's max, sum [B]; it is also written
+    to grad_log_w [R] (the latent term's gradient). A +inf log-weight,
     which the fold read as the largest finite value, gets 0 (a clamp's derivative). first and second are strided
     as in the forward; their gradients are contiguous [R, P].
     Grid: cdiv(R, BLOCK_R). Reads the parameters once and writes their gradients once."""
@@ -115,7 +115,7 @@ def _log_likelihood_bwd_kernel(
         log_w = tl.load(log_w_ptr + rows, mask=row_mask, other=0.0).to(ACC)
         weight = normalized_weight(log_w, tl.load(max_ptr + x_rows, mask=row_mask, other=0.0).to(ACC),
                                    tl.load(sum_ptr + x_rows, mask=row_mask, other=0.0).to(ACC))
-        grad_bound = tl.load(grad_out_ptr + x_rows * grad_bound_stride, mask=row_mask, other=0.0).to(ACC)
+        grad_bound = -tl.load(grad_out_ptr + x_rows * grad_loss_stride, mask=row_mask, other=0.0).to(ACC) / loss_divisor
         scale = tl.where(log_w == float("inf"), 0.0, weight) * grad_bound
         tl.store(grad_log_w_ptr + rows, scale.to(grad_log_w_ptr.dtype.element_ty), mask=row_mask)
     else:
@@ -156,8 +156,9 @@ def _launch_forward(first, second, x, latent, out, likelihood):
     )
 
 
-def _launch_backward(first, second, x, grad_out, grad_first, grad_second, likelihood, bound_state=None):
-    """bound_state: None (grad_out is per row), or (log_w, max, sum, grad_log_w) for the bound's gradient."""
+def _launch_backward(first, second, x, grad_out, grad_first, grad_second, likelihood, bound_state=None,
+                     loss_divisor=1):
+    """bound_state: None (grad_out is per row), or (log_w, max, sum, grad_log_w) for the loss's gradient."""
     num_samples, batch, size = first.shape
     block_rows, block_cols = row_tile(size, first.dtype)
     log_w, running_max, running_sum, grad_log_w = bound_state or (grad_out,) * 4  # unused when bound_state is None
@@ -165,7 +166,8 @@ def _launch_backward(first, second, x, grad_out, grad_first, grad_second, likeli
         first_ptr=first, second_ptr=first if second is None else second, x_ptr=x, grad_out_ptr=grad_out,
         grad_first_ptr=grad_first, grad_second_ptr=grad_first if grad_second is None else grad_second,
         log_w_ptr=log_w, max_ptr=running_max, sum_ptr=running_sum, grad_log_w_ptr=grad_log_w,
-        R=num_samples * batch, B=batch, P=size, grad_bound_stride=1 if grad_out.dim() else 0,
+        R=num_samples * batch, B=batch, P=size, grad_loss_stride=1 if grad_out.dim() else 0,
+        loss_divisor=loss_divisor,
         **_strides(first, second), LIKELIHOOD=likelihood,
         FROM_BOUND=bound_state is not None, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows,
         BLOCK_P=block_cols,
@@ -194,10 +196,10 @@ def _triton_log_weight_forward(first: Tensor, second: Optional[Tensor], x: Tenso
 
 @library_op("triton_iwae_loss_backward", ("grad_first", "grad_second", "grad_log_w"))
 def _triton_loss_backward(first: Tensor, second: Optional[Tensor], x: Tensor, log_w: Tensor, running_max: Tensor,
-                          running_sum: Tensor, grad_bound: Tensor, grad_first: Tensor, grad_second: Optional[Tensor],
-                          grad_log_w: Tensor, likelihood: int) -> None:
-    _launch_backward(first, second, x, grad_bound, grad_first, grad_second, likelihood,
-                     (log_w, running_max, running_sum, grad_log_w))
+                          running_sum: Tensor, grad_loss: Tensor, grad_first: Tensor, grad_second: Optional[Tensor],
+                          grad_log_w: Tensor, likelihood: int, loss_divisor: int) -> None:
+    _launch_backward(first, second, x, grad_loss, grad_first, grad_second, likelihood,
+                     (log_w, running_max, running_sum, grad_log_w), loss_divisor)
 
 
 def _unit_column_stride(tensor):
@@ -260,20 +262,20 @@ class IWAELossFunction(torch.autograd.Function):
         x, latent = x.contiguous(), latent.contiguous()
         log_w = torch.empty(first.shape[:2], dtype=accumulation_dtype(first.dtype), device=first.device)
         _triton_log_weight_forward(first, second, x, latent, log_w, likelihood)
-        running_max, running_sum, bound = logsumexp.max_sum(log_w, write_bound=True)
+        running_max, running_sum, loss = logsumexp.max_sum_and_loss(log_w, reduction)
         ctx.save_for_backward(first, second, x, log_w, running_max, running_sum)
         ctx.likelihood, ctx.reduction, ctx.latent_dtype = likelihood, reduction, latent.dtype
-        return torch_backend.reduced_loss(bound, reduction)
+        return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss):
         first, second, x, log_w, running_max, running_sum = ctx.saved_tensors
-        grad_bound = torch_backend.bound_gradient(grad_loss.to(log_w.dtype), ctx.reduction, log_w.shape[1])
         grad_first, grad_second = _contiguous_like(first), _contiguous_like(second)
         grad_log_w = torch.empty_like(log_w)
-        _triton_loss_backward(first, second, x, log_w, running_max, running_sum, grad_bound.contiguous(), grad_first,
-                              grad_second, grad_log_w, ctx.likelihood)
+        _triton_loss_backward(first, second, x, log_w, running_max, running_sum, grad_loss.contiguous(), grad_first,
+                              grad_second, grad_log_w, ctx.likelihood,
+                              logsumexp.loss_divisor(ctx.reduction, log_w.shape[1]))
         grad_latent = grad_log_w if grad_log_w.dtype == ctx.latent_dtype else grad_log_w.to(ctx.latent_dtype)
         return grad_first, grad_second, None, grad_latent, None, None
 

@@ -32,17 +32,18 @@ TARGET_PROGRAMS = 264
 
 @triton.jit
 def _max_sum_kernel(
-    log_w_ptr, in_max_ptr, in_sum_ptr, out_max_ptr, out_sum_ptr, bound_ptr, partial_ptr,
-    K, B, ROWS_PER_SPLIT, NUM_SAMPLES,
-    ACCUMULATE: tl.constexpr, WRITE_BOUND: tl.constexpr, WRITE_PARTIAL: tl.constexpr, ACC: tl.constexpr,
-    FINITE_MAX: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr,
+    log_w_ptr, in_max_ptr, in_sum_ptr, out_max_ptr, out_sum_ptr, bound_ptr, partial_ptr, loss_ptr,
+    K, B, ROWS_PER_SPLIT, NUM_SAMPLES, loss_divisor,
+    ACCUMULATE: tl.constexpr, WRITE_BOUND: tl.constexpr, WRITE_PARTIAL: tl.constexpr, WRITE_LOSS: tl.constexpr,
+    ACC: tl.constexpr, FINITE_MAX: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     """Fold log_w [K, B] (rows contiguous in B) into (max, sum of exp(log w - max)) per example.
 
     Grid (cdiv(B, BLOCK_B), splits): program (i, s) folds rows [s * ROWS_PER_SPLIT, (s + 1) * ROWS_PER_SPLIT) of
     examples [i * BLOCK_B, (i + 1) * BLOCK_B). WRITE_PARTIAL: store that split's logsumexp to partial_ptr [splits, B]
     (then one split per program column is the whole fold); else store max/sum [B] (starting from in_max/in_sum when
-    ACCUMULATE) and, with WRITE_BOUND, L = logsumexp - log NUM_SAMPLES. A +inf log-weight is read as FINITE_MAX,
+    ACCUMULATE) and, with WRITE_BOUND, L = logsumexp - log NUM_SAMPLES; with WRITE_LOSS (one program holds every
+    example) also the loss -sum_b L_b / loss_divisor to loss_ptr []. A +inf log-weight is read as FINITE_MAX,
     ACC's largest finite value (inf - inf would make the shift NaN); NaN stays NaN. Reads K * B elements once.
     """
     cols = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -76,7 +77,10 @@ def _max_sum_kernel(
         if WRITE_BOUND:
             # log k in ACC from the integer (a Python float argument would arrive as float32).
             log_k = tl.log(tl.zeros([BLOCK_B], ACC) + NUM_SAMPLES)
-            tl.store(bound_ptr + cols, shifted_max(running_max) + tl.log(running_sum) - log_k, mask=col_mask)
+            bound = shifted_max(running_max) + tl.log(running_sum) - log_k
+            tl.store(bound_ptr + cols, bound, mask=col_mask)
+            if WRITE_LOSS:  # the loss's mean (or sum) and sign, here instead of two more kernels
+                tl.store(loss_ptr, -tl.sum(tl.where(col_mask, bound, 0.0), axis=0) / loss_divisor)
 
 
 @triton.jit
@@ -105,9 +109,7 @@ def sample_splits(num_samples, batch):
     return max(1, min(num_samples // MIN_SAMPLES_PER_SPLIT, TARGET_PROGRAMS // programs))
 
 
-@library_op("triton_max_sum", ("out_max", "out_sum", "bound"))
-def _triton_max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Tensor], out_max: Tensor, out_sum: Tensor,
-                    bound: Optional[Tensor]) -> None:
+def _launch_max_sum(log_w, in_max, in_sum, out_max, out_sum, bound, loss=None, loss_divisor=1):
     num_samples, batch = log_w.shape
     accumulate = in_max is not None
     blocks, splits = cdiv(batch, BLOCK_EXAMPLES), sample_splits(num_samples, batch)
@@ -119,18 +121,31 @@ def _triton_max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Te
         # Pointers a constexpr flag leaves unused get out_max.
         _max_sum_kernel[(blocks, splits)](
             log_w_ptr=log_w, in_max_ptr=out_max, in_sum_ptr=out_sum, out_max_ptr=out_max, out_sum_ptr=out_sum,
-            bound_ptr=out_max, partial_ptr=folded, K=num_samples, B=batch, ROWS_PER_SPLIT=rows_per_split,
-            NUM_SAMPLES=num_samples, ACCUMULATE=False, WRITE_BOUND=False, WRITE_PARTIAL=True, ACC=acc,
-            FINITE_MAX=finite_max, BLOCK_K=BLOCK_SAMPLES, BLOCK_B=BLOCK_EXAMPLES,
+            bound_ptr=out_max, partial_ptr=folded, loss_ptr=out_max, K=num_samples, B=batch,
+            ROWS_PER_SPLIT=rows_per_split, NUM_SAMPLES=num_samples, loss_divisor=1, ACCUMULATE=False,
+            WRITE_BOUND=False, WRITE_PARTIAL=True, WRITE_LOSS=False, ACC=acc, FINITE_MAX=finite_max,
+            BLOCK_K=BLOCK_SAMPLES, BLOCK_B=BLOCK_EXAMPLES,
         )
     rows = folded.shape[0]
     _max_sum_kernel[(blocks, 1)](
         log_w_ptr=folded, in_max_ptr=in_max if accumulate else out_max, in_sum_ptr=in_sum if accumulate else out_sum,
         out_max_ptr=out_max, out_sum_ptr=out_sum, bound_ptr=out_max if bound is None else bound, partial_ptr=out_max,
-        K=rows, B=batch, ROWS_PER_SPLIT=rows, NUM_SAMPLES=num_samples, ACCUMULATE=accumulate,
-        WRITE_BOUND=bound is not None, WRITE_PARTIAL=False, ACC=acc, FINITE_MAX=finite_max, BLOCK_K=BLOCK_SAMPLES,
-        BLOCK_B=BLOCK_EXAMPLES,
+        loss_ptr=out_max if loss is None else loss, K=rows, B=batch, ROWS_PER_SPLIT=rows, NUM_SAMPLES=num_samples,
+        loss_divisor=loss_divisor, ACCUMULATE=accumulate, WRITE_BOUND=bound is not None, WRITE_PARTIAL=False,
+        WRITE_LOSS=loss is not None, ACC=acc, FINITE_MAX=finite_max, BLOCK_K=BLOCK_SAMPLES, BLOCK_B=BLOCK_EXAMPLES,
     )
+
+
+@library_op("triton_max_sum", ("out_max", "out_sum", "bound"))
+def _triton_max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Tensor], out_max: Tensor, out_sum: Tensor,
+                    bound: Optional[Tensor]) -> None:
+    _launch_max_sum(log_w, in_max, in_sum, out_max, out_sum, bound)
+
+
+@library_op("triton_loss_max_sum", ("out_max", "out_sum", "bound", "loss"))
+def _triton_loss_max_sum(log_w: Tensor, out_max: Tensor, out_sum: Tensor, bound: Tensor, loss: Tensor,
+                         loss_divisor: int) -> None:
+    _launch_max_sum(log_w, None, None, out_max, out_sum, bound, loss, loss_divisor)
 
 
 @library_op("triton_normalized_weights", ("out",))
@@ -157,6 +172,25 @@ def max_sum(log_w, launchers=TRITON_LAUNCHERS, running_max=None, running_sum=Non
         running_max, running_sum = running_max.contiguous(), running_sum.contiguous()
     launchers.forward(log_w, running_max, running_sum, out_max, out_sum, bound)
     return out_max, out_sum, bound
+
+
+def loss_divisor(reduction, batch):
+    """What the loss -sum_b L_b is divided by: B for "mean", else 1 ("sum"; "none" keeps [B], negated)."""
+    return batch if reduction == "mean" else 1
+
+
+def max_sum_and_loss(log_w, reduction):
+    """The loss -L_k reduced over the batch, from log_w [k, B] contiguous: (max, sum, loss). The fold kernel
+    writes the reduced loss itself when one program holds the whole batch (B <= BLOCK_EXAMPLES); else torch
+    reduces the bound."""
+    out_max = torch.empty(log_w.shape[1], dtype=log_w.dtype, device=log_w.device)
+    out_sum, bound = torch.empty_like(out_max), torch.empty_like(out_max)
+    if reduction == "none" or log_w.shape[1] > BLOCK_EXAMPLES:
+        _triton_max_sum(log_w, None, None, out_max, out_sum, bound)
+        return out_max, out_sum, torch_backend.reduced_loss(bound, reduction)
+    loss = torch.empty((), dtype=log_w.dtype, device=log_w.device)
+    _triton_loss_max_sum(log_w, out_max, out_sum, bound, loss, loss_divisor(reduction, log_w.shape[1]))
+    return out_max, out_sum, loss
 
 
 def _weights(log_w, running_max, running_sum, scale, out_dtype, launchers):
