@@ -60,8 +60,11 @@ def _fitting_configs(rows, configs, named_args, **kwargs):
 
 
 def _autotune(kernel):
+    """Autotuned over the configs that fit, once per (H, P); the timings are cached on disk (Triton's cache dir),
+    so a new process does not spend device time re-tuning (it was ~33 s of compiling per (H, P))."""
     prune = functools.partial(_fitting_configs, SHARED_ROWS[kernel])
-    return triton.autotune(configs=_configs(), key=["H", "P"], prune_configs_by={"early_config_prune": prune})
+    return triton.autotune(configs=_configs(), key=["H", "P"], prune_configs_by={"early_config_prune": prune},
+                           cache_results=True)
 
 
 @triton.jit
