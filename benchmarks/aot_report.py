@@ -136,20 +136,23 @@ def gaussian_sample_cases():
     """Each constexpr branch of both kernels, varied one at a time from the loss's default launch."""
     from iwae_kernels import ops
 
-    k, batch = 5, 20
+    batch = 20
     variations = {"default": {}, "eps": {"eps": True}, "stl": {"estimator": "stl"}, "dreg": {"estimator": "dreg"},
                   "prior": {"prior": 2}, "prior-per-sample": {"prior": 3}, "params-per-sample": {"params": 3},
                   "no-prior": {"include_prior": False}, "scaled": {"scale": True},
-                  "grad-z-only": {"outputs": "z"}, "grad-log-weight-only": {"outputs": "log_weight"}}
+                  "grad-z-only": {"outputs": "z"}, "grad-log-weight-only": {"outputs": "log_weight"},
+                  # k = 5000 over B = 20: the backward's split-k (partials, then torch sums them)
+                  "k=5000 split": {"k": 5000}, "k=5000 split dreg prior": {"k": 5000, "estimator": "dreg", "prior": 2}}
     for dtype in DTYPES:
         for dim in (50, 100):
             for label, change in variations.items():
                 if dim == 100 and label != "default":
                     continue  # D only changes the tile shape
-                options = {"eps": False, "estimator": "iwae", "prior": 0, "params": 2, "include_prior": True,
+                options = {"k": 5, "eps": False, "estimator": "iwae", "prior": 0, "params": 2, "include_prior": True,
                            "scale": False, "outputs": "both", **change}
 
                 def case(dim=dim, dtype=dtype, options=options):
+                    k = options["k"]
                     shape = (k, batch, dim) if options["params"] == 3 else (batch, dim)
                     mu, logvar = meta(*shape, dtype=dtype, grad=True), meta(*shape, dtype=dtype, grad=True)
                     prior_shape = (k, batch, dim) if options["prior"] == 3 else (batch, dim)

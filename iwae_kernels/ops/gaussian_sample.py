@@ -4,9 +4,11 @@ Forward: z = mu + exp(logvar / 2) * eps for all k samples and the per-sample sum
 eps is read from the caller or drawn in-kernel from Philox (seed, element index); in-kernel noise is
 never stored, the backward draws it again from the same seed.
 
-Backward: one program per (example, block of D) walks all k samples and reduces the estimator's
+Backward: one program per (example, block of D) walks the k samples and reduces the estimator's
 per-sample term into dmu, dlogvar (and the prior's gradients) without a [k, B, D] intermediate.
-Parameters given per sample ([k, B, D]) get their gradient per sample instead.
+Parameters given per sample ([k, B, D]) get their gradient per sample instead. Split-k: when the
+(example, block) programs alone leave the GPU empty (B = 20, k = 5000), the k samples are cut into splits,
+each program reduces its split into a partial [splits, B, D], and torch sums the partials over the splits.
 """
 
 from typing import Optional
@@ -18,7 +20,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..contract import ESTIMATOR_CODES, Estimator, accumulation_dtype
-from .utils import HALF_LOG_2PI, Launchers, cdiv, library_op, next_power_of_2, row_tile, triton_accumulation_dtype
+from .utils import (HALF_LOG_2PI, Launchers, cdiv, library_op, next_power_of_2, row_tile, sample_splits,
+                    triton_accumulation_dtype)
 
 # Values per program, forward (FORWARD_TILE) and backward (BLOCK_SAMPLES x up to 64): the in-kernel Philox normals
 # need many registers per value; 4096 forward and 32 x 64 backward spilled (benchmarks/aot_report.py).
@@ -89,8 +92,8 @@ def _gaussian_sample_fwd_kernel(
 @triton.jit
 def _gaussian_sample_bwd_kernel(
     mu_ptr, logvar_ptr, eps_ptr, prior_mu_ptr, prior_logvar_ptr,
-    grad_z_ptr, grad_log_weight_ptr, grad_mu_ptr, grad_logvar_ptr, grad_prior_mu_ptr, grad_prior_logvar_ptr,
-    seed_ptr, scale_ptr, K, B, D, param_sample_stride, prior_sample_stride,
+    grad_z_ptr, grad_log_weight_ptr, weight_total_ptr, grad_mu_ptr, grad_logvar_ptr, grad_prior_mu_ptr,
+    grad_prior_logvar_ptr, seed_ptr, scale_ptr, K, B, D, ROWS_PER_SPLIT, param_sample_stride, prior_sample_stride,
     HAS_EPS: tl.constexpr, PRIOR: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_GRAD_Z: tl.constexpr,
     HAS_GRAD_LOG_WEIGHT: tl.constexpr,
     PARAM_PER_SAMPLE: tl.constexpr, PRIOR_PER_SAMPLE: tl.constexpr, ESTIMATOR: tl.constexpr,
@@ -98,30 +101,32 @@ def _gaussian_sample_bwd_kernel(
 ):
     """Gradients for mu, logvar [B, D] (summed over the k samples) or [k, B, D] (PARAM_PER_SAMPLE), and for a given
     prior, from grad_z [k, B, D] and grad_log_weight [k, B], with the estimator's encoder gradient (ESTIMATOR:
-    TOTAL_DERIVATIVE, stl's path derivative, or DOUBLY_REPARAMETERIZED, which first sums grad_log_weight over k to
-    read off the normalized weights; docs/MATH.md, "Backward"). eps is re-read or redrawn, never stored.
-    Grid: (B, cdiv(D, BLOCK_D)); each program walks the k samples in BLOCK_K chunks. Reads grad_z and the
-    per-sample parameters once (grad_log_weight twice for dreg), writes the gradients once."""
+    TOTAL_DERIVATIVE, stl's path derivative, or DOUBLY_REPARAMETERIZED, which reads the normalized weights off
+    weight_total [B], grad_log_weight summed over k; docs/MATH.md, "Backward"). eps is re-read or redrawn, never
+    stored. Grid: (B, cdiv(D, BLOCK_D), splits); program (b, j, s) walks samples [s * ROWS_PER_SPLIT,
+    (s + 1) * ROWS_PER_SPLIT) in BLOCK_K chunks. A gradient summed over k goes to row s of its pointer, the output
+    [B, D] itself for one split, else a partial [splits, B, D] the host sums; per-sample gradients go straight to
+    their [k, B, D] outputs. Reads grad_z, grad_log_weight and the per-sample parameters once, writes each
+    gradient (or partial) once."""
     example = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < D
+    split = tl.program_id(2)  # int32 sample bounds: int64 ones cost 10-20 registers (benchmarks/aot_report.py)
+    first_sample = split * ROWS_PER_SPLIT
+    end_sample = tl.minimum(first_sample + ROWS_PER_SPLIT, K)
 
-    # DReG needs wt_i = dJ/da_i / sum_j dJ/da_j, so first sum the upstream log-weight gradient over k.
-    weight_total = 0.0
-    if ESTIMATOR == DOUBLY_REPARAMETERIZED:
-        total = tl.zeros([BLOCK_K], ACC)
-        for k0 in range(0, K, BLOCK_K):
-            samples = k0 + tl.arange(0, BLOCK_K)
-            total += tl.load(grad_log_weight_ptr + samples * B + example, mask=samples < K, other=0.0).to(ACC)
-        weight_total = tl.sum(total, axis=0)
+    # DReG's wt_i = dJ/da_i / sum_j dJ/da_j needs the sum over all k, which a split does not see: the host's.
+    weight_total = tl.full([], 0.0, ACC)
+    if ESTIMATOR == DOUBLY_REPARAMETERIZED and HAS_GRAD_LOG_WEIGHT:
+        weight_total = tl.load(weight_total_ptr + example).to(ACC)
 
     grad_mu_sum = tl.zeros([BLOCK_D], ACC)
     grad_logvar_sum = tl.zeros([BLOCK_D], ACC)
     grad_prior_mu_sum = tl.zeros([BLOCK_D], ACC)
     grad_prior_logvar_sum = tl.zeros([BLOCK_D], ACC)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(first_sample, end_sample, BLOCK_K):
         samples = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
-        sample_mask = samples < K
+        sample_mask = samples < end_sample
         mask = sample_mask[:, None] & col_mask[None, :]
         rows = samples * B + example
         offsets = rows[:, None] * D + cols[None, :]
@@ -180,7 +185,7 @@ def _gaussian_sample_bwd_kernel(
         else:
             grad_mu_sum += tl.sum(per_sample, axis=0)
             grad_logvar_sum += tl.sum(grad_logvar, axis=0)
-    shared_offsets = example * D + cols
+    shared_offsets = (split * B + example) * D + cols  # example is int64
     if not PARAM_PER_SAMPLE:
         tl.store(grad_mu_ptr + shared_offsets, grad_mu_sum.to(grad_mu_ptr.dtype.element_ty), mask=col_mask)
         tl.store(grad_logvar_ptr + shared_offsets, grad_logvar_sum.to(grad_logvar_ptr.dtype.element_ty), mask=col_mask)
@@ -230,23 +235,41 @@ def _triton_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu
                      scale: Optional[Tensor]) -> None:
     batch, dim = mu.shape[-2:]
     has_prior = prior_mu is not None
+    param_per_sample, prior_per_sample = mu.dim() == 3, has_prior and prior_mu.dim() == 3
     block_dim = min(next_power_of_2(dim), 64)
+    dim_blocks = cdiv(dim, block_dim)
+    rows_per_split = cdiv(k, sample_splits(k, batch * dim_blocks))
+    splits = cdiv(k, rows_per_split)  # no empty split
     placeholder = grad_mu  # for pointers a constexpr flag says are unused
-    _gaussian_sample_bwd_kernel[(batch, cdiv(dim, block_dim))](
+    grads = (grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar)
+    summed = (not param_per_sample,) * 2 + (has_prior and not prior_per_sample,) * 2
+    targets = [placeholder if grad is None else grad for grad in grads]
+    if splits > 1:  # one split writes the outputs itself: no buffer, no extra launch at the small, host-bound shapes
+        # A gradient summed over k gets a partial [splits, B, D] in the accumulation dtype, summed below.
+        targets = [torch.empty((splits, batch, dim), dtype=accumulation_dtype(mu.dtype), device=mu.device)
+                   if sum_k else target for target, sum_k in zip(targets, summed)]
+    # DReG's normalized weights need grad_log_weight summed over all k, which no split sees alone.
+    dreg = estimator == Estimator.DOUBLY_REPARAMETERIZED and grad_log_weight is not None
+    weight_total = grad_log_weight.sum(0, dtype=accumulation_dtype(mu.dtype)) if dreg else placeholder
+    _gaussian_sample_bwd_kernel[(batch, dim_blocks, splits)](
         mu_ptr=mu, logvar_ptr=logvar, eps_ptr=placeholder if eps is None else eps,
         prior_mu_ptr=prior_mu if has_prior else placeholder,
         prior_logvar_ptr=prior_logvar if has_prior else placeholder,
         grad_z_ptr=placeholder if grad_z is None else grad_z,
         grad_log_weight_ptr=placeholder if grad_log_weight is None else grad_log_weight,
-        grad_mu_ptr=grad_mu, grad_logvar_ptr=grad_logvar,
-        grad_prior_mu_ptr=grad_prior_mu if has_prior else placeholder,
-        grad_prior_logvar_ptr=grad_prior_logvar if has_prior else placeholder, seed_ptr=seed,
-        scale_ptr=seed if scale is None else scale, K=k, B=batch, D=dim, param_sample_stride=_sample_stride(mu),
-        prior_sample_stride=_sample_stride(prior_mu), HAS_EPS=eps is not None, PRIOR=_prior_kind(prior_mu, include_prior), HAS_SCALE=scale is not None,
-        HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_WEIGHT=grad_log_weight is not None,
-        PARAM_PER_SAMPLE=mu.dim() == 3, PRIOR_PER_SAMPLE=has_prior and prior_mu.dim() == 3,
-        ESTIMATOR=estimator, ACC=triton_accumulation_dtype(mu.dtype), BLOCK_K=BLOCK_SAMPLES, BLOCK_D=block_dim,
+        weight_total_ptr=weight_total, grad_mu_ptr=targets[0], grad_logvar_ptr=targets[1],
+        grad_prior_mu_ptr=targets[2], grad_prior_logvar_ptr=targets[3], seed_ptr=seed,
+        scale_ptr=seed if scale is None else scale, K=k, B=batch, D=dim, ROWS_PER_SPLIT=rows_per_split,
+        param_sample_stride=_sample_stride(mu), prior_sample_stride=_sample_stride(prior_mu), HAS_EPS=eps is not None,
+        PRIOR=_prior_kind(prior_mu, include_prior), HAS_SCALE=scale is not None, HAS_GRAD_Z=grad_z is not None,
+        HAS_GRAD_LOG_WEIGHT=grad_log_weight is not None, PARAM_PER_SAMPLE=param_per_sample,
+        PRIOR_PER_SAMPLE=prior_per_sample, ESTIMATOR=estimator, ACC=triton_accumulation_dtype(mu.dtype),
+        BLOCK_K=BLOCK_SAMPLES, BLOCK_D=block_dim,
     )
+    if splits > 1:
+        for grad, partial, sum_k in zip(grads, targets, summed):
+            if sum_k:
+                torch.sum(partial, 0, out=grad)  # deterministic, unlike atomics
 
 
 TRITON_LAUNCHERS = Launchers(_triton_forward, _triton_backward)

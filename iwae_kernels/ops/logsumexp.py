@@ -20,14 +20,12 @@ from torch.autograd.function import once_differentiable
 
 from .. import torch_backend
 from ..contract import accumulation_dtype
-from .utils import Launchers, cdiv, library_op, normalized_weight, shifted_max, triton_accumulation_dtype
+from .utils import (Launchers, cdiv, library_op, normalized_weight, sample_splits, shifted_max,
+                    triton_accumulation_dtype)
 
 BLOCK_EXAMPLES = 64
 BLOCK_SAMPLES = 64
 BLOCK_ELEMENTS = 1024
-# Split k once a split would still hold this many rows, until about this many programs run (2 per SM of an H100).
-MIN_SAMPLES_PER_SPLIT = 256
-TARGET_PROGRAMS = 264
 
 
 @triton.jit
@@ -103,16 +101,11 @@ def _normalized_weights_kernel(
     tl.store(out_ptr + offsets, weights.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def sample_splits(num_samples, batch):
-    """How many splits of the k rows the fold uses: 1 unless the example blocks alone leave the GPU empty."""
-    programs = cdiv(batch, BLOCK_EXAMPLES)
-    return max(1, min(num_samples // MIN_SAMPLES_PER_SPLIT, TARGET_PROGRAMS // programs))
-
-
 def _launch_max_sum(log_w, in_max, in_sum, out_max, out_sum, bound, loss=None, loss_divisor=1):
     num_samples, batch = log_w.shape
     accumulate = in_max is not None
-    blocks, splits = cdiv(batch, BLOCK_EXAMPLES), sample_splits(num_samples, batch)
+    blocks = cdiv(batch, BLOCK_EXAMPLES)
+    splits = sample_splits(num_samples, blocks)
     acc, finite_max = triton_accumulation_dtype(out_max.dtype), torch.finfo(out_max.dtype).max
     folded = log_w
     if splits > 1:  # first each split's logsumexp [splits, B], then the fold below over those

@@ -21,6 +21,18 @@ TILE_ELEMENTS = 4096
 MAX_BLOCK_COLS = 1024
 
 
+# Split-k for kernels whose programs each walk all k samples: cut k once a split would still hold this many
+# samples, until about this many programs run (2 per SM of an H100).
+MIN_SAMPLES_PER_SPLIT = 256
+TARGET_PROGRAMS = 264
+
+
+def sample_splits(num_samples, programs):
+    """How many splits of the k samples a kernel launching ``programs`` programs per split uses: 1 unless those
+    programs alone leave the GPU empty. Reads the constants at each call (tests lower them)."""
+    return max(1, min(num_samples // MIN_SAMPLES_PER_SPLIT, TARGET_PROGRAMS // programs))
+
+
 # Shared memory one block may use (the opt-in maximum), by compute capability; an unknown GPU gets the smallest.
 MAX_SHARED_BYTES = {80: 166_912, 86: 101_376, 87: 166_912, 89: 101_376, 90: 232_448}
 
