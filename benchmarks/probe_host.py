@@ -393,6 +393,7 @@ def probe_autograd(probe, device, backends, shape):
     logits, log_w = leaf(new(k, batch, obs)), leaf(new(k, batch))
     x = torch.bernoulli(torch.full((batch, obs), 0.3), generator=gen).to(device)
     grad_z, grad_latent, grad_ll, grad_bound = new(k, batch, dim), new(k, batch), new(k, batch), new(batch)
+    grad_loss = torch.ones((), device=device)
     decoder = torch.nn.Linear(dim, obs).to(device)
     eps = new(k, batch, dim)
     inputs = [mu, logvar, *decoder.parameters()]
@@ -406,6 +407,8 @@ def probe_autograd(probe, device, backends, shape):
             "gaussian_sample": (sample, (mu, logvar), (grad_z, grad_latent)),
             "bernoulli_log_likelihood": (lambda o=ops: (o.bernoulli_log_likelihood(logits, x),), (logits,), (grad_ll,)),
             "iwae_bound": (lambda o=ops: (o.iwae_bound(log_w),), (log_w,), (grad_bound,)),
+            "bernoulli_iwae_loss (likelihood + bound + mean)": (
+                lambda o=ops: (o.bernoulli_iwae_loss(logits, x, log_w, "mean"),), (logits, log_w), (grad_loss,)),
         }
         for name, (forward, wrt, grads) in functions.items():
             probe.add("autograd", f"{name}: forward (the Function's apply)", forward, backend)
