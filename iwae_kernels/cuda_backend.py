@@ -74,12 +74,14 @@ _LAUNCHERS = {}
 
 
 def _register_launchers(module):
+    # The CUDA kernels read contiguous rows; the Triton ones take views (sample and example strides) in place.
     @library_op("cuda_gaussian_sample_forward", ("z", "log_weight"))
     def sample_forward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu: Optional[Tensor],
                        prior_logvar: Optional[Tensor], z: Tensor, log_weight: Tensor, seed: Tensor,
                        include_prior: bool, scale: Optional[Tensor]) -> None:
         _check_sample_options(include_prior, scale)
-        module.gaussian_sample_forward(mu, logvar, eps, prior_mu, prior_logvar, z, log_weight, seed)
+        module.gaussian_sample_forward(mu.contiguous(), logvar.contiguous(), eps, _contiguous(prior_mu),
+                                       _contiguous(prior_logvar), z, log_weight, seed)
 
     @library_op("cuda_gaussian_sample_backward", ("grad_mu", "grad_logvar", "grad_prior_mu", "grad_prior_logvar"))
     def sample_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu: Optional[Tensor],
@@ -88,12 +90,12 @@ def _register_launchers(module):
                         grad_prior_logvar: Optional[Tensor], k: int, seed: Tensor, estimator: int,
                         include_prior: bool, scale: Optional[Tensor]) -> None:
         _check_sample_options(include_prior, scale)
-        module.gaussian_sample_backward(mu, logvar, eps, prior_mu, prior_logvar, grad_z, grad_log_weight, grad_mu,
-                                        grad_logvar, grad_prior_mu, grad_prior_logvar, k, seed, estimator)
+        module.gaussian_sample_backward(mu.contiguous(), logvar.contiguous(), eps, _contiguous(prior_mu),
+                                        _contiguous(prior_logvar), grad_z, grad_log_weight, grad_mu, grad_logvar,
+                                        grad_prior_mu, grad_prior_logvar, k, seed, estimator)
 
     @library_op("cuda_log_likelihood_forward", ("out",))
     def likelihood_forward(first: Tensor, second: Optional[Tensor], x: Tensor, out: Tensor, likelihood: int) -> None:
-        # The CUDA kernels read contiguous rows; the Triton ones take the sample and example strides.
         module.log_likelihood_forward(first.contiguous(), _contiguous(second), x, out, likelihood)
 
     @library_op("cuda_log_likelihood_backward", ("grad_first", "grad_second"))

@@ -46,12 +46,14 @@ def _load_noise(eps_ptr, offsets, mask, seed_ptr, HAS_EPS: tl.constexpr, ACC: tl
 @triton.jit
 def _gaussian_sample_fwd_kernel(
     mu_ptr, logvar_ptr, eps_ptr, prior_mu_ptr, prior_logvar_ptr, z_ptr, log_weight_ptr,
-    seed_ptr, scale_ptr, R, B, D, param_sample_stride, prior_sample_stride,
+    seed_ptr, scale_ptr, R, B, D, param_sample_stride, param_example_stride, prior_sample_stride,
+    prior_example_stride,
     HAS_EPS: tl.constexpr, PRIOR: tl.constexpr, HAS_SCALE: tl.constexpr, ACC: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """z [R = k * B, D] = mu + exp(logvar / 2) eps and log_weight [R] = scale * sum_d (log p(z) - log q(z|x))
-    (docs/MATH.md, "Forward"). mu/logvar (and a given prior) are [B, D] (sample stride 0) or [k, B, D]; eps is
+    (docs/MATH.md, "Forward"). mu/logvar (and a given prior) are [B, D] (sample stride 0) or [k, B, D], with the
+    given sample and example strides and unit column stride (views such as out.chunk(2, -1) are read in place); eps is
     read (HAS_EPS) or drawn as Philox normals keyed on (seed, element index), the same stream the backward redraws.
     PRIOR: STANDARD_PRIOR, GIVEN_PRIOR or NO_PRIOR (-log q only). Grid: cdiv(R, BLOCK_R), each program walking D in
     BLOCK_D chunks. Reads the parameters once (eps too when given), writes z and the log-weights."""
@@ -59,8 +61,8 @@ def _gaussian_sample_fwd_kernel(
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
     sample, example = rows // B, rows % B
-    param_rows = sample * param_sample_stride + example * D
-    prior_rows = sample * prior_sample_stride + example * D
+    param_rows = sample * param_sample_stride + example * param_example_stride
+    prior_rows = sample * prior_sample_stride + example * prior_example_stride
     total = tl.zeros([BLOCK_R], ACC)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
@@ -93,7 +95,8 @@ def _gaussian_sample_fwd_kernel(
 def _gaussian_sample_bwd_kernel(
     mu_ptr, logvar_ptr, eps_ptr, prior_mu_ptr, prior_logvar_ptr,
     grad_z_ptr, grad_log_weight_ptr, weight_total_ptr, grad_mu_ptr, grad_logvar_ptr, grad_prior_mu_ptr,
-    grad_prior_logvar_ptr, seed_ptr, scale_ptr, K, B, D, ROWS_PER_SPLIT, param_sample_stride, prior_sample_stride,
+    grad_prior_logvar_ptr, seed_ptr, scale_ptr, K, B, D, ROWS_PER_SPLIT, param_sample_stride, param_example_stride,
+    prior_sample_stride, prior_example_stride,
     HAS_EPS: tl.constexpr, PRIOR: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_GRAD_Z: tl.constexpr,
     HAS_GRAD_LOG_WEIGHT: tl.constexpr,
     PARAM_PER_SAMPLE: tl.constexpr, PRIOR_PER_SAMPLE: tl.constexpr, ESTIMATOR: tl.constexpr,
@@ -130,7 +133,7 @@ def _gaussian_sample_bwd_kernel(
         mask = sample_mask[:, None] & col_mask[None, :]
         rows = samples * B + example
         offsets = rows[:, None] * D + cols[None, :]
-        param_offsets = (samples * param_sample_stride + example * D)[:, None] + cols[None, :]
+        param_offsets = (samples * param_sample_stride + example * param_example_stride)[:, None] + cols[None, :]
         mu = tl.load(mu_ptr + param_offsets, mask=mask, other=0.0).to(ACC)
         logvar = tl.load(logvar_ptr + param_offsets, mask=mask, other=0.0).to(ACC)
         eps = _load_noise(eps_ptr, offsets, mask, seed_ptr, HAS_EPS, ACC)
@@ -147,7 +150,7 @@ def _gaussian_sample_bwd_kernel(
         else:
             grad_z = tl.zeros([BLOCK_K, BLOCK_D], ACC)
         if PRIOR == GIVEN_PRIOR:
-            prior_offsets = (samples * prior_sample_stride + example * D)[:, None] + cols[None, :]
+            prior_offsets = (samples * prior_sample_stride + example * prior_example_stride)[:, None] + cols[None, :]
             prior_mu = tl.load(prior_mu_ptr + prior_offsets, mask=mask, other=0.0).to(ACC)
             prior_logvar = tl.load(prior_logvar_ptr + prior_offsets, mask=mask, other=0.0).to(ACC)
             precision = tl.exp(-prior_logvar)
@@ -156,8 +159,8 @@ def _gaussian_sample_bwd_kernel(
             grad_prior_mu = tl.where(mask, grad_a * diff * precision, 0.0)
             grad_prior_logvar = tl.where(mask, grad_a * (0.5 * diff * diff * precision - 0.5), 0.0)
             if PRIOR_PER_SAMPLE:
-                tl.store(grad_prior_mu_ptr + prior_offsets, grad_prior_mu.to(grad_prior_mu_ptr.dtype.element_ty), mask=mask)
-                tl.store(grad_prior_logvar_ptr + prior_offsets,
+                tl.store(grad_prior_mu_ptr + offsets, grad_prior_mu.to(grad_prior_mu_ptr.dtype.element_ty), mask=mask)
+                tl.store(grad_prior_logvar_ptr + offsets,
                          grad_prior_logvar.to(grad_prior_logvar_ptr.dtype.element_ty), mask=mask)
             else:
                 grad_prior_mu_sum += tl.sum(grad_prior_mu, axis=0)
@@ -180,8 +183,8 @@ def _gaussian_sample_bwd_kernel(
         per_sample = tl.where(mask, per_sample, 0.0)
         grad_logvar = tl.where(mask, grad_logvar, 0.0)
         if PARAM_PER_SAMPLE:
-            tl.store(grad_mu_ptr + param_offsets, per_sample.to(grad_mu_ptr.dtype.element_ty), mask=mask)
-            tl.store(grad_logvar_ptr + param_offsets, grad_logvar.to(grad_logvar_ptr.dtype.element_ty), mask=mask)
+            tl.store(grad_mu_ptr + offsets, per_sample.to(grad_mu_ptr.dtype.element_ty), mask=mask)
+            tl.store(grad_logvar_ptr + offsets, grad_logvar.to(grad_logvar_ptr.dtype.element_ty), mask=mask)
         else:
             grad_mu_sum += tl.sum(per_sample, axis=0)
             grad_logvar_sum += tl.sum(grad_logvar, axis=0)
@@ -195,9 +198,29 @@ def _gaussian_sample_bwd_kernel(
                  grad_prior_logvar_sum.to(grad_prior_logvar_ptr.dtype.element_ty), mask=col_mask)
 
 
-def _sample_stride(param):
-    """Stride between samples of a [B, D] (shared: 0) or [k, B, D] (per sample) parameter; 0 when absent."""
-    return 0 if param is None or param.dim() == 2 else param.shape[-2] * param.shape[-1]
+def _strides(prefix, param):
+    """The kernels' sample and example strides of a [B, D] (shared: sample stride 0) or [k, B, D] parameter pair's
+    first tensor (0 when absent), as launch arguments named ``<prefix>_sample_stride``, ``<prefix>_example_stride``."""
+    if param is None:
+        sample, example = 0, 0
+    else:
+        sample, example = (0, param.stride(0)) if param.dim() == 2 else (param.stride(0), param.stride(1))
+    return {f"{prefix}_sample_stride": sample, f"{prefix}_example_stride": example}
+
+
+def _read_in_place(first, second):
+    """A (mu, logvar)-like pair as the kernels read it: one set of strides for both, columns contiguous; views
+    (e.g. out.chunk(2, -1)) are kept, anything else is copied. None stays None."""
+    if first is None:
+        return first, second
+    if first.stride() != second.stride() or (first.stride(-1) != 1 and first.shape[-1] != 1):
+        return first.contiguous(), second.contiguous()
+    return first, second
+
+
+def _contiguous_empty(tensor):
+    """A contiguous empty tensor of tensor's shape and dtype (None for None): the kernels write gradients densely."""
+    return None if tensor is None else torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
 
 
 def _prior_kind(prior_mu, include_prior):
@@ -220,9 +243,8 @@ def _triton_forward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu:
     _gaussian_sample_fwd_kernel[(cdiv(k * batch, block_rows),)](
         mu_ptr=mu, logvar_ptr=logvar, eps_ptr=z if eps is None else eps, prior_mu_ptr=prior_mu if has_prior else mu,
         prior_logvar_ptr=prior_logvar if has_prior else mu, z_ptr=z, log_weight_ptr=log_weight, seed_ptr=seed,
-        scale_ptr=seed if scale is None else scale, R=k * batch, B=batch, D=dim,
-        param_sample_stride=_sample_stride(mu), prior_sample_stride=_sample_stride(prior_mu),
-        HAS_EPS=eps is not None, PRIOR=_prior_kind(prior_mu, include_prior), HAS_SCALE=scale is not None,
+        scale_ptr=seed if scale is None else scale, R=k * batch, B=batch, D=dim, **_strides("param", mu),
+        **_strides("prior", prior_mu), HAS_EPS=eps is not None, PRIOR=_prior_kind(prior_mu, include_prior), HAS_SCALE=scale is not None,
         ACC=triton_accumulation_dtype(mu.dtype), BLOCK_R=block_rows, BLOCK_D=block_cols,
     )
 
@@ -260,7 +282,7 @@ def _triton_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu
         weight_total_ptr=weight_total, grad_mu_ptr=targets[0], grad_logvar_ptr=targets[1],
         grad_prior_mu_ptr=targets[2], grad_prior_logvar_ptr=targets[3], seed_ptr=seed,
         scale_ptr=seed if scale is None else scale, K=k, B=batch, D=dim, ROWS_PER_SPLIT=rows_per_split,
-        param_sample_stride=_sample_stride(mu), prior_sample_stride=_sample_stride(prior_mu), HAS_EPS=eps is not None,
+        **_strides("param", mu), **_strides("prior", prior_mu), HAS_EPS=eps is not None,
         PRIOR=_prior_kind(prior_mu, include_prior), HAS_SCALE=scale is not None, HAS_GRAD_Z=grad_z is not None,
         HAS_GRAD_LOG_WEIGHT=grad_log_weight is not None, PARAM_PER_SAMPLE=param_per_sample,
         PRIOR_PER_SAMPLE=prior_per_sample, ESTIMATOR=estimator, ACC=triton_accumulation_dtype(mu.dtype),
@@ -285,8 +307,8 @@ class GaussianSampleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator, launchers, include_prior=True,
                 scale=None):
-        mu, logvar, eps = _contiguous(mu), _contiguous(logvar), _contiguous(eps)
-        prior_mu, prior_logvar = _contiguous(prior_mu), _contiguous(prior_logvar)
+        (mu, logvar), (prior_mu, prior_logvar) = _read_in_place(mu, logvar), _read_in_place(prior_mu, prior_logvar)
+        eps = _contiguous(eps)
         batch, dim = mu.shape[-2:]
         z = torch.empty((k, batch, dim), dtype=mu.dtype, device=mu.device)
         log_weight = torch.empty((k, batch), dtype=accumulation_dtype(mu.dtype), device=mu.device)
@@ -301,9 +323,8 @@ class GaussianSampleFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_z, grad_log_weight):
         mu, logvar, eps, prior_mu, prior_logvar = ctx.saved_tensors
-        grad_mu, grad_logvar = torch.empty_like(mu), torch.empty_like(logvar)
-        grad_prior_mu = None if prior_mu is None else torch.empty_like(prior_mu)
-        grad_prior_logvar = None if prior_logvar is None else torch.empty_like(prior_logvar)
+        grad_mu, grad_logvar = _contiguous_empty(mu), _contiguous_empty(logvar)
+        grad_prior_mu, grad_prior_logvar = _contiguous_empty(prior_mu), _contiguous_empty(prior_logvar)
         ctx.launchers.backward(mu, logvar, eps, prior_mu, prior_logvar, _contiguous(grad_z), _contiguous(grad_log_weight),
                                grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar, ctx.k, ctx.seed,
                                int(ESTIMATOR_CODES[ctx.estimator]), ctx.include_prior, ctx.scale)

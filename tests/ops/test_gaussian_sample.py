@@ -282,3 +282,36 @@ def test_bad_latent_options_name_the_argument():
         ik.gaussian_sample(mu, mu, 2, latent_scale=torch.ones(2))
     with pytest.raises(ValueError, match="include_prior: False drops the prior"):
         ik.gaussian_sample(mu, mu, 2, include_prior=False, prior_mu=mu, prior_logvar=mu)
+
+
+@pytest.mark.parametrize("estimator", ["iwae", "dreg"])
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("layout", LAYOUTS + ["expanded"])
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_parameter_views_match_their_copies(backend, layout, prior, estimator):
+    """Parameters that are views (an encoder's out.chunk(2, -1), a shared mu expanded over k: sample stride 0) give
+    what their contiguous copies give; the compiled kernels read them in place."""
+    device = backend_device(backend)
+    k, batch, dim = 5, 3, 4
+    inputs = make_inputs(k, batch, dim, layout="shared" if layout == "expanded" else layout, prior=prior,
+                         device=device)
+    packed = {name: torch.cat([inputs[name], inputs[name.replace("mu", "logvar")]], -1)
+              for name in ("mu", "prior_mu") if name in inputs}
+
+    def run(as_views):
+        leaves = {name: value.clone().requires_grad_() for name, value in packed.items()}
+        pairs = {name: leaf.chunk(2, -1) for name, leaf in leaves.items()}
+        if not as_views:
+            pairs = {name: tuple(t.contiguous() for t in pair) for name, pair in pairs.items()}
+        mu, logvar = pairs["mu"]
+        if layout == "expanded":
+            mu, logvar = mu.expand(k, batch, dim), logvar.expand(k, batch, dim)
+        prior_mu, prior_logvar = pairs.get("prior_mu", (None, None))
+        z, latent = ik.gaussian_sample(mu, logvar, k, eps=inputs["eps"], prior_mu=prior_mu, prior_logvar=prior_logvar,
+                                       estimator=estimator, backend=backend)
+        upstream = torch.rand(latent.shape, generator=torch.Generator().manual_seed(2), dtype=latent.dtype)
+        objective = (z.sin().sum(-1) + latent * upstream.to(device)).sum()
+        return [z, latent, *torch.autograd.grad(objective, list(leaves.values()))]
+
+    for got, want in zip(run(as_views=True), run(as_views=False)):
+        assert_close(got, want)
