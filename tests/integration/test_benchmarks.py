@@ -102,9 +102,10 @@ def test_probe_host_runs_every_item(tmp_path):
 def test_bench_host_alternates_trees_and_counts_launches(tmp_path):
     folder = run_benchmark(tmp_path, "bench_host.py", "--repeats", "40", "--rounds", "2", "--baseline-tree", str(REPO))
     rows = json.loads((folder / "bench_host.json").read_text())["rows"]
-    assert {(row["tree"], row["variant"]) for row in rows} == {
-        (tree, variant) for tree in ("this checkout", f"baseline {REPO.name}")
-        for variant in ("naive", "iwae_loss-torch", "iwae_loss-triton")}
+    variants = {("loss", "naive"): 0, ("loss", "iwae_loss-torch"): 0, ("loss", "iwae_loss-triton"): 5,
+                ("train step", "naive"): 0, ("train step", "PaperModel-torch"): 0,
+                ("train step", "PaperModel-triton"): 5}  # workload, variant -> Triton launches per call
+    assert {(row["tree"], row["workload"], row["variant"]) for row in rows} == {
+        (tree, *variant) for tree in ("this checkout", f"baseline {REPO.name}") for variant in variants}
     assert all(0 < row["host_us_min"] <= row["host_us"] <= row["host_us_max"] for row in rows)
-    assert {row["variant"]: row["triton_launches"] for row in rows} == {"naive": 0, "iwae_loss-torch": 0,
-                                                                      "iwae_loss-triton": 5}
+    assert {(row["workload"], row["variant"]): row["triton_launches"] for row in rows} == variants
