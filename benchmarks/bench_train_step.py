@@ -58,15 +58,17 @@ def main():
                     for graphed in graphs:
                         model = copy.deepcopy(base)
                         model.fused_head = fused_head
-                        steps[name + ("+graph" if graphed else "")] = make_step(model, loss_fn, graphed)
+                        steps[name + ("+graph" if graphed else "")] = make_step(model, loss_fn, graphed,
+                                                                                fused_adam=name != "naive")
                 for variant, ms in median_ms_each(steps, device).items():
                     baseline = ms if variant == "naive" else baseline
                     rows.append({"layers": layers, "B": batch, "k": k, "variant": variant, "step_ms": ms,
                                  "samples_per_s": 1000 * batch / ms, "peak_mib": peak_memory_mib(steps[variant], device),
                                  "speedup_vs_naive": baseline / ms})
                     print(rows[-1], flush=True)
-    notes = ["a step: zero_grad, loss, backward, Adam (lr 1e-3, eps 1e-4); median over repeats after warm-up (on a "
-             "CPU the variants of a shape take turns call by call: benchmarks/common.py median_ms_each)",
+    notes = ["a step: zero_grad, loss, backward, Adam (lr 1e-3, eps 1e-4; naive: torch's default Adam, as a user "
+             "writes it; fused, fused-head: Adam(fused=True), as the paper app runs it); median over repeats after "
+             "warm-up (on a CPU the variants of a shape take turns call by call: benchmarks/common.py median_ms_each)",
              "speedup_vs_naive: against naive eager at the same shape, measured in the same run",
              "+graph: the whole step captured once as a CUDA graph and replayed (peak memory excludes the graph's pool)",
              "fused: PaperModel.loss as it comes (fused_head=False: logits from the nn.Linear, reduced by the "
@@ -76,9 +78,10 @@ def main():
                   ["layers", "B", "k", "variant", "step_ms", "samples_per_s", "peak_mib", "speedup_vs_naive"], notes)
 
 
-def make_step(model, loss_fn, graphed):
-    """A zero-argument training step; ``graphed``: captured once as a CUDA graph, each call replays it."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4, capturable=graphed)
+def make_step(model, loss_fn, graphed, fused_adam):
+    """A zero-argument training step; ``graphed``: captured once as a CUDA graph, each call replays it;
+    ``fused_adam``: Adam's update as one kernel (the paper app's optimizer)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4, capturable=graphed, fused=fused_adam)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
