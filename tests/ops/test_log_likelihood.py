@@ -43,6 +43,14 @@ def naive(likelihood, tensors, x):
     return [out, *torch.autograd.grad(out, leaves, upstream)]
 
 
+def assert_outputs_close(actual, expected, dtype):
+    """The op's value (in ``dtype``) and gradients against the float64 oracle's, shapes included."""
+    assert actual[0].dtype == dtype and len(actual) == len(expected)
+    for got, want in zip(actual, expected):
+        assert got.shape == want.shape
+        assert_close(got, want, dtype)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_reference_matches_distributions(likelihood, shape):
@@ -64,11 +72,7 @@ def test_reference_gradcheck(likelihood):
 def test_kernel_matches_reference(kernel, dtype, likelihood, shape):
     tensors, x = make_inputs(likelihood, *shape)
     expected = run(likelihood, tensors, x, "torch", "cpu", torch.float64)
-    actual = run(likelihood, tensors, x, *kernel, dtype)
-    assert actual[0].dtype == dtype
-    for got, want in zip(actual, expected):
-        assert got.shape == want.shape
-        assert_close(got, want, dtype)
+    assert_outputs_close(run(likelihood, tensors, x, *kernel, dtype), expected, dtype)
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
@@ -150,10 +154,7 @@ def test_iwae_loss_op_kernel_matches_naive(kernel, dtype, likelihood, shape, red
     tensors, x = make_inputs(likelihood, *shape)
     latent = make_latent(*shape[:2])
     actual = run_loss(likelihood, tensors, latent, x, *kernel, dtype, reduction)
-    assert actual[0].dtype == dtype
-    for got, want in zip(actual, naive_loss(likelihood, tensors, latent, x, reduction)):
-        assert got.shape == want.shape
-        assert_close(got, want, dtype)
+    assert_outputs_close(actual, naive_loss(likelihood, tensors, latent, x, reduction), dtype)
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
