@@ -105,7 +105,8 @@ def main():
         assert abs(rows[0]["test_nll"] - row["test_nll"]) < 0.05 * abs(rows[0]["test_nll"]), "the variants disagree"
     notes = ["data: " + ("synthetic binary images (pixel density 0.13)" if args.synthetic else "MNIST test images"),
              "model: " + (args.checkpoint or "a freshly initialised paper 1-layer model (speed does not depend on training)"),
-             "peak memory: one batch's evaluation on the GPU, above what was allocated before (CPU: not measured)",
+             "peak memory: one batch's evaluation, above what was allocated before (CPU: torch.profiler's memory "
+             "accounting, common.peak_memory_mib)",
              "pct_of_bound: 100 x the roofline bound (benchmarks/roofline.py; devices with known peaks only) / wall_s",
              "every variant ran one batch before its timed pass (warm-up); compile_s: naive+compile's warm-up batch, "
              "compilation included",

@@ -123,7 +123,8 @@ def main():
              "naive+compile: first_call_ms in the JSON is its first forward+backward at each shape (compiling, or "
              "recompiling when torch.compile does), apart from the timed calls"]
     if device.type != "cuda":
-        notes.append("CPU run: peak GPU memory does not apply; GPU figures come only from GPU runs")
+        notes.append("CPU run: peak_mib from torch.profiler's memory accounting (common.peak_memory_mib); GPU figures "
+                     "come only from GPU runs")
     columns = ["k", "B", "D", "variant", "fwd_ms", "fwd_bwd_ms", "peak_mib", "gb_per_s", "pct_bandwidth",
                "speedup_vs_naive", "pct_of_bound", "out_of_memory"]
     # Saved after every shape, so a run cut short keeps what it measured.

@@ -71,6 +71,7 @@ def main():
              "warm-up (on a CPU the variants of a shape take turns call by call: benchmarks/common.py median_ms_each)",
              "speedup_vs_naive: against naive eager at the same shape, measured in the same run",
              "+graph: the whole step captured once as a CUDA graph and replayed (peak memory excludes the graph's pool)",
+             "peak_mib on a CPU: torch.profiler's memory accounting (common.peak_memory_mib)",
              "fused: PaperModel.loss as it comes (fused_head=False: logits from the nn.Linear, reduced by the "
              "likelihood kernel); fused-head: fused_head=True (the fused decoder head, logits never stored)",
              "fused on a CPU is the torch backend (the fallback), not a fused kernel"]
