@@ -85,6 +85,8 @@ def measure(device, repeats):
 
 
 def _training_step(loss, optimizer):
+    # Not bench_train_step.make_step: that module imports iwae_kernels.app (through common), which the baseline trees
+    # measured here may predate; this process imports only the library's functional API and models.
     def step():
         optimizer.zero_grad(set_to_none=True)
         loss().backward()

@@ -18,7 +18,7 @@ from ._build import CXX_FLAGS, NVCC_FLAGS, SOURCES
 from .ops.gaussian_sample import gaussian_sample as _gaussian_sample
 from .ops import log_likelihood as _likelihood
 from .ops import logsumexp as _logsumexp
-from .ops.utils import Launchers, library_op
+from .ops.utils import Launchers, contiguous_or_none, library_op
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 JIT_ENV_VAR = "IWAE_KERNELS_CUDA_JIT"
@@ -80,8 +80,8 @@ def _register_launchers(module):
                        prior_logvar: Optional[Tensor], z: Tensor, log_weight: Tensor, seed: Tensor,
                        include_prior: bool, scale: Optional[Tensor]) -> None:
         _check_sample_options(include_prior, scale)
-        module.gaussian_sample_forward(mu.contiguous(), logvar.contiguous(), eps, _contiguous(prior_mu),
-                                       _contiguous(prior_logvar), z, log_weight, seed)
+        module.gaussian_sample_forward(mu.contiguous(), logvar.contiguous(), eps, contiguous_or_none(prior_mu),
+                                       contiguous_or_none(prior_logvar), z, log_weight, seed)
 
     @library_op("cuda_gaussian_sample_backward", ("grad_mu", "grad_logvar", "grad_prior_mu", "grad_prior_logvar"))
     def sample_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu: Optional[Tensor],
@@ -90,19 +90,19 @@ def _register_launchers(module):
                         grad_prior_logvar: Optional[Tensor], k: int, seed: Tensor, estimator: int,
                         include_prior: bool, scale: Optional[Tensor]) -> None:
         _check_sample_options(include_prior, scale)
-        module.gaussian_sample_backward(mu.contiguous(), logvar.contiguous(), eps, _contiguous(prior_mu),
-                                        _contiguous(prior_logvar), grad_z, grad_log_weight, grad_mu, grad_logvar,
+        module.gaussian_sample_backward(mu.contiguous(), logvar.contiguous(), eps, contiguous_or_none(prior_mu),
+                                        contiguous_or_none(prior_logvar), grad_z, grad_log_weight, grad_mu, grad_logvar,
                                         grad_prior_mu, grad_prior_logvar, k, seed, estimator)
 
     @library_op("cuda_log_likelihood_forward", ("out",))
     def likelihood_forward(first: Tensor, second: Optional[Tensor], x: Tensor, out: Tensor, likelihood: int) -> None:
-        module.log_likelihood_forward(first.contiguous(), _contiguous(second), x, out, likelihood)
+        module.log_likelihood_forward(first.contiguous(), contiguous_or_none(second), x, out, likelihood)
 
     @library_op("cuda_log_likelihood_backward", ("grad_first", "grad_second"))
     def likelihood_backward(first: Tensor, second: Optional[Tensor], x: Tensor, grad_out: Tensor, grad_first: Tensor,
                             grad_second: Optional[Tensor], likelihood: int) -> None:
-        module.log_likelihood_backward(first.contiguous(), _contiguous(second), x, grad_out, grad_first, grad_second,
-                                       likelihood)
+        module.log_likelihood_backward(first.contiguous(), contiguous_or_none(second), x, grad_out, grad_first,
+                                       grad_second, likelihood)
 
     @library_op("cuda_max_sum", ("out_max", "out_sum", "bound"))
     def max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Tensor], out_max: Tensor, out_sum: Tensor,
@@ -119,10 +119,6 @@ def _register_launchers(module):
         "likelihood": Launchers(likelihood_forward, likelihood_backward),
         "logsumexp": Launchers(max_sum, normalized_weights),
     }
-
-
-def _contiguous(tensor):
-    return None if tensor is None else tensor.contiguous()
 
 
 # The backend's ops on the CUDA kernels (contract.IMPLEMENTATIONS says which ops run Triton's kernels instead).

@@ -20,8 +20,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..contract import ESTIMATOR_CODES, Estimator, accumulation_dtype
-from .utils import (HALF_LOG_2PI, Launchers, cdiv, library_op, next_power_of_2, row_tile, sample_splits,
-                    triton_accumulation_dtype)
+from .utils import (HALF_LOG_2PI, Launchers, cdiv, contiguous_or_none, dense_empty, library_op, next_power_of_2,
+                    row_tile, sample_splits, triton_accumulation_dtype, unit_column_stride)
 
 # Values per program, forward (FORWARD_TILE) and backward (BLOCK_SAMPLES x up to 64): the in-kernel Philox normals
 # need many registers per value; 4096 forward and 32 x 64 backward spilled (benchmarks/aot_report.py).
@@ -209,28 +209,17 @@ def _strides(prefix, param):
 
 
 def _read_in_place(first, second):
-    """A (mu, logvar)-like pair as the kernels read it: one set of strides for both, columns contiguous; views
-    (e.g. out.chunk(2, -1)) are kept, anything else is copied. None stays None."""
-    if first is None:
-        return first, second
-    if first.stride() != second.stride() or (first.stride(-1) != 1 and first.shape[-1] != 1):
-        return first.contiguous(), second.contiguous()
-    return first, second
-
-
-def _contiguous_empty(tensor):
-    """A contiguous empty tensor of tensor's shape and dtype (None for None): the kernels write gradients densely."""
-    return None if tensor is None else torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
+    """A (mu, logvar)-like pair as the kernels read it: one set of strides for both (``unit_column_stride``); a pair
+    whose strides differ is copied. None stays None."""
+    if first is None or first.stride() == second.stride():
+        return unit_column_stride(first), unit_column_stride(second)
+    return first.contiguous(), second.contiguous()
 
 
 def _prior_kind(prior_mu, include_prior):
     if not include_prior:
         return NO_PRIOR
     return STANDARD_PRIOR if prior_mu is None else GIVEN_PRIOR
-
-
-def _contiguous(tensor):
-    return None if tensor is None else tensor.contiguous()
 
 
 @library_op("triton_gaussian_sample_forward", ("z", "log_weight"))
@@ -244,8 +233,8 @@ def _triton_forward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu:
         mu_ptr=mu, logvar_ptr=logvar, eps_ptr=z if eps is None else eps, prior_mu_ptr=prior_mu if has_prior else mu,
         prior_logvar_ptr=prior_logvar if has_prior else mu, z_ptr=z, log_weight_ptr=log_weight, seed_ptr=seed,
         scale_ptr=seed if scale is None else scale, R=k * batch, B=batch, D=dim, **_strides("param", mu),
-        **_strides("prior", prior_mu), HAS_EPS=eps is not None, PRIOR=_prior_kind(prior_mu, include_prior), HAS_SCALE=scale is not None,
-        ACC=triton_accumulation_dtype(mu.dtype), BLOCK_R=block_rows, BLOCK_D=block_cols,
+        **_strides("prior", prior_mu), HAS_EPS=eps is not None, PRIOR=_prior_kind(prior_mu, include_prior),
+        HAS_SCALE=scale is not None, ACC=triton_accumulation_dtype(mu.dtype), BLOCK_R=block_rows, BLOCK_D=block_cols,
     )
 
 
@@ -308,7 +297,7 @@ class GaussianSampleFunction(torch.autograd.Function):
     def forward(ctx, mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator, launchers, include_prior=True,
                 scale=None):
         (mu, logvar), (prior_mu, prior_logvar) = _read_in_place(mu, logvar), _read_in_place(prior_mu, prior_logvar)
-        eps = _contiguous(eps)
+        eps = contiguous_or_none(eps)
         batch, dim = mu.shape[-2:]
         z = torch.empty((k, batch, dim), dtype=mu.dtype, device=mu.device)
         log_weight = torch.empty((k, batch), dtype=accumulation_dtype(mu.dtype), device=mu.device)
@@ -323,9 +312,10 @@ class GaussianSampleFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_z, grad_log_weight):
         mu, logvar, eps, prior_mu, prior_logvar = ctx.saved_tensors
-        grad_mu, grad_logvar = _contiguous_empty(mu), _contiguous_empty(logvar)
-        grad_prior_mu, grad_prior_logvar = _contiguous_empty(prior_mu), _contiguous_empty(prior_logvar)
-        ctx.launchers.backward(mu, logvar, eps, prior_mu, prior_logvar, _contiguous(grad_z), _contiguous(grad_log_weight),
+        grad_mu, grad_logvar = dense_empty(mu), dense_empty(logvar)
+        grad_prior_mu, grad_prior_logvar = dense_empty(prior_mu), dense_empty(prior_logvar)
+        ctx.launchers.backward(mu, logvar, eps, prior_mu, prior_logvar, contiguous_or_none(grad_z),
+                               contiguous_or_none(grad_log_weight),
                                grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar, ctx.k, ctx.seed,
                                int(ESTIMATOR_CODES[ctx.estimator]), ctx.include_prior, ctx.scale)
         return grad_mu, grad_logvar, None, grad_prior_mu, grad_prior_logvar, None, None, None, None, None, None

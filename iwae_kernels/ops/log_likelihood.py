@@ -21,8 +21,8 @@ from torch.autograd.function import once_differentiable
 
 from ..contract import Likelihood, accumulation_dtype
 from . import logsumexp
-from .utils import (HALF_LOG_2PI, Launchers, bernoulli_grad, bernoulli_log_prob, cdiv, library_op,
-                    normalized_weight, row_tile, triton_accumulation_dtype)
+from .utils import (HALF_LOG_2PI, Launchers, bernoulli_grad, bernoulli_log_prob, cdiv, dense_empty, library_op,
+                    normalized_weight, row_tile, triton_accumulation_dtype, unit_column_stride)
 
 # The likelihood codes (contract.Likelihood), as constexprs the kernels compare against.
 BERNOULLI, GAUSSIAN = tl.constexpr(int(Likelihood.BERNOULLI)), tl.constexpr(int(Likelihood.GAUSSIAN))
@@ -66,7 +66,8 @@ def _log_likelihood_fwd_kernel(
     """out [R = k * B] = sum_j of the log-density of x [B, P] (row r uses x[r % B]) under the row's parameters:
     BERNOULLI: logits first [R, P], x y - softplus(y); GAUSSIAN: mean first and log-variance second [R, P]
     (docs/MATH.md, "Forward"); plus latent [R] when ADD_LATENT (then out is the log-weight). first and second
-    are [k, B, P] with the given sample and example strides and unit column stride. Grid: cdiv(R, BLOCK_R), each program walking P in BLOCK_P chunks.
+    are [k, B, P] with the given sample and example strides and unit column stride. Grid: cdiv(R, BLOCK_R), each
+    program walking P in BLOCK_P chunks.
     Reads R * P parameters once (twice that for the Gaussian), x from cache, writes R."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
@@ -151,8 +152,8 @@ def _launch_forward(first, second, x, latent, out, likelihood):
     _log_likelihood_fwd_kernel[(cdiv(num_samples * batch, block_rows),)](
         first_ptr=first, second_ptr=first if second is None else second, x_ptr=x,
         latent_ptr=out if latent is None else latent, out_ptr=out, R=num_samples * batch, B=batch, P=size,
-        **_strides(first, second), LIKELIHOOD=likelihood, ADD_LATENT=latent is not None, ACC=triton_accumulation_dtype(first.dtype),
-        BLOCK_R=block_rows, BLOCK_P=block_cols,
+        **_strides(first, second), LIKELIHOOD=likelihood, ADD_LATENT=latent is not None,
+        ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows, BLOCK_P=block_cols,
     )
 
 
@@ -167,10 +168,8 @@ def _launch_backward(first, second, x, grad_out, grad_first, grad_second, likeli
         grad_first_ptr=grad_first, grad_second_ptr=grad_first if grad_second is None else grad_second,
         log_w_ptr=log_w, max_ptr=running_max, sum_ptr=running_sum, grad_log_w_ptr=grad_log_w,
         R=num_samples * batch, B=batch, P=size, grad_loss_stride=1 if grad_out.dim() else 0,
-        loss_divisor=loss_divisor,
-        **_strides(first, second), LIKELIHOOD=likelihood,
-        FROM_BOUND=bound_state is not None, ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows,
-        BLOCK_P=block_cols,
+        loss_divisor=loss_divisor, **_strides(first, second), LIKELIHOOD=likelihood, FROM_BOUND=bound_state is not None,
+        ACC=triton_accumulation_dtype(first.dtype), BLOCK_R=block_rows, BLOCK_P=block_cols,
     )
 
 
@@ -202,18 +201,6 @@ def _triton_loss_backward(first: Tensor, second: Optional[Tensor], x: Tensor, lo
                      (log_w, running_max, running_sum, grad_log_w), loss_divisor)
 
 
-def _unit_column_stride(tensor):
-    """tensor (None stays None) as the kernels read it: any sample and example strides, columns contiguous."""
-    if tensor is None or tensor.stride(-1) == 1 or tensor.shape[-1] == 1:
-        return tensor
-    return tensor.contiguous()
-
-
-def _contiguous_like(tensor):
-    """A contiguous empty tensor of tensor's shape and dtype (None for None): the kernels write gradients [R, P]."""
-    return None if tensor is None else torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
-
-
 class LogLikelihoodFunction(torch.autograd.Function):
     """(first [k, B, P], second [k, B, P] or None, x [B, P]) -> log p(x|z) [k, B]; x gets no gradient.
 
@@ -223,7 +210,7 @@ class LogLikelihoodFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, first, second, x, likelihood, launchers):
-        first, second, x = _unit_column_stride(first), _unit_column_stride(second), x.contiguous()
+        first, second, x = unit_column_stride(first), unit_column_stride(second), x.contiguous()
         out = torch.empty(first.shape[:2], dtype=accumulation_dtype(first.dtype), device=first.device)
         launchers.forward(first, second, x, out, likelihood)
         ctx.save_for_backward(first, second, x)
@@ -234,7 +221,7 @@ class LogLikelihoodFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         first, second, x = ctx.saved_tensors
-        grad_first, grad_second = _contiguous_like(first), _contiguous_like(second)
+        grad_first, grad_second = dense_empty(first), dense_empty(second)
         ctx.launchers.backward(first, second, x, grad_out.contiguous(), grad_first, grad_second, ctx.likelihood)
         return grad_first, grad_second, None, None, None
 
@@ -258,7 +245,7 @@ class IWAELossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, first, second, x, latent, likelihood, reduction):
-        first, second = _unit_column_stride(first), _unit_column_stride(second)
+        first, second = unit_column_stride(first), unit_column_stride(second)
         x, latent = x.contiguous(), latent.contiguous()
         log_w = torch.empty(first.shape[:2], dtype=accumulation_dtype(first.dtype), device=first.device)
         _triton_log_weight_forward(first, second, x, latent, log_w, likelihood)
@@ -271,7 +258,7 @@ class IWAELossFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_loss):
         first, second, x, log_w, running_max, running_sum = ctx.saved_tensors
-        grad_first, grad_second = _contiguous_like(first), _contiguous_like(second)
+        grad_first, grad_second = dense_empty(first), dense_empty(second)
         grad_log_w = torch.empty_like(log_w)
         _triton_loss_backward(first, second, x, log_w, running_max, running_sum, grad_loss.contiguous(), grad_first,
                               grad_second, grad_log_w, ctx.likelihood,

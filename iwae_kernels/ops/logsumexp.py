@@ -176,11 +176,11 @@ def max_sum_and_loss(log_w, reduction):
     """The loss -L_k reduced over the batch, from log_w [k, B] contiguous: (max, sum, loss). The fold kernel
     writes the reduced loss itself when one program holds the whole batch (B <= BLOCK_EXAMPLES); else torch
     reduces the bound."""
+    if reduction == "none" or log_w.shape[1] > BLOCK_EXAMPLES:
+        out_max, out_sum, bound = max_sum(log_w, write_bound=True)
+        return out_max, out_sum, torch_backend.reduced_loss(bound, reduction)
     out_max = torch.empty(log_w.shape[1], dtype=log_w.dtype, device=log_w.device)
     out_sum, bound = torch.empty_like(out_max), torch.empty_like(out_max)
-    if reduction == "none" or log_w.shape[1] > BLOCK_EXAMPLES:
-        _triton_max_sum(log_w, None, None, out_max, out_sum, bound)
-        return out_max, out_sum, torch_backend.reduced_loss(bound, reduction)
     loss = torch.empty((), dtype=log_w.dtype, device=log_w.device)
     _triton_loss_max_sum(log_w, out_max, out_sum, bound, loss, loss_divisor(reduction, log_w.shape[1]))
     return out_max, out_sum, loss

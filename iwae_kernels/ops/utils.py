@@ -89,6 +89,24 @@ def dispatch_through_custom_ops():
         _DISPATCH_THROUGH_OPS[0] = False
 
 
+def contiguous_or_none(tensor):
+    return None if tensor is None else tensor.contiguous()
+
+
+def unit_column_stride(tensor):
+    """tensor (None stays None) as the strided kernels read it: any strides but the last, which must be 1 (a view
+    such as out.chunk(2, -1) is kept; a transposed last dim is copied)."""
+    if tensor is None or tensor.stride(-1) == 1 or tensor.shape[-1] == 1:
+        return tensor
+    return tensor.contiguous()
+
+
+def dense_empty(tensor):
+    """An empty contiguous tensor of tensor's shape and dtype (None for None): the kernels write gradients densely,
+    whatever the strides of the input they belong to (empty_like would copy a permuted layout)."""
+    return None if tensor is None else torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
+
+
 def cdiv(a, b):
     """ceil(a / b) for launch grids: plain Python, since triton.cdiv is a constexpr function whose call costs
     microseconds of host time at every launch."""
