@@ -26,6 +26,10 @@ from .utils import (Launchers, cdiv, library_op, normalized_weight, sample_split
 BLOCK_EXAMPLES = 64
 BLOCK_SAMPLES = 64
 BLOCK_ELEMENTS = 1024
+# The loss's fold runs as one program that also sums the batch (no torch mean and neg after it) while its last
+# launch reads at most this many log-weights: 256 KB in float32, a few microseconds of one SM, about what the two
+# kernels it replaces cost (an estimate, not yet measured).
+ONE_PROGRAM_LOSS_ELEMENTS = 65536
 
 
 @triton.jit
@@ -37,48 +41,54 @@ def _max_sum_kernel(
 ):
     """Fold log_w [K, B] (rows contiguous in B) into (max, sum of exp(log w - max)) per example.
 
-    Grid (cdiv(B, BLOCK_B), splits): program (i, s) folds rows [s * ROWS_PER_SPLIT, (s + 1) * ROWS_PER_SPLIT) of
-    examples [i * BLOCK_B, (i + 1) * BLOCK_B). WRITE_PARTIAL: store that split's logsumexp to partial_ptr [splits, B]
-    (then one split per program column is the whole fold); else store max/sum [B] (starting from in_max/in_sum when
-    ACCUMULATE) and, with WRITE_BOUND, L = logsumexp - log NUM_SAMPLES; with WRITE_LOSS (one program holds every
-    example) also the loss -sum_b L_b / loss_divisor to loss_ptr []. A +inf log-weight is read as FINITE_MAX,
+    Grid (cdiv(B, BLOCK_B), splits), or (1, 1) with WRITE_LOSS: program (i, s) folds rows
+    [s * ROWS_PER_SPLIT, (s + 1) * ROWS_PER_SPLIT) of examples [i * BLOCK_B, (i + 1) * BLOCK_B) (the single program:
+    every example). WRITE_PARTIAL: store that split's logsumexp to partial_ptr [splits, B] (then one split per
+    program column is the whole fold); else store max/sum [B] (starting from in_max/in_sum when ACCUMULATE) and,
+    with WRITE_BOUND, L = logsumexp - log NUM_SAMPLES; with WRITE_LOSS also the loss -sum_b L_b / loss_divisor to
+    loss_ptr []. A +inf log-weight is read as FINITE_MAX,
     ACC's largest finite value (inf - inf would make the shift NaN); NaN stays NaN. Reads K * B elements once.
     """
-    cols = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    col_mask = cols < B
     split = tl.program_id(1)
     first_row = split * ROWS_PER_SPLIT
     end_row = tl.minimum(first_row + ROWS_PER_SPLIT, K)
-    if ACCUMULATE:
-        running_max = tl.load(in_max_ptr + cols, mask=col_mask, other=float("-inf")).to(ACC)
-        running_sum = tl.load(in_sum_ptr + cols, mask=col_mask, other=0.0).to(ACC)
-    else:
-        running_max = tl.full([BLOCK_B], float("-inf"), ACC)
-        running_sum = tl.zeros([BLOCK_B], ACC)
-    for k0 in range(first_row, end_row, BLOCK_K):
-        rows = k0 + tl.arange(0, BLOCK_K)
-        mask = (rows < end_row)[:, None] & col_mask[None, :]
-        offsets = rows[:, None].to(tl.int64) * B + cols[None, :]
-        chunk = tl.load(log_w_ptr + offsets, mask=mask, other=float("-inf")).to(ACC)
-        chunk = tl.where(chunk == float("inf"), tl.full([], FINITE_MAX, ACC), chunk)
-        new_max = tl.maximum(running_max, tl.max(chunk, axis=0))
-        shift = shifted_max(new_max)
-        running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(tl.exp(chunk - shift[None, :]), axis=0)
-        running_max = new_max
-    if WRITE_PARTIAL:
-        # log(0) = -inf for a split whose log-weights are all -inf: it then adds nothing to the fold.
-        tl.store(partial_ptr + split.to(tl.int64) * B + cols, shifted_max(running_max) + tl.log(running_sum),
-                 mask=col_mask)
-    else:
-        tl.store(out_max_ptr + cols, running_max, mask=col_mask)
-        tl.store(out_sum_ptr + cols, running_sum, mask=col_mask)
-        if WRITE_BOUND:
-            # log k in ACC from the integer (a Python float argument would arrive as float32).
-            log_k = tl.log(tl.zeros([BLOCK_B], ACC) + NUM_SAMPLES)
-            bound = shifted_max(running_max) + tl.log(running_sum) - log_k
-            tl.store(bound_ptr + cols, bound, mask=col_mask)
-            if WRITE_LOSS:  # the loss's mean (or sum) and sign, here instead of two more kernels
-                tl.store(loss_ptr, -tl.sum(tl.where(col_mask, bound, 0.0), axis=0) / loss_divisor)
+    loss_total = tl.zeros([BLOCK_B], ACC)
+    # Program i folds example blocks i, i + programs, ...: one block each, except when WRITE_LOSS, whose single
+    # program walks every block to sum the batch's bounds itself (deterministic, no atomics).
+    for block_start in range(tl.program_id(0) * BLOCK_B, B, tl.num_programs(0) * BLOCK_B):
+        cols = block_start + tl.arange(0, BLOCK_B)
+        col_mask = cols < B
+        if ACCUMULATE:
+            running_max = tl.load(in_max_ptr + cols, mask=col_mask, other=float("-inf")).to(ACC)
+            running_sum = tl.load(in_sum_ptr + cols, mask=col_mask, other=0.0).to(ACC)
+        else:
+            running_max = tl.full([BLOCK_B], float("-inf"), ACC)
+            running_sum = tl.zeros([BLOCK_B], ACC)
+        for k0 in range(first_row, end_row, BLOCK_K):
+            rows = k0 + tl.arange(0, BLOCK_K)
+            mask = (rows < end_row)[:, None] & col_mask[None, :]
+            offsets = rows[:, None].to(tl.int64) * B + cols[None, :]
+            chunk = tl.load(log_w_ptr + offsets, mask=mask, other=float("-inf")).to(ACC)
+            chunk = tl.where(chunk == float("inf"), tl.full([], FINITE_MAX, ACC), chunk)
+            new_max = tl.maximum(running_max, tl.max(chunk, axis=0))
+            shift = shifted_max(new_max)
+            running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(tl.exp(chunk - shift[None, :]), axis=0)
+            running_max = new_max
+        if WRITE_PARTIAL:
+            # log(0) = -inf for a split whose log-weights are all -inf: it then adds nothing to the fold.
+            tl.store(partial_ptr + split.to(tl.int64) * B + cols, shifted_max(running_max) + tl.log(running_sum),
+                     mask=col_mask)
+        else:
+            tl.store(out_max_ptr + cols, running_max, mask=col_mask)
+            tl.store(out_sum_ptr + cols, running_sum, mask=col_mask)
+            if WRITE_BOUND:
+                # log k in ACC from the integer (a Python float argument would arrive as float32).
+                log_k = tl.log(tl.zeros([BLOCK_B], ACC) + NUM_SAMPLES)
+                bound = shifted_max(running_max) + tl.log(running_sum) - log_k
+                tl.store(bound_ptr + cols, bound, mask=col_mask)
+                loss_total += tl.where(col_mask, bound, 0.0)
+    if WRITE_LOSS:  # the loss's mean (or sum) and sign, here instead of two more kernels
+        tl.store(loss_ptr, -tl.sum(loss_total, axis=0) / loss_divisor)
 
 
 @triton.jit
@@ -120,7 +130,7 @@ def _launch_max_sum(log_w, in_max, in_sum, out_max, out_sum, bound, loss=None, l
             BLOCK_K=BLOCK_SAMPLES, BLOCK_B=BLOCK_EXAMPLES,
         )
     rows = folded.shape[0]
-    _max_sum_kernel[(blocks, 1)](
+    _max_sum_kernel[(1 if loss is not None else blocks, 1)](
         log_w_ptr=folded, in_max_ptr=in_max if accumulate else out_max, in_sum_ptr=in_sum if accumulate else out_sum,
         out_max_ptr=out_max, out_sum_ptr=out_sum, bound_ptr=out_max if bound is None else bound, partial_ptr=out_max,
         loss_ptr=out_max if loss is None else loss, K=rows, B=batch, ROWS_PER_SPLIT=rows, NUM_SAMPLES=num_samples,
@@ -172,11 +182,18 @@ def loss_divisor(reduction, batch):
     return batch if reduction == "mean" else 1
 
 
+def _last_fold_rows(num_samples, batch):
+    """Log-weight rows per example that _launch_max_sum's last launch reads: the split partials, or all k."""
+    splits = sample_splits(num_samples, cdiv(batch, BLOCK_EXAMPLES))
+    return splits if splits > 1 else num_samples
+
+
 def max_sum_and_loss(log_w, reduction):
     """The loss -L_k reduced over the batch, from log_w [k, B] contiguous: (max, sum, loss). The fold kernel
-    writes the reduced loss itself when one program holds the whole batch (B <= BLOCK_EXAMPLES); else torch
-    reduces the bound."""
-    if reduction == "none" or log_w.shape[1] > BLOCK_EXAMPLES:
+    writes the reduced loss itself when one program can read its last launch's log-weights cheaply
+    (ONE_PROGRAM_LOSS_ELEMENTS); else torch reduces the bound."""
+    num_samples, batch = log_w.shape
+    if reduction == "none" or _last_fold_rows(num_samples, batch) * batch > ONE_PROGRAM_LOSS_ELEMENTS:
         out_max, out_sum, bound = max_sum(log_w, write_bound=True)
         return out_max, out_sum, torch_backend.reduced_loss(bound, reduction)
     out_max = torch.empty(log_w.shape[1], dtype=log_w.dtype, device=log_w.device)

@@ -107,7 +107,7 @@ def test_bernoulli_extreme_logits_are_exact_and_finite(backend):
 # The loss that ends in a likelihood: -L_k of log w = log p(x|z) + latent, reduced over the batch.
 
 REDUCTIONS = ["mean", "sum", "none"]
-# B = 70: the batch spans two programs of the logsumexp fold, which then leaves the reduction to torch.
+# B = 70: the batch spans two example blocks of the logsumexp fold, which one program walks to reduce the loss.
 LOSS_SHAPES = SHAPES + [(3, 70, 5)]
 LOSS_FUNCTIONS = {"bernoulli": ik.bernoulli_iwae_loss, "gaussian": ik.gaussian_iwae_loss}
 
@@ -155,6 +155,29 @@ def test_iwae_loss_op_kernel_matches_naive(kernel, dtype, likelihood, shape, red
     latent = make_latent(*shape[:2])
     actual = run_loss(likelihood, tensors, latent, x, *kernel, dtype, reduction)
     assert_outputs_close(actual, naive_loss(likelihood, tensors, latent, x, reduction), dtype)
+
+
+@pytest.mark.parametrize("path", ["one program", "torch reduces", "split-k, one program"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_iwae_loss_op_kernel_reduction_paths(kernel, monkeypatch, reduction, path):
+    """The fold writes the reduced loss itself (one program walking the batch's 3 example blocks, after split-k
+    partials or not), or leaves it to torch above ONE_PROGRAM_LOSS_ELEMENTS: the same loss and gradients."""
+    from iwae_kernels.ops import logsumexp, utils
+
+    if path == "torch reduces":
+        monkeypatch.setattr(logsumexp, "ONE_PROGRAM_LOSS_ELEMENTS", 100)
+    if path.startswith("split-k"):
+        monkeypatch.setattr(utils, "MIN_SAMPLES_PER_SPLIT", 2)
+    tensors, x = make_inputs("bernoulli", 7, 150, 5)
+    latent = make_latent(7, 150)
+    latent[:, 3] = -float("inf")  # an impossible example: its loss term is +inf, so the reduced loss too
+    expected = naive_loss("bernoulli", tensors, latent, x, reduction)
+    actual = run_loss("bernoulli", tensors, latent, x, *kernel, torch.float32, reduction)
+    assert actual[0].item() == float("inf") == expected[0].item()
+    latent[:, 3] = 0.0
+    expected = naive_loss("bernoulli", tensors, latent, x, reduction)
+    assert_outputs_close(run_loss("bernoulli", tensors, latent, x, *kernel, torch.float32, reduction), expected,
+                         torch.float32)
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
