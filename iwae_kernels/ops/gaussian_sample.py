@@ -104,11 +104,11 @@ def _gaussian_sample_bwd_kernel(
 ):
     """Gradients for mu, logvar [B, D] (summed over the k samples) or [k, B, D] (PARAM_PER_SAMPLE), and for a given
     prior, from grad_z [k, B, D] and grad_log_weight [k, B], with the estimator's encoder gradient (ESTIMATOR:
-    TOTAL_DERIVATIVE, stl's path derivative, or DOUBLY_REPARAMETERIZED, which reads the normalized weights off
-    weight_total [B], grad_log_weight summed over k; docs/MATH.md, "Backward"). eps is re-read or redrawn, never
-    stored. Grid: (B, cdiv(D, BLOCK_D), splits); program (b, j, s) walks samples [s * ROWS_PER_SPLIT,
-    (s + 1) * ROWS_PER_SPLIT) in BLOCK_K chunks. A gradient summed over k goes to row s of its pointer, the output
-    [B, D] itself for one split, else a partial [splits, B, D] the host sums; per-sample gradients go straight to
+    TOTAL_DERIVATIVE, stl's path derivative, or DOUBLY_REPARAMETERIZED, which needs grad_log_weight summed over k:
+    summed in a first pass with one split, else read from weight_total [B]; docs/MATH.md, "Backward"). eps is
+    re-read or redrawn, never stored. Grid: (B, cdiv(D, BLOCK_D), splits); program (b, j, s) walks samples
+    [s * ROWS_PER_SPLIT, (s + 1) * ROWS_PER_SPLIT) in BLOCK_K chunks. A gradient summed over k goes to row s of its
+    pointer, the output [B, D] itself for one split, else a partial [splits, B, D] the host sums; per-sample gradients go straight to
     their [k, B, D] outputs. Reads grad_z, grad_log_weight and the per-sample parameters once, writes each
     gradient (or partial) once."""
     example = tl.program_id(0).to(tl.int64)
@@ -118,10 +118,17 @@ def _gaussian_sample_bwd_kernel(
     first_sample = split * ROWS_PER_SPLIT
     end_sample = tl.minimum(first_sample + ROWS_PER_SPLIT, K)
 
-    # DReG's wt_i = dJ/da_i / sum_j dJ/da_j needs the sum over all k, which a split does not see: the host's.
+    # DReG's wt_i = dJ/da_i / sum_j dJ/da_j needs the sum over all k: summed here when this program walks every
+    # sample (one split, no host launch), else read from the host's sum (a split does not see the others).
     weight_total = tl.full([], 0.0, ACC)
     if ESTIMATOR == DOUBLY_REPARAMETERIZED and HAS_GRAD_LOG_WEIGHT:
-        weight_total = tl.load(weight_total_ptr + example).to(ACC)
+        if ROWS_PER_SPLIT >= K:
+            for k0 in range(0, K, BLOCK_K):
+                samples = k0 + tl.arange(0, BLOCK_K)
+                weight_total += tl.sum(tl.load(grad_log_weight_ptr + samples.to(tl.int64) * B + example,
+                                               mask=samples < K, other=0.0).to(ACC), axis=0)
+        else:
+            weight_total = tl.load(weight_total_ptr + example).to(ACC)
 
     grad_mu_sum = tl.zeros([BLOCK_D], ACC)
     grad_logvar_sum = tl.zeros([BLOCK_D], ACC)
@@ -259,8 +266,9 @@ def _triton_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu
         # A gradient summed over k gets a partial [splits, B, D] in the accumulation dtype, summed below.
         targets = [torch.empty((splits, batch, dim), dtype=accumulation_dtype(mu.dtype), device=mu.device)
                    if sum_k else target for target, sum_k in zip(targets, summed)]
-    # DReG's normalized weights need grad_log_weight summed over all k, which no split sees alone.
-    dreg = estimator == Estimator.DOUBLY_REPARAMETERIZED and grad_log_weight is not None
+    # DReG's normalized weights need grad_log_weight summed over all k, which no split sees alone (the kernel sums
+    # it itself when there is one split).
+    dreg = estimator == Estimator.DOUBLY_REPARAMETERIZED and grad_log_weight is not None and splits > 1
     weight_total = grad_log_weight.sum(0, dtype=accumulation_dtype(mu.dtype)) if dreg else placeholder
     _gaussian_sample_bwd_kernel[(batch, dim_blocks, splits)](
         mu_ptr=mu, logvar_ptr=logvar, eps_ptr=placeholder if eps is None else eps,
