@@ -257,6 +257,33 @@ def decoder_head_cases():
             yield f"{_dtype(dtype)} H={width} P=784", case
 
 
+def decoder_mlp_cases():
+    """The paper's decoder (D=50, hidden 200, P=784) in every dtype the kernel takes and float32 precision mode, a
+    narrow one (hidden 16, one tile) and the widest contract.DECODER_MLP_MAX_WIDTH; float64 runs the torch backend."""
+    from iwae_kernels import contract, ops
+
+    def mlp(dtype, dim, width, latent=True):
+        sizes = (dim, width, width, 784)
+        weights = [meta(out, size, dtype=dtype) for size, out in zip(sizes, sizes[1:])]
+        biases = [meta(out, dtype=dtype) for out in sizes[1:]]
+        log_weight = meta(5, 20, dtype=contract.accumulation_dtype(dtype)) if latent else None
+        ops.bernoulli_mlp_decoder_log_likelihood(meta(5, 20, dim, dtype=dtype), weights, biases,
+                                                 meta(20, 784, dtype=dtype), log_weight)
+
+    for mode in ("high", "medium"):
+        def case(mode=mode):
+            with matmul_precision(mode):
+                mlp(torch.float32, 50, 200)
+
+        yield f"float32 D=50 H=200 P=784 precision={mode}", case
+    yield "float32 D=50 H=200 P=784 no latent", lambda: mlp(torch.float32, 50, 200, latent=False)
+    widest = contract.DECODER_MLP_MAX_WIDTH
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for dim, width in ((50, 16), (50, 200), (widest, widest)):
+            yield f"{_dtype(dtype)} D={dim} H={width} P=784", lambda dtype=dtype, dim=dim, width=width: mlp(dtype, dim,
+                                                                                                            width)
+
+
 def categorical_cases():
     from iwae_kernels import ops
     from iwae_kernels.contract import accumulation_dtype
@@ -294,7 +321,8 @@ def local_reparam_cases():
 
 
 CASES = {"gaussian_sample": gaussian_sample_cases, "log_likelihood": log_likelihood_cases,
-         "logsumexp": logsumexp_cases, "decoder_head": decoder_head_cases, "categorical": categorical_cases,
+         "logsumexp": logsumexp_cases, "decoder_head": decoder_head_cases, "decoder_mlp": decoder_mlp_cases,
+         "categorical": categorical_cases,
          "local_reparam": local_reparam_cases}
 
 

@@ -4,7 +4,7 @@ naive: what a user writes: the encoder once, then chunks of samples through torc
 binary_cross_entropy_with_logits, keeping every chunk's [chunk, B] log-weights and taking torch.logsumexp over
 all k at the end (eager, no kernels). naive+compile: torch.compile of it (on a GPU, or --compile). fused:
 PaperModel.log_likelihood (encoder once, chunks folded into a (max, sum) state by the kernels, nothing of size k
-kept). All see the same model and images; their NLLs are checked to agree within Monte Carlo error before the
+kept), with the fused head (fused-head) or the fused decoder MLP (fused-mlp). All see the same model and images; their NLLs are checked to agree within Monte Carlo error before the
 times are written. Each variant first runs one batch as a warm-up, so compiling (Triton kernels, autotuning,
 torch.compile) stays out of wall_s; naive+compile's warm-up time is reported apart as compile_s.
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, parse_args, peak_memory_mib, write_results  # noqa: E402
 from iwae_kernels.app import data as datasets  # noqa: E402
 from iwae_kernels.models import paper_model  # noqa: E402
-from roofline import eval_roofline  # noqa: E402
+from roofline import eval_model, eval_roofline  # noqa: E402
 
 
 @torch.no_grad()
@@ -82,13 +82,14 @@ def main():
     else:
         test = datasets.fixed_binarization(datasets.load_mnist()[1][:images]).to(device)
     env = environment(device)
-    head_model = copy.deepcopy(model)
-    head_model.fused_head = True
+    head_model, mlp_model = copy.deepcopy(model), copy.deepcopy(model)
+    head_model.fused_head, mlp_model.fused_mlp = True, True
     variants = {"naive (chunked, eager)": naive_log_likelihood}
     if args.compile if args.compile is not None else device.type == "cuda":
         variants["naive+compile"] = torch.compile(naive_log_likelihood)
     variants["fused"] = lambda m, x, k, chunk: m.log_likelihood(x, k=k, chunk=chunk)
     variants["fused-head"] = lambda m, x, k, chunk: head_model.log_likelihood(x, k=k, chunk=chunk)
+    variants["fused-mlp"] = lambda m, x, k, chunk: mlp_model.log_likelihood(x, k=k, chunk=chunk)
     rows = []
     for name, fn in variants.items():
         # One batch first, the warm-up: compiling (Triton kernels, autotuning, torch.compile) stays out of wall_s.
@@ -98,7 +99,8 @@ def main():
         rows.append({"variant": name, "images": images, "k": args.k, "chunk": args.chunk, "batch": args.batch,
                      "test_nll": nll, "wall_s": seconds, "peak_mib_per_batch": peak,
                      "compile_s": warmup_s if name == "naive+compile" else None})
-        rows[-1]["pct_of_bound"] = eval_roofline(rows[-1], env["device"], head="head" in name).get("pct_of_bound")
+        rows[-1]["pct_of_bound"] = eval_roofline(rows[-1], env["device"], eval_model(name, variants)).get(
+            "pct_of_bound")
         print(rows[-1], flush=True)
     for row in rows[1:]:
         row["speedup_vs_naive"] = rows[0]["wall_s"] / row["wall_s"]
@@ -111,7 +113,8 @@ def main():
              "every variant ran one batch before its timed pass (warm-up); compile_s: naive+compile's warm-up batch, "
              "compilation included",
              "fused: PaperModel.log_likelihood as it comes (fused_head=False: each chunk's logits formed, then "
-             "reduced by the likelihood kernel); fused-head: fused_head=True (logits never stored)"]
+             "reduced by the likelihood kernel); fused-head: fused_head=True (logits never stored); fused-mlp: "
+             "fused_mlp=True (the whole decoder and the likelihood in one kernel per chunk)"]
     write_results("bench_eval", device, env, rows,
                   ["variant", "images", "k", "chunk", "test_nll", "wall_s", "compile_s", "peak_mib_per_batch",
                    "speedup_vs_naive", "pct_of_bound"],

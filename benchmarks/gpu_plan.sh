@@ -41,7 +41,7 @@ SINCE=${PLAN_SINCE:-6c7aced}
 changed_tests() {
   local files family tests=()
   files=$(git diff --name-only "$SINCE" -- iwae_kernels/ops csrc 2>/dev/null) || files="iwae_kernels/ops/utils.py"
-  for family in gaussian_sample log_likelihood logsumexp decoder_head categorical local_reparam; do
+  for family in gaussian_sample log_likelihood logsumexp decoder_head decoder_mlp categorical local_reparam; do
     if grep -q -e "ops/$family.py" -e "ops/utils.py" -e "csrc/" <<< "$files"; then
       tests+=("tests/ops/test_$family.py")
     fi

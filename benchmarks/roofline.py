@@ -6,6 +6,8 @@ Execution models (time bound = max(FLOPs / matmul peak, bytes / bandwidth), kern
   no TF32 is enabled anywhere) and the [k, B, P] logits written and read back (the benchmarks' own byte counts).
 - fused-head: the decoder head as one Triton kernel with tf32x3 dots (3 TF32 products per float32 product) and
   no logits in memory: it moves only the inputs, the parameters and their gradients.
+- fused-mlp (bench_eval): the whole decoder as one Triton kernel with tf32x3 dots; per sample only z and the
+  log-weight move.
 bfloat16 results take the BF16 peak in both models. Bandwidth: the copy bandwidth measured in the same run where
 the results record it, else the HBM peak. pct_of_bound = 100 * bound / measured: 100% means at the roofline.
 
@@ -37,7 +39,7 @@ def _matmul_rate(peaks, dtype, model):
     """FLOP/s of one float32-equivalent product in ``model``: tf32x3 costs 3 TF32 products."""
     if dtype == "bfloat16":
         return peaks["bf16"]
-    return peaks["tf32"] / 3 if model == "fused-head" else peaks["fp32"]
+    return peaks["tf32"] / 3 if model in ("fused-head", "fused-mlp") else peaks["fp32"]
 
 
 def model_of(variant):
@@ -68,8 +70,8 @@ def loss_roofline(row, device, bandwidth_gbps=None):
             "pct_of_bound": 100 * bound / measured if measured else None}
 
 
-def eval_roofline(row, device, head):
-    """The same for a bench_eval ``row`` (the 1-layer paper model, no gradients): ``head`` picks the model."""
+def eval_roofline(row, device, model):
+    """The same for a bench_eval ``row`` (the 1-layer paper model, no gradients) in execution ``model``."""
     peaks = PEAKS.get(device)
     if peaks is None:
         return {}
@@ -78,11 +80,13 @@ def eval_roofline(row, device, head):
     hidden_flops = 2 * samples * sum(a * b for a, b in pairs[:-1]) + 2 * row["images"] * sum(
         a * b for a, b in zip(EVAL_ENCODER, EVAL_ENCODER[1:]))
     head_flops = 2 * samples * EVAL_DECODER[-2] * EVAL_DECODER[-1]
-    # Per sample: z written and read; each hidden layer's matmul output and tanh written and read; the logits
-    # written and read, unless the head fuses them away.
-    floats = 2 * EVAL_DECODER[0] + 4 * sum(EVAL_DECODER[1:-1]) + (0 if head else 2 * EVAL_DECODER[-1])
-    model = "fused-head" if head else "logits"
-    compute_s = hidden_flops / peaks["fp32"] + head_flops / _matmul_rate(peaks, "float32", model)
+    # Per sample: z written and read, then the log-weight; each hidden layer's matmul output and tanh written and
+    # read, unless the MLP is fused; the logits written and read, unless the head or the MLP fuses them away.
+    floats = 2 * EVAL_DECODER[0] + 2
+    floats += 0 if model == "fused-mlp" else 4 * sum(EVAL_DECODER[1:-1])
+    floats += 2 * EVAL_DECODER[-1] if model == "logits" else 0
+    hidden_rate = peaks["tf32"] / 3 if model == "fused-mlp" else peaks["fp32"]
+    compute_s = hidden_flops / hidden_rate + head_flops / _matmul_rate(peaks, "float32", model)
     nbytes = 4 * floats * samples
     bound = 1e3 * max(compute_s, nbytes / (peaks["hbm_gbps"] * 1e9))
     return {"model": model, "gflop": (hidden_flops + head_flops) / 1e9, "min_mb": nbytes / 1e6, "bound_ms": bound,
@@ -97,10 +101,12 @@ def copy_bandwidth(folder, result):
     return float(match.group(1)) if match else None
 
 
-def eval_variant_is_head(variant, variants):
-    """Whether a bench_eval variant ran the fused head. The first committed run named it ``fused`` and the logits
-    path ``fused-logits`` (see the results' README); today ``fused-head`` and ``fused``."""
-    return "head" in variant or (variant == "fused" and "fused-logits" in variants)
+def eval_model(variant, variants):
+    """The execution model a bench_eval variant ran. The first committed run named the fused head ``fused`` and
+    the logits path ``fused-logits`` (see the results' README); today ``fused-head``, ``fused-mlp`` and ``fused``."""
+    if variant == "fused-mlp":
+        return "fused-mlp"
+    return "fused-head" if "head" in variant or (variant == "fused" and "fused-logits" in variants) else "logits"
 
 
 def tables(folder):
@@ -117,10 +123,9 @@ def tables(folder):
         result = json.loads(eval_path.read_text())
         variants = {row["variant"] for row in result["rows"]}
         for row in result["rows"]:
-            head = eval_variant_is_head(row["variant"], variants)
             rows.append({"bench": "bench_eval", "shape": f"{row['images']} images k={row['k']}",
                          "variant": row["variant"], "measured_ms": 1e3 * row["wall_s"],
-                         **eval_roofline(row, device, head)})
+                         **eval_roofline(row, device, eval_model(row["variant"], variants))})
     return device, bandwidth, rows
 
 

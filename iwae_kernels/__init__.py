@@ -5,6 +5,7 @@ Public API (k samples lead every [k, ...] tensor):
     gaussian_sample(mu, logvar, k, ...)        -> z [k, B, D], log p(z) - log q(z|x) [k, B]
     bernoulli_log_likelihood(logits, x)        -> [k, B]
     bernoulli_decoder_log_likelihood(hidden, weight, bias, x) -> [k, B], the logits never written
+    bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent) -> [k, B], the paper's decoder fused (eval)
     gaussian_log_likelihood(mean, logvar, x)   -> [k, B]
     bernoulli_iwae_loss(logits, x, latent)     -> -L_k of log p(x|z) + latent, likelihood and bound fused
     gaussian_iwae_loss(mean, logvar, x, latent) -> the same for a Gaussian decoder
@@ -21,6 +22,7 @@ from .functional import (
     LIKELIHOODS,
     StreamingIWAEBound,
     bernoulli_decoder_log_likelihood,
+    bernoulli_mlp_decoder_log_likelihood,
     bernoulli_iwae_loss,
     bernoulli_log_likelihood,
     categorical_log_likelihood,
@@ -46,6 +48,7 @@ __all__ = [
     "LIKELIHOODS",
     "StreamingIWAEBound",
     "bernoulli_decoder_log_likelihood",
+    "bernoulli_mlp_decoder_log_likelihood",
     "bernoulli_iwae_loss",
     "bernoulli_log_likelihood",
     "categorical_log_likelihood",

@@ -21,6 +21,7 @@ OPS = (
     "bernoulli_iwae_loss",               # logits [k, B, P], x [B, P], latent [k, B], reduction -> -L_k reduced
     "gaussian_iwae_loss",                # mean, logvar [k, B, P], x [B, P], latent [k, B], reduction -> -L_k reduced
     "bernoulli_decoder_log_likelihood",  # hidden [k, B, H], weight [P, H], bias [P], x [B, P] -> [k, B]
+    "bernoulli_mlp_decoder_log_likelihood",  # z [k, B, D], 3 weights and biases, x [B, P], latent -> [k, B]
     "categorical_log_likelihood",        # logits [k, B, T, V], tokens, mask [B, T] -> [k, B]
     "iwae_bound",                        # log_w [k, B] -> L_k [B]
     "normalized_weights",                # log_w [k, B] -> [k, B]
@@ -29,15 +30,15 @@ OPS = (
 )
 
 # Which backend's implementation runs each op, per backend: every backend runs its own, except where it declares
-# another's. The cuda backend has no CUDA C++ kernel for three ops yet and runs their Triton kernels (and its two
-# losses compose its likelihood and bound kernels, as the torch backend composes its ops). Within an
-# op, the Triton decoder head and local reparameterization hand float64 to the torch backend (tl.dot takes no
-# float64 operands), and the cuda backend refuses include_prior=False and latent_scale (its sampling kernel has
-# neither yet).
+# another's. The cuda backend has no CUDA C++ kernel for four ops yet and runs their Triton kernels (and its two
+# losses compose its likelihood and bound kernels, as the torch backend composes its ops). Within an op, the Triton
+# decoder head, decoder MLP and local reparameterization hand float64 to the torch backend (tl.dot takes no float64
+# operands), and the cuda backend refuses include_prior=False and latent_scale (its sampling kernel has neither yet).
 IMPLEMENTATIONS = {
     "torch": {op: "torch" for op in OPS},
     "triton": {op: "triton" for op in OPS},
     "cuda": {op: "cuda" for op in OPS} | {"bernoulli_decoder_log_likelihood": "triton",
+                                          "bernoulli_mlp_decoder_log_likelihood": "triton",
                                           "categorical_log_likelihood": "triton", "local_reparam_linear": "triton"},
 }
 
@@ -66,6 +67,11 @@ class Likelihood(enum.IntEnum):
 # largest power of two whose smallest tile still fits an A100's shared memory (benchmarks/aot_report.py compiles
 # every kernel at these sizes for sm_80 and sm_90 and fails if none of their tiles fits).
 DECODER_HEAD_MAX_HIDDEN = {torch.float32: 512, torch.float16: 1024, torch.bfloat16: 1024}
+
+
+# The fused decoder MLP holds each hidden layer as 4 padded chunks and multiplies weight blocks of a chunk's width:
+# widths up to 256 (chunks of 64) are what benchmarks/aot_report.py compiles for sm_80 and sm_90.
+DECODER_MLP_MAX_WIDTH = 256
 
 
 def decoder_head_max_hidden(dtype):

@@ -10,7 +10,7 @@ import torch
 
 from . import _checks
 from .backend import get_backend
-from .contract import accumulation_dtype, decoder_head_max_hidden
+from .contract import DECODER_MLP_MAX_WIDTH, accumulation_dtype, decoder_head_max_hidden
 from .estimators import ESTIMATORS, check_latent_scale, conditional_density_path
 from .torch_backend import bound_from_max_sum, largest_finite, reduced_loss
 
@@ -216,9 +216,9 @@ def gaussian_log_likelihood(mean, logvar, x, *, backend=None):
     return get_backend(backend, mean.device).gaussian_log_likelihood(mean, logvar.flatten(2), x)
 
 
-def _check_latent_log_weight(latent_log_weight, like):
+def _check_latent_log_weight(latent_log_weight, like, like_name="the decoder output"):
     _checks.check_tensor("latent_log_weight", latent_log_weight, (2,))
-    _checks.check_same_device("latent_log_weight", latent_log_weight, "the decoder output", like)
+    _checks.check_same_device("latent_log_weight", latent_log_weight, like_name, like)
     _checks.check_shape("latent_log_weight", latent_log_weight, like.shape[:2])
 
 
@@ -282,6 +282,55 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
         raise ValueError(f"hidden: the fused decoder head holds H <= {limit} per row for {hidden.dtype}, "
                          f"got H={width}; use backend='torch'")
     return ops.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
+
+
+def bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weight=None, *, backend=None):
+    """Evaluation's log-weights through the paper's decoder MLP in one op: log p(x|z) for the logits of
+    Linear-tanh-Linear-tanh-Linear applied to z, plus ``latent_log_weight``. The compiled backends keep the hidden
+    activations and the logits on chip (one kernel); the torch backend runs the layers.
+
+    Args:
+        z: samples [k, B, D].
+        weights: the three Linear weights [H1, D], [H2, H1], [P, H2] (compiled backends: D, H1, H2 <=
+            contract.DECODER_MLP_MAX_WIDTH = 256); biases: their [H1], [H2], [P] biases.
+        x: Bernoulli targets [B, P].
+        latent_log_weight: optional [k, B] added to the result, e.g. gaussian_sample's log p(z) - log q(z|x).
+    Returns:
+        [k, B] (float32 for half inputs). Forward only: for evaluation under ``torch.no_grad()``; an input that
+        needs a gradient is refused (train with the layers and ``bernoulli_iwae_loss`` instead).
+    """
+    if torch.is_autocast_enabled(z.device.type):  # it stands in for Linear layers: cast as F.linear does
+        dtype = torch.get_autocast_dtype(z.device.type)
+        z, weights, biases = z.to(dtype), [w.to(dtype) for w in weights], [b.to(dtype) for b in biases]
+    _checks.check_tensor("z", z, (3,))
+    for name, group, ndim in (("weights", weights, 2), ("biases", biases, 1)):
+        if not isinstance(group, (list, tuple)) or len(group) != 3:
+            raise ValueError(f"{name}: expected a list or tuple of 3 tensors, one per Linear of "
+                             "Linear-tanh-Linear-tanh-Linear")
+        for index, value in enumerate(group):
+            _checks.check_tensor(f"{name}[{index}]", value, (ndim,), like=("z", z))
+    width = z.shape[-1]
+    for index, weight in enumerate(weights):
+        if weight.shape[1] != width:
+            raise ValueError(f"weights[{index}]: expected shape [out, {width}] (its input width), got "
+                             f"{tuple(weight.shape)}")
+        _checks.check_shape(f"biases[{index}]", biases[index], weight.shape[:1])
+        width = weight.shape[0]
+    _checks.check_tensor("x", x, (2,))
+    _checks.check_same_device("x", x, "z", z)
+    _checks.check_shape("x", x, (z.shape[1], width))
+    if latent_log_weight is not None:
+        _check_latent_log_weight(latent_log_weight, z, "z")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (z, *weights, *biases, latent_log_weight)
+                                       if t is not None):
+        raise ValueError("bernoulli_mlp_decoder_log_likelihood: forward only (evaluation): call it under "
+                         "torch.no_grad(), or detach its inputs")
+    ops = get_backend(backend, z.device)
+    widest = max(z.shape[-1], weights[0].shape[0], weights[1].shape[0])
+    if ops.name != "torch" and widest > DECODER_MLP_MAX_WIDTH:
+        raise ValueError(f"weights: the fused decoder MLP takes D, H1, H2 <= {DECODER_MLP_MAX_WIDTH}, got "
+                         f"{z.shape[-1]}, {weights[0].shape[0]}, {weights[1].shape[0]}; use backend='torch'")
+    return ops.bernoulli_mlp_decoder_log_likelihood(z, tuple(weights), tuple(biases), x.detach(), latent_log_weight)
 
 
 def iwae_bound(log_w, *, backend=None):

@@ -289,6 +289,19 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
     return bernoulli_log_likelihood(torch.nn.functional.linear(hidden, weight, bias), x)
 
 
+def bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weight=None):
+    """Bernoulli log p(x|z) through the decoder MLP Linear-tanh-Linear-tanh-Linear (+ latent_log_weight).
+
+    z [k, B, D]; weights [H1, D], [H2, H1], [P, H2]; biases [H1], [H2], [P]; x [B, P];
+    latent_log_weight [k, B] or None -> [k, B].
+    """
+    hidden = z
+    for weight, bias in zip(weights[:-1], biases[:-1]):
+        hidden = torch.tanh(torch.nn.functional.linear(hidden, weight, bias))
+    log_lik = bernoulli_decoder_log_likelihood(hidden, weights[-1], biases[-1], x)
+    return log_lik if latent_log_weight is None else log_lik + latent_log_weight
+
+
 def local_reparam_linear(a, mu, var, bias, noise, generator):
     """Local reparameterization: b = a mu^T + sqrt((a * a) var^T) * noise + bias, noise ~ N(0, 1) [M, N] drawn
     from ``generator`` when None. a [M, K], mu and var [N, K], bias [N] or None -> [M, N]. d sqrt/d var at 0 is 0."""

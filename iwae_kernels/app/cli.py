@@ -95,6 +95,9 @@ def _eval_arguments(parser):
     parser.add_argument("--test-subset", type=count_or_all, help="evaluate on the first N test images (0: all)")
     parser.add_argument("--max-eval-hours", type=positive_float,
                         help="refuse an evaluation estimated to take longer (default 24)")
+    parser.add_argument("--fused-mlp", action="store_true",
+                        help="L_k through the fused decoder MLP: one kernel per chunk, no activations or logits in "
+                             "memory (Triton backend; off by default until measured faster on a GPU)")
 
 
 def build_parser():
@@ -166,9 +169,16 @@ def _test_set(args, dataset):
     return test_x[: args.test_subset] if args.test_subset else test_x
 
 
+def _evaluation_model(model, args):
+    """The model as the evaluation runs it: through the fused decoder MLP with --fused-mlp."""
+    model.fused_mlp = args.fused_mlp
+    return model
+
+
 def _run_evaluation(model, args, dataset, out_dir, history, step_log, extra):
-    report = evaluate(model, _test_set(args, dataset), out_dir, k=args.eval_k, chunk=args.eval_chunk,
-                      batch_size=args.eval_batch, history=history, step_log=step_log, extra=extra,
+    report = evaluate(_evaluation_model(model, args), _test_set(args, dataset), out_dir, k=args.eval_k,
+                      chunk=args.eval_chunk, batch_size=args.eval_batch, history=history, step_log=step_log,
+                      extra={**extra, "fused_mlp": args.fused_mlp},
                       progress=not args.no_progress, max_hours=args.max_eval_hours)
     if rank_and_world()[0] == 0:
         print(f"test NLL (-mean L_{report['k']} over {report['test_examples']} images): {report['test_nll']:.3f} "
@@ -201,7 +211,8 @@ def _train_command(args):
     start_policy(out_dir, resume, args.overwrite)  # refuse before printing anything about a run that won't start
     with _owned_run_folder(out_dir, checkpoint_bytes(config) + EVAL_OUTPUT_BYTES):
         if not args.no_eval:  # an evaluation that would be refused is refused before training, not after
-            check_evaluation_time(build_model(config, resolve_device(config.device)), _test_set(args, config.dataset),
+            check_evaluation_time(_evaluation_model(build_model(config, resolve_device(config.device)), args),
+                                  _test_set(args, config.dataset),
                                   args.eval_k, args.eval_chunk, args.eval_batch, args.max_eval_hours, progress=False)
         if rank_and_world()[0] == 0:
             print(f"training {config.layers}-layer {config.estimator} k={config.k} on {config.dataset}: "

@@ -36,15 +36,23 @@ class PaperModel(LogWeightModel):
             the [k, B, x_dim] logits (bernoulli_decoder_log_likelihood). False (default): the nn.Linear forms
             the logits (cuBLAS) and bernoulli_log_likelihood reduces them; on an H100 this ran faster than the
             fused head (benchmarks/results), which saves memory but not time yet.
+        fused_mlp: True: without autograd (``log_likelihood``, evaluation) the whole decoder and the likelihood run
+            as one op, bernoulli_mlp_decoder_log_likelihood: one kernel per chunk of samples on the compiled
+            backends, with no [k, B, H] activations or logits in memory. It needs the paper's decoder (two tanh
+            hidden layers). Off by default until a GPU measurement shows it faster than the layers
+            (benchmarks/bench_eval.py); training is unchanged.
 
     ``log_likelihood`` (the paper's L_5000, chunked) comes from ``LogWeightModel``.
     """
 
-    def __init__(self, x_dim=784, hidden=((200, 200),), latent=(50,), backend=None, fused_head=False):
+    def __init__(self, x_dim=784, hidden=((200, 200),), latent=(50,), backend=None, fused_head=False, fused_mlp=False):
         super().__init__()
-        self.fused_head = fused_head
+        self.fused_head, self.fused_mlp = fused_head, fused_mlp
         if len(hidden) != len(latent) or len(latent) not in (1, 2):
             raise ValueError(f"hidden, latent: expected one entry per stochastic layer (1 or 2), got {hidden}, {latent}")
+        if fused_mlp and len(hidden[0]) != 2:
+            raise ValueError(f"fused_mlp: the fused decoder MLP has two tanh hidden layers (the paper's), got "
+                             f"hidden[0] = {hidden[0]}")
         self.x_dim, self.latent, self.backend = x_dim, tuple(latent), backend
         below = (x_dim,) + tuple(latent[:-1])
         # q(h_l | h_{l-1}): bottom-up.
@@ -70,6 +78,11 @@ class PaperModel(LogWeightModel):
         posterior: q(h1|x) as ``encode(x)`` returns it, to reuse; computed when None.
         """
         h1, latent = self._samples(x, k, estimator, noise, posterior)
+        if self.fused_mlp and not torch.is_grad_enabled():  # evaluation: the decoder and likelihood as one op
+            layers = self.decoder[::2]  # its Linears
+            return F.bernoulli_mlp_decoder_log_likelihood(h1, [layer.weight for layer in layers],
+                                                          [layer.bias for layer in layers], x, latent,
+                                                          backend=self.backend)
         if self.fused_head:  # the output layer and the likelihood as one op: the logits are never stored
             output = self.decoder[-1]
             log_lik = F.bernoulli_decoder_log_likelihood(self.decoder[:-1](h1), output.weight, output.bias, x,

@@ -6,6 +6,7 @@ API in ``iwae_kernels.functional`` dispatches to either without knowing which it
 
 from .categorical import categorical_log_likelihood
 from .decoder_head import bernoulli_decoder_log_likelihood
+from .decoder_mlp import bernoulli_mlp_decoder_log_likelihood
 from .gaussian_sample import gaussian_sample
 from .local_reparam import local_reparam_linear
 from .log_likelihood import bernoulli_iwae_loss, bernoulli_log_likelihood, gaussian_iwae_loss, gaussian_log_likelihood
@@ -21,6 +22,7 @@ __all__ = [
     "normalized_weights",
     "fold_max_sum",
     "bernoulli_decoder_log_likelihood",
+    "bernoulli_mlp_decoder_log_likelihood",
     "local_reparam_linear",
     "categorical_log_likelihood",
 ]

@@ -201,6 +201,15 @@ def softplus(y):
 
 
 @triton.jit
+def tanh(a):
+    """tanh from one exp2 and a division: sign(a) (1 - e) / (1 + e) with e = exp(-2 |a|), which never overflows
+    (no libdevice in the interpreter)."""
+    e = tl.exp2(tl.abs(a) * LOG2_E * -2.0)
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(a < 0, -t, t)
+
+
+@triton.jit
 def normalized_weight(log_w, running_max, running_sum):
     """exp(log w - max) / sum from a logsumexp fold's (max, sum) of the log-weight's example; 0 when every
     log-weight of the example was -inf (sum 0)."""

@@ -316,6 +316,24 @@ def test_absurdly_long_evaluation_is_refused_before_any_work(saved_checkpoint, t
     assert "would take about" in line and not (tmp_path / "train" / "checkpoint.pt").exists()
 
 
+def test_fused_mlp_evaluation_gives_the_same_bound(saved_checkpoint, tmp_path, monkeypatch):
+    """--fused-mlp runs L_k through bernoulli_mlp_decoder_log_likelihood: same samples, same test NLL, recorded."""
+    import iwae_kernels.functional as F
+
+    calls, original = [], F.bernoulli_mlp_decoder_log_likelihood
+    monkeypatch.setattr(F, "bernoulli_mlp_decoder_log_likelihood", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    reports = {}
+    for flags in ([], ["--fused-mlp"]):
+        out = tmp_path / ("fused" if flags else "layers")
+        assert cli.main(["evaluate", str(saved_checkpoint), "--eval-k", "20", "--eval-chunk", "8", "--test-subset",
+                         "12", "--eval-batch", "6", "--no-progress", "--device", "cpu", "--out", str(out),
+                         *flags]) == 0
+        reports[bool(flags)] = json.loads((out / "report.json").read_text())
+        assert bool(calls) == bool(flags)
+    assert (reports[False]["fused_mlp"], reports[True]["fused_mlp"]) == (False, True)
+    assert reports[True]["test_nll"] == pytest.approx(reports[False]["test_nll"], rel=1e-5)
+
+
 def test_evaluation_progress_counts_samples_and_curves_show_steps_and_test_bound(saved_checkpoint, capsys):
     out = saved_checkpoint.parent
     state = load_checkpoint(saved_checkpoint)

@@ -1,4 +1,4 @@
-"""The fused matmul kernels (decoder head, local reparameterization) follow torch.get_float32_matmul_precision()
+"""The fused matmul kernels (decoder head, decoder MLP, local reparameterization) follow torch.get_float32_matmul_precision()
 as cuBLAS does: "highest" float32-accurate, "high" TF32, "medium" bf16 operands; float32 accumulation always.
 
 Under the Triton interpreter (CPU) the bf16 rounding of "medium" is real, TF32's is not emulated: "high" is
@@ -33,6 +33,19 @@ def decoder_head(device, dtype, seed=0):
     return [out, *torch.autograd.grad(out.sum(), leaves)]
 
 
+@torch.no_grad()
+def decoder_mlp(device, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    sizes = (20, 96, 40, 70)
+    weights = [torch.randn(out, width, generator=gen) / width**0.5 for width, out in zip(sizes, sizes[1:])]
+    biases = [torch.randn(out, generator=gen) for out in sizes[1:]]
+    z, x = torch.randn(3, 5, 20, generator=gen), torch.rand(5, 70, generator=gen).round()
+    backend = "torch" if dtype == torch.float64 else "triton"
+    to = lambda t: t.to(device, dtype)
+    return [ik.bernoulli_mlp_decoder_log_likelihood(to(z), list(map(to, weights)), list(map(to, biases)), to(x),
+                                                    backend=backend)]
+
+
 def local_reparam(device, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     a, mu = torch.randn(9, 96, generator=gen), torch.randn(40, 96, generator=gen) / 96**0.5
@@ -42,7 +55,7 @@ def local_reparam(device, dtype, seed=0):
                                     backend=backend)]
 
 
-@pytest.mark.parametrize("op", [decoder_head, local_reparam])
+@pytest.mark.parametrize("op", [decoder_head, decoder_mlp, local_reparam])
 def test_fused_matmuls_follow_the_float32_matmul_precision(op, precision):
     device = backend_device("triton")
     want = op("cpu", torch.float64)

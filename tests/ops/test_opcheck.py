@@ -61,6 +61,10 @@ def exercise_every_op(backend, device):
     total = total + ik.gaussian_iwae_loss(rand(k, batch, obs), rand(k, batch, obs), x, rand(k, batch), backend=backend)
     tokens = torch.randint(0, 7, (batch, 3), generator=gen).to(device)
     total = total + ik.categorical_log_likelihood(rand(k, batch, 3, 7), tokens, backend=backend).sum()
+    with torch.no_grad():  # forward only
+        weights, biases = [rand(6, dim), rand(5, 6), rand(obs, 5)], [rand(6), rand(5), rand(obs)]
+        evaluated = ik.bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent, backend=backend).sum()
+    total = total + evaluated
     total = total + ik.local_reparam_linear(rand(batch, 6), rand(obs, 6), rand(obs, 6).detach().abs().requires_grad_(),
                                             backend=backend).sum()
     total.backward()
