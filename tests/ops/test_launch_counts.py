@@ -33,6 +33,28 @@ def test_iwae_loss_forward_backward_launches():
     assert dict(launches) == LOSS_LAUNCHES
 
 
+def test_loss_reduction_runs_in_the_fold_for_a_large_batch():
+    """At B = 200 (4 example blocks of the fold) the loss's mean and sign are still the fold's, not torch ops."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class AtenOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    device = backend_device("triton")
+    logits = torch.randn(5, 200, 7, device=device)
+    x, latent = torch.rand(200, 7, device=device).round(), torch.randn(5, 200, device=device)
+    with recorded_launches(execute=False) as launches, AtenOps() as ops:
+        ik.bernoulli_iwae_loss(logits, x, latent, backend="triton")
+    assert dict(launches) == {"_log_likelihood_fwd_kernel": 1, "_max_sum_kernel": 1}
+    assert not {"mean.default", "neg.default", "sum.default", "div.Tensor"} & set(ops.names), ops.names
+
+
 def test_paper_model_training_step_launches():
     device = backend_device("triton")
     counts = {}
