@@ -22,7 +22,7 @@ from torch.autograd.function import once_differentiable
 from .. import torch_backend
 from ..contract import accumulation_dtype
 from .._env import triton_interpreting
-from .utils import (bernoulli_grad, bernoulli_log_prob, cdiv, dot, dot_precision, library_op, max_shared_bytes,
+from .utils import (bernoulli_grad, bernoulli_tile_sum, cdiv, dot, dot_precision, library_op, max_shared_bytes,
                     next_power_of_2, triton_accumulation_dtype)
 
 ROW_SEGMENTS = 32
@@ -112,16 +112,12 @@ def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, out_ptr, R, B, H, P,
     holds its rows' hidden block [BLOCK_R, H_PAD] and walks P in BLOCK_P tiles of W. Reads h once and W once per
     program; 2 R H P FLOPs on tensor cores."""
     rows, row_mask, h_block = _program_rows(h_ptr, R, H, H_PAD, BLOCK_R)
-    x_rows = rows % B
     total = tl.zeros([BLOCK_R], ACC)
     for p0 in range(0, P, BLOCK_P):
         cols = p0 + tl.arange(0, BLOCK_P)
         col_mask = cols < P
-        mask = row_mask[:, None] & col_mask[None, :]
         y = _logits(h_block, _weight_tile_t(w_ptr, cols, col_mask, H, H_PAD), b_ptr, cols, col_mask, ACC, PRECISION)
-        x = tl.load(x_ptr + x_rows[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
-        term = bernoulli_log_prob(x, y)
-        total += tl.sum(tl.where(mask, term, 0.0), axis=1)
+        total += bernoulli_tile_sum(y, x_ptr, rows, row_mask, cols, col_mask, B, P, ACC)
     tl.store(out_ptr + rows, total, mask=row_mask)
 
 

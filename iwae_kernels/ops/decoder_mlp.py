@@ -24,7 +24,7 @@ from torch import Tensor
 from .. import torch_backend
 from .._env import triton_interpreting
 from ..contract import accumulation_dtype
-from .utils import (bernoulli_log_prob, cdiv, dot, dot_precision, library_op, next_power_of_2, tanh,
+from .utils import (bernoulli_tile_sum, cdiv, dot, dot_precision, library_op, next_power_of_2, tanh,
                     triton_accumulation_dtype)
 
 
@@ -99,19 +99,16 @@ def _mlp_decoder_fwd_kernel(z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_pt
     h2_1 = _tanh_chunk(h1_0, h1_1, h1_2, h1_3, w2_ptr, b2_ptr, CHUNK2, H2, H1, CHUNK1, CHUNK2, ACC, PRECISION)
     h2_2 = _tanh_chunk(h1_0, h1_1, h1_2, h1_3, w2_ptr, b2_ptr, 2 * CHUNK2, H2, H1, CHUNK1, CHUNK2, ACC, PRECISION)
     h2_3 = _tanh_chunk(h1_0, h1_1, h1_2, h1_3, w2_ptr, b2_ptr, 3 * CHUNK2, H2, H1, CHUNK1, CHUNK2, ACC, PRECISION)
-    x_rows = rows % B
     total = tl.zeros([BLOCK_R], ACC)
     for p0 in range(0, P, BLOCK_P):
         cols = p0 + tl.arange(0, BLOCK_P)
         col_mask = cols < P
-        mask = row_mask[:, None] & col_mask[None, :]
         y = _linear_part(h2_0, w3_ptr, p0, P, 0, H2, CHUNK2, BLOCK_P, ACC, PRECISION)
         y += _linear_part(h2_1, w3_ptr, p0, P, CHUNK2, H2, CHUNK2, BLOCK_P, ACC, PRECISION)
         y += _linear_part(h2_2, w3_ptr, p0, P, 2 * CHUNK2, H2, CHUNK2, BLOCK_P, ACC, PRECISION)
         y += _linear_part(h2_3, w3_ptr, p0, P, 3 * CHUNK2, H2, CHUNK2, BLOCK_P, ACC, PRECISION)
         y += _bias_row(b3_ptr, p0, P, BLOCK_P, ACC)
-        x = tl.load(x_ptr + x_rows[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
-        total += tl.sum(tl.where(mask, bernoulli_log_prob(x, y), 0.0), axis=1)
+        total += bernoulli_tile_sum(y, x_ptr, rows, row_mask, cols, col_mask, B, P, ACC)
     if ADD_LATENT:
         total += tl.load(latent_ptr + rows, mask=row_mask, other=0.0).to(ACC)
     tl.store(out_ptr + rows, total, mask=row_mask)

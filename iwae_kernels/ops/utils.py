@@ -224,6 +224,15 @@ def bernoulli_log_prob(x, y):
 
 
 @triton.jit
+def bernoulli_tile_sum(y, x_ptr, rows, row_mask, cols, col_mask, B, P, ACC: tl.constexpr):
+    """Per row of a logits tile y [rows, cols] of k * B rows, the sum of x y - softplus(y) over its columns, with x
+    [B, P] (row r uses x[r % B]); masked elements add nothing."""
+    mask = row_mask[:, None] & col_mask[None, :]
+    x = tl.load(x_ptr + (rows % B)[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
+    return tl.sum(tl.where(mask, bernoulli_log_prob(x, y), 0.0), axis=1)
+
+
+@triton.jit
 def bernoulli_grad(x, y):
     """d/dy of the Bernoulli log-probability: x - sigmoid(y) (exp overflows to inf harmlessly for y << 0)."""
     return x - 1.0 / (1.0 + tl.exp(-y))
