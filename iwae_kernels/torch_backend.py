@@ -10,7 +10,7 @@ Shapes: k samples, B examples, D latent dimensions, P observed dimensions.
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
+from ._autograd import once_differentiable
 
 from .contract import ESTIMATOR_CODES, LOG_2PI, Estimator, accumulation_dtype
 

@@ -1,7 +1,8 @@
 """Test setup: run the Triton kernels through the interpreter when no GPU is present.
 
-TRITON_INTERPRET must be set before any @triton.jit function is defined, i.e. before iwae_kernels.ops is
-imported; the package imports it lazily, so setting it here is early enough.
+TRITON_INTERPRET must be set before any @triton.jit function is defined and before ``import iwae_kernels``, which
+preloads the Triton backend only where it can run (a GPU, or the interpreter): otherwise the first call loads it,
+and a first call inside torch.compile would trace that import (a graph break).
 """
 
 import os
@@ -9,10 +10,10 @@ import os
 import pytest
 import torch
 
-from helpers import COMPILED_BACKENDS, backend_device
-
-if not torch.cuda.is_available():
+if not torch.cuda.is_available():  # before helpers imports iwae_kernels, whose import preloads the Triton backend
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from helpers import COMPILED_BACKENDS, backend_device  # noqa: E402
 
 
 @pytest.fixture(params=COMPILED_BACKENDS)

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+from .._autograd import once_differentiable
 
 from .. import torch_backend
 from ..contract import accumulation_dtype

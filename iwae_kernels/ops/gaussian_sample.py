@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+from .._autograd import once_differentiable
 
 from ..contract import ESTIMATOR_CODES, Estimator, accumulation_dtype
 from .utils import (HALF_LOG_2PI, Launchers, cdiv, contiguous_or_none, dense_empty, library_op, next_power_of_2,

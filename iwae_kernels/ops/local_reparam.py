@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+from .._autograd import once_differentiable
 
 from .. import torch_backend
 from .gaussian_sample import draw_seed

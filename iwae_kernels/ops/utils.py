@@ -123,6 +123,7 @@ def triton_accumulation_dtype(dtype):
     return tl.float64 if accumulation_dtype(dtype) == torch.float64 else tl.float32
 
 
+@functools.lru_cache(maxsize=None)  # a few (n_cols, dtype) pairs; called at every launch
 def row_tile(n_cols, dtype, elements=TILE_ELEMENTS):
     """(BLOCK_ROWS, BLOCK_COLS) for kernels that reduce rows of length ``n_cols`` in column chunks, holding about
     ``elements`` values of a float32 accumulator per program: half as many for float64 (twice the registers
