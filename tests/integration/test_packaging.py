@@ -45,7 +45,7 @@ def test_cli_names_the_missing_extra():
 # Each layer imports only from the layers before it (and itself): no import circle, and the kernels never know
 # the dispatcher or the app.
 LAYERS = [
-    {"_env", "contract", "_checks", "_build"},
+    {"_env", "contract", "_checks", "_build", "_autograd"},
     {"torch_backend"},
     {"ops"},
     {"cuda_backend"},
