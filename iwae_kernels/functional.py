@@ -299,14 +299,16 @@ def bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weigh
         [k, B] (float32 for half inputs). Forward only: for evaluation under ``torch.no_grad()``; an input that
         needs a gradient is refused (train with the layers and ``bernoulli_iwae_loss`` instead).
     """
-    if torch.is_autocast_enabled(z.device.type):  # it stands in for Linear layers: cast as F.linear does
-        dtype = torch.get_autocast_dtype(z.device.type)
-        z, weights, biases = z.to(dtype), [w.to(dtype) for w in weights], [b.to(dtype) for b in biases]
-    _checks.check_tensor("z", z, (3,))
-    for name, group, ndim in (("weights", weights, 2), ("biases", biases, 1)):
+    for name, group in (("weights", weights), ("biases", biases)):
         if not isinstance(group, (list, tuple)) or len(group) != 3:
             raise ValueError(f"{name}: expected a list or tuple of 3 tensors, one per Linear of "
                              "Linear-tanh-Linear-tanh-Linear")
+    _checks.check_tensor("z", z, (3,))
+    if torch.is_autocast_enabled(z.device.type):  # it stands in for Linear layers: cast as F.linear does
+        dtype = torch.get_autocast_dtype(z.device.type)
+        cast = lambda tensors: [t.to(dtype) if isinstance(t, torch.Tensor) else t for t in tensors]
+        z, weights, biases = z.to(dtype), cast(weights), cast(biases)
+    for name, group, ndim in (("weights", weights, 2), ("biases", biases, 1)):
         for index, value in enumerate(group):
             _checks.check_tensor(f"{name}[{index}]", value, (ndim,), like=("z", z))
     width = z.shape[-1]

@@ -131,3 +131,15 @@ def test_model_refuses_fused_mlp_without_two_hidden_layers():
 
     with pytest.raises(ValueError, match=r"fused_mlp: the fused decoder MLP has two tanh hidden layers"):
         PaperModel(x_dim=20, hidden=((12,),), latent=(4,), fused_mlp=True)
+
+
+def test_autocast_casts_the_inputs_as_linear_layers_would(kernel):
+    backend, device = kernel
+    z, weights, biases, x, latent = inputs = make_inputs(*SHAPES[1])
+    to = lambda t: t.to(device=device, dtype=torch.float32)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+        got = ik.bernoulli_mlp_decoder_log_likelihood(to(z), list(map(to, weights)), list(map(to, biases)), to(x),
+                                                      to(latent), backend=backend)
+    rounded = run(inputs, backend, device, torch.bfloat16, latent=False) + to(latent)
+    assert_close(got, rounded, torch.float32)  # the same bf16 computation
+    assert (got - run(inputs, backend, device, torch.float32)).abs().max() > 1e-3  # not the float32 one
