@@ -15,8 +15,8 @@ model's parameters (decoder, learned prior) the IWAE gradient.
 """
 
 import torch
-from ._autograd import once_differentiable
 
+from ._autograd import once_differentiable
 from .contract import accumulation_dtype
 from .torch_backend import weights_from_log_weight_grad
 

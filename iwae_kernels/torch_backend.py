@@ -10,8 +10,8 @@ Shapes: k samples, B examples, D latent dimensions, P observed dimensions.
 import math
 
 import torch
-from ._autograd import once_differentiable
 
+from ._autograd import once_differentiable
 from .contract import ESTIMATOR_CODES, LOG_2PI, Estimator, accumulation_dtype
 
 # softplus(y) = y above this: log1p(exp(-40)) = 4e-18 is below half a float64 ulp of 40 (F.softplus's default

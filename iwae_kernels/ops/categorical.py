@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from .._autograd import once_differentiable
 
+from .._autograd import once_differentiable
 from ..contract import accumulation_dtype
 from .utils import cdiv, library_op, shifted_max, triton_accumulation_dtype
 

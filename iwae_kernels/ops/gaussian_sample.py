@@ -17,8 +17,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from .._autograd import once_differentiable
 
+from .._autograd import once_differentiable
 from ..contract import ESTIMATOR_CODES, Estimator, accumulation_dtype
 from .utils import (HALF_LOG_2PI, Launchers, cdiv, contiguous_or_none, dense_empty, library_op, next_power_of_2,
                     row_tile, sample_splits, triton_accumulation_dtype, unit_column_stride)
@@ -108,9 +108,9 @@ def _gaussian_sample_bwd_kernel(
     summed in a first pass with one split, else read from weight_total [B]; docs/MATH.md, "Backward"). eps is
     re-read or redrawn, never stored. Grid: (B, cdiv(D, BLOCK_D), splits); program (b, j, s) walks samples
     [s * ROWS_PER_SPLIT, (s + 1) * ROWS_PER_SPLIT) in BLOCK_K chunks. A gradient summed over k goes to row s of its
-    pointer, the output [B, D] itself for one split, else a partial [splits, B, D] the host sums; per-sample gradients go straight to
-    their [k, B, D] outputs. Reads grad_z, grad_log_weight and the per-sample parameters once, writes each
-    gradient (or partial) once."""
+    pointer, the output [B, D] itself for one split, else a partial [splits, B, D] the host sums; per-sample
+    gradients go straight to their [k, B, D] outputs. Reads grad_z, grad_log_weight and the per-sample parameters
+    once, writes each gradient (or partial) once."""
     example = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < D

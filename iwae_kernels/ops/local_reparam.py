@@ -13,8 +13,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from .._autograd import once_differentiable
 
+from .._autograd import once_differentiable
 from .. import torch_backend
 from .gaussian_sample import draw_seed
 from .utils import cdiv, dot, dot_precision, library_op, triton_accumulation_dtype

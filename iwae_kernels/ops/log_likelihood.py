@@ -17,8 +17,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from .._autograd import once_differentiable
 
+from .._autograd import once_differentiable
 from ..contract import Likelihood, accumulation_dtype
 from . import logsumexp
 from .utils import (HALF_LOG_2PI, Launchers, bernoulli_grad, bernoulli_log_prob, cdiv, dense_empty, library_op,

@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from .._autograd import once_differentiable
 
+from .._autograd import once_differentiable
 from .. import torch_backend
 from ..contract import accumulation_dtype
 from .utils import (Launchers, cdiv, library_op, normalized_weight, sample_splits, shifted_max,
