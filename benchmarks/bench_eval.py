@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, parse_args, peak_memory_mib, write_results  # noqa: E402
 from iwae_kernels.app import data as datasets  # noqa: E402
 from iwae_kernels.models import paper_model  # noqa: E402
+from iwae_kernels.models.base import DEFAULT_EVAL_CHUNK  # noqa: E402
 from roofline import eval_model, eval_roofline  # noqa: E402
 
 
@@ -59,7 +60,9 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--images", type=int, default=None, help="test images (default: 10000 on GPU, 200 on CPU)")
     parser.add_argument("--k", type=int, default=5000)
-    parser.add_argument("--chunk", type=int, default=500)
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="samples per chunk (default: 500 for naive, each model's eval_chunk for the others: "
+                             "all k in one launch per batch for fused-mlp on a GPU)")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--synthetic", action="store_true",
                         help="random binary images at MNIST's mean pixel density instead of MNIST (for a machine "
@@ -84,19 +87,20 @@ def main():
     env = environment(device)
     head_model, mlp_model = copy.deepcopy(model), copy.deepcopy(model)
     head_model.fused_head, mlp_model.fused_mlp = True, True
-    variants = {"naive (chunked, eager)": naive_log_likelihood}
+    naive_chunk = min(args.k, args.chunk or DEFAULT_EVAL_CHUNK)
+    variants = {"naive (chunked, eager)": (naive_log_likelihood, naive_chunk)}
     if args.compile if args.compile is not None else device.type == "cuda":
-        variants["naive+compile"] = torch.compile(naive_log_likelihood)
-    variants["fused"] = lambda m, x, k, chunk: m.log_likelihood(x, k=k, chunk=chunk)
-    variants["fused-head"] = lambda m, x, k, chunk: head_model.log_likelihood(x, k=k, chunk=chunk)
-    variants["fused-mlp"] = lambda m, x, k, chunk: mlp_model.log_likelihood(x, k=k, chunk=chunk)
+        variants["naive+compile"] = (torch.compile(naive_log_likelihood), naive_chunk)
+    for name, owner in (("fused", model), ("fused-head", head_model), ("fused-mlp", mlp_model)):
+        variants[name] = (lambda m, x, k, chunk, owner=owner: owner.log_likelihood(x, k=k, chunk=chunk),
+                          min(args.k, args.chunk) if args.chunk else owner.eval_chunk(args.k, args.batch))
     rows = []
-    for name, fn in variants.items():
+    for name, (fn, chunk) in variants.items():
         # One batch first, the warm-up: compiling (Triton kernels, autotuning, torch.compile) stays out of wall_s.
-        _, warmup_s = timed_nll(fn, model, test[: args.batch], args.k, args.chunk, args.batch, device)
-        peak = peak_memory_mib(lambda: fn(model, test[: args.batch], args.k, args.chunk), device)
-        nll, seconds = timed_nll(fn, model, test, args.k, args.chunk, args.batch, device)
-        rows.append({"variant": name, "images": images, "k": args.k, "chunk": args.chunk, "batch": args.batch,
+        _, warmup_s = timed_nll(fn, model, test[: args.batch], args.k, chunk, args.batch, device)
+        peak = peak_memory_mib(lambda: fn(model, test[: args.batch], args.k, chunk), device)
+        nll, seconds = timed_nll(fn, model, test, args.k, chunk, args.batch, device)
+        rows.append({"variant": name, "images": images, "k": args.k, "chunk": chunk, "batch": args.batch,
                      "test_nll": nll, "wall_s": seconds, "peak_mib_per_batch": peak,
                      "compile_s": warmup_s if name == "naive+compile" else None})
         rows[-1]["pct_of_bound"] = eval_roofline(rows[-1], env["device"], eval_model(name, variants)).get(
@@ -114,7 +118,8 @@ def main():
              "compilation included",
              "fused: PaperModel.log_likelihood as it comes (fused_head=False: each chunk's logits formed, then "
              "reduced by the likelihood kernel); fused-head: fused_head=True (logits never stored); fused-mlp: "
-             "fused_mlp=True (the whole decoder and the likelihood in one kernel per chunk on the Triton backend; "
+             "fused_mlp=True (the whole decoder and the likelihood in one kernel per chunk on the Triton backend, whose "
+             "chunk is then all k unless --chunk is given; "
              "the torch backend, a CPU's default, runs the same layers)"]
     write_results("bench_eval", device, env, rows,
                   ["variant", "images", "k", "chunk", "test_nll", "wall_s", "compile_s", "peak_mib_per_batch",

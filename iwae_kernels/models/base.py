@@ -7,6 +7,13 @@ from torch import nn
 from .. import functional as F
 from ..functional import StreamingIWAEBound
 
+# What one chunk of L_k's samples may hold in activations; the chunk follows from it and the batch size, so memory
+# does not grow with k. 512 MiB: 500 samples of 100 images through the paper's layers, all 5000 through its fused
+# decoder MLP.
+EVAL_CHUNK_BYTES = 512 * 2**20
+# Samples per chunk for a model that does not estimate its activations (eval_row_bytes None).
+DEFAULT_EVAL_CHUNK = 500
+
 
 def mlp(sizes, out_features):
     """Linear + tanh through ``sizes``, then a Linear to ``out_features``; Glorot-uniform weights, zero biases."""
@@ -35,11 +42,24 @@ class LogWeightModel(nn.Module):
         """-L_k averaged over the batch; ``options`` go to ``log_weights`` (e.g. the sentence VAE's beta)."""
         return -F.iwae_bound(self.log_weights(x, k, **options), backend=self.backend).mean()
 
+    def eval_row_bytes(self):
+        """Bytes of activations ``log_weights`` holds per (sample, example) row without autograd, an upper
+        estimate; None when the model does not say (chunks are then DEFAULT_EVAL_CHUNK samples)."""
+        return None
+
+    def eval_chunk(self, k, batch_size):
+        """Samples per chunk of L_k over ``batch_size`` examples: as many as EVAL_CHUNK_BYTES of activations hold
+        (eval_row_bytes), at most k, at least 1."""
+        row_bytes = self.eval_row_bytes()
+        samples = DEFAULT_EVAL_CHUNK if row_bytes is None else EVAL_CHUNK_BYTES // (batch_size * row_bytes)
+        return max(1, min(k, samples))
+
     @torch.no_grad()
     def log_likelihood(self, x, k=5000, chunk=None):
-        """Per-example L_k [B] (the paper's test log-likelihood with k = 5000), in memory that does not grow with
-        k: samples are drawn ``chunk`` at a time (default min(k, 500)) and their log-weights folded."""
-        chunk = min(k, chunk or 500)
+        """Per-example L_k [B] for x [B, ...] (the paper's test log-likelihood with k = 5000), in memory that does
+        not grow with k: samples are drawn ``chunk`` at a time (default ``eval_chunk(k, B)``) and their log-weights
+        folded by the split-k logsumexp."""
+        chunk = min(k, chunk or self.eval_chunk(k, x.shape[0]))
         accumulator = StreamingIWAEBound(x.shape[0], device=x.device, dtype=torch.float64, backend=self.backend)
         for start in range(0, k, chunk):
             accumulator.update(self.log_weights(x, min(chunk, k - start)))

@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import _checks
 from .. import functional as F
+from ..backend import backend_name
 from ..estimators import PATH_ESTIMATORS
 from .base import LogWeightModel, gaussian, mlp
 
@@ -38,11 +39,12 @@ class PaperModel(LogWeightModel):
             fused head (benchmarks/results), which saves memory but not time yet.
         fused_mlp: True: without autograd (``log_likelihood``, evaluation) the whole decoder and the likelihood run
             as one op, bernoulli_mlp_decoder_log_likelihood: one kernel per chunk of samples on the compiled
-            backends, with no [k, B, H] activations or logits in memory. It needs the paper's decoder (two tanh
+            backends, with no [k, B, H] activations or logits in memory, so a chunk holds far more samples
+            (``eval_chunk``: all 5000 of 100 images in one launch for the 1-layer model). It needs the paper's decoder (two tanh
             hidden layers). Off by default until a GPU measurement shows it faster than the layers
             (benchmarks/bench_eval.py); training is unchanged.
 
-    ``log_likelihood`` (the paper's L_5000, chunked) comes from ``LogWeightModel``.
+    ``log_likelihood`` (the paper's L_5000, in chunks sized by ``eval_row_bytes``) comes from ``LogWeightModel``.
     """
 
     def __init__(self, x_dim=784, hidden=((200, 200),), latent=(50,), backend=None, fused_head=False, fused_mlp=False):
@@ -61,6 +63,17 @@ class PaperModel(LogWeightModel):
         self.priors = nn.ModuleList(
             mlp([latent[l + 1], *reversed(hidden[l + 1])], 2 * latent[l]) for l in range(len(latent) - 1))
         self.decoder = mlp([latent[0], *reversed(hidden[0])], x_dim)
+
+    def eval_row_bytes(self):
+        """Upper estimate of the activations ``log_weights`` holds per (sample, example) row without autograd: each
+        per-sample Linear's output and its tanh (the decoder's too unless a compiled backend's fused MLP keeps them
+        on chip), and per latent unit its noise, sample, mean and log-variance."""
+        parameter = next(self.parameters())
+        on_chip = self.fused_mlp and backend_name(self.backend, parameter.device) != "torch"
+        per_sample = [*self.encoders[1:], *self.priors] + ([] if on_chip else [self.decoder])
+        widths = sum(layer.out_features for net in per_sample for layer in net if isinstance(layer, nn.Linear))
+        floats = 2 * widths + 4 * sum(self.latent) + 4  # + 4: the latent term, log w and the fold's temporaries
+        return floats * parameter.element_size()
 
     @property
     def stochastic_layers(self):

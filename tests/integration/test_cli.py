@@ -334,6 +334,21 @@ def test_fused_mlp_evaluation_gives_the_same_bound(saved_checkpoint, tmp_path, m
     assert reports[True]["test_nll"] == pytest.approx(reports[False]["test_nll"], rel=1e-5)
 
 
+def test_evaluation_chunk_defaults_to_the_models_and_is_recorded(saved_checkpoint, tmp_path, monkeypatch):
+    """Without --eval-chunk, L_k runs in the model's eval_chunk (here forced to 7 samples) and the report says so."""
+    from iwae_kernels.models import PaperModel
+
+    chunks = []
+    original = PaperModel.log_weights
+    monkeypatch.setattr(PaperModel, "eval_chunk", lambda self, k, batch_size: 7)
+    monkeypatch.setattr(PaperModel, "log_weights", lambda self, x, k, *a, **kw: chunks.append(k) or original(self, x, k, *a, **kw))
+    out = tmp_path / "default-chunk"
+    assert cli.main(["evaluate", str(saved_checkpoint), "--eval-k", "20", "--test-subset", "12", "--eval-batch", "6",
+                     "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text())["chunk"] == 7
+    assert set(chunks) <= {7, 6} and 6 in chunks  # 20 = 7 + 7 + 6 (the time probe draws 7; active units run apart)
+
+
 def test_evaluation_progress_counts_samples_and_curves_show_steps_and_test_bound(saved_checkpoint, capsys):
     out = saved_checkpoint.parent
     state = load_checkpoint(saved_checkpoint)

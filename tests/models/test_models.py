@@ -13,7 +13,7 @@ from torch.distributions import Bernoulli, Normal
 import iwae_kernels as ik
 from iwae_kernels.models import ConvIWAE, active_units, paper_model
 
-from helpers import assert_close, backend_device
+from helpers import REPO, assert_close, backend_device
 
 
 def test_paper_architectures():
@@ -124,6 +124,49 @@ def test_streaming_log_likelihood_folds_every_chunk(layers, monkeypatch):
     result = model.log_likelihood(x, k=107, chunk=20)
     assert [c.shape[0] for c in chunks] == [20] * 5 + [7]
     torch.testing.assert_close(result, ik.iwae_bound(torch.cat(chunks)), rtol=1e-12, atol=1e-12)
+
+
+def eval_peak_bytes(model, x, k):
+    """Peak bytes of log_likelihood(x, k) with the default chunk: the GPU allocator's peak, or on a CPU
+    torch.profiler's memory accounting (the benchmarks' measurement, benchmarks/common.py)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from common import peak_memory_mib
+    finally:
+        sys.path.pop(0)
+    return peak_memory_mib(lambda: model.log_likelihood(x, k=k), x.device) * 2**20
+
+
+@pytest.mark.parametrize("layers, backend, fused_mlp",
+                         [(1, "torch", False), (2, "torch", False), (1, "triton", True), (2, "triton", True)])
+def test_default_chunk_fills_the_activation_budget_and_no_more(layers, backend, fused_mlp, monkeypatch):
+    """log_likelihood's default chunk (eval_chunk) holds at most EVAL_CHUNK_BYTES of activations, measured, at
+    any k; and uses a fair share of it (the estimate is an upper one: the measured peaks were 26-33% of it)."""
+    from iwae_kernels.models import base
+
+    device = backend_device(backend)
+    budget = 2**18
+    monkeypatch.setattr(base, "EVAL_CHUNK_BYTES", budget)
+    torch.manual_seed(0)
+    model = paper_model(layers, x_dim=784, backend=backend, fused_mlp=fused_mlp).to(device)
+    x = torch.bernoulli(torch.full((2, 784), 0.3)).to(device)
+    chunk = model.eval_chunk(100_000, x.shape[0])
+    assert 4 <= chunk < 100_000
+    peaks = [eval_peak_bytes(model, x, k) for k in (chunk, 3 * chunk)]
+    assert max(peaks) <= budget, f"chunk {chunk}: peaks {peaks} B over the {budget} B budget"
+    assert min(peaks) >= budget / 8, f"chunk {chunk}: peaks {peaks} B, a small part of the {budget} B budget"
+
+
+@pytest.mark.parametrize("backend, one_launch", [("torch", False), ("triton", True)])
+def test_paper_sizes_evaluate_in_one_launch_per_batch_through_the_fused_mlp(backend, one_launch):
+    """L_5000 of 100 images: all 5000 samples in one chunk when a compiled backend runs the fused decoder MLP
+    (activations on chip); through the layers, or the torch backend's MLP, the 512 MiB budget gives ~500."""
+    device = backend_device(backend)
+    model = paper_model(1, backend=backend, fused_mlp=True).to(device)
+    layers = paper_model(1, backend=backend).to(device)
+    assert (model.eval_chunk(5000, 100) == 5000) == one_launch
+    assert 400 <= layers.eval_chunk(5000, 100) <= 600
+    assert model.eval_chunk(5000, 1) == 5000 and model.eval_chunk(3, 100) == 3
 
 
 PEAK_MEMORY_SCRIPT = """
