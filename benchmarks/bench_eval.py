@@ -118,8 +118,8 @@ def main():
              "compilation included",
              "fused: PaperModel.log_likelihood as it comes (fused_head=False: each chunk's logits formed, then "
              "reduced by the likelihood kernel); fused-head: fused_head=True (logits never stored); fused-mlp: "
-             "fused_mlp=True (the whole decoder and the likelihood in one kernel per chunk on the Triton backend, whose "
-             "chunk is then all k unless --chunk is given; "
+             "fused_mlp=True (the whole decoder and the likelihood in one kernel per chunk on the Triton "
+             "backend, whose chunk is then all k unless --chunk is given; "
              "the torch backend, a CPU's default, runs the same layers)"]
     write_results("bench_eval", device, env, rows,
                   ["variant", "images", "k", "chunk", "test_nll", "wall_s", "compile_s", "peak_mib_per_batch",

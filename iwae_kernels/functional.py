@@ -254,7 +254,7 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
     hidden @ weight.T + bias are never written to memory by the compiled backends (the torch one forms them).
 
     Args:
-        hidden: the decoder's last hidden activations [k, B, H] (for the compiled backends H <= 512 in float32,
+        hidden: the decoder's last hidden activations [k, B, H] (for the compiled backends H <= 256 in float32,
             1024 in float16/bfloat16: contract.DECODER_HEAD_MAX_HIDDEN).
         weight, bias: that layer's [P, H] weight and [P] bias (an nn.Linear's).
         x: Bernoulli targets [B, P].

@@ -91,7 +91,8 @@ def _eval_arguments(parser):
     parser.add_argument("--eval-k", type=positive_int, help="samples for the test L_k (default and paper: 5000)")
     parser.add_argument("--eval-chunk", type=positive_int,
                         help="samples per chunk: memory does not grow with k (default: as many as 512 MiB of "
-                             "activations hold; 500 for 100 images through the layers, all 5000 with --fused-mlp on a GPU)")
+                             "activations hold; 500 for 100 images through the layers, all 5000 with --fused-mlp on "
+                             "a GPU)")
     parser.add_argument("--eval-batch", type=positive_int, help="test examples per batch (default 100)")
     parser.add_argument("--test-subset", type=count_or_all, help="evaluate on the first N test images (0: all)")
     parser.add_argument("--max-eval-hours", type=positive_float,

@@ -95,8 +95,8 @@ def test_log_likelihoods(model, test_x, k=5000, chunk=None, batch_size=100, seed
     return torch.cat([results[start] for start in batches])
 
 
-def evaluate(model, test_x, out_dir, k=5000, chunk=None, batch_size=100, seed=0, history=None, extra=None, progress=True,
-             step_log=None, max_hours=24.0):
+def evaluate(model, test_x, out_dir, k=5000, chunk=None, batch_size=100, seed=0, history=None, extra=None,
+             progress=True, step_log=None, max_hours=24.0):
     """Test NLL (-mean L_k), active units, report.json and pictures in out_dir; returns the report (all ranks).
 
     Refuses (UserError) an evaluation estimated to take more than ``max_hours`` (see check_evaluation_time).

@@ -40,9 +40,9 @@ class PaperModel(LogWeightModel):
         fused_mlp: True: without autograd (``log_likelihood``, evaluation) the whole decoder and the likelihood run
             as one op, bernoulli_mlp_decoder_log_likelihood: one kernel per chunk of samples on the compiled
             backends, with no [k, B, H] activations or logits in memory, so a chunk holds far more samples
-            (``eval_chunk``: all 5000 of 100 images in one launch for the 1-layer model). It needs the paper's decoder (two tanh
-            hidden layers). Off by default until a GPU measurement shows it faster than the layers
-            (benchmarks/bench_eval.py); training is unchanged.
+            (``eval_chunk``: all 5000 of 100 images in one launch for the 1-layer model). It needs the paper's
+            decoder (two tanh hidden layers). Off by default until a GPU measurement shows it faster than the
+            layers (benchmarks/bench_eval.py); training is unchanged.
 
     ``log_likelihood`` (the paper's L_5000, in chunks sized by ``eval_row_bytes``) comes from ``LogWeightModel``.
     """

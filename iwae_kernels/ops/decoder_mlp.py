@@ -24,8 +24,8 @@ from torch import Tensor
 from .. import torch_backend
 from .._env import triton_interpreting
 from ..contract import accumulation_dtype
-from .utils import (bernoulli_tile_sum, cdiv, dot, dot_precision, library_op, next_power_of_2, tanh,
-                    triton_accumulation_dtype)
+from .utils import (cdiv, data_term_factors, data_term_part, dot, dot_precision, library_op, next_power_of_2,
+                    softplus_tile_sum, tanh, triton_accumulation_dtype, weight_block_t)
 
 
 def _configs():
@@ -35,16 +35,6 @@ def _configs():
     if triton_interpreting():
         return [triton.Config({"BLOCK_R": 32, "BLOCK_P": 64})]
     return [triton.Config({"BLOCK_R": r, "BLOCK_P": p}, num_warps=8, num_stages=2) for r in (32, 64) for p in (32, 64)]
-
-
-@triton.jit
-def _weight_t(w_ptr, row0, n_rows, col0, n_cols, COLS: tl.constexpr, ROWS: tl.constexpr):
-    """W[row0 : row0 + ROWS, col0 : col0 + COLS]^T as [COLS, ROWS] for a row-major W [n_rows, n_cols]: a matmul's
-    right operand; zero outside W, so padded rows and columns add nothing."""
-    r = row0 + tl.arange(0, ROWS)
-    c = col0 + tl.arange(0, COLS)
-    mask = (c < n_cols)[:, None] & (r < n_rows)[None, :]
-    return tl.load(w_ptr + r[None, :] * n_cols + c[:, None], mask=mask, other=0.0)
 
 
 @triton.jit
@@ -58,7 +48,8 @@ def _bias_row(b_ptr, start, n, SIZE: tl.constexpr, ACC: tl.constexpr):
 def _linear_part(a, w_ptr, row0, n_out, col0, n_in, IN: tl.constexpr, OUT: tl.constexpr, ACC: tl.constexpr,
                  PRECISION: tl.constexpr):
     """a [BLOCK_R, IN] @ W[row0 : row0 + OUT, col0 : col0 + IN]^T: one input chunk's share of an output chunk."""
-    return dot(a, _weight_t(w_ptr, row0, n_out, col0, n_in, IN, OUT), ACC, PRECISION)
+    w_t = weight_block_t(w_ptr, row0 + tl.arange(0, OUT), n_out, col0 + tl.arange(0, IN), n_in)
+    return dot(a, w_t, ACC, PRECISION)
 
 
 @triton.jit
@@ -77,15 +68,16 @@ def _tanh_chunk(a0, a1, a2, a3, w_ptr, b_ptr, row0, n_out, n_in, IN: tl.constexp
 
 @triton.autotune(configs=_configs(), key=["D", "H1", "H2", "P"], cache_results=True)
 @triton.jit
-def _mlp_decoder_fwd_kernel(z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, x_ptr, latent_ptr, out_ptr,
+def _mlp_decoder_fwd_kernel(z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, xw_ptr, xb_ptr, latent_ptr, out_ptr,
                             R, B, D, H1, H2, P,
                             ADD_LATENT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
                             D_PAD: tl.constexpr, CHUNK1: tl.constexpr, CHUNK2: tl.constexpr,
                             BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
     """out [R = k * B] = sum_j x_j y_j - softplus(y_j) (+ latent [R]) for the decoder MLP's logits y of z [R, D]
-    (row r uses x[r % B]). Grid: cdiv(R, BLOCK_R) (autotuned). Each program: z block [BLOCK_R, D_PAD], layers 1 and
-    2 as 4 chunks [BLOCK_R, CHUNK] each in registers, then the output layer over P in BLOCK_P tiles reduced in the
-    epilogue. Reads z once and the weights once per program; 2 R (D H1 + H1 H2 + H2 P) FLOPs on tensor cores."""
+    (row r is example r % B), the data term sum_j x_j y_j = h2 . (W3^T x_b) + x_b . b3 from xw = x W3 [B, H2] and
+    xb = x b3 [B]. Grid: cdiv(R, BLOCK_R) (autotuned). Each program: z block [BLOCK_R, D_PAD], layers 1 and 2 as 4
+    chunks [BLOCK_R, CHUNK] each in registers, then the output layer over P in BLOCK_P tiles whose softplus the
+    epilogue sums. Reads z once and the weights once per program; 2 R (D H1 + H1 H2 + H2 P) FLOPs on tensor cores."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
     latent_cols = tl.arange(0, D_PAD)
@@ -101,14 +93,19 @@ def _mlp_decoder_fwd_kernel(z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_pt
     h2_3 = _tanh_chunk(h1_0, h1_1, h1_2, h1_3, w2_ptr, b2_ptr, 3 * CHUNK2, H2, H1, CHUNK1, CHUNK2, ACC, PRECISION)
     total = tl.zeros([BLOCK_R], ACC)
     for p0 in range(0, P, BLOCK_P):
-        cols = p0 + tl.arange(0, BLOCK_P)
-        col_mask = cols < P
         y = _linear_part(h2_0, w3_ptr, p0, P, 0, H2, CHUNK2, BLOCK_P, ACC, PRECISION)
         y += _linear_part(h2_1, w3_ptr, p0, P, CHUNK2, H2, CHUNK2, BLOCK_P, ACC, PRECISION)
         y += _linear_part(h2_2, w3_ptr, p0, P, 2 * CHUNK2, H2, CHUNK2, BLOCK_P, ACC, PRECISION)
         y += _linear_part(h2_3, w3_ptr, p0, P, 3 * CHUNK2, H2, CHUNK2, BLOCK_P, ACC, PRECISION)
         y += _bias_row(b3_ptr, p0, P, BLOCK_P, ACC)
-        total += bernoulli_tile_sum(y, x_ptr, rows, row_mask, cols, col_mask, B, P, ACC)
+        total -= softplus_tile_sum(y, row_mask, p0 + tl.arange(0, BLOCK_P) < P)
+    # The data term after the P loop, when no logit tile is live (before it, ptxas kept its loads and spilled more).
+    x_rows = rows % B
+    total += tl.load(xb_ptr + x_rows, mask=row_mask, other=0.0)
+    total += data_term_part(h2_0, xw_ptr, x_rows, row_mask, tl.arange(0, CHUNK2), H2)
+    total += data_term_part(h2_1, xw_ptr, x_rows, row_mask, CHUNK2 + tl.arange(0, CHUNK2), H2)
+    total += data_term_part(h2_2, xw_ptr, x_rows, row_mask, 2 * CHUNK2 + tl.arange(0, CHUNK2), H2)
+    total += data_term_part(h2_3, xw_ptr, x_rows, row_mask, 3 * CHUNK2 + tl.arange(0, CHUNK2), H2)
     if ADD_LATENT:
         total += tl.load(latent_ptr + rows, mask=row_mask, other=0.0).to(ACC)
     tl.store(out_ptr + rows, total, mask=row_mask)
@@ -125,8 +122,10 @@ def _triton_forward(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w
                     latent: Optional[Tensor], out: Tensor) -> None:
     num_samples, batch, dim = z.shape
     rows = num_samples * batch
+    x_weight, x_bias = data_term_factors(x, w3, b3, out.dtype)
     _mlp_decoder_fwd_kernel[lambda meta: (cdiv(rows, meta["BLOCK_R"]),)](
-        z, w1, b1, w2, b2, w3, b3, x, out if latent is None else latent, out, rows, batch, dim, w1.shape[0],
+        z, w1, b1, w2, b2, w3, b3, x_weight, x_bias, out if latent is None else latent, out, rows, batch, dim,
+        w1.shape[0],
         w2.shape[0], w3.shape[0], ADD_LATENT=latent is not None, ACC=triton_accumulation_dtype(z.dtype),
         PRECISION=dot_precision(z.dtype), D_PAD=max(16, next_power_of_2(dim)), CHUNK1=_chunk(w1.shape[0]),
         CHUNK2=_chunk(w2.shape[0]))

@@ -33,6 +33,25 @@ def sample_splits(num_samples, programs):
     return max(1, min(num_samples // MIN_SAMPLES_PER_SPLIT, TARGET_PROGRAMS // programs))
 
 
+# A persistent kernel launches this many programs per SM, each taking tiles in turn (two, so one program's loads
+# overlap the other's math); off a GPU (the interpreter, the ahead-of-time report) a few, so the tile loop runs.
+PERSISTENT_PROGRAMS_PER_SM = 2
+PROGRAMS_OFF_GPU = 3
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def persistent_programs(device):
+    """Programs for a persistent kernel on ``device``: PERSISTENT_PROGRAMS_PER_SM per SM of a GPU."""
+    if device.type != "cuda":
+        return PROGRAMS_OFF_GPU
+    return PERSISTENT_PROGRAMS_PER_SM * _multiprocessors(torch.cuda.current_device() if device.index is None
+                                                         else device.index)
+
+
 # Shared memory one block may use (the opt-in maximum), by compute capability; an unknown GPU gets the smallest.
 MAX_SHARED_BYTES = {80: 166_912, 86: 101_376, 87: 166_912, 89: 101_376, 90: 232_448}
 
@@ -225,12 +244,37 @@ def bernoulli_log_prob(x, y):
 
 
 @triton.jit
-def bernoulli_tile_sum(y, x_ptr, rows, row_mask, cols, col_mask, B, P, ACC: tl.constexpr):
-    """Per row of a logits tile y [rows, cols] of k * B rows, the sum of x y - softplus(y) over its columns, with x
-    [B, P] (row r uses x[r % B]); masked elements add nothing."""
-    mask = row_mask[:, None] & col_mask[None, :]
-    x = tl.load(x_ptr + (rows % B)[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
-    return tl.sum(tl.where(mask, bernoulli_log_prob(x, y), 0.0), axis=1)
+def softplus_tile_sum(y, row_mask, col_mask):
+    """Per row of a logits tile y [rows, cols], the sum of softplus(y) over its unmasked columns: the Bernoulli
+    log-likelihood's x-free part (its x-term comes from data_term_factors)."""
+    return tl.sum(tl.where(row_mask[:, None] & col_mask[None, :], softplus(y), 0.0), axis=1)
+
+
+def data_term_factors(x, weight, bias, acc):
+    """For logits y = h W^T + b of a Linear with weight [P, H] and bias [P], the Bernoulli data term per row is
+    sum_j x_j y_j = h . (W^T x_b) + x_b . b: its per-example factors x W [B, H] and x b [B] for x [B, P], in the
+    accumulation dtype ``acc`` and outside autocast (which would round them to half precision). A kernel then
+    needs only h and these, never x."""
+    device = x.device.type
+    autocast = device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
+    with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
+        return x.to(acc) @ weight.to(acc), x.to(acc) @ bias.to(acc)
+
+
+@triton.jit
+def data_term_part(h, xw_ptr, x_rows, row_mask, cols, H):
+    """The share of columns ``cols`` of hidden rows h [rows, len(cols)] in the data term h . (W^T x_b), with
+    xw = x W [B, H] from data_term_factors and x_rows the rows' examples b (float32 or wider: h is promoted)."""
+    mask = row_mask[:, None] & (cols < H)[None, :]
+    return tl.sum(h * tl.load(xw_ptr + x_rows[:, None] * H + cols[None, :], mask=mask, other=0.0), axis=1)
+
+
+@triton.jit
+def weight_block_t(w_ptr, out_idx, n_out, in_idx, n_in):
+    """W[out_idx, in_idx]^T as [len(in_idx), len(out_idx)] for a row-major W [n_out, n_in] (a Linear's weight): a
+    matmul's right operand, zero outside W, so padded rows and columns add nothing."""
+    mask = (in_idx < n_in)[:, None] & (out_idx < n_out)[None, :]
+    return tl.load(w_ptr + out_idx[None, :] * n_in + in_idx[:, None], mask=mask, other=0.0)
 
 
 @triton.jit

@@ -341,7 +341,8 @@ def test_evaluation_chunk_defaults_to_the_models_and_is_recorded(saved_checkpoin
     chunks = []
     original = PaperModel.log_weights
     monkeypatch.setattr(PaperModel, "eval_chunk", lambda self, k, batch_size: 7)
-    monkeypatch.setattr(PaperModel, "log_weights", lambda self, x, k, *a, **kw: chunks.append(k) or original(self, x, k, *a, **kw))
+    monkeypatch.setattr(PaperModel, "log_weights",
+                        lambda self, x, k, *a, **kw: chunks.append(k) or original(self, x, k, *a, **kw))
     out = tmp_path / "default-chunk"
     assert cli.main(["evaluate", str(saved_checkpoint), "--eval-k", "20", "--test-subset", "12", "--eval-batch", "6",
                      "--no-progress", "--device", "cpu", "--out", str(out)]) == 0

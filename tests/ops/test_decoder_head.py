@@ -8,7 +8,8 @@ import iwae_kernels as ik
 from helpers import backend_device
 from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_bernoulli
 
-# (k, B, H, P): k=1/B=1/H=1/P=1, odd sizes, P over one tile, and enough rows for many segments in backward.
+# (k, B, H, P): k=1/B=1/H=1/P=1, odd sizes, P over one tile, and enough rows for several row tiles per persistent
+# program (3 off a GPU), so the backward's partial sums are read, added to and written back.
 SHAPES = [(1, 1, 1, 1), (3, 5, 7, 33), (2, 20, 40, 100), (40, 30, 17, 70)]
 
 
@@ -45,6 +46,17 @@ def test_kernel_matches_reference(kernel, dtype, shape):
         assert_close(got, want, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_at_the_widest_hidden_size(kernel, dtype):
+    """H = contract.DECODER_HEAD_MAX_HIDDEN: the forward's H loop and the backward's widest padded row."""
+    from iwae_kernels.contract import decoder_head_max_hidden
+
+    tensors, x = make_inputs(2, 3, decoder_head_max_hidden(dtype), 37)
+    rounded = [t.to(dtype).double() for t in tensors]
+    for got, want in zip(run(tensors, x, *kernel, dtype), run(rounded, x, "torch", "cpu", torch.float64)):
+        assert_close(got, want, torch.float32 if dtype == torch.float32 else dtype)
+
+
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 def test_kernel_low_precision(kernel, dtype):
     tensors, x = make_inputs(3, 6, 24, 50)
@@ -53,6 +65,20 @@ def test_kernel_low_precision(kernel, dtype):
     torch_low = run(tensors, x, "torch", "cpu", dtype)
     for got, ref, want in zip(run(tensors, x, *kernel, dtype), torch_low, oracle):
         assert_close_as_torch(got, ref, want)
+
+
+def test_autocast_keeps_the_data_term_in_float32(kernel):
+    """Under bf16 autocast the head casts its inputs as F.linear would and nothing else: the same as bf16 inputs
+    outside autocast (its per-example x W factors rounded to bf16 would move the result by ~1 nat)."""
+    backend, device = kernel
+    tensors, x = make_inputs(3, 4, 24, 300)
+    hidden, weight, bias = [t.to(device, torch.float32) for t in tensors]
+    x = x.to(device, torch.float32)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        mixed = ik.bernoulli_decoder_log_likelihood(hidden, weight, bias, x, backend=backend)
+    cast = [t.to(torch.bfloat16) for t in (hidden, weight, bias)]
+    torch.testing.assert_close(mixed, ik.bernoulli_decoder_log_likelihood(*cast, x, backend=backend), rtol=1e-6,
+                               atol=1e-4)
 
 
 def test_model_layer_uses_the_fused_head(monkeypatch):
@@ -76,8 +102,32 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match=r"x: expected shape \(3, 5\)"):
         ik.bernoulli_decoder_log_likelihood(hidden, weight, bias, torch.zeros(3, 4))
     device = backend_device("triton")
-    for dtype, limit in ((torch.float32, 512), (torch.bfloat16, 1024)):  # what fits an A100's shared memory
+    for dtype, limit in ((torch.float32, 256), (torch.bfloat16, 1024)):  # what fits an A100's shared memory
         with pytest.raises(ValueError, match=rf"hidden: the fused decoder head holds H <= {limit} per row for {dtype}"):
             ik.bernoulli_decoder_log_likelihood(
                 torch.zeros(1, 1, limit + 1, device=device, dtype=dtype), torch.zeros(5, limit + 1, device=device,
                 dtype=dtype), bias.to(device, dtype), torch.zeros(1, 5, device=device, dtype=dtype), backend="triton")
+
+
+def test_backward_overwrites_its_partial_sums(kernel):
+    """The backward kernel writes its dW/db partials (one per persistent program) without reading what the buffers
+    held before: buffers full of NaN give the same gradients as the reference."""
+    from iwae_kernels.ops import decoder_head
+
+    backend, device = kernel
+    if backend != "triton":
+        pytest.skip("the Triton kernel's launcher")
+    tensors, x = make_inputs(40, 30, 17, 70)
+    hidden, weight, bias = [t.to(device, torch.float32) for t in tensors]
+    grad_out = torch.rand(40, 30, dtype=torch.float64)
+    programs = decoder_head.backward_programs(40 * 30, hidden.device)
+    assert programs > 1  # several programs, each with several tiles (the read-add-write path runs)
+    grad_hidden = torch.full_like(hidden, float("nan"))
+    partial_weight = torch.full((programs, 70, 17), float("nan"), device=device)
+    partial_bias = torch.full((programs, 70), float("nan"), device=device)
+    decoder_head._triton_backward(hidden, weight, bias, x.to(device, torch.float32), grad_out.to(device, torch.float32),
+                                  grad_hidden, partial_weight, partial_bias)
+    leaves = [t.clone().requires_grad_() for t in tensors]
+    expected = torch.autograd.grad(ik.bernoulli_decoder_log_likelihood(*leaves, x, backend="torch"), leaves, grad_out)
+    for got, want in zip((grad_hidden, partial_weight.sum(0), partial_bias.sum(0)), expected):
+        assert_close(got.cpu(), want, torch.float32)
