@@ -36,7 +36,7 @@ class PaperModel(LogWeightModel):
         fused_head: True: the decoder's output layer and the Bernoulli likelihood as one op that never stores
             the [k, B, x_dim] logits (bernoulli_decoder_log_likelihood). False (default): the nn.Linear forms
             the logits (cuBLAS) and bernoulli_log_likelihood reduces them; on an H100 this ran faster than the
-            fused head (benchmarks/results), which saves memory but not time yet.
+            fused head as it was before its rebuild (benchmarks/results; the rebuilt head is not measured yet).
         fused_mlp: True: without autograd (``log_likelihood``, evaluation) the whole decoder and the likelihood run
             as one op, bernoulli_mlp_decoder_log_likelihood: one kernel per chunk of samples on the compiled
             backends, with no [k, B, H] activations or logits in memory, so a chunk holds far more samples

@@ -131,3 +131,26 @@ def test_backward_overwrites_its_partial_sums(kernel):
     expected = torch.autograd.grad(ik.bernoulli_decoder_log_likelihood(*leaves, x, backend="torch"), leaves, grad_out)
     for got, want in zip((grad_hidden, partial_weight.sum(0), partial_bias.sum(0)), expected):
         assert_close(got.cpu(), want, torch.float32)
+
+
+def test_backward_shared_memory_table_bounds_the_compiled_kernels():
+    """The backward's early prune estimates shared memory from BACKWARD_SHARED_BYTES_PER_HIDDEN: it must be at
+    least what every backward specialization in the committed ahead-of-time report (sm_80 and sm_90) needed, or a
+    tile could pass the prune and not fit the GPU."""
+    import json
+    import re
+
+    from helpers import REPO
+    from iwae_kernels.ops.decoder_head import BACKWARD_SHARED_BYTES_PER_HIDDEN
+
+    rows = json.loads((REPO / "benchmarks/results/aot/decoder_head/aot_report.json").read_text())["rows"]
+    checked = 0
+    for row in rows:
+        if not row["kernel"].endswith("_head_bwd_kernel"):
+            continue
+        sizes = {k: int(v) for k, v in re.findall(r"(H_PAD|BLOCK_R|BLOCK_P)=(\d+)", row["specialization"])}
+        element = 2 if re.search(r"\b(b?float16)\b", row["case"]) else 4
+        estimate = BACKWARD_SHARED_BYTES_PER_HIDDEN[element][sizes["BLOCK_R"], sizes["BLOCK_P"]] * sizes["H_PAD"]
+        assert row["shared_bytes"] <= estimate, (row["arch"], row["case"], row["specialization"])
+        checked += 1
+    assert checked > 50
