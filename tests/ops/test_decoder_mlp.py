@@ -54,6 +54,23 @@ def test_kernel_matches_reference(kernel, dtype, shape, latent):
     assert_close(got, expected, dtype)
 
 
+def test_weights_whose_rows_or_base_tma_cannot_take(kernel):
+    """The second layer's weight is read by a TMA descriptor, which needs a 16-byte aligned base and row stride:
+    a weight that is a view at an odd offset, or whose rows are 9 floats, is copied into padded rows first."""
+    backend, device = kernel
+    z, weights, biases, x, latent = make_inputs(2, 3, 20, 9, 40, 70)
+    expected = run((z, weights, biases, x, latent), "torch", "cpu", torch.float64)
+    offset = torch.zeros(1 + weights[1].numel(), dtype=torch.float32, device=device)
+    offset[1:] = weights[1].flatten().to(offset)
+    shifted = offset[1:].view(weights[1].shape)  # contiguous, base 4 bytes past an aligned allocation
+    assert shifted.data_ptr() % 16 and shifted.is_contiguous()
+    to = lambda t: t.to(device=device, dtype=torch.float32)
+    with torch.no_grad():
+        got = ik.bernoulli_mlp_decoder_log_likelihood(to(z), [to(weights[0]), shifted, to(weights[2])],
+                                                      [to(b) for b in biases], to(x), to(latent), backend=backend)
+    assert_close(got, expected, torch.float32)
+
+
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 def test_kernel_low_precision(kernel, dtype):
     inputs = make_inputs(3, 6, 24, 40, 30, 50)
