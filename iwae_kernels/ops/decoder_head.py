@@ -205,10 +205,13 @@ def _triton_backward(hidden: Tensor, weight: Tensor, bias: Tensor, x: Tensor, gr
         H_PAD=max(16, next_power_of_2(width)))
 
 
+_LARGEST_BACKWARD_BLOCK_R = max(config.kwargs["BLOCK_R"] for config in _configs())
+
+
 def backward_programs(rows, device):
     """The backward's persistent programs (and partial sums of dW, db): at most one per tile of the largest BLOCK_R,
     so that each has a tile whichever tile shape the autotuner picks."""
-    return min(persistent_programs(device), cdiv(rows, max(config.kwargs["BLOCK_R"] for config in _configs())))
+    return min(persistent_programs(device), cdiv(rows, _LARGEST_BACKWARD_BLOCK_R))
 
 
 class BernoulliDecoderHeadFunction(torch.autograd.Function):

@@ -86,9 +86,10 @@ def _mlp_decoder_fwd_kernel(z_ptr, w1_ptr, b1_ptr, w2_desc, b2_ptr, w3_ptr, b3_p
                             BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
     """out [R = k * B] = sum_j x_j y_j - softplus(y_j) (+ latent [R]) for the decoder MLP's logits y of z [R, D]
     (row r is example r % B), the data term sum_j x_j y_j = h2 . (W3^T x_b) + x_b . b3 from xw = x W3 [B, H2] and
-    xb = x b3 [B]; W2 comes as a tensor descriptor with [CHUNK2, CHUNK1] blocks. Grid: cdiv(R, BLOCK_R) (autotuned). Each program: z block [BLOCK_R, D_PAD], layers 1 and 2 as 4
-    chunks [BLOCK_R, CHUNK] each in registers, then the output layer over P in BLOCK_P tiles whose softplus the
-    epilogue sums. Reads z once and the weights once per program; 2 R (D H1 + H1 H2 + H2 P) FLOPs on tensor cores."""
+    xb = x b3 [B]; W2 comes as a tensor descriptor with [CHUNK2, CHUNK1] blocks. Grid: cdiv(R, BLOCK_R)
+    (autotuned). Each program: z block [BLOCK_R, D_PAD], layers 1 and 2 as 4 chunks [BLOCK_R, CHUNK] each in
+    registers, then the output layer over P in BLOCK_P tiles whose softplus the epilogue sums. Reads z once and the
+    weights once per program; 2 R (D H1 + H1 H2 + H2 P) FLOPs on tensor cores."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
     latent_cols = tl.arange(0, D_PAD)
