@@ -152,6 +152,7 @@ def test_default_chunk_fills_the_activation_budget_and_no_more(layers, backend, 
     x = torch.bernoulli(torch.full((2, 784), 0.3)).to(device)
     chunk = model.eval_chunk(100_000, x.shape[0])
     assert 4 <= chunk < 100_000
+    model.log_likelihood(x, k=chunk)  # warm-up: a GPU's first call autotunes, with buffers of its own
     peaks = [eval_peak_bytes(model, x, k) for k in (chunk, 3 * chunk)]
     assert max(peaks) <= budget, f"chunk {chunk}: peaks {peaks} B over the {budget} B budget"
     assert min(peaks) >= budget / 8, f"chunk {chunk}: peaks {peaks} B, a small part of the {budget} B budget"
