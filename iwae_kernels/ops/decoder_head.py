@@ -163,6 +163,9 @@ def _head_bwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_ptr, parti
         h_block = _hidden_columns(h_ptr, rows, row_mask, hidden, H)
         grad_out = tl.load(grad_out_ptr + rows, mask=row_mask, other=0.0).to(ACC)
         grad_h = tl.zeros([BLOCK_R, H_PAD], ACC)
+        # The last tile's partial-sum writes land before this tile's first reads, which the software pipeline may
+        # issue ahead of the loop body's barrier (with one P tile, nothing else lies between them).
+        tl.debug_barrier()
         for p0 in range(0, P, BLOCK_P):
             cols = p0 + tl.arange(0, BLOCK_P)
             col_mask = cols < P
