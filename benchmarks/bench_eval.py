@@ -93,7 +93,7 @@ def main():
         variants["naive+compile"] = (torch.compile(naive_log_likelihood), naive_chunk)
     for name, owner in (("fused", model), ("fused-head", head_model), ("fused-mlp", mlp_model)):
         variants[name] = (lambda m, x, k, chunk, owner=owner: owner.log_likelihood(x, k=k, chunk=chunk),
-                          min(args.k, args.chunk) if args.chunk else owner.eval_chunk(args.k, args.batch))
+                          owner.eval_chunk(args.k, args.batch, args.chunk))
     rows = []
     for name, (fn, chunk) in variants.items():
         # One batch first, the warm-up: compiling (Triton kernels, autotuning, torch.compile) stays out of wall_s.

@@ -39,12 +39,6 @@ def _duration(seconds):
     return f"{seconds:.0f} s"
 
 
-def samples_per_chunk(model, k, chunk, batch_size):
-    """The chunk L_k runs in: ``chunk`` samples, or when None the model's own (``eval_chunk``: as many as its
-    activation budget holds, all k in one launch through the fused decoder MLP at the paper's sizes)."""
-    return min(k, chunk or model.eval_chunk(k, batch_size))
-
-
 @torch.no_grad()
 def check_evaluation_time(model, test_x, k=5000, chunk=None, batch_size=100, max_hours=24.0, progress=True):
     """Estimate the wall time of L_k over test_x from one timed chunk of one batch (on a GPU after one untimed,
@@ -52,7 +46,7 @@ def check_evaluation_time(model, test_x, k=5000, chunk=None, batch_size=100, max
     rank, world = rank_and_world()
     device = next(model.parameters()).device
     probe = test_x[:batch_size].to(device)
-    samples = samples_per_chunk(model, k, chunk, batch_size)
+    samples = model.eval_chunk(k, batch_size, chunk)
     if device.type == "cuda":
         model.log_likelihood(probe, k=samples, chunk=samples)  # untimed: compiles the kernels (none on a CPU)
     started = time.perf_counter()
@@ -101,11 +95,11 @@ def evaluate(model, test_x, out_dir, k=5000, chunk=None, batch_size=100, seed=0,
 
     Refuses (UserError) an evaluation estimated to take more than ``max_hours`` (see check_evaluation_time).
     history (per epoch) or step_log (per logged step) from ``train`` draw the training curve. chunk: samples per
-    chunk (None: ``samples_per_chunk``'s choice, which the report records).
+    chunk (None: the model's ``eval_chunk``, which the report records).
     """
     rank, world = rank_and_world()
     model.eval()
-    chunk = samples_per_chunk(model, k, chunk, batch_size)
+    chunk = model.eval_chunk(k, batch_size, chunk)
     test_bits = datasets.fixed_binarization(test_x, seed=seed)
     check_evaluation_time(model, test_bits, k, chunk, batch_size, max_hours, progress)
     started = time.perf_counter()

@@ -47,9 +47,11 @@ class LogWeightModel(nn.Module):
         estimate; None when the model does not say (chunks are then DEFAULT_EVAL_CHUNK samples)."""
         return None
 
-    def eval_chunk(self, k, batch_size):
-        """Samples per chunk of L_k over ``batch_size`` examples: as many as EVAL_CHUNK_BYTES of activations hold
-        (eval_row_bytes), at most k, at least 1."""
+    def eval_chunk(self, k, batch_size, chunk=None):
+        """Samples per chunk of L_k over ``batch_size`` examples, at most k: ``chunk`` when given, else as many as
+        EVAL_CHUNK_BYTES of activations hold (eval_row_bytes), at least 1."""
+        if chunk:
+            return min(k, chunk)
         row_bytes = self.eval_row_bytes()
         samples = DEFAULT_EVAL_CHUNK if row_bytes is None else EVAL_CHUNK_BYTES // (batch_size * row_bytes)
         return max(1, min(k, samples))
@@ -59,7 +61,7 @@ class LogWeightModel(nn.Module):
         """Per-example L_k [B] for x [B, ...] (the paper's test log-likelihood with k = 5000), in memory that does
         not grow with k: samples are drawn ``chunk`` at a time (default ``eval_chunk(k, B)``) and their log-weights
         folded by the split-k logsumexp."""
-        chunk = min(k, chunk or self.eval_chunk(k, x.shape[0]))
+        chunk = self.eval_chunk(k, x.shape[0], chunk)
         accumulator = StreamingIWAEBound(x.shape[0], device=x.device, dtype=torch.float64, backend=self.backend)
         for start in range(0, k, chunk):
             accumulator.update(self.log_weights(x, min(chunk, k - start)))

@@ -258,7 +258,8 @@ def data_term_factors(x, weight, bias, acc):
     device = x.device.type
     autocast = device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
     with torch.autocast(device, enabled=False) if autocast else contextlib.nullcontext():
-        return x.to(acc) @ weight.to(acc), x.to(acc) @ bias.to(acc)
+        x = x.to(acc)
+        return x @ weight.to(acc), x @ bias.to(acc)
 
 
 @triton.jit

@@ -340,7 +340,7 @@ def test_evaluation_chunk_defaults_to_the_models_and_is_recorded(saved_checkpoin
 
     chunks = []
     original = PaperModel.log_weights
-    monkeypatch.setattr(PaperModel, "eval_chunk", lambda self, k, batch_size: 7)
+    monkeypatch.setattr(PaperModel, "eval_chunk", lambda self, k, batch_size, chunk=None: chunk or 7)
     monkeypatch.setattr(PaperModel, "log_weights",
                         lambda self, x, k, *a, **kw: chunks.append(k) or original(self, x, k, *a, **kw))
     out = tmp_path / "default-chunk"

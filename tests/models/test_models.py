@@ -168,6 +168,7 @@ def test_paper_sizes_evaluate_in_one_launch_per_batch_through_the_fused_mlp(back
     assert (model.eval_chunk(5000, 100) == 5000) == one_launch
     assert 400 <= layers.eval_chunk(5000, 100) <= 600
     assert model.eval_chunk(5000, 1) == 5000 and model.eval_chunk(3, 100) == 3
+    assert model.eval_chunk(5000, 100, 64) == 64 and model.eval_chunk(30, 100, 64) == 30  # a given chunk, at most k
 
 
 PEAK_MEMORY_SCRIPT = """
