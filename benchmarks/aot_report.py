@@ -233,9 +233,9 @@ def matmul_precision(mode):
 
 
 def decoder_head_cases():
-    """The head at the benchmarks' widths and at its documented limit (float32 at torch's default "highest"
-    precision; "high" and "medium" at H=200); float64 runs the torch backend."""
-    from iwae_kernels import contract, ops
+    """The head at the benchmarks' widths and a wide H (float32 at torch's default "highest" precision; "high" and
+    "medium" at H=200); float64 runs the torch backend."""
+    from iwae_kernels import ops
 
     def head(dtype, width):
         hidden, x = meta(5, 20, width, dtype=dtype, grad=True), meta(20, 784, dtype=dtype)
@@ -250,7 +250,7 @@ def decoder_head_cases():
         yield f"float32 H=200 P=784 precision={mode}", case
 
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        for width in sorted({50, 200, contract.decoder_head_max_hidden(dtype)}):
+        for width in (50, 200, 1000):  # 1000: the backward's several passes over P
             def case(dtype=dtype, width=width):
                 head(dtype, width)
 

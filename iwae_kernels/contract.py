@@ -63,22 +63,9 @@ class Likelihood(enum.IntEnum):
     GAUSSIAN = 1
 
 
-# The fused decoder head's backward keeps a row's padded hidden vector in one tile (its forward loops over H), so
-# its compiled kernels take H up to the largest power of two whose smallest backward tile still fits an A100's
-# shared memory (benchmarks/aot_report.py compiles every kernel at these sizes for sm_80 and sm_90 and fails if
-# none of their tiles fits). float32's one-pass backward stages 84 rows of H at its 16 x 16 tile: 172 KB at 512.
-DECODER_HEAD_MAX_HIDDEN = {torch.float32: 256, torch.float16: 1024, torch.bfloat16: 1024}
-
-
 # The fused decoder MLP holds each hidden layer as 4 padded chunks and multiplies weight blocks of a chunk's width:
 # widths up to 256 (chunks of 64) are what benchmarks/aot_report.py compiles for sm_80 and sm_90.
 DECODER_MLP_MAX_WIDTH = 256
-
-
-def decoder_head_max_hidden(dtype):
-    """The largest hidden size H the compiled decoder head takes for inputs of ``dtype`` (None: no limit; float64
-    runs the torch backend)."""
-    return DECODER_HEAD_MAX_HIDDEN.get(dtype)
 
 
 def accumulation_dtype(dtype):

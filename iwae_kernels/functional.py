@@ -10,7 +10,7 @@ import torch
 
 from . import _checks
 from .backend import get_backend
-from .contract import DECODER_MLP_MAX_WIDTH, accumulation_dtype, decoder_head_max_hidden
+from .contract import DECODER_MLP_MAX_WIDTH, accumulation_dtype
 from .estimators import ESTIMATORS, check_latent_scale, conditional_density_path
 from .torch_backend import bound_from_max_sum, largest_finite, reduced_loss
 
@@ -254,8 +254,7 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
     hidden @ weight.T + bias are never written to memory by the compiled backends (the torch one forms them).
 
     Args:
-        hidden: the decoder's last hidden activations [k, B, H] (for the compiled backends H <= 256 in float32,
-            1024 in float16/bfloat16: contract.DECODER_HEAD_MAX_HIDDEN).
+        hidden: the decoder's last hidden activations [k, B, H].
         weight, bias: that layer's [P, H] weight and [P] bias (an nn.Linear's).
         x: Bernoulli targets [B, P].
     Returns:
@@ -277,10 +276,6 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
     _checks.check_shape("x", x, (hidden.shape[1], size))
     x = x.detach()  # data: no gradient on any backend
     ops = get_backend(backend, hidden.device)
-    limit = decoder_head_max_hidden(hidden.dtype)
-    if ops.name != "torch" and limit is not None and width > limit:
-        raise ValueError(f"hidden: the fused decoder head holds H <= {limit} per row for {hidden.dtype}, "
-                         f"got H={width}; use backend='torch'")
     return ops.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
 
 

@@ -13,9 +13,10 @@ formed once per example before the kernel, so the epilogue is only the softplus 
 Backward is one kernel that recomputes each logit tile once (the logits, dh and dW: three matmul passes, where
 separate dh and dW kernels took four). It too is persistent: a program keeps its rows' dh in registers across
 P, and adds each tile's dW and db into a partial sum of its own in memory (read, add, write back: no atomics, and
-the same order every run); torch adds the programs' partials. There a row's hidden vector is held as one padded
-block, so H is limited to contract.DECODER_HEAD_MAX_HIDDEN, and tile shapes whose blocks would not fit the GPU's
-shared memory are dropped before they are compiled.
+the same order every run); torch adds the programs' partials. Only dh's block spans H, up to GRAD_HIDDEN_BLOCK
+columns (128 for float32 operands, 256 for half): a wider H takes another pass over P per block, recomputing the
+logits, so any H compiles to the same tiles and shared memory. Matmuls are tensor-core dots (ops.utils.dot_acc)
+following torch's float32 matmul precision.
 """
 
 import torch
@@ -27,21 +28,43 @@ from .._autograd import once_differentiable
 from .. import torch_backend
 from ..contract import accumulation_dtype
 from .._env import triton_interpreting
-from .utils import (bernoulli_grad, cdiv, data_term_factors, data_term_part, dot, dot_precision, library_op,
-                    max_shared_bytes, next_power_of_2, persistent_programs, softplus_tile_sum,
-                    triton_accumulation_dtype, weight_block_t)
+from .utils import (bernoulli_grad, cdiv, data_term_factors, data_term_part, dot, dot_acc, dot_precision, library_op,
+                    next_power_of_2, persistent_programs, softplus_tile_sum, triton_accumulation_dtype,
+                    weight_block_t)
 
 
-def _configs():
-    """The backward's tiles (BLOCK_R rows x BLOCK_P logits), timed once per (H, P): 8 warps, whose register share
-    spilled least on sm_90 (benchmarks/aot_report.py; 64 x 16 is the float32 H = 50 tile with wgmma and no spill;
-    128 x 16 halves the partial sums' read-add-write traffic per row for a small spill), and 16 x 16 for the
-    widest H. One fixed shape under the interpreter (nothing to time)."""
+def _backward_configs():
+    """The backward's tiles (BLOCK_R rows x BLOCK_P logits, BLOCK_H slices of H for the logits and dW), by the
+    operands' element size and whether the dh block is narrow (GRAD_H_BLOCK <= 64, i.e. H <= 64) or wide; timed once
+    per (H, P, dtype). Each compiled for sm_90 without spills in every precision mode, with wgmma (benchmarks/
+    aot_report.py): at a wide dh block only one tile per element size does. 64 rows give the logits' and dh's
+    matmuls M = 64, the least wgmma takes. One fixed shape under the interpreter (nothing to time), with slices and
+    blocks narrow enough that the tests' sizes run every loop more than once."""
     if triton_interpreting():
-        return [triton.Config({"BLOCK_R": 32, "BLOCK_P": 64})]
-    tiles = [triton.Config({"BLOCK_R": r, "BLOCK_P": p}, num_warps=8, num_stages=2)
-             for r, p in ((64, 16), (128, 16), (32, 32), (32, 64), (64, 32), (64, 64))]
-    return tiles + [triton.Config({"BLOCK_R": 16, "BLOCK_P": 16}, num_warps=4, num_stages=1)]
+        one = [triton.Config({"BLOCK_R": 16, "BLOCK_P": 32, "BLOCK_H": 16})]
+        return {(size, narrow): one for size in (4, 2) for narrow in (True, False)}
+    tiles = {(4, True): ((64, 16, 16), (64, 16, 32), (64, 32, 16), (64, 32, 32)), (4, False): ((64, 16, 16),),
+             (2, True): ((64, 16, 64), (64, 32, 64), (64, 16, 32), (64, 64, 64), (128, 16, 64), (128, 32, 64)),
+             (2, False): ((64, 16, 64),)}
+    return {key: [triton.Config({"BLOCK_R": r, "BLOCK_P": p, "BLOCK_H": h}, num_warps=8, num_stages=2)
+                  for r, p, h in shapes] for key, shapes in tiles.items()}
+
+
+BACKWARD_CONFIGS = _backward_configs()
+_ALL_BACKWARD_CONFIGS = list({id(c): c for configs in BACKWARD_CONFIGS.values() for c in configs}.values())
+
+# The width of the dh block a backward pass accumulates in registers, by the operands' element size: [64 rows, 128]
+# float32 is 32 registers a thread at 8 warps, [64, 256] 64. float32's operands take more registers (tf32x3 splits
+# each in two): at 256 every float32 tile spilled on sm_90. A wider H takes cdiv(H, GRAD_HIDDEN_BLOCK) passes over
+# P, each recomputing the logits. Narrow under the interpreter, so that the tests run several passes.
+GRAD_HIDDEN_BLOCK = {4: 32, 2: 32} if triton_interpreting() else {4: 128, 2: 256}
+
+
+def _configs_for_operands(configs, named_args, **kwargs):
+    """autotune's early prune: the configs BACKWARD_CONFIGS lists for the operands' element size and dh block."""
+    key = named_args["h_ptr"].element_size(), kwargs["GRAD_H_BLOCK"] <= 64
+    chosen = {id(config) for config in BACKWARD_CONFIGS[key]}
+    return [config for config in configs if id(config) in chosen]
 
 
 def _forward_configs():
@@ -55,38 +78,11 @@ def _forward_configs():
             for r, p, w in ((64, 64, 4), (128, 64, 8), (64, 128, 8))]
 
 
-# The backward's shared memory per unit of H_PAD, by tile (BLOCK_R, BLOCK_P) and element size: the h block, the
-# weight tile over the pipeline stages, their transposes and float32's tf32x3 hi/lo copies, all H_PAD wide. These
-# are the largest values benchmarks/aot_report.py measured (sm_80 and sm_90, every dtype and float32 precision mode,
-# H_PAD 64 to 1024, Triton 3.9), and it checks them on every run: a config compiled that does not fit fails it.
-BACKWARD_SHARED_BYTES_PER_HIDDEN = {
-    4: {(16, 16): 384, (64, 16): 1152, (128, 16): 2304, (32, 32): 704, (32, 64): 832, (64, 32): 1280, (64, 64): 1536},
-    2: {(16, 16): 96, (64, 16): 352, (128, 16): 672, (32, 32): 192, (32, 64): 384, (64, 32): 384, (64, 64): 512},
-}
-
-
-def _fitting_configs(configs, named_args, **kwargs):
-    """The configs whose estimated shared memory fits the GPU, before any is compiled (autotune's early prune)."""
-    per_hidden = BACKWARD_SHARED_BYTES_PER_HIDDEN[named_args["h_ptr"].element_size()]
-    limit = max_shared_bytes()
-    fitting = [c for c in configs if per_hidden[c.kwargs["BLOCK_R"], c.kwargs["BLOCK_P"]] * kwargs["H_PAD"] <= limit]
-    if not fitting:
-        raise ValueError(f"decoder head: no tile fits {limit} B of shared memory at H_PAD={kwargs['H_PAD']} "
-                         f"({named_args['h_ptr'].dtype}); contract.DECODER_HEAD_MAX_HIDDEN is too large")
-    return fitting
-
-
 @triton.jit
 def _hidden_columns(h_ptr, rows, row_mask, hidden, H):
-    """h [rows, hidden] of h [R, H]: zero outside it."""
+    """h[rows, hidden] of a row-major h [*, H] (the hidden activations, or W [P, H]): zero outside it."""
     mask = row_mask[:, None] & (hidden < H)[None, :]
     return tl.load(h_ptr + rows[:, None] * H + hidden[None, :], mask=mask, other=0.0)
-
-
-@triton.jit
-def _logits(h_block, w_tile_t, b_ptr, cols, col_mask, ACC: tl.constexpr, PRECISION: tl.constexpr):
-    y = dot(h_block, w_tile_t, ACC, PRECISION)
-    return y + tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(ACC)[None, :]
 
 
 @triton.jit
@@ -96,8 +92,8 @@ def _sliced_logits(h_ptr, w_ptr, b_ptr, rows, row_mask, cols, H, P, ACC: tl.cons
     y = tl.zeros([BLOCK_R, BLOCK_P], ACC)
     for h0 in range(0, H, BLOCK_H):
         hidden = h0 + tl.arange(0, BLOCK_H)
-        y += dot(_hidden_columns(h_ptr, rows, row_mask, hidden, H), weight_block_t(w_ptr, cols, P, hidden, H), ACC,
-                 PRECISION)
+        y = dot_acc(_hidden_columns(h_ptr, rows, row_mask, hidden, H), weight_block_t(w_ptr, cols, P, hidden, H), y,
+                    PRECISION)
     return y + tl.load(b_ptr + cols, mask=cols < P, other=0.0).to(ACC)[None, :]
 
 
@@ -141,50 +137,63 @@ def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, xw_ptr, xb_ptr, out_ptr, R, B, H, P,
         tl.store(out_ptr + rows, total, mask=row_mask)
 
 
-@triton.autotune(configs=_configs(), key=["H", "P"], prune_configs_by={"early_config_prune": _fitting_configs},
-                 cache_results=True)  # timings cached on disk: a new process does not re-tune (~30 s per (H, P))
 @triton.jit
-def _head_bwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_ptr, partial_w_ptr, partial_b_ptr, R, B, H, P,
-                     ACC: tl.constexpr, PRECISION: tl.constexpr, H_PAD: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
-    """One recompute pass for every gradient. With dy = g_r (x_j - sigmoid(y_rj)) from each logit tile recomputed:
-    grad_h [R, H] = sum_j dy_rj W_j, and this program's partial dW [P, H] = sum_r dy_r^T h_r and db [P] = sum_r dy_r
-    over its rows, in partial_w [programs, P, H] and partial_b [programs, P] (torch adds them: deterministic).
+def _add_weight_grad(h_ptr, grad_y, rows, row_mask, cols, col_mask, partial_wt, partial_b, later, H, P,
+                     ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Adds dW^T [H, cols] = h_rows^T dy and db [cols] = sum_rows dy into this program's partial sums (written, not
+    added, when ``later`` is false: its first row tile), dW^T in BLOCK_H slices of H."""
+    tl.debug_barrier()  # the previous row tile's writes, by whichever threads, land before these reads
+    for h0 in range(0, H, BLOCK_H):
+        hidden = h0 + tl.arange(0, BLOCK_H)
+        h_slice = _hidden_columns(h_ptr, rows, row_mask, hidden, H)
+        grad_wt = dot(tl.trans(h_slice), grad_y.to(h_slice.dtype), ACC, PRECISION)
+        mask = (hidden < H)[:, None] & col_mask[None, :]
+        ptrs = partial_wt + hidden[:, None] * P + cols[None, :]
+        # (a select, not a load mask: the interpreter takes no scalar in a mask)
+        tl.store(ptrs, tl.where(later, tl.load(ptrs, mask=mask, other=0.0), 0.0) + grad_wt, mask=mask)
+    b_ptrs = partial_b + cols
+    tl.store(b_ptrs, tl.where(later, tl.load(b_ptrs, mask=col_mask, other=0.0), 0.0) + tl.sum(grad_y, axis=0),
+             mask=col_mask)
+
+
+@triton.autotune(configs=_ALL_BACKWARD_CONFIGS, key=["H", "P"], prune_configs_by={"early_config_prune": _configs_for_operands},
+                 cache_results=True)  # timings cached on disk: a new process does not re-tune
+@triton.jit
+def _head_bwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_ptr, partial_wt_ptr, partial_b_ptr, R, B, H, P,
+                     ACC: tl.constexpr, PRECISION: tl.constexpr, GRAD_H_BLOCK: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Every gradient from recomputed logits. With dy = g_r (x_j - sigmoid(y_rj)) from each logit tile: grad_h
+    [R, H] = sum_j dy_rj W_j, and this program's partial dW^T [H, P] = sum_r h_r^T dy_r and db [P] = sum_r dy_r
+    over its rows, in partial_wt [programs, H, P] and partial_b [programs, P] (torch adds them: deterministic).
     Grid: persistent, one program per partial (autotuned tiles); program p takes row tiles p, p + programs, ..., so
-    every program needs at least one tile (programs <= cdiv(R, largest BLOCK_R)). 6 R H P FLOPs."""
+    every program needs at least one tile (programs <= cdiv(R, largest BLOCK_R)). A row tile's dh block of
+    GRAD_H_BLOCK columns stays in registers over a pass across P; H > GRAD_H_BLOCK takes more passes, each
+    recomputing the logits (dW and db in the first). 6 R H P FLOPs in one pass, 2 R H P more a pass after it."""
     program = tl.program_id(0)
-    hidden = tl.arange(0, H_PAD)
-    hidden_mask = hidden < H
-    partial_w = partial_w_ptr + program.to(tl.int64) * P * H
+    partial_wt = partial_wt_ptr + program.to(tl.int64) * H * P
     partial_b = partial_b_ptr + program.to(tl.int64) * P
     for tile in tl.range(program, tl.cdiv(R, BLOCK_R), tl.num_programs(0)):
-        rows = tile * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+        rows = tile * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)  # int64: rows * H may pass 2**31
         row_mask = rows < R
-        h_block = _hidden_columns(h_ptr, rows, row_mask, hidden, H)
         grad_out = tl.load(grad_out_ptr + rows, mask=row_mask, other=0.0).to(ACC)
-        grad_h = tl.zeros([BLOCK_R, H_PAD], ACC)
-        # The last tile's partial-sum writes land before this tile's first reads, which the software pipeline may
-        # issue ahead of the loop body's barrier (with one P tile, nothing else lies between them).
-        tl.debug_barrier()
-        for p0 in range(0, P, BLOCK_P):
-            cols = p0 + tl.arange(0, BLOCK_P)
-            col_mask = cols < P
-            w_tile_t = weight_block_t(w_ptr, cols, P, hidden, H)
-            grad_y = _grad_logits(_logits(h_block, w_tile_t, b_ptr, cols, col_mask, ACC, PRECISION), x_ptr, rows % B,
-                                  cols, row_mask[:, None] & col_mask[None, :], grad_out, P, ACC)
-            grad_h += dot(grad_y.to(w_tile_t.dtype), tl.trans(w_tile_t), ACC, PRECISION)
-            # This program's partial sums: its first tile writes them, later tiles read, add and write back.
-            grad_w = dot(tl.trans(grad_y.to(h_block.dtype)), h_block, ACC, PRECISION)
-            w_mask = col_mask[:, None] & hidden_mask[None, :]
-            w_ptrs = partial_w + cols[:, None] * H + hidden[None, :]
-            tl.debug_barrier()  # the previous tile's writes, by whichever threads, land before these reads
-            later = tile > program  # (a select, not a load mask: the interpreter takes no scalar in a mask)
-            tl.store(w_ptrs, tl.where(later, tl.load(w_ptrs, mask=w_mask, other=0.0), 0.0) + grad_w, mask=w_mask)
-            b_ptrs = partial_b + cols
-            tl.store(b_ptrs, tl.where(later, tl.load(b_ptrs, mask=col_mask, other=0.0), 0.0) + tl.sum(grad_y, axis=0),
-                     mask=col_mask)
-        tl.store(grad_h_ptr + rows[:, None] * H + hidden[None, :], grad_h.to(grad_h_ptr.dtype.element_ty),
-                 mask=row_mask[:, None] & hidden_mask[None, :])
+        later = tile > program
+        for g0 in range(0, H, GRAD_H_BLOCK):
+            grad_hidden = g0 + tl.arange(0, GRAD_H_BLOCK)
+            grad_h = tl.zeros([BLOCK_R, GRAD_H_BLOCK], ACC)
+            for p0 in range(0, P, BLOCK_P):
+                cols = p0 + tl.arange(0, BLOCK_P)
+                col_mask = cols < P
+                y = _sliced_logits(h_ptr, w_ptr, b_ptr, rows, row_mask, cols, H, P, ACC, PRECISION, BLOCK_R, BLOCK_P,
+                                   BLOCK_H)
+                grad_y = _grad_logits(y, x_ptr, rows % B, cols, row_mask[:, None] & col_mask[None, :], grad_out, P,
+                                      ACC)
+                w_tile = _hidden_columns(w_ptr, cols, col_mask, grad_hidden, H)
+                grad_h = dot_acc(grad_y.to(w_tile.dtype), w_tile, grad_h, PRECISION)
+                if g0 == 0:
+                    _add_weight_grad(h_ptr, grad_y, rows, row_mask, cols, col_mask, partial_wt, partial_b, later, H, P,
+                                     ACC, PRECISION, BLOCK_H)
+            tl.store(grad_h_ptr + rows[:, None] * H + grad_hidden[None, :], grad_h.to(grad_h_ptr.dtype.element_ty),
+                     mask=row_mask[:, None] & (grad_hidden < H)[None, :])
 
 
 @library_op("triton_decoder_head_forward", ("out",))
@@ -198,17 +207,17 @@ def _triton_forward(hidden: Tensor, weight: Tensor, bias: Tensor, x: Tensor, out
         ACC=triton_accumulation_dtype(hidden.dtype), PRECISION=dot_precision(hidden.dtype))
 
 
-@library_op("triton_decoder_head_backward", ("grad_hidden", "partial_weight", "partial_bias"))
+@library_op("triton_decoder_head_backward", ("grad_hidden", "partial_weight_t", "partial_bias"))
 def _triton_backward(hidden: Tensor, weight: Tensor, bias: Tensor, x: Tensor, grad_out: Tensor, grad_hidden: Tensor,
-                     partial_weight: Tensor, partial_bias: Tensor) -> None:
+                     partial_weight_t: Tensor, partial_bias: Tensor) -> None:
     num_samples, batch, width = hidden.shape
-    _head_bwd_kernel[(partial_weight.shape[0],)](
-        hidden, weight, bias, x, grad_out, grad_hidden, partial_weight, partial_bias, num_samples * batch, batch,
+    _head_bwd_kernel[(partial_weight_t.shape[0],)](
+        hidden, weight, bias, x, grad_out, grad_hidden, partial_weight_t, partial_bias, num_samples * batch, batch,
         width, weight.shape[0], ACC=triton_accumulation_dtype(hidden.dtype), PRECISION=dot_precision(hidden.dtype),
-        H_PAD=max(16, next_power_of_2(width)))
+        GRAD_H_BLOCK=min(GRAD_HIDDEN_BLOCK[hidden.element_size()], max(16, next_power_of_2(width))))
 
 
-_LARGEST_BACKWARD_BLOCK_R = max(config.kwargs["BLOCK_R"] for config in _configs())
+_LARGEST_BACKWARD_BLOCK_R = max(config.kwargs["BLOCK_R"] for config in _ALL_BACKWARD_CONFIGS)
 
 
 def backward_programs(rows, device):
@@ -236,16 +245,17 @@ class BernoulliDecoderHeadFunction(torch.autograd.Function):
         # dW and db: each program writes a partial sum, added up here.
         programs = backward_programs(rows, hidden.device)
         grad_hidden = torch.empty_like(hidden)
-        partial_weight = torch.empty((programs,) + tuple(weight.shape), dtype=acc, device=hidden.device)
+        partial_weight_t = torch.empty((programs,) + tuple(weight.T.shape), dtype=acc, device=hidden.device)
         partial_bias = torch.empty((programs,) + tuple(bias.shape), dtype=acc, device=hidden.device)
-        _triton_backward(hidden, weight, bias, x, grad_out.contiguous(), grad_hidden, partial_weight, partial_bias)
-        return grad_hidden, partial_weight.sum(0).to(weight.dtype), partial_bias.sum(0).to(bias.dtype), None
+        _triton_backward(hidden, weight, bias, x, grad_out.contiguous(), grad_hidden, partial_weight_t, partial_bias)
+        grad_weight = partial_weight_t.sum(0).T.to(weight.dtype, memory_format=torch.contiguous_format)
+        return grad_hidden, grad_weight, partial_bias.sum(0).to(bias.dtype), None
 
 
 def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
     """Bernoulli log p(x|z) of logits hidden @ weight.T + bias without materializing them.
 
-    hidden [k, B, H] (H <= contract.decoder_head_max_hidden(dtype)), weight [P, H], bias [P], x [B, P] -> [k, B].
+    hidden [k, B, H], weight [P, H], bias [P], x [B, P] -> [k, B].
     float64 runs the torch backend: tl.dot takes float32/float16/bfloat16 operands, not float64.
     """
     if hidden.dtype == torch.float64:

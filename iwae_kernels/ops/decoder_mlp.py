@@ -29,7 +29,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from .. import torch_backend
 from .._env import triton_interpreting
 from ..contract import accumulation_dtype
-from .utils import (cdiv, data_term_factors, data_term_part, dot, dot_precision, library_op, next_power_of_2,
+from .utils import (cdiv, data_term_factors, data_term_part, dot_acc, dot_precision, library_op, next_power_of_2,
                     softplus_tile_sum, tanh, triton_accumulation_dtype, weight_block_t)
 
 
@@ -50,17 +50,17 @@ def _bias_row(b_ptr, start, n, SIZE: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def _linear_part(a, w, row0, n_out, col0, n_in, IN: tl.constexpr, OUT: tl.constexpr, ACC: tl.constexpr,
-                 PRECISION: tl.constexpr, DESCRIPTOR: tl.constexpr):
-    """a [BLOCK_R, IN] @ W[row0 : row0 + OUT, col0 : col0 + IN]^T: one input chunk's share of an output chunk. W is
-    a pointer to a row-major [n_out, n_in] weight, or with DESCRIPTOR a tensor descriptor of it whose block is
-    [OUT, IN] (TMA on sm_90 copies the block into shared memory without passing through registers; it zero-fills
-    outside W)."""
+def _linear_part(acc, a, w, row0, n_out, col0, n_in, IN: tl.constexpr, OUT: tl.constexpr, PRECISION: tl.constexpr,
+                 DESCRIPTOR: tl.constexpr):
+    """acc + a [BLOCK_R, IN] @ W[row0 : row0 + OUT, col0 : col0 + IN]^T: one input chunk's share of an output chunk
+    [BLOCK_R, OUT], added into acc. W is a pointer to a row-major [n_out, n_in] weight, or with DESCRIPTOR a tensor
+    descriptor of it whose block is [OUT, IN] (TMA on sm_90 copies the block into shared memory without passing
+    through registers; it zero-fills outside W)."""
     if DESCRIPTOR:
         w_t = tl.trans(w.load([row0, col0]))
     else:
         w_t = weight_block_t(w, row0 + tl.arange(0, OUT), n_out, col0 + tl.arange(0, IN), n_in)
-    return dot(a, w_t, ACC, PRECISION)
+    return dot_acc(a, w_t, acc, PRECISION)
 
 
 @triton.jit
@@ -69,11 +69,11 @@ def _tanh_chunk(a0, a1, a2, a3, w, b_ptr, row0, n_out, n_in, IN: tl.constexpr, O
     """Output chunk tanh(a W[row0 : row0 + OUT]^T + b[row0 : row0 + OUT]) [BLOCK_R, OUT] of a Linear + tanh whose
     input is held as 4 chunks a0..a3 [BLOCK_R, IN] (a1 None: the input is a0 alone), in the input's dtype as
     torch's Linear returns it; W as _linear_part takes it."""
-    pre = _linear_part(a0, w, row0, n_out, 0, n_in, IN, OUT, ACC, PRECISION, DESCRIPTOR)
+    pre = _linear_part(tl.zeros([a0.shape[0], OUT], ACC), a0, w, row0, n_out, 0, n_in, IN, OUT, PRECISION, DESCRIPTOR)
     if a1 is not None:
-        pre += _linear_part(a1, w, row0, n_out, IN, n_in, IN, OUT, ACC, PRECISION, DESCRIPTOR)
-        pre += _linear_part(a2, w, row0, n_out, 2 * IN, n_in, IN, OUT, ACC, PRECISION, DESCRIPTOR)
-        pre += _linear_part(a3, w, row0, n_out, 3 * IN, n_in, IN, OUT, ACC, PRECISION, DESCRIPTOR)
+        pre = _linear_part(pre, a1, w, row0, n_out, IN, n_in, IN, OUT, PRECISION, DESCRIPTOR)
+        pre = _linear_part(pre, a2, w, row0, n_out, 2 * IN, n_in, IN, OUT, PRECISION, DESCRIPTOR)
+        pre = _linear_part(pre, a3, w, row0, n_out, 3 * IN, n_in, IN, OUT, PRECISION, DESCRIPTOR)
     return tanh(pre + _bias_row(b_ptr, row0, n_out, OUT, ACC)).to(a0.dtype)
 
 
@@ -109,10 +109,10 @@ def _mlp_decoder_fwd_kernel(z_ptr, w1_ptr, b1_ptr, w2_desc, b2_ptr, w3_ptr, b3_p
                        True)
     total = tl.zeros([BLOCK_R], ACC)
     for p0 in range(0, P, BLOCK_P):
-        y = _linear_part(h2_0, w3_ptr, p0, P, 0, H2, CHUNK2, BLOCK_P, ACC, PRECISION, False)
-        y += _linear_part(h2_1, w3_ptr, p0, P, CHUNK2, H2, CHUNK2, BLOCK_P, ACC, PRECISION, False)
-        y += _linear_part(h2_2, w3_ptr, p0, P, 2 * CHUNK2, H2, CHUNK2, BLOCK_P, ACC, PRECISION, False)
-        y += _linear_part(h2_3, w3_ptr, p0, P, 3 * CHUNK2, H2, CHUNK2, BLOCK_P, ACC, PRECISION, False)
+        y = _linear_part(tl.zeros([BLOCK_R, BLOCK_P], ACC), h2_0, w3_ptr, p0, P, 0, H2, CHUNK2, BLOCK_P, PRECISION, False)
+        y = _linear_part(y, h2_1, w3_ptr, p0, P, CHUNK2, H2, CHUNK2, BLOCK_P, PRECISION, False)
+        y = _linear_part(y, h2_2, w3_ptr, p0, P, 2 * CHUNK2, H2, CHUNK2, BLOCK_P, PRECISION, False)
+        y = _linear_part(y, h2_3, w3_ptr, p0, P, 3 * CHUNK2, H2, CHUNK2, BLOCK_P, PRECISION, False)
         y += _bias_row(b3_ptr, p0, P, BLOCK_P, ACC)
         total -= softplus_tile_sum(y, row_mask, p0 + tl.arange(0, BLOCK_P) < P)
     # The data term after the P loop, when no logit tile is live (before it, ptxas kept its loads and spilled more).

@@ -17,7 +17,7 @@ from torch import Tensor
 from .._autograd import once_differentiable
 from .. import torch_backend
 from .gaussian_sample import draw_seed
-from .utils import cdiv, dot, dot_precision, library_op, triton_accumulation_dtype
+from .utils import cdiv, dot_acc, dot_precision, library_op, triton_accumulation_dtype
 
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
 
@@ -45,8 +45,8 @@ def _local_reparam_fwd_kernel(
         w_mask = k_mask[:, None] & col_mask[None, :]
         mu_t = tl.load(mu_ptr + cols[None, :] * K + ks[:, None], mask=w_mask, other=0.0)  # mu^T tile [K, N]
         var_t = tl.load(var_ptr + cols[None, :] * K + ks[:, None], mask=w_mask, other=0.0)
-        mean += dot(a, mu_t, ACC, PRECISION)
-        var += dot(a * a, var_t, ACC, PRECISION)
+        mean = dot_acc(a, mu_t, mean, PRECISION)
+        var = dot_acc(a * a, var_t, var, PRECISION)
     mask = row_mask[:, None] & col_mask[None, :]
     offsets = rows[:, None] * N + cols[None, :]
     if HAS_NOISE:

@@ -152,11 +152,16 @@ def row_tile(n_cols, dtype, elements=TILE_ELEMENTS):
     return max(1, elements // block_cols), block_cols
 
 
-# torch.get_float32_matmul_precision() -> tl.dot's precision for float32 operands, as cuBLAS follows it. "highest":
-# three TF32 tensor-core products (tf32x3), float32-level accuracy ("ieee" runs on the FMA units, about 100x
-# slower at the decoder head's tiles on an H100); "high": one TF32 product; "medium": bf16 operands. The
-# accumulation is float32 in every mode.
+# torch.get_float32_matmul_precision() -> dot's precision for float32 operands, as cuBLAS follows it. "highest":
+# tf32x3, three TF32 tensor-core products (float32-level accuracy; "ieee" runs on the FMA units, about 100x slower
+# at the decoder head's tiles on an H100); "high": one TF32 product; "medium": bf16 operands. The accumulation is
+# float32 in every mode.
 FLOAT32_DOT_PRECISION = {"highest": "tf32x3", "high": "tf32", "medium": "bf16"}
+
+# The Triton interpreter multiplies float32 operands exactly whatever tl.dot's input_precision says, and bf16
+# operands wrongly (Triton 3.9): under it, dot rounds the operands as a GPU's tensor cores would and multiplies them
+# in float32, so CPU tests see each mode's real rounding.
+_INTERPRETED_PRECISION = {"tf32": "tf32-emulated", "tf32x3": "tf32x3-emulated", "bf16": "bf16-upcast"}
 
 
 def dot_precision(dtype):
@@ -164,30 +169,60 @@ def dot_precision(dtype):
     torch.set_float32_matmul_precision applies to the next call)."""
     if dtype == torch.float32:
         precision = FLOAT32_DOT_PRECISION[torch.get_float32_matmul_precision()]
-        if precision == "bf16" and triton_interpreting():
-            return "bf16-upcast"  # the interpreter's bf16 products are wrong (below): round, then multiply in fp32
-        return precision
+        return _INTERPRETED_PRECISION[precision] if triton_interpreting() else precision
     if dtype == torch.bfloat16 and triton_interpreting():
-        return "upcast"  # Triton 3.9's interpreter multiplies bf16 operands wrongly (fp16 is fine)
+        return "upcast"
     return None
 
 
 @triton.jit
-def dot(a, b, ACC: tl.constexpr, PRECISION: tl.constexpr):
-    """tl.dot accumulating in ACC. PRECISION "bf16": operands rounded to bf16 (torch's "medium" matmul precision);
-    "upcast" / "bf16-upcast": float32 products of the (bf16-rounded) operands, only under the Triton interpreter,
-    whose bf16 dot products are wrong; otherwise tl.dot's input_precision (None: its default)."""
-    # One branch per mode, with an else: the compiler still compiles statements after a constexpr-if's return.
-    if PRECISION == "upcast":
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), out_dtype=ACC, input_precision="ieee")
-    elif PRECISION == "bf16-upcast":
-        out = tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), out_dtype=ACC,
-                     input_precision="ieee")
-    elif PRECISION == "bf16":
-        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=ACC)
+def tf32_truncate(a):
+    """float32 a with its mantissa cut to TF32's 10 bits (the 13 low bits zeroed): what a tensor core reads of a
+    float32 operand."""
+    return (a.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _tf32_dot(a, b, acc, EMULATED: tl.constexpr):
+    """acc + a @ b from one TF32 tensor-core product (EMULATED: float32 products of the truncated operands)."""
+    if EMULATED:
+        out = tl.dot(tf32_truncate(a), tf32_truncate(b), acc, input_precision="ieee")
     else:
-        out = tl.dot(a, b, out_dtype=ACC, input_precision=PRECISION)
+        out = tl.dot(a, b, acc, input_precision="tf32")
     return out
+
+
+@triton.jit
+def dot_acc(a, b, acc, PRECISION: tl.constexpr):
+    """acc + a @ b, accumulated in acc (float32, or float64 for float64 operands). PRECISION (dot_precision):
+    "tf32x3": a = a_hi + a_lo with a_hi = tf32_truncate(a) (exact), likewise b, and acc + a_lo b_hi + a_hi b_lo +
+    a_hi b_hi from three TF32 products into acc itself (relative error about 2^-20 a product; tl.dot's own tf32x3
+    adds the small products in a second accumulator, as many registers again as the result tile); "tf32": one
+    TF32 product; "bf16": operands rounded to bf16; "-emulated" / "upcast": the interpreter's stand-ins (above);
+    otherwise tl.dot's input_precision (None: its default)."""
+    # One branch per mode, with an else: the compiler still compiles statements after a constexpr-if's return.
+    if PRECISION == "tf32x3" or PRECISION == "tf32x3-emulated":
+        a_hi, b_hi = tf32_truncate(a), tf32_truncate(b)
+        acc = _tf32_dot(a - a_hi, b_hi, acc, PRECISION == "tf32x3-emulated")
+        acc = _tf32_dot(a_hi, b - b_hi, acc, PRECISION == "tf32x3-emulated")
+        out = _tf32_dot(a_hi, b_hi, acc, PRECISION == "tf32x3-emulated")
+    elif PRECISION == "tf32-emulated":
+        out = _tf32_dot(a, b, acc, True)
+    elif PRECISION == "upcast":
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    elif PRECISION == "bf16-upcast":
+        out = tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), acc, input_precision="ieee")
+    elif PRECISION == "bf16":
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    else:
+        out = tl.dot(a, b, acc, input_precision=PRECISION)
+    return out
+
+
+@triton.jit
+def dot(a, b, ACC: tl.constexpr, PRECISION: tl.constexpr):
+    """a @ b [M, N] accumulated in ACC: dot_acc into zeros."""
+    return dot_acc(a, b, tl.zeros([a.shape[0], b.shape[1]], ACC), PRECISION)
 
 
 @triton.jit

@@ -5,12 +5,12 @@ import torch
 
 import iwae_kernels as ik
 
-from helpers import backend_device
 from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_bernoulli
 
 # (k, B, H, P): k=1/B=1/H=1/P=1, odd sizes, P over one tile, and enough rows for several row tiles per persistent
-# program (3 off a GPU), so the backward's partial sums are read, added to and written back.
-SHAPES = [(1, 1, 1, 1), (3, 5, 7, 33), (2, 20, 40, 100), (40, 30, 17, 70)]
+# program (3 off a GPU), so the backward's partial sums are read, added to and written back, in two passes over P
+# (H > GRAD_HIDDEN_BLOCK = 32 under the interpreter) whose second must not add dW again.
+SHAPES = [(1, 1, 1, 1), (3, 5, 7, 33), (2, 20, 40, 100), (40, 30, 37, 70)]
 
 
 def make_inputs(k, batch, width, size, seed=0):
@@ -47,11 +47,12 @@ def test_kernel_matches_reference(kernel, dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_kernel_at_the_widest_hidden_size(kernel, dtype):
-    """H = contract.DECODER_HEAD_MAX_HIDDEN: the forward's H loop and the backward's widest padded row."""
-    from iwae_kernels.contract import decoder_head_max_hidden
+def test_kernel_with_several_backward_passes(kernel, dtype):
+    """H wider than the backward's dh block (GRAD_HIDDEN_BLOCK: 32 under the interpreter, 128 or 256 on a GPU)
+    takes several passes over P, the last one partial, and the forward's H loop many slices."""
+    from iwae_kernels.ops.decoder_head import GRAD_HIDDEN_BLOCK
 
-    tensors, x = make_inputs(2, 3, decoder_head_max_hidden(dtype), 37)
+    tensors, x = make_inputs(2, 3, 2 * GRAD_HIDDEN_BLOCK[dtype.itemsize] + 5, 37)
     rounded = [t.to(dtype).double() for t in tensors]
     for got, want in zip(run(tensors, x, *kernel, dtype), run(rounded, x, "torch", "cpu", torch.float64)):
         assert_close(got, want, torch.float32 if dtype == torch.float32 else dtype)
@@ -101,12 +102,6 @@ def test_bad_input_names_the_argument():
         ik.bernoulli_decoder_log_likelihood(hidden, weight, torch.zeros(4), x)
     with pytest.raises(ValueError, match=r"x: expected shape \(3, 5\)"):
         ik.bernoulli_decoder_log_likelihood(hidden, weight, bias, torch.zeros(3, 4))
-    device = backend_device("triton")
-    for dtype, limit in ((torch.float32, 256), (torch.bfloat16, 1024)):  # what fits an A100's shared memory
-        with pytest.raises(ValueError, match=rf"hidden: the fused decoder head holds H <= {limit} per row for {dtype}"):
-            ik.bernoulli_decoder_log_likelihood(
-                torch.zeros(1, 1, limit + 1, device=device, dtype=dtype), torch.zeros(5, limit + 1, device=device,
-                dtype=dtype), bias.to(device, dtype), torch.zeros(1, 5, device=device, dtype=dtype), backend="triton")
 
 
 def test_backward_overwrites_its_partial_sums(kernel):
@@ -117,40 +112,17 @@ def test_backward_overwrites_its_partial_sums(kernel):
     backend, device = kernel
     if backend != "triton":
         pytest.skip("the Triton kernel's launcher")
-    tensors, x = make_inputs(40, 30, 17, 70)
+    tensors, x = make_inputs(40, 30, 37, 70)
     hidden, weight, bias = [t.to(device, torch.float32) for t in tensors]
     grad_out = torch.rand(40, 30, dtype=torch.float64)
     programs = decoder_head.backward_programs(40 * 30, hidden.device)
     assert programs > 1  # several programs, each with several tiles (the read-add-write path runs)
     grad_hidden = torch.full_like(hidden, float("nan"))
-    partial_weight = torch.full((programs, 70, 17), float("nan"), device=device)
+    partial_weight_t = torch.full((programs, 37, 70), float("nan"), device=device)
     partial_bias = torch.full((programs, 70), float("nan"), device=device)
     decoder_head._triton_backward(hidden, weight, bias, x.to(device, torch.float32), grad_out.to(device, torch.float32),
-                                  grad_hidden, partial_weight, partial_bias)
+                                  grad_hidden, partial_weight_t, partial_bias)
     leaves = [t.clone().requires_grad_() for t in tensors]
     expected = torch.autograd.grad(ik.bernoulli_decoder_log_likelihood(*leaves, x, backend="torch"), leaves, grad_out)
-    for got, want in zip((grad_hidden, partial_weight.sum(0), partial_bias.sum(0)), expected):
+    for got, want in zip((grad_hidden, partial_weight_t.sum(0).T, partial_bias.sum(0)), expected):
         assert_close(got.cpu(), want, torch.float32)
-
-
-def test_backward_shared_memory_table_bounds_the_compiled_kernels():
-    """The backward's early prune estimates shared memory from BACKWARD_SHARED_BYTES_PER_HIDDEN: it must be at
-    least what every backward specialization in the committed ahead-of-time report (sm_80 and sm_90) needed, or a
-    tile could pass the prune and not fit the GPU."""
-    import json
-    import re
-
-    from helpers import REPO
-    from iwae_kernels.ops.decoder_head import BACKWARD_SHARED_BYTES_PER_HIDDEN
-
-    rows = json.loads((REPO / "benchmarks/results/aot/decoder_head/aot_report.json").read_text())["rows"]
-    checked = 0
-    for row in rows:
-        if not row["kernel"].endswith("_head_bwd_kernel"):
-            continue
-        sizes = {k: int(v) for k, v in re.findall(r"(H_PAD|BLOCK_R|BLOCK_P)=(\d+)", row["specialization"])}
-        element = 2 if re.search(r"\b(b?float16)\b", row["case"]) else 4
-        estimate = BACKWARD_SHARED_BYTES_PER_HIDDEN[element][sizes["BLOCK_R"], sizes["BLOCK_P"]] * sizes["H_PAD"]
-        assert row["shared_bytes"] <= estimate, (row["arch"], row["case"], row["specialization"])
-        checked += 1
-    assert checked > 50

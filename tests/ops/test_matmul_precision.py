@@ -1,8 +1,9 @@
 """The fused matmul kernels (decoder head, decoder MLP, local reparameterization) follow torch.get_float32_matmul_precision()
 as cuBLAS does: "highest" float32-accurate, "high" TF32, "medium" bf16 operands; float32 accumulation always.
 
-Under the Triton interpreter (CPU) the bf16 rounding of "medium" is real, TF32's is not emulated: "high" is
-checked against its tolerance, which the interpreter's float32 products meet trivially."""
+Under the Triton interpreter (CPU) the kernels round the operands as a GPU's tensor cores would (ops.utils.dot_acc),
+so every mode's error is real here: "highest"'s three TF32 products come within float32's error, and "high" and
+"medium" are far from it."""
 
 import pytest
 import torch
@@ -11,8 +12,10 @@ import iwae_kernels as ik
 
 from helpers import backend_device
 
-# Relative error allowed at each precision (the outputs sum O(100) products).
+# Relative error allowed at each precision (the outputs sum O(100) products), and the least a rounded mode shows
+# (measured on CPU: "highest" 1e-7 to 5e-7, "high" 1.3e-4 to 9.5e-4, "medium" 1e-3 to 7e-3).
 TOLERANCE = {"highest": 1e-5, "high": 1e-2, "medium": 3e-2}
+ROUNDED_AT_LEAST = {"high": 3e-5, "medium": 3e-4}
 
 
 @pytest.fixture(params=list(TOLERANCE))
@@ -63,5 +66,5 @@ def test_fused_matmuls_follow_the_float32_matmul_precision(op, precision):
     for g, w in zip(got, want):
         error = (g.double().cpu() - w).abs().max() / w.abs().max()
         assert error < TOLERANCE[precision], f"{op.__name__} at {precision}: relative error {error:.2e}"
-        if precision == "medium":  # bf16 operands are really rounded: far from float32's error
-            assert error > 1e-4, f"{op.__name__} at medium: error {error:.2e} shows no bf16 rounding"
+        if precision in ROUNDED_AT_LEAST:  # TF32 / bf16 operands are really rounded: far from float32's error
+            assert error > ROUNDED_AT_LEAST[precision], f"{op.__name__} at {precision}: error {error:.2e} shows no rounding"
