@@ -12,7 +12,7 @@
 # since the last GPU run (PLAN_SINCE, default the commit of the committed H100 results) plus the backend="cuda"
 # and torch.compile tests; bench_loss at the target shapes; bench_eval (warmed up); bench_train_step; a
 # torch.profiler kernel table of one forward+backward; probe_host (where a small loss's host time goes);
-# compute-sanitizer memcheck and racecheck on four kernel families' tests. Results: benchmarks/results/<device>/ (the
+# compute-sanitizer memcheck and racecheck on five kernel families' tests. Results: benchmarks/results/<device>/ (the
 # benchmarks' files) and its gpu_plan/ folder (logs, markers, gpu_plan.md: stage, exit status, seconds, last line).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -63,9 +63,10 @@ with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
 print("one forward+backward of the 1-layer paper model, k=50, B=128; Calls = launches")
 print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
 '
-# (the decoder head's backward shares partial sums between a program's threads: racecheck checks its barriers)
+# (the decoder head's backward shares partial sums, and the decoder MLP scratch rows, between a program's threads:
+# racecheck checks their barriers, which the interpreter's one-program-at-a-time runs cannot)
 SANITIZED="tests/ops/test_gaussian_sample.py tests/ops/test_log_likelihood.py tests/ops/test_logsumexp.py \
-tests/ops/test_decoder_head.py -k 'kernel or noise or partial'"
+tests/ops/test_decoder_head.py tests/ops/test_decoder_mlp.py -k 'kernel or noise or partial'"
 
 # name, time limit (s), command: in priority order.
 STAGES=(

@@ -63,11 +63,6 @@ class Likelihood(enum.IntEnum):
     GAUSSIAN = 1
 
 
-# The fused decoder MLP holds each hidden layer as 4 padded chunks and multiplies weight blocks of a chunk's width:
-# widths up to 256 (chunks of 64) are what benchmarks/aot_report.py compiles for sm_80 and sm_90.
-DECODER_MLP_MAX_WIDTH = 256
-
-
 def accumulation_dtype(dtype):
     """float64 stays float64; every other floating dtype accumulates in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32

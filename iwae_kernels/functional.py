@@ -10,7 +10,7 @@ import torch
 
 from . import _checks
 from .backend import get_backend
-from .contract import DECODER_MLP_MAX_WIDTH, accumulation_dtype
+from .contract import accumulation_dtype
 from .estimators import ESTIMATORS, check_latent_scale, conditional_density_path
 from .torch_backend import bound_from_max_sum, largest_finite, reduced_loss
 
@@ -281,13 +281,13 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
 
 def bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weight=None, *, backend=None):
     """Evaluation's log-weights through the paper's decoder MLP in one op: log p(x|z) for the logits of
-    Linear-tanh-Linear-tanh-Linear applied to z, plus ``latent_log_weight``. The compiled backends keep the hidden
-    activations and the logits on chip (one kernel); the torch backend runs the layers.
+    Linear-tanh-Linear-tanh-Linear applied to z, plus ``latent_log_weight``. The compiled backends run one kernel,
+    whose hidden activations stay in a few rows of scratch per program and whose logits never leave registers; the
+    torch backend runs the layers.
 
     Args:
         z: samples [k, B, D].
-        weights: the three Linear weights [H1, D], [H2, H1], [P, H2] (compiled backends: D, H1, H2 <=
-            contract.DECODER_MLP_MAX_WIDTH = 256); biases: their [H1], [H2], [P] biases.
+        weights: the three Linear weights [H1, D], [H2, H1], [P, H2]; biases: their [H1], [H2], [P] biases.
         x: Bernoulli targets [B, P].
         latent_log_weight: optional [k, B] added to the result, e.g. gaussian_sample's log p(z) - log q(z|x).
     Returns:
@@ -323,10 +323,6 @@ def bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weigh
         raise ValueError("bernoulli_mlp_decoder_log_likelihood: forward only (evaluation): call it under "
                          "torch.no_grad(), or detach its inputs")
     ops = get_backend(backend, z.device)
-    widest = max(z.shape[-1], weights[0].shape[0], weights[1].shape[0])
-    if ops.name != "torch" and widest > DECODER_MLP_MAX_WIDTH:
-        raise ValueError(f"weights: the fused decoder MLP takes D, H1, H2 <= {DECODER_MLP_MAX_WIDTH}, got "
-                         f"{z.shape[-1]}, {weights[0].shape[0]}, {weights[1].shape[0]}; use backend='torch'")
     return ops.bernoulli_mlp_decoder_log_likelihood(z, tuple(weights), tuple(biases), x.detach(), latent_log_weight)
 
 

@@ -28,9 +28,9 @@ from .._autograd import once_differentiable
 from .. import torch_backend
 from ..contract import accumulation_dtype
 from .._env import triton_interpreting
-from .utils import (bernoulli_grad, cdiv, data_term_factors, data_term_part, dot, dot_acc, dot_precision, library_op,
-                    next_power_of_2, persistent_programs, softplus_tile_sum, triton_accumulation_dtype,
-                    weight_block_t)
+from .utils import (bernoulli_grad, cdiv, configs_by_operands, data_term, data_term_factors, dot, dot_acc,
+                    dot_precision, library_op, linear_tile, next_power_of_2, persistent_programs, row_block,
+                    softplus_tile_sum, triton_accumulation_dtype)
 
 
 def _backward_configs():
@@ -51,20 +51,15 @@ def _backward_configs():
 
 
 BACKWARD_CONFIGS = _backward_configs()
-_ALL_BACKWARD_CONFIGS = list({id(c): c for configs in BACKWARD_CONFIGS.values() for c in configs}.values())
+# The backward's early prune keeps the tiles listed for the operands' element size and the dh block's width.
+_ALL_BACKWARD_CONFIGS, _configs_for_operands = configs_by_operands(
+    BACKWARD_CONFIGS, lambda args, kwargs: (args["h_ptr"].element_size(), kwargs["GRAD_H_BLOCK"] <= 64))
 
 # The width of the dh block a backward pass accumulates in registers, by the operands' element size: [64 rows, 128]
 # float32 is 32 registers a thread at 8 warps, [64, 256] 64. float32's operands take more registers (tf32x3 splits
 # each in two): at 256 every float32 tile spilled on sm_90. A wider H takes cdiv(H, GRAD_HIDDEN_BLOCK) passes over
 # P, each recomputing the logits. Narrow under the interpreter, so that the tests run several passes.
 GRAD_HIDDEN_BLOCK = {4: 32, 2: 32} if triton_interpreting() else {4: 128, 2: 256}
-
-
-def _configs_for_operands(configs, named_args, **kwargs):
-    """autotune's early prune: the configs BACKWARD_CONFIGS lists for the operands' element size and dh block."""
-    key = named_args["h_ptr"].element_size(), kwargs["GRAD_H_BLOCK"] <= 64
-    chosen = {id(config) for config in BACKWARD_CONFIGS[key]}
-    return [config for config in configs if id(config) in chosen]
 
 
 def _forward_configs():
@@ -79,37 +74,6 @@ def _forward_configs():
 
 
 @triton.jit
-def _hidden_columns(h_ptr, rows, row_mask, hidden, H):
-    """h[rows, hidden] of a row-major h [*, H] (the hidden activations, or W [P, H]): zero outside it."""
-    mask = row_mask[:, None] & (hidden < H)[None, :]
-    return tl.load(h_ptr + rows[:, None] * H + hidden[None, :], mask=mask, other=0.0)
-
-
-@triton.jit
-def _sliced_logits(h_ptr, w_ptr, b_ptr, rows, row_mask, cols, H, P, ACC: tl.constexpr, PRECISION: tl.constexpr,
-                   BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr):
-    """y [BLOCK_R, BLOCK_P] = h W^T + b for the rows and columns, the matmul in BLOCK_H slices of H."""
-    y = tl.zeros([BLOCK_R, BLOCK_P], ACC)
-    for h0 in range(0, H, BLOCK_H):
-        hidden = h0 + tl.arange(0, BLOCK_H)
-        y = dot_acc(_hidden_columns(h_ptr, rows, row_mask, hidden, H), weight_block_t(w_ptr, cols, P, hidden, H), y,
-                    PRECISION)
-    return y + tl.load(b_ptr + cols, mask=cols < P, other=0.0).to(ACC)[None, :]
-
-
-@triton.jit
-def _data_term(h_ptr, xw_ptr, xb_ptr, rows, row_mask, B, H, ACC: tl.constexpr, BLOCK_H: tl.constexpr):
-    """sum_j x_j y_j per row = h . (W^T x_b) + x_b . b, from xw = x W [B, H] and xb = x b [B] (row r: b = r % B)."""
-    x_rows = rows % B
-    total = tl.load(xb_ptr + x_rows, mask=row_mask, other=0.0)
-    for h0 in range(0, H, BLOCK_H):
-        hidden = h0 + tl.arange(0, BLOCK_H)
-        total += data_term_part(_hidden_columns(h_ptr, rows, row_mask, hidden, H).to(ACC), xw_ptr, x_rows, row_mask,
-                                hidden, H)
-    return total
-
-
-@triton.jit
 def _grad_logits(y, x_ptr, x_rows, cols, mask, grad_out, P, ACC: tl.constexpr):
     x = tl.load(x_ptr + x_rows[:, None] * P + cols[None, :], mask=mask, other=0.0).to(ACC)
     return tl.where(mask, grad_out[:, None] * bernoulli_grad(x, y), 0.0)
@@ -121,7 +85,7 @@ def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, xw_ptr, xb_ptr, out_ptr, R, B, H, P,
                      ACC: tl.constexpr, PRECISION: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr):
     """out [R = k * B] = sum_j x_j y_j - softplus(y_j), y = h W^T + b for h [R, H], W [P, H], b [P] (row r is
-    example r % B), the x-term from xw = x W [B, H] and xb = x b [B] (_data_term); the logits live only in
+    example r % B), the x-term from xw = x W [B, H] and xb = x b [B] (ops.utils.data_term); the logits live only in
     registers. Grid: persistent (autotuned tiles); a program takes row tiles of BLOCK_R rows in turn and walks P
     in BLOCK_P tiles, each a loop over H in BLOCK_H slices. 2 R H P FLOPs on tensor cores."""
     for tile in tl.range(tl.program_id(0), tl.cdiv(R, BLOCK_R), tl.num_programs(0)):
@@ -130,10 +94,10 @@ def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, xw_ptr, xb_ptr, out_ptr, R, B, H, P,
         softplus_sum = tl.zeros([BLOCK_R], ACC)
         for p0 in range(0, P, BLOCK_P):
             cols = p0 + tl.arange(0, BLOCK_P)
-            y = _sliced_logits(h_ptr, w_ptr, b_ptr, rows, row_mask, cols, H, P, ACC, PRECISION, BLOCK_R, BLOCK_P,
+            y = linear_tile(h_ptr, w_ptr, b_ptr, rows, row_mask, cols, H, P, ACC, PRECISION, BLOCK_R, BLOCK_P,
                                BLOCK_H)
             softplus_sum += softplus_tile_sum(y, row_mask, cols < P)
-        total = _data_term(h_ptr, xw_ptr, xb_ptr, rows, row_mask, B, H, ACC, BLOCK_H) - softplus_sum
+        total = data_term(h_ptr, rows, xw_ptr, xb_ptr, rows % B, row_mask, H, ACC, BLOCK_H) - softplus_sum
         tl.store(out_ptr + rows, total, mask=row_mask)
 
 
@@ -145,7 +109,7 @@ def _add_weight_grad(h_ptr, grad_y, rows, row_mask, cols, col_mask, partial_wt, 
     tl.debug_barrier()  # the previous row tile's writes, by whichever threads, land before these reads
     for h0 in range(0, H, BLOCK_H):
         hidden = h0 + tl.arange(0, BLOCK_H)
-        h_slice = _hidden_columns(h_ptr, rows, row_mask, hidden, H)
+        h_slice = row_block(h_ptr, rows, row_mask, hidden, H)
         grad_wt = dot(tl.trans(h_slice), grad_y.to(h_slice.dtype), ACC, PRECISION)
         mask = (hidden < H)[:, None] & col_mask[None, :]
         ptrs = partial_wt + hidden[:, None] * P + cols[None, :]
@@ -183,11 +147,11 @@ def _head_bwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_ptr, parti
             for p0 in range(0, P, BLOCK_P):
                 cols = p0 + tl.arange(0, BLOCK_P)
                 col_mask = cols < P
-                y = _sliced_logits(h_ptr, w_ptr, b_ptr, rows, row_mask, cols, H, P, ACC, PRECISION, BLOCK_R, BLOCK_P,
+                y = linear_tile(h_ptr, w_ptr, b_ptr, rows, row_mask, cols, H, P, ACC, PRECISION, BLOCK_R, BLOCK_P,
                                    BLOCK_H)
                 grad_y = _grad_logits(y, x_ptr, rows % B, cols, row_mask[:, None] & col_mask[None, :], grad_out, P,
                                       ACC)
-                w_tile = _hidden_columns(w_ptr, cols, col_mask, grad_hidden, H)
+                w_tile = row_block(w_ptr, cols, col_mask, grad_hidden, H)
                 grad_h = dot_acc(grad_y.to(w_tile.dtype), w_tile, grad_h, PRECISION)
                 if g0 == 0:
                     _add_weight_grad(h_ptr, grad_y, rows, row_mask, cols, col_mask, partial_wt, partial_b, later, H, P,

@@ -6,15 +6,13 @@ samples z [k, B, D], weights W1 [H1, D], W2 [H2, H1], W3 [P, H2] and data x [B, 
 this forward, so one launch per batch replaces three matmuls, two tanh and the likelihood over all k samples, and
 what stays in memory is z and the log-weights.
 
-Each program holds BLOCK_R rows' activations in registers. A hidden layer is held as 4 chunks [BLOCK_R, CHUNK]
-because Triton cannot slice or join register tiles along a dimension, and a whole [H2, H1] weight block loaded at
-once would not fit the registers: layer 2 is 16 [CHUNK1, CHUNK2] products, the output layer 4 per P tile. Layer
-2's weight blocks come through a tensor descriptor (TMA on sm_90: into shared memory without passing through
-registers): in the ahead-of-time report for sm_90 at the paper's widths that took the half-precision tiles' spills
-from up to 200 B to at most 24 B and the float32 ones' from 3.7-5.4 KB to 2.9-3.9 KB (sm_80, which has no TMA,
-gained for float32 and lost a little for half precision). Layer 1's and the output layer's blocks come by pointer
-loads (W1's rows, D = 50 floats, are not the 16-byte multiple TMA needs).
-The data term comes from per-example factors (ops.utils.data_term_factors), after the P loop.
+A persistent grid: each program takes row tiles of BLOCK_R rows in turn and keeps their hidden activations in
+scratch rows of its own (h1 [BLOCK_R, H1], h2 [BLOCK_R, H2]: 2 x 64 x 200 floats a program at the paper's widths,
+a few MB in all, so they stay in L2 and mostly in L1) rather than in registers, where float32 activations took half
+the register file at 64 rows and spilled kilobytes. Every layer is then the same loop as the decoder head's: an
+output block at a time, the matmul in BLOCK_H slices of its input (ops.utils.linear_tile), so any widths compile to
+the same tiles. The output layer's logits never leave registers: the epilogue sums their softplus, and the data
+term comes from per-example factors (ops.utils.data_term_factors).
 Forward only: ``functional.bernoulli_mlp_decoder_log_likelihood`` refuses inputs that need a gradient.
 """
 
@@ -24,126 +22,84 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .. import torch_backend
 from .._env import triton_interpreting
 from ..contract import accumulation_dtype
-from .utils import (cdiv, data_term_factors, data_term_part, dot_acc, dot_precision, library_op, next_power_of_2,
-                    softplus_tile_sum, tanh, triton_accumulation_dtype, weight_block_t)
+from .utils import (cdiv, configs_by_operands, data_term, data_term_factors, dot_precision, library_op, linear_tile,
+                    persistent_programs, softplus_tile_sum, tanh, triton_accumulation_dtype)
+
+# Rows a program holds at a time (its scratch rows): 64, the least M wgmma takes on sm_90. Under the interpreter
+# 16, so that the tests' sizes run several row tiles per program.
+BLOCK_R = 16 if triton_interpreting() else 64
 
 
 def _configs():
-    """Tile shapes the autotuner times once per layer widths; under the interpreter one (nothing to time). 8 warps
-    only: with 4, 7 of the 8 tile shapes spilled more in the ahead-of-time report (benchmarks/aot_report.py,
-    float32 and bfloat16 at H=200), the [BLOCK_R, CHUNK] activations taking twice the registers per thread."""
+    """Tile shapes by the operands' element size (BLOCK_OUT: a hidden layer's output block, BLOCK_P the logits',
+    BLOCK_H the input slices), timed once per layer widths and dtype: the ones that compiled for sm_90 without
+    spills, with wgmma (benchmarks/aot_report.py: for float32 only slices of 16 at 8 warps and 64-wide blocks; with
+    32-wide slices, 4 warps or 128-wide blocks its tiles spilled up to 812 B). Under the interpreter one (nothing to time), narrow
+    enough that every loop runs more than once at the tests' sizes."""
     if triton_interpreting():
-        return [triton.Config({"BLOCK_R": 32, "BLOCK_P": 64})]
-    return [triton.Config({"BLOCK_R": r, "BLOCK_P": p}, num_warps=8, num_stages=2) for r in (32, 64) for p in (32, 64)]
+        one = [triton.Config({"BLOCK_OUT": 16, "BLOCK_P": 32, "BLOCK_H": 16})]
+        return {4: one, 2: one}
+    tiles = {4: ((64, 64, 16),), 2: ((64, 64, 32), (64, 128, 32))}
+    return {size: [triton.Config({"BLOCK_OUT": o, "BLOCK_P": p, "BLOCK_H": h}, num_warps=8, num_stages=3)
+                   for o, p, h in shapes] for size, shapes in tiles.items()}
+
+
+CONFIGS, _configs_for_operands = configs_by_operands(_configs(), lambda args, _: args["z_ptr"].element_size())
 
 
 @triton.jit
-def _bias_row(b_ptr, start, n, SIZE: tl.constexpr, ACC: tl.constexpr):
-    """b[start : start + SIZE] as a [1, SIZE] row (zero past n)."""
-    i = start + tl.arange(0, SIZE)
-    return tl.load(b_ptr + i, mask=i < n, other=0.0).to(ACC)[None, :]
+def _tanh_layer(a_ptr, a_rows, row_mask, n_in, w_ptr, b_ptr, n_out, out_ptr, out_rows, ACC: tl.constexpr,
+                PRECISION: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_H: tl.constexpr):
+    """out[out_rows] = tanh(a[a_rows] W^T + b) for a row-major a [*, n_in] and out [*, n_out], W [n_out, n_in], in
+    BLOCK_OUT-wide output blocks, stored in out's dtype (a Linear's output dtype)."""
+    for c0 in range(0, n_out, BLOCK_OUT):
+        cols = c0 + tl.arange(0, BLOCK_OUT)
+        y = linear_tile(a_ptr, w_ptr, b_ptr, a_rows, row_mask, cols, n_in, n_out, ACC, PRECISION, BLOCK_R, BLOCK_OUT,
+                        BLOCK_H)
+        tl.store(out_ptr + out_rows[:, None] * n_out + cols[None, :], tanh(y).to(out_ptr.dtype.element_ty),
+                 mask=row_mask[:, None] & (cols < n_out)[None, :])
 
 
+@triton.autotune(configs=CONFIGS, key=["D", "H1", "H2", "P"], prune_configs_by={"early_config_prune": _configs_for_operands},
+                 cache_results=True)
 @triton.jit
-def _linear_part(acc, a, w, row0, n_out, col0, n_in, IN: tl.constexpr, OUT: tl.constexpr, PRECISION: tl.constexpr,
-                 DESCRIPTOR: tl.constexpr):
-    """acc + a [BLOCK_R, IN] @ W[row0 : row0 + OUT, col0 : col0 + IN]^T: one input chunk's share of an output chunk
-    [BLOCK_R, OUT], added into acc. W is a pointer to a row-major [n_out, n_in] weight, or with DESCRIPTOR a tensor
-    descriptor of it whose block is [OUT, IN] (TMA on sm_90 copies the block into shared memory without passing
-    through registers; it zero-fills outside W)."""
-    if DESCRIPTOR:
-        w_t = tl.trans(w.load([row0, col0]))
-    else:
-        w_t = weight_block_t(w, row0 + tl.arange(0, OUT), n_out, col0 + tl.arange(0, IN), n_in)
-    return dot_acc(a, w_t, acc, PRECISION)
-
-
-@triton.jit
-def _tanh_chunk(a0, a1, a2, a3, w, b_ptr, row0, n_out, n_in, IN: tl.constexpr, OUT: tl.constexpr,
-                ACC: tl.constexpr, PRECISION: tl.constexpr, DESCRIPTOR: tl.constexpr):
-    """Output chunk tanh(a W[row0 : row0 + OUT]^T + b[row0 : row0 + OUT]) [BLOCK_R, OUT] of a Linear + tanh whose
-    input is held as 4 chunks a0..a3 [BLOCK_R, IN] (a1 None: the input is a0 alone), in the input's dtype as
-    torch's Linear returns it; W as _linear_part takes it."""
-    pre = _linear_part(tl.zeros([a0.shape[0], OUT], ACC), a0, w, row0, n_out, 0, n_in, IN, OUT, PRECISION, DESCRIPTOR)
-    if a1 is not None:
-        pre = _linear_part(pre, a1, w, row0, n_out, IN, n_in, IN, OUT, PRECISION, DESCRIPTOR)
-        pre = _linear_part(pre, a2, w, row0, n_out, 2 * IN, n_in, IN, OUT, PRECISION, DESCRIPTOR)
-        pre = _linear_part(pre, a3, w, row0, n_out, 3 * IN, n_in, IN, OUT, PRECISION, DESCRIPTOR)
-    return tanh(pre + _bias_row(b_ptr, row0, n_out, OUT, ACC)).to(a0.dtype)
-
-
-@triton.autotune(configs=_configs(), key=["D", "H1", "H2", "P"], cache_results=True)
-@triton.jit
-def _mlp_decoder_fwd_kernel(z_ptr, w1_ptr, b1_ptr, w2_desc, b2_ptr, w3_ptr, b3_ptr, xw_ptr, xb_ptr, latent_ptr,
-                            out_ptr, R, B, D, H1, H2, P,
+def _mlp_decoder_fwd_kernel(z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, xw_ptr, xb_ptr, latent_ptr,
+                            h1_ptr, h2_ptr, out_ptr, R, B, D, H1, H2, P,
                             ADD_LATENT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-                            D_PAD: tl.constexpr, CHUNK1: tl.constexpr, CHUNK2: tl.constexpr,
-                            BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+                            BLOCK_R: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_P: tl.constexpr,
+                            BLOCK_H: tl.constexpr):
     """out [R = k * B] = sum_j x_j y_j - softplus(y_j) (+ latent [R]) for the decoder MLP's logits y of z [R, D]
-    (row r is example r % B), the data term sum_j x_j y_j = h2 . (W3^T x_b) + x_b . b3 from xw = x W3 [B, H2] and
-    xb = x b3 [B]; W2 comes as a tensor descriptor with [CHUNK2, CHUNK1] blocks. Grid: cdiv(R, BLOCK_R)
-    (autotuned). Each program: z block [BLOCK_R, D_PAD], layers 1 and 2 as 4 chunks [BLOCK_R, CHUNK] each in
-    registers, then the output layer over P in BLOCK_P tiles whose softplus the epilogue sums. Reads z once and the
-    weights once per program; 2 R (D H1 + H1 H2 + H2 P) FLOPs on tensor cores."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_mask = rows < R
-    latent_cols = tl.arange(0, D_PAD)
-    z = tl.load(z_ptr + rows[:, None] * D + latent_cols[None, :], mask=row_mask[:, None] & (latent_cols < D)[None, :],
-                other=0.0)
-    h1_0 = _tanh_chunk(z, None, None, None, w1_ptr, b1_ptr, 0, H1, D, D_PAD, CHUNK1, ACC, PRECISION, False)
-    h1_1 = _tanh_chunk(z, None, None, None, w1_ptr, b1_ptr, CHUNK1, H1, D, D_PAD, CHUNK1, ACC, PRECISION, False)
-    h1_2 = _tanh_chunk(z, None, None, None, w1_ptr, b1_ptr, 2 * CHUNK1, H1, D, D_PAD, CHUNK1, ACC, PRECISION, False)
-    h1_3 = _tanh_chunk(z, None, None, None, w1_ptr, b1_ptr, 3 * CHUNK1, H1, D, D_PAD, CHUNK1, ACC, PRECISION, False)
-    h2_0 = _tanh_chunk(h1_0, h1_1, h1_2, h1_3, w2_desc, b2_ptr, 0, H2, H1, CHUNK1, CHUNK2, ACC, PRECISION,
-                       True)
-    h2_1 = _tanh_chunk(h1_0, h1_1, h1_2, h1_3, w2_desc, b2_ptr, CHUNK2, H2, H1, CHUNK1, CHUNK2, ACC, PRECISION,
-                       True)
-    h2_2 = _tanh_chunk(h1_0, h1_1, h1_2, h1_3, w2_desc, b2_ptr, 2 * CHUNK2, H2, H1, CHUNK1, CHUNK2, ACC, PRECISION,
-                       True)
-    h2_3 = _tanh_chunk(h1_0, h1_1, h1_2, h1_3, w2_desc, b2_ptr, 3 * CHUNK2, H2, H1, CHUNK1, CHUNK2, ACC, PRECISION,
-                       True)
-    total = tl.zeros([BLOCK_R], ACC)
-    for p0 in range(0, P, BLOCK_P):
-        y = _linear_part(tl.zeros([BLOCK_R, BLOCK_P], ACC), h2_0, w3_ptr, p0, P, 0, H2, CHUNK2, BLOCK_P, PRECISION, False)
-        y = _linear_part(y, h2_1, w3_ptr, p0, P, CHUNK2, H2, CHUNK2, BLOCK_P, PRECISION, False)
-        y = _linear_part(y, h2_2, w3_ptr, p0, P, 2 * CHUNK2, H2, CHUNK2, BLOCK_P, PRECISION, False)
-        y = _linear_part(y, h2_3, w3_ptr, p0, P, 3 * CHUNK2, H2, CHUNK2, BLOCK_P, PRECISION, False)
-        y += _bias_row(b3_ptr, p0, P, BLOCK_P, ACC)
-        total -= softplus_tile_sum(y, row_mask, p0 + tl.arange(0, BLOCK_P) < P)
-    # The data term after the P loop, when no logit tile is live (before it, ptxas kept its loads and spilled more).
-    x_rows = rows % B
-    total += tl.load(xb_ptr + x_rows, mask=row_mask, other=0.0)
-    total += data_term_part(h2_0, xw_ptr, x_rows, row_mask, tl.arange(0, CHUNK2), H2)
-    total += data_term_part(h2_1, xw_ptr, x_rows, row_mask, CHUNK2 + tl.arange(0, CHUNK2), H2)
-    total += data_term_part(h2_2, xw_ptr, x_rows, row_mask, 2 * CHUNK2 + tl.arange(0, CHUNK2), H2)
-    total += data_term_part(h2_3, xw_ptr, x_rows, row_mask, 3 * CHUNK2 + tl.arange(0, CHUNK2), H2)
-    if ADD_LATENT:
-        total += tl.load(latent_ptr + rows, mask=row_mask, other=0.0).to(ACC)
-    tl.store(out_ptr + rows, total, mask=row_mask)
-
-
-def _chunk(width):
-    """The padded width of each of the 4 chunks a hidden layer of ``width`` is held in (a power of two, at least
-    tl.dot's 16)."""
-    return max(16, next_power_of_2(cdiv(width, 4)))
-
-
-def _weight_descriptor(weight, out_block, in_block):
-    """A tensor descriptor of a row-major Linear weight [n_out, n_in] whose loads are [out_block, in_block] blocks.
-    TMA needs a 16-byte aligned base and row stride: a weight without them is copied into zero-padded rows."""
-    n_out, n_in = weight.shape
-    per_16_bytes = 16 // weight.element_size()
-    if n_in % per_16_bytes or weight.data_ptr() % 16:
-        padded = weight.new_zeros((n_out, cdiv(n_in, per_16_bytes) * per_16_bytes))
-        padded[:, :n_in] = weight
-        weight = padded
-    return TensorDescriptor(weight, shape=[n_out, n_in], strides=[weight.stride(0), 1],
-                            block_shape=[out_block, in_block])
+    (row r is example r % B), the data term from xw = x W3 [B, H2] and xb = x b3 [B]. Scratch h1 [programs *
+    BLOCK_R, H1] and h2 [programs * BLOCK_R, H2]: each program's own rows. Grid: persistent (autotuned tiles); a
+    program takes row tiles in turn: layer 1 into its h1 rows, layer 2 into its h2 rows, then the output layer
+    over P in BLOCK_P tiles, each a loop over H2 in BLOCK_H slices, whose softplus the epilogue sums.
+    2 R (D H1 + H1 H2 + H2 P) FLOPs on tensor cores."""
+    program = tl.program_id(0)
+    local = program.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # this program's scratch rows
+    for tile in tl.range(program, tl.cdiv(R, BLOCK_R), tl.num_programs(0)):
+        rows = tile * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+        row_mask = rows < R
+        # Each barrier: the scratch rows' writes (or the last tile's reads), by whichever threads, are done first.
+        tl.debug_barrier()
+        _tanh_layer(z_ptr, rows, row_mask, D, w1_ptr, b1_ptr, H1, h1_ptr, local, ACC, PRECISION, BLOCK_R, BLOCK_OUT,
+                    BLOCK_H)
+        tl.debug_barrier()
+        _tanh_layer(h1_ptr, local, row_mask, H1, w2_ptr, b2_ptr, H2, h2_ptr, local, ACC, PRECISION, BLOCK_R,
+                    BLOCK_OUT, BLOCK_H)
+        tl.debug_barrier()
+        total = data_term(h2_ptr, local, xw_ptr, xb_ptr, rows % B, row_mask, H2, ACC, BLOCK_H)
+        for p0 in range(0, P, BLOCK_P):
+            cols = p0 + tl.arange(0, BLOCK_P)
+            y = linear_tile(h2_ptr, w3_ptr, b3_ptr, local, row_mask, cols, H2, P, ACC, PRECISION, BLOCK_R, BLOCK_P,
+                            BLOCK_H)
+            total -= softplus_tile_sum(y, row_mask, cols < P)
+        if ADD_LATENT:
+            total += tl.load(latent_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+        tl.store(out_ptr + rows, total, mask=row_mask)
 
 
 @library_op("triton_mlp_decoder_forward", ("out",))
@@ -151,13 +107,14 @@ def _triton_forward(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w
                     latent: Optional[Tensor], out: Tensor) -> None:
     num_samples, batch, dim = z.shape
     rows = num_samples * batch
-    chunk1, chunk2 = _chunk(w1.shape[0]), _chunk(w2.shape[0])
+    programs = min(persistent_programs(z.device), cdiv(rows, BLOCK_R))
+    h1 = torch.empty((programs * BLOCK_R, w1.shape[0]), dtype=z.dtype, device=z.device)  # scratch rows
+    h2 = torch.empty((programs * BLOCK_R, w2.shape[0]), dtype=z.dtype, device=z.device)
     x_weight, x_bias = data_term_factors(x, w3, b3, out.dtype)
-    _mlp_decoder_fwd_kernel[lambda meta: (cdiv(rows, meta["BLOCK_R"]),)](
-        z, w1, b1, _weight_descriptor(w2, chunk2, chunk1), b2, w3, b3, x_weight, x_bias,
-        out if latent is None else latent, out, rows, batch, dim, w1.shape[0], w2.shape[0], w3.shape[0],
-        ADD_LATENT=latent is not None, ACC=triton_accumulation_dtype(z.dtype), PRECISION=dot_precision(z.dtype),
-        D_PAD=max(16, next_power_of_2(dim)), CHUNK1=chunk1, CHUNK2=chunk2)
+    _mlp_decoder_fwd_kernel[(programs,)](
+        z, w1, b1, w2, b2, w3, b3, x_weight, x_bias, out if latent is None else latent, h1, h2, out, rows, batch, dim,
+        w1.shape[0], w2.shape[0], w3.shape[0], ADD_LATENT=latent is not None, ACC=triton_accumulation_dtype(z.dtype),
+        PRECISION=dot_precision(z.dtype), BLOCK_R=BLOCK_R)
 
 
 def bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weight=None):

@@ -126,6 +126,18 @@ def dense_empty(tensor):
     return None if tensor is None else torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device)
 
 
+def configs_by_operands(table, key):
+    """For an autotuner whose tiles depend on the launch: (every config of ``table`` {key: [triton.Config]}, once,
+    and the early prune that keeps those listed under ``key(named_args, kwargs)``)."""
+    every = list({id(config): config for configs in table.values() for config in configs}.values())
+
+    def prune(configs, named_args, **kwargs):
+        chosen = {id(config) for config in table[key(named_args, kwargs)]}
+        return [config for config in configs if id(config) in chosen]
+
+    return every, prune
+
+
 def cdiv(a, b):
     """ceil(a / b) for launch grids: plain Python, since triton.cdiv is a constexpr function whose call costs
     microseconds of host time at every launch."""
@@ -298,11 +310,37 @@ def data_term_factors(x, weight, bias, acc):
 
 
 @triton.jit
-def data_term_part(h, xw_ptr, x_rows, row_mask, cols, H):
-    """The share of columns ``cols`` of hidden rows h [rows, len(cols)] in the data term h . (W^T x_b), with
-    xw = x W [B, H] from data_term_factors and x_rows the rows' examples b (float32 or wider: h is promoted)."""
-    mask = row_mask[:, None] & (cols < H)[None, :]
-    return tl.sum(h * tl.load(xw_ptr + x_rows[:, None] * H + cols[None, :], mask=mask, other=0.0), axis=1)
+def row_block(m_ptr, rows, row_mask, cols, n_cols):
+    """m[rows, cols] of a row-major m [*, n_cols] (hidden activations, or a Linear's weight): zero outside it."""
+    mask = row_mask[:, None] & (cols < n_cols)[None, :]
+    return tl.load(m_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def linear_tile(a_ptr, w_ptr, b_ptr, rows, row_mask, cols, n_in, n_out, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_R: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr):
+    """y [BLOCK_R, BLOCK_OUT] = a[rows] W[cols]^T + b[cols] of a Linear (a row-major [*, n_in], W [n_out, n_in],
+    b [n_out]), the matmul in BLOCK_IN slices of n_in: only [BLOCK_R, BLOCK_IN] and [BLOCK_IN, BLOCK_OUT] operand
+    blocks at a time, so any n_in takes the same registers."""
+    y = tl.zeros([BLOCK_R, BLOCK_OUT], ACC)
+    for k0 in range(0, n_in, BLOCK_IN):
+        ks = k0 + tl.arange(0, BLOCK_IN)
+        y = dot_acc(row_block(a_ptr, rows, row_mask, ks, n_in), weight_block_t(w_ptr, cols, n_out, ks, n_in), y,
+                    PRECISION)
+    return y + tl.load(b_ptr + cols, mask=cols < n_out, other=0.0).to(ACC)[None, :]
+
+
+@triton.jit
+def data_term(h_ptr, h_rows, xw_ptr, xb_ptr, x_rows, row_mask, H, ACC: tl.constexpr, BLOCK_H: tl.constexpr):
+    """sum_j x_j y_j per row = h . (W^T x_b) + x_b . b for h[h_rows] of a row-major h [*, H], from the factors xw =
+    x W [B, H] and xb = x b [B] of data_term_factors, x_rows the rows' examples b."""
+    total = tl.load(xb_ptr + x_rows, mask=row_mask, other=0.0)
+    for h0 in range(0, H, BLOCK_H):
+        hidden = h0 + tl.arange(0, BLOCK_H)
+        h = row_block(h_ptr, h_rows, row_mask, hidden, H).to(ACC)
+        xw = row_block(xw_ptr, x_rows, row_mask, hidden, H)
+        total += tl.sum(h * xw, axis=1)
+    return total
 
 
 @triton.jit

@@ -6,12 +6,13 @@ import torch
 
 import iwae_kernels as ik
 
-from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, backend_device, naive_bernoulli
+from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_bernoulli
 
-# (k, B, D, H1, H2, P): all ones; odd sizes with H1 != H2; hidden widths under one half (16) and P over many tiles;
-# the paper's decoder (D=50, H=200, P=784); the widest the compiled backends take.
-SHAPES = [(1, 1, 1, 1, 1, 1), (3, 5, 7, 33, 17, 70), (4, 3, 20, 9, 40, 130), (2, 3, 50, 200, 200, 784),
-          (2, 2, 256, 256, 256, 40)]
+# (k, B, D, H1, H2, P): all ones; odd sizes with H1 != H2; hidden widths under one block (16 under the interpreter)
+# and P over many tiles; several row tiles per persistent program (3 programs of 16 rows under the interpreter), so
+# the scratch rows are reused; the paper's decoder (D=50, H=200, P=784); widths over 256 (any width compiles).
+SHAPES = [(1, 1, 1, 1, 1, 1), (3, 5, 7, 33, 17, 70), (4, 3, 20, 9, 40, 130), (7, 11, 5, 21, 19, 37),
+          (2, 3, 50, 200, 200, 784), (2, 2, 300, 260, 270, 40)]
 
 
 def make_inputs(k, batch, dim, first, second, size, seed=0):
@@ -54,9 +55,8 @@ def test_kernel_matches_reference(kernel, dtype, shape, latent):
     assert_close(got, expected, dtype)
 
 
-def test_weights_whose_rows_or_base_tma_cannot_take(kernel):
-    """The second layer's weight is read by a TMA descriptor, which needs a 16-byte aligned base and row stride:
-    a weight that is a view at an odd offset, or whose rows are 9 floats, is copied into padded rows first."""
+def test_weights_that_are_misaligned_views(kernel):
+    """A weight that is a view at an odd offset (not 16-byte aligned, what TMA would need) and rows of 9 floats."""
     backend, device = kernel
     z, weights, biases, x, latent = make_inputs(2, 3, 20, 9, 40, 70)
     expected = run((z, weights, biases, x, latent), "torch", "cpu", torch.float64)
@@ -108,11 +108,6 @@ def test_forward_only_and_bad_input_name_the_argument():
         op(z, weights, biases, x, latent[:1])
     with pytest.raises(TypeError, match=r"biases\[0\]: expected dtype torch.float64 \(as z\)"):
         op(z, weights, [biases[0].float(), *biases[1:]], x)
-    device = backend_device("triton")
-    wide = make_inputs(1, 2, 3, 257, 4, 5)
-    with pytest.raises(ValueError, match=r"weights: the fused decoder MLP takes D, H1, H2 <= 256, got 3, 257, 4"):
-        run(wide, "triton", device, torch.float32)
-    assert run(wide, "torch", "cpu", torch.float32).shape == (1, 2)  # the torch backend has no width limit
 
 
 @pytest.mark.parametrize("layers", [1, 2])
