@@ -95,7 +95,7 @@ def _head_fwd_kernel(h_ptr, w_ptr, b_ptr, xw_ptr, xb_ptr, out_ptr, R, B, H, P,
         for p0 in range(0, P, BLOCK_P):
             cols = p0 + tl.arange(0, BLOCK_P)
             y = linear_tile(h_ptr, w_ptr, b_ptr, rows, row_mask, cols, H, P, ACC, PRECISION, BLOCK_R, BLOCK_P,
-                               BLOCK_H)
+                            BLOCK_H)
             softplus_sum += softplus_tile_sum(y, row_mask, cols < P)
         total = data_term(h_ptr, rows, xw_ptr, xb_ptr, rows % B, row_mask, H, ACC, BLOCK_H) - softplus_sum
         tl.store(out_ptr + rows, total, mask=row_mask)
@@ -120,7 +120,8 @@ def _add_weight_grad(h_ptr, grad_y, rows, row_mask, cols, col_mask, partial_wt, 
              mask=col_mask)
 
 
-@triton.autotune(configs=_ALL_BACKWARD_CONFIGS, key=["H", "P"], prune_configs_by={"early_config_prune": _configs_for_operands},
+@triton.autotune(configs=_ALL_BACKWARD_CONFIGS, key=["H", "P"],
+                 prune_configs_by={"early_config_prune": _configs_for_operands},
                  cache_results=True)  # timings cached on disk: a new process does not re-tune
 @triton.jit
 def _head_bwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_ptr, partial_wt_ptr, partial_b_ptr, R, B, H, P,
@@ -148,7 +149,7 @@ def _head_bwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_ptr, parti
                 cols = p0 + tl.arange(0, BLOCK_P)
                 col_mask = cols < P
                 y = linear_tile(h_ptr, w_ptr, b_ptr, rows, row_mask, cols, H, P, ACC, PRECISION, BLOCK_R, BLOCK_P,
-                                   BLOCK_H)
+                                BLOCK_H)
                 grad_y = _grad_logits(y, x_ptr, rows % B, cols, row_mask[:, None] & col_mask[None, :], grad_out, P,
                                       ACC)
                 w_tile = row_block(w_ptr, cols, col_mask, grad_hidden, H)

@@ -38,8 +38,8 @@ def _configs():
     """Tile shapes by the operands' element size (BLOCK_OUT: a hidden layer's output block, BLOCK_P the logits',
     BLOCK_H the input slices), timed once per layer widths and dtype: the ones that compiled for sm_90 without
     spills, with wgmma (benchmarks/aot_report.py: for float32 only slices of 16 at 8 warps and 64-wide blocks; with
-    32-wide slices, 4 warps or 128-wide blocks its tiles spilled up to 812 B). Under the interpreter one (nothing to time), narrow
-    enough that every loop runs more than once at the tests' sizes."""
+    32-wide slices, 4 warps or 128-wide blocks its tiles spilled up to 812 B). Under the interpreter one (nothing to
+    time), narrow enough that every loop runs more than once at the tests' sizes."""
     if triton_interpreting():
         one = [triton.Config({"BLOCK_OUT": 16, "BLOCK_P": 32, "BLOCK_H": 16})]
         return {4: one, 2: one}
@@ -64,8 +64,8 @@ def _tanh_layer(a_ptr, a_rows, row_mask, n_in, w_ptr, b_ptr, n_out, out_ptr, out
                  mask=row_mask[:, None] & (cols < n_out)[None, :])
 
 
-@triton.autotune(configs=CONFIGS, key=["D", "H1", "H2", "P"], prune_configs_by={"early_config_prune": _configs_for_operands},
-                 cache_results=True)
+@triton.autotune(configs=CONFIGS, key=["D", "H1", "H2", "P"],
+                 prune_configs_by={"early_config_prune": _configs_for_operands}, cache_results=True)
 @triton.jit
 def _mlp_decoder_fwd_kernel(z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, xw_ptr, xb_ptr, latent_ptr,
                             h1_ptr, h2_ptr, out_ptr, R, B, D, H1, H2, P,

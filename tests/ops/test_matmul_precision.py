@@ -67,4 +67,5 @@ def test_fused_matmuls_follow_the_float32_matmul_precision(op, precision):
         error = (g.double().cpu() - w).abs().max() / w.abs().max()
         assert error < TOLERANCE[precision], f"{op.__name__} at {precision}: relative error {error:.2e}"
         if precision in ROUNDED_AT_LEAST:  # TF32 / bf16 operands are really rounded: far from float32's error
-            assert error > ROUNDED_AT_LEAST[precision], f"{op.__name__} at {precision}: error {error:.2e} shows no rounding"
+            assert error > ROUNDED_AT_LEAST[precision], \
+                f"{op.__name__} at {precision}: error {error:.2e} shows no rounding"
