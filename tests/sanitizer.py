@@ -18,7 +18,8 @@ wrong index that stays inside the right tensor (the value tests catch that).
 
 Hooks: triton.runtime.interpreter's InterpreterBuilder.create_masked_load/create_masked_store/create_atomic_cas/
 create_atomic_rmw (every memory access of the interpreter goes through them, in triton 3.6 and 3.9) and
-GridExecutor._init_args_hst/__call__ (a launch's host arguments). A missing hook raises at install time.
+GridExecutor._init_args_hst/__call__ (a launch's host arguments). A missing hook raises SanitizerUnavailable when
+``check_accesses()`` starts.
 """
 
 import contextlib
@@ -136,9 +137,9 @@ def _check(kind, ptrs, mask):
         return
     bits = ptrs.get_element_ty().primitive_bitwidth
     width = max(1, bits // 8)
-    contained = [region.contains(addresses, width) for region in launch.regions]
-    if any(inside.all() for inside in contained):
+    if any(region.contains(addresses, width).all() for region in launch.regions):
         return
+    contained = [region.contains(addresses, width) for region in launch.regions]
     nearest = max(range(len(contained)), key=lambda i: contained[i].sum(), default=None)
     if nearest is None:
         raise OutOfBoundsError(f"{launch.kernel}: {kind} at program {interpreter_builder.grid_idx} with no tensor "

@@ -4,7 +4,7 @@ kernel that proves the checker fails.
 
 The inputs are fresh tensors, or views of fresh tensors (chunk() halves of a decoder output, transposes), so every
 element a kernel may read is an element of one argument; the checker tests addresses against a view's elements,
-not its storage, so a halve's neighbour does not make a one-past-the-end read pass (see tests/sanitizer.py).
+not its storage, so a chunk half's neighbour does not make a one-past-the-end read pass (see tests/sanitizer.py).
 """
 
 import importlib
@@ -19,7 +19,7 @@ import triton.language as tl
 from helpers import REPO
 from iwae_kernels import ops
 from iwae_kernels.ops import utils
-from sanitizer import OutOfBoundsError, check_accesses
+from sanitizer import OutOfBoundsError, SanitizerUnavailable, check_accesses
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("the out-of-bounds checker hooks Triton's interpreter (TRITON_INTERPRET=1)", allow_module_level=True)
@@ -283,10 +283,12 @@ def test_write_one_past_the_end_raises():
 
 
 def test_read_past_a_chunk_half_into_its_neighbour_raises():
-    """mean, logvar = out.chunk(2, -1): one past mean's row end is logvar's first element, still an error."""
+    """mean, logvar = out.chunk(2, -1): one past mean's row end is logvar's first element, an element of the
+    launch's other argument, and still an error; mean's row itself passes."""
     mean, logvar = torch.randn(3, 26).chunk(2, dim=-1)
-    with check_accesses(), pytest.raises(OutOfBoundsError, match="src_ptr"):
-        # mean's row 0 and one past its end, logvar[0, 0], an element of the launch's other argument
+    with check_accesses():
+        _copy_kernel[(1,)](mean, logvar, 13, EXTRA=0, BLOCK=16)
+    with check_accesses(), pytest.raises(OutOfBoundsError, match="1 of 14 masked-in lanes outside src_ptr"):
         _copy_kernel[(1,)](mean, logvar, 13, EXTRA=1, BLOCK=16)
 
 
@@ -296,3 +298,12 @@ def test_read_past_a_tensor_end_into_a_larger_storage_raises():
     src, dst = storage[:13], torch.empty(13)
     with check_accesses(), pytest.raises(OutOfBoundsError, match=r"element offset 13\)"):
         _copy(src, dst, extra=1)
+
+
+def test_a_missing_interpreter_hook_fails_loudly(monkeypatch):
+    """A Triton whose interpreter lacks a hook gets an error, never a checker that checks nothing."""
+    from triton.runtime import interpreter
+
+    monkeypatch.delattr(interpreter.InterpreterBuilder, "create_masked_store")
+    with pytest.raises(SanitizerUnavailable, match="create_masked_store"), check_accesses():
+        pass
