@@ -37,6 +37,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.driver import DriverBase  # noqa: E402
 from triton.runtime.autotuner import Autotuner  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 from triton.runtime.jit import JITFunction, KernelInterface  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -106,10 +107,11 @@ def _first_line(error):
 
 
 def launched_kernels(module):
-    """The kernels ``module`` launches: its JIT functions (autotuned or not) that appear as ``name[grid]``."""
+    """The kernels ``module`` launches: its JIT functions (autotuned or not) that appear as ``name[grid]``. Also
+    under the interpreter, whose kernels are InterpretedFunctions (tests/ops/test_out_of_bounds.py)."""
     source = Path(module.__file__).read_text()
     return {kernel_name(value) for name, value in vars(module).items()
-            if isinstance(value, (JITFunction, Autotuner)) and re.search(rf"\b{name}\[", source)}
+            if isinstance(value, (JITFunction, Autotuner, InterpretedFunction)) and re.search(rf"\b{name}\[", source)}
 
 
 def run_on_meta(module):
