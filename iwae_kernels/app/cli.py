@@ -4,6 +4,7 @@
     python -m iwae_kernels train --schedule paper --k 50 --out runs/iwae50
     python -m iwae_kernels train ... --resume          # continue from runs/.../checkpoint.pt exactly
     torchrun --nproc_per_node 2 -m iwae_kernels evaluate runs/iwae50/checkpoint.pt
+    python -m iwae_kernels selftest [--json PATH]      # every op of each backend that runs here vs float64
 
 A user error (a bad option, an unusable file or folder) prints one line, "error: ...", and exits with status 2;
 --debug shows the traceback instead. Ctrl-C or SIGTERM during training checkpoints and says how to resume.

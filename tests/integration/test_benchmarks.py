@@ -67,16 +67,69 @@ def test_roofline_reads_the_committed_h100_results(tmp_path):
     assert "pct_of_bound" in (tmp_path / "roofline.md").read_text()
 
 
-def test_gpu_plan_dry_run_lists_its_stages_in_order():
+def gpu_plan_dry_run():
+    """{stage: (call, command)} in order, and {call: total seconds of stage limits} from ``--dry-run``."""
     result = subprocess.run(["bash", str(BENCHMARKS / "gpu_plan.sh"), "--dry-run"], check=True, capture_output=True,
-                            text=True)
-    stages = [line.split(" ", 1)[0] for line in result.stdout.splitlines()]
-    assert stages == ["versions", "build", "tests", "bench_loss", "bench_eval", "bench_train_step", "profile",
-                      "probe_host", "memcheck", "racecheck"]
-    assert "timeout" in result.stdout
+                            text=True, env={"PATH": "/usr/bin:/bin"})
+    stages, totals = {}, {}
+    for line in result.stdout.splitlines():
+        if line.startswith("call "):
+            call, total = re.match(r"call (\d+): (\d+)s of stage limits", line).groups()
+            totals[int(call)] = int(total)
+        else:
+            name, call, command = re.match(r"(\w+) \(call (\d+), timeout \d+s[^)]*\): (.*)", line).groups()
+            stages[name] = (int(call), command)
+    return stages, totals
+
+
+def test_gpu_plan_first_call_fits_480s_and_covers_the_priorities():
+    stages, totals = gpu_plan_dry_run()
+    first = [name for name, (call, _) in stages.items() if call == 1]
+    assert totals[1] <= 480
+    # (a) versions, (b) selftest and the default path's GPU tests, (c) the sanitizers, (d) bench_loss, in that order.
+    assert first[:3] == ["install", "versions", "selftest"] and first[-1] == "bench_loss"
+    assert {"memcheck", "racecheck"} <= set(first)
+    tested = " ".join(stages[name][1] for name in first if name.startswith("tests_"))
+    for family in ("gaussian_sample", "log_likelihood", "logsumexp", "iwae_loss"):
+        assert f"tests/ops/test_{family}.py" in tested
+    assert "--k 50 5000 --batch 128 1024" in stages["bench_loss"][1]
+    later = [name for name, (call, _) in stages.items() if call > 1]
+    assert later[:2] == ["bench_eval", "bench_train_step"] and "build_cuda" in later
     # Every test file a stage names exists (the tests moved into folders once, and the plan kept the old paths).
-    named = set(re.findall(r"tests/[\w/]+\.py", result.stdout))
-    assert "tests/ops/test_compile.py" in named and all((REPO / path).exists() for path in named), named
+    commands = " ".join(command for _, command in stages.values())
+    named = set(re.findall(r"tests/[\w/]+\.py", commands))
+    assert all((REPO / path).exists() for path in named), named
+
+
+def test_gpu_plan_passes_only_flags_the_benchmarks_accept():
+    stages, _ = gpu_plan_dry_run()
+    flags = {}  # script -> the flags the plan passes it
+    for _, command in stages.values():
+        for script, passed in re.findall(r"benchmarks/(\w+\.py)((?: --[\w-]+(?: [\w.]+)*)*)", command):
+            flags.setdefault(script, set()).update(re.findall(r"--[\w-]+", passed))
+    assert {"--k", "--batch", "--dim"} <= flags["bench_loss.py"] and {"--images", "--synthetic"} <= flags["bench_eval.py"]
+    for script, passed in flags.items():
+        usage = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], check=True, capture_output=True,
+                               text=True).stdout
+        assert passed <= set(re.findall(r"--[\w-]+", usage)), (script, passed)
+
+
+def test_plan_decisions_reads_the_committed_h100_results_and_names_what_is_missing(tmp_path):
+    source = BENCHMARKS / "results" / "NVIDIA_H100_80GB_HBM3"
+    for name in ("bench_loss.json", "bench_eval.json"):
+        (tmp_path / name).write_text((source / name).read_text())
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "plan_decisions.py"), str(tmp_path)], check=True,
+                          capture_output=True, text=True)
+    text = done.stdout
+    for choice in ("fused_head", "fused_mlp", "PERSISTENT_PROGRAMS_PER_SM", "two-pass float32 backward",
+                   "CUDA C++ backend"):
+        assert choice in text
+    # bench_loss's fused-head over fused-triton at k=50, B=128, computed from that file's rows.
+    rows = {(r["variant"], r["k"], r["B"], r["D"]): r for r in json.loads((source / "bench_loss.json").read_text())["rows"]}
+    head = rows[("fused-head-triton", 50, 128, 50)]["fwd_bwd_ms"] / rows[("fused-triton", 50, 128, 50)]["fwd_bwd_ms"]
+    assert f"| 50 | 128 | {head:.2f}x |" in text
+    assert "stage `bench_train_step` measures it" in text and "stage `bench_head_h200` measures it" in text
+    assert "no fused-mlp row" in text
 
 
 def test_probe_host_runs_every_item(tmp_path):
