@@ -3,6 +3,7 @@
     checkpoint.pt          torch.save of a dict of tensors, numbers and lists: ``torch.load(path, weights_only=True)``
                            opens it (keys: config, model, optimizer, epoch, step, history, step_log, rng, ...)
     checkpoint.pt.sha256   "<sha256>  checkpoint.pt" (``sha256sum -c`` checks it), then "previous <sha256>"
+                           (which sha256sum skips with a warning)
 
 Both are written to temporary files in the same folder and fsynced, then renamed: the digest file first, the
 checkpoint last. The digest file lists the checkpoint it replaces too, so a kill between the two renames
