@@ -75,9 +75,9 @@ def main():
     images = args.images or (10000 if device.type == "cuda" else 200)
     torch.manual_seed(0)
     if args.checkpoint:
-        from iwae_kernels.app.train import model_from_checkpoint
+        from iwae_kernels.app import load_checkpoint
 
-        model = model_from_checkpoint(args.checkpoint, args.device)[0]
+        model = load_checkpoint(args.checkpoint, args.device).model
     else:
         model = paper_model(1).to(device)
     if args.synthetic:

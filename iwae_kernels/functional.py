@@ -407,7 +407,9 @@ def _decode(decoder, z, flatten_samples):
 def _check_decoder_output(name, value, expected_shape, check_finite):
     if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected_shape:
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"decoder: expected {name} of shape [k, B, *event] = {expected_shape}, got {got}")
+        flattened = (expected_shape[0] * expected_shape[1],) + expected_shape[2:]
+        hint = "; a decoder that returns [k * B, *event] needs flatten_samples=True" if got == flattened else ""
+        raise ValueError(f"decoder: expected {name} of shape [k, B, *event] = {expected_shape}, got {got}{hint}")
     if check_finite:
         _checks.check_finite(f"decoder output ({name})", value)
 
@@ -504,6 +506,8 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
         check_finite: check x, mu, logvar, the samples and latent term (blamed on mu, logvar), the decoder's
             output and the log-weights for NaN/inf, and Bernoulli targets for [0, 1]; off by default because it
             synchronizes the device. Without it a +inf log-weight gives a huge finite bound (see ``iwae_bound``).
+            Bernoulli targets on the CPU are checked for [0, 1] on every call (no device to wait for), except
+            under torch.compile; integer x (0..255 images) is refused with the conversion to use.
         generator: a torch.Generator on the tensors' device for the noise (default: torch's global RNG).
         beta: KL annealing: the weight on the latent term log p(z) - log q(z|x) in every log-weight (a float or
             a 0-dim tensor; see ``kl_warmup``); None or 1 is the plain bound. Only with "iwae" and "vae": the
@@ -512,6 +516,9 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
     Returns:
         -L_k reduced over the batch (a scalar), or [B] for reduction="none".
     """
+    if likelihood == "bernoulli" and isinstance(x, torch.Tensor) and not x.is_floating_point():
+        raise TypeError(f"x: expected a floating dtype for Bernoulli targets in [0, 1], got {x.dtype} (images of "
+                        "0..255: pass x.float() / 255)")
     _checks.check_tensor("x", x, tuple(d + 1 for d in EVENT_DIMS))
     _checks.check_tensor("mu", mu, (2,))
     _checks.check_tensor("logvar", logvar, (2,), like=("mu", mu))
@@ -530,8 +537,8 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
     if check_finite:
         for name, value in (("x", x), ("mu", mu), ("logvar", logvar)):
             _checks.check_finite(name, value)
-        if likelihood == "bernoulli":
-            _checks.check_unit_interval("x", x)
+    if likelihood == "bernoulli" and (check_finite or (x.device.type == "cpu" and not torch.compiler.is_compiling())):
+        _checks.check_unit_interval("x", x)  # on the CPU a pass over x, no device sync: always
 
     scale = _latent_scale("beta", beta, mu)
     check_latent_scale("beta", estimator, scale)

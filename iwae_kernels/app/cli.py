@@ -6,13 +6,16 @@
     torchrun --nproc_per_node 2 -m iwae_kernels evaluate runs/iwae50/checkpoint.pt
     python -m iwae_kernels selftest [--json PATH]      # every op of each backend that runs here vs float64
 
-A user error (a bad option, an unusable file or folder) prints one line, "error: ...", and exits with status 2;
---debug shows the traceback instead. Ctrl-C or SIGTERM during training checkpoints and says how to resume.
+A user error (a bad option, an unusable file or folder) prints one line, "error: ...", and exits with status 2
+(under torchrun a bad option is reported by rank 0 alone); --debug shows the traceback instead. Ctrl-C or SIGTERM
+during training checkpoints at the next step and says how to resume; the exit status is 130 for SIGINT, 143 for
+SIGTERM. Any other failure is a bug: one line and status 1.
 """
 
 import argparse
 import contextlib
 import dataclasses
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -20,13 +23,16 @@ from pathlib import Path
 import torch
 
 from . import data as datasets
-from .errors import UserError
+from .checkpoint import load_checkpoint
+from .config import TrainConfig, build_model
+from .errors import OptionError, UserError
 from .evaluate import check_evaluation_time, evaluate, rank_and_world
+from ..backend import backend_name
 from ..functional import ESTIMATORS
 from .device import resolve_device
 from .run_folder import RunLock, preflight
-from .train import (TrainConfig, TrainingInterrupted, build_model, checkpoint_bytes, describe_schedule,
-                    model_from_checkpoint, start_policy, train)
+from .signals import Terminated, TrainingInterrupted, deferred_stop_signals, exit_status, sigterm_raises
+from .train import checkpoint_bytes, describe_schedule, start_policy, train
 
 # About half a minute on a 2-core CPU: one pass of 1-layer IWAE k=5, then L_5000 on 500 test images.
 PRESETS = {
@@ -36,14 +42,15 @@ PRESETS = {
 EVAL_DEFAULTS = {"eval_k": 5000, "eval_chunk": None, "eval_batch": 100, "test_subset": 0, "max_eval_hours": 24.0}
 # Report, test bounds and pictures.
 EVAL_OUTPUT_BYTES = 16 * 2**20
-EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
+EXIT_BUG, EXIT_USER_ERROR = 1, 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = exit_status("SIGINT"), exit_status("SIGTERM")  # 130, 143
 
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are UserErrors, so they print as one line like every other user error."""
 
     def error(self, message):
-        raise UserError(message)
+        raise OptionError(message)
 
 
 def _number_type(convert, accept, requirement):
@@ -159,12 +166,30 @@ def _check_subsets(args, dataset):
     """Subsets and batch sizes within the data set, before any work."""
     train_size, test_size = datasets.DATASET_SIZES[dataset]
     if args.test_subset > test_size:
-        raise UserError(f"--test-subset: {args.test_subset} is more than the {test_size} test images of {dataset}")
+        raise OptionError(f"--test-subset: {args.test_subset} is more than the {test_size} test images of {dataset}")
     if getattr(args, "train_subset", 0) > train_size:
-        raise UserError(f"--train-subset: {args.train_subset} is more than the {train_size} training images of {dataset}")
+        raise OptionError(f"--train-subset: {args.train_subset} is more than the {train_size} training images of "
+                          f"{dataset}")
     if hasattr(args, "batch_size") and args.batch_size > (args.train_subset or train_size):
-        raise UserError(f"--batch-size: {args.batch_size} is more than the {args.train_subset or train_size} "
-                        "training images")
+        raise OptionError(f"--batch-size: {args.batch_size} is more than the {args.train_subset or train_size} "
+                          "training images")
+
+
+def _world_size():
+    """The number of processes of this run (torchrun's WORLD_SIZE), known before the process group starts."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _check_train_options(args):
+    """Options the parser cannot check alone, before any work: the backend on the run's device, the batch split."""
+    if args.backend is not None:
+        try:
+            backend_name(args.backend, resolve_device(args.device))
+        except ValueError as error:
+            raise OptionError(f"--backend {args.backend}: {error}") from None
+    if args.batch_size % _world_size():
+        raise OptionError(f"--batch-size: {args.batch_size} does not split evenly over {_world_size()} processes "
+                          "(give a multiple of --nproc-per-node)")
 
 
 def _test_set(args, dataset):
@@ -198,72 +223,119 @@ def _owned_run_folder(out_dir, needed_bytes):
 
 
 def _evaluate_command(args):
-    model, config, state = model_from_checkpoint(args.checkpoint, args.device)
+    model, config, metadata = load_checkpoint(args.checkpoint, args.device)
     _check_subsets(args, config.dataset)
     out_dir = args.out or str(Path(args.checkpoint).parent)
     with _owned_run_folder(out_dir, EVAL_OUTPUT_BYTES):
-        _run_evaluation(model, args, config.dataset, out_dir, state["history"], state.get("step_log"),
-                        {"config": state["config"]})
+        _run_evaluation(model, args, config.dataset, out_dir, metadata.history, metadata.step_log,
+                        {"config": dataclasses.asdict(config)})
 
 
 def _train_command(args):
     config = TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
     _check_subsets(args, config.dataset)
+    _check_train_options(args)
     out_dir = args.out or f"runs/{config.dataset}-l{config.layers}-{config.estimator}-k{config.k}"
     resume = "if-exists" if args.resume_if_exists else args.resume
-    start_policy(out_dir, resume, args.overwrite)  # refuse before printing anything about a run that won't start
-    with _owned_run_folder(out_dir, checkpoint_bytes(config) + EVAL_OUTPUT_BYTES):
-        if not args.no_eval:  # an evaluation that would be refused is refused before training, not after
-            check_evaluation_time(_evaluation_model(build_model(config, resolve_device(config.device)), args),
-                                  _test_set(args, config.dataset),
-                                  args.eval_k, args.eval_chunk, args.eval_batch, args.max_eval_hours, progress=False)
-        if rank_and_world()[0] == 0:
-            print(f"training {config.layers}-layer {config.estimator} k={config.k} on {config.dataset}: "
-                  f"{describe_schedule(config)}, batch {config.batch_size}; run folder {out_dir}")
-        model, history, step_log = train(config, out_dir, resume=resume, overwrite=args.overwrite,
-                                         progress=not args.no_progress)
+    with contextlib.ExitStack() as run_folder:
+        # Deferred before any work: a SIGINT or SIGTERM while the data loads stops at the first step boundary,
+        # through the lock's release; evaluation afterwards takes signals as usual.
+        with deferred_stop_signals():
+            start_policy(out_dir, resume, args.overwrite)  # refuse before printing anything about a run that won't start
+            run_folder.enter_context(_owned_run_folder(out_dir, checkpoint_bytes(config) + EVAL_OUTPUT_BYTES))
+            if not args.no_eval:  # an evaluation that would be refused is refused before training, not after
+                check_evaluation_time(_evaluation_model(build_model(config, resolve_device(config.device)), args),
+                                      _test_set(args, config.dataset), args.eval_k, args.eval_chunk, args.eval_batch,
+                                      args.max_eval_hours, progress=False)
+            if rank_and_world()[0] == 0:
+                print(f"training {config.layers}-layer {config.estimator} k={config.k} on {config.dataset}: "
+                      f"{describe_schedule(config)}, batch {config.batch_size}; run folder {out_dir}")
+            model, history, step_log = train(config, out_dir, resume=resume, overwrite=args.overwrite,
+                                             progress=not args.no_progress)
         if not args.no_eval:
             _run_evaluation(model, args, config.dataset, out_dir, history, step_log,
                             {"config": dataclasses.asdict(config)})
 
 
+def _parent_command_line():
+    """The parent process's arguments (Linux /proc), or None where they cannot be read."""
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]] or None
+
+
+def launcher_command(argv):
+    """The command that started this process, before its ``argv``: ``python -m iwae_kernels``, or under torchrun
+    the torchrun command (the launcher is the parent process; rebuilt from torchrun's environment where its
+    command line cannot be read)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return ["python", "-m", "iwae_kernels"]
+    parent = _parent_command_line()
+    if parent and len(parent) > len(argv) and parent[len(parent) - len(argv):] == list(argv):
+        prefix = parent[: len(parent) - len(argv)]
+        if Path(prefix[0]).name.startswith("python"):
+            interpreter_arguments = prefix[1:]
+            if interpreter_arguments and Path(interpreter_arguments[0]).name == "torchrun":  # the console script
+                return ["torchrun", *interpreter_arguments[1:]]
+            return ["python", *interpreter_arguments]
+        return [Path(prefix[0]).name, *prefix[1:]]
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", _world_size()))
+    nodes = ["--nnodes", str(_world_size() // local)] if _world_size() != local else []
+    return ["torchrun", *nodes, "--nproc-per-node", str(local), "-m", "iwae_kernels"]
+
+
 def resume_command(argv):
-    """The command line that continues an interrupted ``train`` run given by ``argv``."""
+    """The command line that continues an interrupted ``train`` run given by ``argv`` (under torchrun: with it)."""
     kept = [a for a in argv if a not in ("--resume", "--resume-if-exists", "--overwrite")]
-    return shlex.join(["python", "-m", "iwae_kernels", *kept, "--resume"])
+    return shlex.join([*launcher_command(argv), *kept, "--resume"])
+
+
+def _report(message):
+    """Print ``message`` to stderr on rank 0 only: every process of a torchrun run meets the same stop or option."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # known even when parsing fails
     try:
-        args = build_parser().parse_args(argv)
-        fill_defaults(args)
-        if args.command == "fetch-data":
-            print(f"MNIST ready at {datasets.fetch_mnist()}")
-        elif args.command == "evaluate":
-            _evaluate_command(args)
-        else:
-            _train_command(args)
+        with sigterm_raises():  # outside training SIGTERM unwinds like Ctrl-C, so a run lock is released
+            args = build_parser().parse_args(argv)
+            fill_defaults(args)
+            if args.command == "fetch-data":
+                print(f"MNIST ready at {datasets.fetch_mnist()}")
+            elif args.command == "evaluate":
+                _evaluate_command(args)
+            else:
+                _train_command(args)
         return 0
     except TrainingInterrupted as stop:
         if debug:
             raise
-        print(f"{stop}; continue with: {resume_command(argv)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
+        if stop.checkpoint_path is not None:
+            _report(f"{stop}; continue with: {resume_command(argv)}")
+        else:
+            _report(f"{stop}; start it again with: {shlex.join([*launcher_command(argv), *argv])}")
+        return exit_status(stop.signal_name)
+    except (KeyboardInterrupt, Terminated) as stop:
         if debug:
             raise
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        _report(f"error: interrupted ({'SIGINT' if isinstance(stop, KeyboardInterrupt) else 'SIGTERM'})")
+        return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
     except (UserError, OSError) as error:  # OSError: a file or folder the user named, a full disk
         if debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        if isinstance(error, OptionError):
+            _report(f"error: {error}")
+        else:  # a file or folder: possibly one process's alone
+            print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as error:  # a bug: still one line, with the way to get the traceback
         if debug:
             raise
         first_line = (str(error).splitlines() or [""])[0]
         print(f"error: {type(error).__name__}: {first_line} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return EXIT_BUG

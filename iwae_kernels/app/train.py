@@ -2,22 +2,18 @@
 
 A checkpoint holds everything the rest of the run depends on: weights, optimizer state, the position in the
 schedule (epoch and step), and every RNG stream (torch's CPU and CUDA generators, which also seed the kernels'
-noise, and the data generator for shuffling and dynamic binarization). It is written to a temporary file and
-renamed over the old one, so a kill at any moment leaves the previous checkpoint intact; ``--resume``
-continues exactly as the uninterrupted run would have.
+noise, and the data generator for shuffling and dynamic binarization). It is written atomically and verified
+on load (checkpoint.py), so a kill at any moment leaves the previous checkpoint intact; ``--resume`` continues
+exactly as the uninterrupted run would have.
+
+``train`` runs in four parts: ``_prepare`` (data, model, optimizer), ``_resume`` (from the checkpoint),
+``_train_epoch`` (the loop and its checkpoints), and the stop at a step boundary on SIGINT or SIGTERM
+(signals.py).
 """
 
-import contextlib
 import csv
 import dataclasses
-import hashlib
-import io
 import json
-import os
-import signal
-import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -26,95 +22,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import data as datasets
-from .errors import UserError
-from ..models import paper_model
+from .checkpoint import read_checkpoint, save_checkpoint
+from .config import TrainConfig, build_model, config_from_dict
 from .device import resolve_device
+from .errors import UserError
 from .evaluate import rank_and_world
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    dataset: str = "mnist"
-    layers: int = 1
-    estimator: str = "iwae"
-    k: int = 50
-    batch_size: int = 20
-    schedule: str = "constant"    # "paper": 3^i passes at lr 1e-3 * 10^(-i/7), i < paper_stages
-    epochs: int = 1               # for "constant"
-    paper_stages: int = 8
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    backend: str = None
-    train_subset: int = 0         # 0: the whole training set
-    checkpoint_minutes: float = 10.0
-    checkpoint_steps: int = 0     # also every N steps (0: off)
-
-    def epoch_learning_rates(self):
-        """The learning rate of each epoch, in order."""
-        if self.schedule == "paper":
-            return [self.lr * 10 ** (-i / 7) for i in range(self.paper_stages) for _ in range(3**i)]
-        return [self.lr] * self.epochs
-
-
-CHECKPOINT_HEADER = b"iwae_kernels checkpoint, sha256 of the torch.save bytes that follow: "
-
-
-def save_checkpoint(path, state):
-    """Write ``state`` as a header line with the SHA-256 of its torch.save bytes, then those bytes: to a temporary
-    file in the same folder, fsync, then rename over ``path`` (atomic: a kill leaves the old checkpoint)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = io.BytesIO()
-    torch.save(state, payload)
-    payload = payload.getbuffer()
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(CHECKPOINT_HEADER + hashlib.sha256(payload).hexdigest().encode() + b"\n")
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path):
-    """The state ``save_checkpoint`` wrote to ``path``, after checking its SHA-256; UserError naming the file and
-    the fault for anything else (missing, a folder, empty, damaged, a bare state_dict, another program's file)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"checkpoint {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"checkpoint {path} is a folder; give the checkpoint.pt inside it") from None
-    except OSError as error:
-        raise UserError(f"checkpoint {path} cannot be read ({error.strerror or error})") from None
-    if not raw.startswith(CHECKPOINT_HEADER):
-        if not raw:
-            raise UserError(f"checkpoint {path} is empty")
-        try:
-            state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-        except Exception:
-            raise UserError(f"checkpoint {path} is not a checkpoint (unreadable bytes)") from None
-        if isinstance(state, dict) and {"config", "model"} <= state.keys():
-            print(f"warning: checkpoint {path} has no digest (written before checkpoints carried one); "
-                  "loading it unverified", file=sys.stderr)
-            return state
-        raise UserError(f"checkpoint {path} was not written by iwae_kernels train (a bare state_dict or another "
-                        "program's file); it has no config or digest")
-    digest_end = raw.find(b"\n", len(CHECKPOINT_HEADER))
-    digest, payload = raw[len(CHECKPOINT_HEADER):digest_end].decode(errors="replace"), memoryview(raw)[digest_end + 1:]
-    if digest_end < 0 or hashlib.sha256(payload).hexdigest() != digest:
-        raise UserError(f"checkpoint {path} is damaged: its SHA-256 does not match the one it was written with")
-    try:
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as error:  # a digest that matches bytes torch refuses: written by something else
-        raise UserError(f"checkpoint {path} cannot be loaded ({type(error).__name__}: {error})".splitlines()[0]) \
-            from None
+from .signals import TrainingInterrupted, deferred_stop_signals
 
 
 def _rng_state(data_generator):
@@ -129,54 +42,8 @@ def _restore_rng(state, data_generator):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def build_model(config, device):
-    return paper_model(config.layers, backend=config.backend).to(device)
-
-
 # Options that change neither the model nor the optimization: a resumed run may give new values.
 RESUMABLE_FIELDS = ("checkpoint_minutes", "checkpoint_steps", "device", "epochs")
-
-
-class TrainingInterrupted(UserError):
-    """SIGINT or SIGTERM stopped training after a checkpoint at a step boundary."""
-
-    def __init__(self, signal_name, checkpoint_path, epoch, step):
-        super().__init__(f"{signal_name}: stopped at epoch {epoch + 1} step {step}; checkpoint saved to {checkpoint_path}")
-        self.signal_name, self.checkpoint_path = signal_name, checkpoint_path
-
-
-@contextlib.contextmanager
-def deferred_stop_signals():
-    """SIGINT and SIGTERM append their name to the yielded list instead of stopping the process, so the training
-    loop can checkpoint at the next step boundary. A second signal acts as usual (an impatient second Ctrl-C)."""
-    received = []
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield received
-        return
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {number: signal.getsignal(number) for number in signals}
-
-    def request_stop(number, frame):
-        received.append(signal.Signals(number).name)
-        signal.signal(number, previous[number])
-
-    for number in signals:
-        signal.signal(number, request_stop)
-    try:
-        yield received
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-def config_from_dict(saved, source):
-    """TrainConfig from a checkpoint's config dict; UserError naming ``source`` for a missing or unknown key."""
-    if not isinstance(saved, dict):
-        raise UserError(f"checkpoint {source} holds no training config (was it written by iwae_kernels train?)")
-    unknown = sorted(set(saved) - {field.name for field in dataclasses.fields(TrainConfig)})
-    if unknown:
-        raise UserError(f"checkpoint {source}: unknown config key {unknown[0]!r} (written by another version?)")
-    return TrainConfig(**saved)
 
 
 def check_resumable(saved, config, checkpoint_path):
@@ -228,125 +95,211 @@ class _LossModule(torch.nn.Module):
 CURVE_POINTS_PER_EPOCH = 20
 
 
-def train(config, out_dir, resume=False, overwrite=False, progress=True):
-    """Train per ``config``, checkpointing to out_dir/checkpoint.pt; returns (model, history, step_log):
-    history has one row per epoch, step_log one {"step", "train_loss"} per CURVE_POINTS_PER_EPOCH-th of an epoch.
+@dataclasses.dataclass
+class TrainingProgress:
+    """Where a run stands besides its weights, optimizer and RNG: the schedule position and the running sums of
+    the current epoch and curve interval (checkpointed, so a resumed run logs the same means)."""
 
-    ``resume``/``overwrite`` follow ``start_policy``. SIGINT or SIGTERM checkpoints at the next step boundary
-    and raises TrainingInterrupted. Assumes the caller holds the folder's RunLock (the CLI does).
+    epoch: int = 0
+    step: int = 0
+    history: list = dataclasses.field(default_factory=list)  # one row per completed epoch
+    step_log: list = dataclasses.field(default_factory=list)  # the training curve
+    elapsed: float = 0.0  # training wall time before this process started
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+    interval_loss_sum: float = 0.0
 
-    Under torchrun each of the N processes takes 1/N of every global batch of ``config.batch_size`` examples
-    and DistributedDataParallel averages the gradients; every process binarizes the whole global batch and draws
-    the noise for all of it (then keeps its share), so the run does not depend on N up to float rounding. Rank 0
-    alone writes the checkpoint and logs.
-    """
+
+@dataclasses.dataclass
+class _Run:
+    """One process's share of a run: the data, the model and optimizer, and the schedule's sizes."""
+
+    config: TrainConfig
+    out_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    train_x: torch.Tensor
+    model: torch.nn.Module
+    loss_module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    data_generator: torch.Generator
+    progress: TrainingProgress
+    started: float  # perf_counter when this process started training
+
+    @property
+    def checkpoint_path(self):
+        return self.out_dir / "checkpoint.pt"
+
+    @property
+    def learning_rates(self):
+        return self.config.epoch_learning_rates()
+
+    @property
+    def steps_per_epoch(self):
+        return self.train_x.shape[0] // self.config.batch_size
+
+    @property
+    def log_every(self):
+        return max(1, self.steps_per_epoch // CURVE_POINTS_PER_EPOCH)
+
+    @property
+    def my_shard(self):
+        shard_size = self.config.batch_size // self.world
+        return slice(self.rank * shard_size, (self.rank + 1) * shard_size)
+
+
+def _prepare(config, out_dir, overwrite):
+    """The run's data, model, DDP wrapper and optimizer, seeded, at the start of the schedule."""
     rank, world = rank_and_world()
     out_dir = Path(out_dir)
-    resuming = start_policy(out_dir, resume, overwrite)
     if config.batch_size % world:
         raise UserError(f"--batch-size: {config.batch_size} does not split evenly over {world} processes")
-    checkpoint_path = out_dir / "checkpoint.pt"
     if overwrite and rank == 0:
-        checkpoint_path.unlink(missing_ok=True)  # a run stopped before its first checkpoint must not resume the old one
+        # A run stopped before its first checkpoint must not resume the old one.
+        (out_dir / "checkpoint.pt").unlink(missing_ok=True)
     device = resolve_device(config.device)
     train_x, _ = datasets.DATASETS[config.dataset]()
     if config.train_subset:
         train_x = train_x[: config.train_subset]
-    learning_rates = config.epoch_learning_rates()
-    steps_per_epoch = train_x.shape[0] // config.batch_size
-    if steps_per_epoch == 0:
+    if train_x.shape[0] < config.batch_size:
         raise UserError(f"--batch-size: {config.batch_size} is larger than the training set ({train_x.shape[0]})")
-    log_every = max(1, steps_per_epoch // CURVE_POINTS_PER_EPOCH)
-    shard_size = config.batch_size // world
-    my_shard = slice(rank * shard_size, (rank + 1) * shard_size)
-
     torch.manual_seed(config.seed)
-    data_generator = torch.Generator().manual_seed(config.seed)
     model = build_model(config, device)
     loss_module = _LossModule(model, config.k, config.estimator)
     if world > 1:
         loss_module = torch.nn.parallel.DistributedDataParallel(loss_module)
     # fused=True: Adam's whole update in one kernel per step (CPU and CUDA) instead of a few per parameter tensor.
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-4, fused=True)
-    epoch, step, history, step_log, elapsed = 0, 0, [], [], 0.0
-    # Running sums of the current epoch and curve interval, checkpointed so a resume logs the same means.
-    loss_sum, loss_count, interval_sum = 0.0, 0, 0.0
-    if resuming:
-        state = load_checkpoint(checkpoint_path)
-        check_resumable(config_from_dict(state.get("config"), checkpoint_path), config, checkpoint_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch, step, history, elapsed = state["epoch"], state["step"], state["history"], state["elapsed"]
-        step_log, interval_sum = state.get("step_log", []), state.get("interval_loss_sum", 0.0)  # none before the curve
-        loss_sum, loss_count = state["epoch_loss_sum"], state["epoch_loss_count"]
-        _restore_rng(state["rng"], data_generator)
+    return _Run(config, out_dir, rank, world, device, train_x, model, loss_module, optimizer,
+                torch.Generator().manual_seed(config.seed), TrainingProgress(), time.perf_counter())
 
-    def checkpoint():
-        if rank == 0:
-            save_checkpoint(checkpoint_path, {
-                "config": dataclasses.asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch, "step": step, "history": history, "step_log": step_log,
-                "elapsed": elapsed + time.perf_counter() - started, "epoch_loss_sum": loss_sum,
-                "epoch_loss_count": loss_count, "interval_loss_sum": interval_sum, "rng": _rng_state(data_generator)})
-        if world > 1:
-            dist.barrier()  # no process leaves (on an interrupt) before rank 0 has written
 
-    started = last_checkpoint = time.perf_counter()
+def _resume(run):
+    """Continue ``run`` from its checkpoint: weights, optimizer, progress and every RNG stream."""
+    state = read_checkpoint(run.checkpoint_path)
+    check_resumable(config_from_dict(state.get("config"), run.checkpoint_path), run.config, run.checkpoint_path)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    # step_log and interval_loss_sum: absent from checkpoints written before the training curve.
+    run.progress = TrainingProgress(**{field.name: state[field.name]
+                                       for field in dataclasses.fields(TrainingProgress) if field.name in state})
+    _restore_rng(state["rng"], run.data_generator)
+
+
+def _checkpoint(run):
+    """Rank 0 writes the checkpoint; every process waits for it."""
+    if run.rank == 0:
+        progress = dataclasses.asdict(run.progress)
+        progress["elapsed"] += time.perf_counter() - run.started
+        save_checkpoint(run.checkpoint_path, {
+            "config": dataclasses.asdict(run.config), "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(), **progress, "rng": _rng_state(run.data_generator)})
+    if run.world > 1:
+        dist.barrier()  # no process leaves (on an interrupt) before rank 0 has written
+
+
+def _shared_loss_and_stop(run, loss_value, stop_requests):
+    """(the global batch's mean loss, whether any process was asked to stop) from this process's loss on its
+    share; one all-reduce under torchrun, so every process takes the same decision."""
+    stop = bool(stop_requests)
+    if run.world > 1:
+        shared = torch.tensor([loss_value / run.world, float(stop)], dtype=torch.float64, device=run.device)
+        dist.all_reduce(shared)
+        loss_value, stop = shared[0].item(), shared[1].item() > 0
+    return loss_value, stop
+
+
+def _train_step(run, x):
+    """One optimizer step on this process's share of the global batch x; its loss."""
+    noise = None
+    if dist.is_initialized():  # every process draws the whole batch's noise and keeps its share: runs do not depend on N
+        noise = [torch.randn((run.config.k, run.config.batch_size, size), device=run.device)[:, run.my_shard]
+                 .contiguous() for size in run.model.latent]
+    loss = run.loss_module(x[run.my_shard], noise)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    return loss.item()
+
+
+def _train_epoch(run, stop_requests, show_progress, last_checkpoint):
+    """The rest of the current epoch from ``run.progress.step``, checkpointing on the config's cadence and
+    stopping (TrainingInterrupted, after a checkpoint) when asked; returns the time of the last checkpoint."""
+    config, progress, steps = run.config, run.progress, run.steps_per_epoch
+    epoch = progress.epoch
+    for group in run.optimizer.param_groups:
+        group["lr"] = run.learning_rates[epoch]
+    # The order of an epoch is a function of (seed, epoch), so a resumed run shuffles the same way.
+    order = torch.randperm(run.train_x.shape[0], generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+    bar = tqdm(range(progress.step, steps), desc=f"epoch {epoch + 1}/{len(run.learning_rates)}",
+               disable=not show_progress or run.rank > 0, initial=progress.step, total=steps, unit="step",
+               dynamic_ncols=True)
+    epoch_start, resumed_count = time.perf_counter(), progress.epoch_loss_count
+    for step in bar:
+        batch = run.train_x[order[step * config.batch_size : (step + 1) * config.batch_size]]
+        x = datasets.dynamic_binarize(batch, generator=run.data_generator).to(run.device)
+        loss_value, stop = _shared_loss_and_stop(run, _train_step(run, x), stop_requests)
+        progress.epoch_loss_sum += loss_value
+        progress.epoch_loss_count += 1
+        progress.interval_loss_sum += loss_value
+        progress.step = step + 1
+        rate = (progress.epoch_loss_count - resumed_count) * config.batch_size / (time.perf_counter() - epoch_start)
+        bar.set_postfix(loss=f"{progress.epoch_loss_sum / progress.epoch_loss_count:.2f}", samples_per_s=f"{rate:.0f}")
+        if progress.step % run.log_every == 0:
+            progress.step_log.append({"step": epoch * steps + progress.step,
+                                      "train_loss": progress.interval_loss_sum / run.log_every})
+            progress.interval_loss_sum = 0.0
+        now = time.perf_counter()
+        if stop:
+            bar.close()
+            _checkpoint(run)
+            raise TrainingInterrupted((stop_requests or ["a signal to another process"])[0], run.checkpoint_path,
+                                      epoch, progress.step)
+        if (config.checkpoint_steps and progress.step % config.checkpoint_steps == 0) or \
+                now - last_checkpoint > 60 * config.checkpoint_minutes:
+            _checkpoint(run)
+            last_checkpoint = now
+    progress.history.append({
+        "epoch": epoch + 1, "lr": run.learning_rates[epoch],
+        "train_loss": progress.epoch_loss_sum / max(progress.epoch_loss_count, 1),
+        "samples_per_s": (progress.epoch_loss_count - resumed_count) * config.batch_size
+        / (time.perf_counter() - epoch_start),
+        "wall_s": progress.elapsed + time.perf_counter() - run.started})
+    # An interval cut by the epoch's end (steps_per_epoch not a multiple of log_every) is dropped.
+    progress.epoch, progress.step = epoch + 1, 0
+    progress.epoch_loss_sum, progress.epoch_loss_count, progress.interval_loss_sum = 0.0, 0, 0.0
+    _checkpoint(run)
+    return time.perf_counter()
+
+
+def train(config, out_dir, resume=False, overwrite=False, progress=True):
+    """Train per ``config``, checkpointing to out_dir/checkpoint.pt; returns (model, history, step_log):
+    history has one row per epoch, step_log one {"step", "train_loss"} per CURVE_POINTS_PER_EPOCH-th of an epoch.
+
+    ``resume``/``overwrite`` follow ``start_policy``. SIGINT or SIGTERM checkpoints at the next step boundary
+    and raises TrainingInterrupted (also when it came during setup: then with nothing new to checkpoint).
+    Assumes the caller holds the folder's RunLock (the CLI does).
+
+    Under torchrun each of the N processes takes 1/N of every global batch of ``config.batch_size`` examples
+    and DistributedDataParallel averages the gradients; every process binarizes the whole global batch and draws
+    the noise for all of it (then keeps its share), so the run does not depend on N up to float rounding. Rank 0
+    alone writes the checkpoint and logs.
+    """
     with deferred_stop_signals() as stop_requests:
-        while epoch < len(learning_rates):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rates[epoch]
-            # The order of an epoch is a function of (seed, epoch), so a resumed run shuffles the same way.
-            order = torch.randperm(train_x.shape[0],
-                                   generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
-            bar = tqdm(range(step, steps_per_epoch), desc=f"epoch {epoch + 1}/{len(learning_rates)}",
-                       disable=not progress or rank > 0, initial=step, total=steps_per_epoch, unit="step",
-                       dynamic_ncols=True)
-            epoch_start, resumed_count = time.perf_counter(), loss_count
-            for step in bar:
-                batch = train_x[order[step * config.batch_size : (step + 1) * config.batch_size]]
-                x = datasets.dynamic_binarize(batch, generator=data_generator).to(device)
-                noise = None
-                if dist.is_initialized():
-                    noise = [torch.randn((config.k, config.batch_size, size), device=device)[:, my_shard].contiguous()
-                             for size in model.latent]
-                loss = loss_module(x[my_shard], noise)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_value, stop = loss.item(), bool(stop_requests)
-                if world > 1:  # the global batch's mean loss, and whether any process was asked to stop
-                    shared = torch.tensor([loss_value / world, float(stop)], dtype=torch.float64, device=device)
-                    dist.all_reduce(shared)
-                    loss_value, stop = shared[0].item(), shared[1].item() > 0
-                loss_sum, loss_count, interval_sum = loss_sum + loss_value, loss_count + 1, interval_sum + loss_value
-                rate = (loss_count - resumed_count) * config.batch_size / (time.perf_counter() - epoch_start)
-                bar.set_postfix(loss=f"{loss_sum / loss_count:.2f}", samples_per_s=f"{rate:.0f}")
-                step += 1
-                if step % log_every == 0:
-                    step_log.append({"step": epoch * steps_per_epoch + step, "train_loss": interval_sum / log_every})
-                    interval_sum = 0.0
-                now = time.perf_counter()
-                if stop:
-                    bar.close()
-                    checkpoint()
-                    raise TrainingInterrupted((stop_requests or ["a signal to another process"])[0], checkpoint_path,
-                                              epoch, step)
-                if (config.checkpoint_steps and step % config.checkpoint_steps == 0) or \
-                        now - last_checkpoint > 60 * config.checkpoint_minutes:
-                    checkpoint()
-                    last_checkpoint = now
-            history.append({"epoch": epoch + 1, "lr": learning_rates[epoch], "train_loss": loss_sum / max(loss_count, 1),
-                            "samples_per_s": (loss_count - resumed_count) * config.batch_size
-                            / (time.perf_counter() - epoch_start),
-                            "wall_s": elapsed + time.perf_counter() - started})
-            # An interval cut by the epoch's end (steps_per_epoch not a multiple of log_every) is dropped.
-            epoch, step, loss_sum, loss_count, interval_sum = epoch + 1, 0, 0.0, 0, 0.0
-            checkpoint()
-            last_checkpoint = time.perf_counter()
-    if rank == 0:
-        _write_log(out_dir, history, step_log)
-    return model, history, step_log
+        resuming = start_policy(out_dir, resume, overwrite)
+        run = _prepare(config, out_dir, overwrite)
+        if resuming:
+            _resume(run)
+        if _shared_loss_and_stop(run, 0.0, stop_requests)[1]:
+            raise TrainingInterrupted((stop_requests or ["a signal to another process"])[0],
+                                      run.checkpoint_path if resuming else None)
+        last_checkpoint = run.started
+        while run.progress.epoch < len(run.learning_rates):
+            last_checkpoint = _train_epoch(run, stop_requests, progress, last_checkpoint)
+    if run.rank == 0:
+        _write_log(run.out_dir, run.progress.history, run.progress.step_log)
+    return run.model, run.progress.history, run.progress.step_log
 
 
 def _write_log(out_dir, history, step_log):
@@ -358,22 +311,6 @@ def _write_log(out_dir, history, step_log):
                 writer.writeheader()
                 writer.writerows(rows)
     (out_dir / "train_log.json").write_text(json.dumps(history, indent=1))
-
-
-def model_from_checkpoint(path, device="auto"):
-    """(model, config, checkpoint state) from a checkpoint written by ``train``; UserError for anything else."""
-    state = load_checkpoint(path)
-    if not isinstance(state, dict) or "model" not in state:
-        raise UserError(f"checkpoint {path} holds no model (was it written by iwae_kernels train?)")
-    config = config_from_dict(state.get("config"), path)
-    model = build_model(config, resolve_device(device))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:  # e.g. 2-layer weights under a 1-layer config
-        first_problem = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise UserError(f"checkpoint {path}: the weights do not fit its config (layers={config.layers}): "
-                        f"{first_problem}") from None
-    return model, config, state
 
 
 def describe_schedule(config):

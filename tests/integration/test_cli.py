@@ -2,6 +2,7 @@
 processes agreeing with 1; one-line errors for every user error, the run-folder rules, verified checkpoints."""
 
 import dataclasses
+import hashlib
 import json
 import os
 import shlex
@@ -19,8 +20,11 @@ from iwae_kernels.app import cli
 from iwae_kernels.app import data
 from iwae_kernels.app import UserError
 from iwae_kernels.app.run_folder import RunLock, preflight
-from iwae_kernels.app.train import (TrainConfig, deferred_stop_signals, build_model, check_resumable, load_checkpoint,
-                                save_checkpoint, start_policy)
+from iwae_kernels.app import load_checkpoint
+from iwae_kernels.app.checkpoint import HEADER_FORMAT_PREFIX, digest_path, read_checkpoint, save_checkpoint
+from iwae_kernels.app.config import TrainConfig, build_model
+from iwae_kernels.app.signals import deferred_stop_signals
+from iwae_kernels.app.train import check_resumable, start_policy
 
 TRAIN = [sys.executable, "-m", "iwae_kernels", "train", "--train-subset", "1000", "--batch-size", "20", "--epochs", "3",
          "--k", "3", "--checkpoint-steps", "1", "--no-eval", "--no-progress", "--device", "cpu", "--backend", "torch"]
@@ -39,7 +43,7 @@ def uninterrupted(tmp_path_factory):
 
 
 def _same_run(resumed_path, reference_path):
-    resumed, reference = load_checkpoint(resumed_path), load_checkpoint(reference_path)
+    resumed, reference = read_checkpoint(resumed_path), read_checkpoint(reference_path)
     assert resumed["epoch"] == reference["epoch"] == 3
     for name, value in reference["model"].items():
         assert torch.equal(resumed["model"][name], value), name
@@ -53,14 +57,14 @@ def test_resume_after_kill_matches_uninterrupted(uninterrupted, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
         if checkpoint.exists():
-            state = load_checkpoint(checkpoint)
+            state = read_checkpoint(checkpoint)
             if state["epoch"] * (TOTAL_STEPS // 3) + state["step"] >= 40:
                 break
         time.sleep(0.05)
     assert process.poll() is None, "the run finished before it could be killed; the test needs a longer run"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = load_checkpoint(checkpoint)
+    killed_at = read_checkpoint(checkpoint)
     assert (killed_at["epoch"], killed_at["step"]) < (3, 0), "killed mid-training"
     assert (tmp_path / "run.lock").exists(), "the killed run's lock is left behind"
     run(TRAIN + ["--out", str(tmp_path), "--resume"])  # takes over the stale lock
@@ -69,18 +73,20 @@ def test_resume_after_kill_matches_uninterrupted(uninterrupted, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigint_checkpoints_and_says_how_to_resume(uninterrupted, tmp_path):
+@pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_stop_signal_checkpoints_and_says_how_to_resume(uninterrupted, tmp_path, stop, status):
     process = subprocess.Popen(TRAIN + ["--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "checkpoint.pt").exists():
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == cli.EXIT_INTERRUPTED, stderr
+    assert process.returncode == status, stderr
     (message,) = stderr.strip().splitlines()
-    assert message.startswith("SIGINT: stopped at epoch") and message.endswith("--resume"), message
-    interrupted = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert message.startswith(f"{stop.name}: stopped at epoch") and message.endswith("--resume"), message
+    assert not (tmp_path / "run.lock").exists()
+    interrupted = read_checkpoint(tmp_path / "checkpoint.pt")
     assert (interrupted["epoch"], interrupted["step"]) < (3, 0)
     resume = shlex.split(message.split("continue with: ")[1])
     run([sys.executable, *resume[1:]])
@@ -89,7 +95,8 @@ def test_sigint_checkpoints_and_says_how_to_resume(uninterrupted, tmp_path):
 
 @pytest.mark.slow
 def test_resume_refuses_another_configuration(uninterrupted, tmp_path):
-    (tmp_path / "checkpoint.pt").write_bytes((uninterrupted / "checkpoint.pt").read_bytes())
+    for name in ("checkpoint.pt", "checkpoint.pt.sha256"):
+        (tmp_path / name).write_bytes((uninterrupted / name).read_bytes())
     with pytest.raises(subprocess.CalledProcessError) as error:
         run(TRAIN[:-1] + ["torch", "--k", "4", "--out", str(tmp_path), "--resume"])
     assert "another configuration" in error.value.stderr
@@ -106,8 +113,24 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, {"step": 2})
-    assert load_checkpoint(path) == {"step": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert read_checkpoint(path) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "checkpoint.pt.sha256"]
+    monkeypatch.undo()
+    # Killed between the two renames: the digest file is new, the checkpoint the previous one, still verified.
+    replace, renames = os.replace, []
+
+    def first_rename_only(source, target):
+        if not renames:
+            replace(source, target)
+        renames.append(target)
+
+    monkeypatch.setattr(os, "replace", first_rename_only)
+    save_checkpoint(path, {"step": 3})
+    assert renames == [digest_path(path), path]
+    monkeypatch.undo()
+    assert read_checkpoint(path) == {"step": 1}
+    save_checkpoint(path, {"step": 4})
+    assert read_checkpoint(path) == {"step": 4}
 
 
 EVALUATE = ["evaluate", "--test-subset", "60", "--eval-k", "200", "--eval-chunk", "64", "--eval-batch", "20",
@@ -200,8 +223,20 @@ def test_unusable_checkpoints_are_one_line_errors(make, complaint, tmp_path, cap
 def test_checkpoint_from_before_digests_loads_with_a_warning(tmp_path, capsys):
     path = tmp_path / "checkpoint.pt"
     torch.save(_checkpoint_state(), path)
-    assert set(load_checkpoint(path)) == {"config", "model", "history"}
+    assert set(read_checkpoint(path)) == {"config", "model", "history"}
     assert "has no digest" in capsys.readouterr().err
+
+
+def test_checkpoint_in_the_header_format_loads_verified(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _checkpoint_state())
+    payload = path.read_bytes()
+    digest_path(path).unlink()
+    path.write_bytes(HEADER_FORMAT_PREFIX + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+    assert load_checkpoint(path).metadata.sha256 == hashlib.sha256(payload).hexdigest()
+    path.write_bytes(path.read_bytes()[:-1] + b"x")
+    with pytest.raises(UserError, match=f"checkpoint {path} is damaged"):
+        load_checkpoint(path)
 
 
 def test_flipped_bit_in_a_checkpoint_is_refused(tmp_path):
@@ -211,7 +246,7 @@ def test_flipped_bit_in_a_checkpoint_is_refused(tmp_path):
     raw[len(raw) // 2] ^= 0x40
     path.write_bytes(bytes(raw))
     with pytest.raises(UserError, match=f"checkpoint {path} is damaged"):
-        load_checkpoint(path)
+        read_checkpoint(path)
 
 
 def test_no_network_for_mnist_is_one_line(tmp_path, monkeypatch, capsys):
@@ -289,7 +324,7 @@ def test_two_gloo_processes_train_as_one(tmp_path):
     first_half = torchrun(2, "--epochs", "1", "--out", str(tmp_path / "two"))
     assert first_half.stdout.count("training 1-layer") == 1, "only rank 0 prints"
     torchrun(2, "--epochs", "2", "--out", str(tmp_path / "two"), "--resume")
-    one, two = load_checkpoint(tmp_path / "one" / "checkpoint.pt"), load_checkpoint(tmp_path / "two" / "checkpoint.pt")
+    one, two = read_checkpoint(tmp_path / "one" / "checkpoint.pt"), read_checkpoint(tmp_path / "two" / "checkpoint.pt")
     assert len(one["step_log"]) == len(two["step_log"]) == 20
     torch.testing.assert_close(torch.tensor([row["train_loss"] for row in two["step_log"]]),
                                torch.tensor([row["train_loss"] for row in one["step_log"]]), rtol=1e-5, atol=0)
@@ -352,7 +387,7 @@ def test_evaluation_chunk_defaults_to_the_models_and_is_recorded(saved_checkpoin
 
 def test_evaluation_progress_counts_samples_and_curves_show_steps_and_test_bound(saved_checkpoint, capsys):
     out = saved_checkpoint.parent
-    state = load_checkpoint(saved_checkpoint)
+    state = read_checkpoint(saved_checkpoint)
     state["step_log"] = [{"step": step, "train_loss": 300.0 - step} for step in range(1, 41)]
     save_checkpoint(saved_checkpoint, state)
     assert cli.main(["evaluate", str(saved_checkpoint), "--eval-k", "20", "--eval-chunk", "10", "--test-subset", "30",
@@ -375,3 +410,111 @@ def test_unwritable_report_folder_fails_before_evaluating(saved_checkpoint, tmp_
     blocker.write_text("")
     line = main_error(["evaluate", str(saved_checkpoint), "--out", str(blocker / "report"), "--device", "cpu"], capsys)
     assert "--out: cannot write to" in line
+
+
+def _small_data(monkeypatch):
+    """MNIST replaced by 40 random grey images (and 20 test ones), loaded in no time."""
+    generator = torch.Generator().manual_seed(0)
+    monkeypatch.setitem(data.DATASETS, "mnist", lambda: (torch.rand(40, 784, generator=generator),
+                                                          torch.rand(20, 784, generator=generator)))
+
+
+ONE_STEP = ["train", "--train-subset", "20", "--batch-size", "20", "--k", "2", "--no-eval", "--no-progress",
+            "--device", "cpu", "--backend", "torch"]
+
+
+def test_one_training_step_then_load_checkpoint_and_evaluate(tmp_path, monkeypatch):
+    """A user opens a run's checkpoint: load_checkpoint gives the trained model, its config and metadata,
+    verified; torch.load reads the same file with weights_only=True; a damaged file is refused."""
+    _small_data(monkeypatch)
+    assert cli.main([*ONE_STEP, "--out", str(tmp_path)]) == 0
+    path = tmp_path / "checkpoint.pt"
+    model, config, metadata = load_checkpoint(path)
+    assert (config.k, config.batch_size, metadata.epoch, metadata.step, len(metadata.history)) == (2, 20, 1, 0, 1)
+    assert metadata.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest_path(path).read_text().split()[:2] == [metadata.sha256, "checkpoint.pt"]
+    state = torch.load(path, weights_only=True)
+    fresh = build_model(TrainConfig(), torch.device("cpu")).state_dict()
+    assert all(torch.equal(value, state["model"][name]) for name, value in model.state_dict().items())
+    assert not all(torch.equal(value, fresh[name]) for name, value in state["model"].items()), "trained weights"
+    x = data.fixed_binarization(torch.rand(6, 784, generator=torch.Generator().manual_seed(1)))
+    log_px = model.log_likelihood(x, k=8)
+    assert log_px.shape == (6,) and bool((log_px < 0).all())
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=f"checkpoint {path} is damaged: its SHA-256 does not match"):
+        load_checkpoint(path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_compiled_backend_without_cuda_is_refused_when_parsed(backend, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the tests' interpreter would let Triton run on the CPU
+    line = main_error(["train", "--backend", backend, "--out", str(tmp_path)], capsys)
+    assert line.startswith(f"error: --backend {backend}: ") and "needs CUDA" in line
+    assert not (tmp_path / "run.lock").exists()
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_batch_the_processes_do_not_split_is_one_line_from_rank_0_alone(rank, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", str(rank))
+    assert cli.main([*ONE_STEP, "--out", str(tmp_path)]) == cli.EXIT_USER_ERROR
+    captured = capsys.readouterr()
+    lines = (captured.out + captured.err).strip().splitlines()
+    assert lines == (["error: --batch-size: 20 does not split evenly over 3 processes (give a multiple of "
+                      "--nproc-per-node)"] if rank == 0 else [])
+
+
+SIGTERM_WHILE_LOADING = """
+import os, signal, sys, torch
+from iwae_kernels.app import cli, data
+def load():
+    os.kill(os.getpid(), signal.SIGTERM)
+    return torch.rand(40, 784), torch.rand(20, 784)
+data.DATASETS["mnist"] = load
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_data_loads_exits_143_and_releases_the_lock(tmp_path):
+    result = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_LOADING, *ONE_STEP, "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == cli.EXIT_TERMINATED, result.stderr
+    (message,) = result.stderr.strip().splitlines()
+    assert message.startswith("SIGTERM: stopped before the first step (nothing to checkpoint); start it again with: "
+                              "python -m iwae_kernels train "), message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no lock, no checkpoint
+
+
+def test_resume_command_under_torchrun_names_its_launcher(monkeypatch):
+    argv = ["train", "--k", "3", "--overwrite"]
+    assert cli.resume_command(argv) == "python -m iwae_kernels train --k 3 --resume"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(cli, "_parent_command_line", lambda: ["/venv/bin/python3", "/venv/bin/torchrun",
+                                                              "--nproc-per-node", "2", "-m", "iwae_kernels", *argv])
+    assert cli.resume_command(argv) == "torchrun --nproc-per-node 2 -m iwae_kernels train --k 3 --resume"
+    monkeypatch.setattr(cli, "_parent_command_line", lambda: None)
+    assert cli.resume_command(argv) == "torchrun --nnodes 2 --nproc-per-node 2 -m iwae_kernels train --k 3 --resume"
+
+
+@pytest.mark.slow
+def test_sigterm_under_torchrun_is_reported_once_with_the_torchrun_command(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "iwae_kernels", *TRAIN[3:], "--out", str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
+    _, stderr = process.communicate(timeout=120)
+    stops = [line for line in stderr.splitlines() if line.startswith("SIGTERM: stopped at epoch")]
+    assert len(stops) == 1, stderr
+    assert stops[0].endswith(shlex.join(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                                         "iwae_kernels", *TRAIN[3:], "--out", str(tmp_path), "--resume"])), stops[0]
+    assert not (tmp_path / "run.lock").exists()

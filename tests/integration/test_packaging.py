@@ -30,6 +30,7 @@ x = torch.rand(3, 6).round()
 mu, logvar = torch.zeros(3, 2, requires_grad=True), torch.zeros(3, 2, requires_grad=True)
 ik.iwae_loss(x, mu, logvar, torch.nn.Linear(2, 6), k=4, backend="torch").backward()
 paper_model(1, x_dim=6, hidden=((4,),), latent=(2,)).loss(x, k=3).backward()
+from iwae_kernels.app import load_checkpoint  # opening a trained run needs no app extra either
 assert "tqdm" not in sys.modules and "matplotlib" not in sys.modules
 print("ok")
 """)

@@ -168,6 +168,10 @@ BAD_LOSS_CALLS = [
     (dict(decoder=3), TypeError, r"decoder: expected a callable"),
     (dict(decoder=lambda z: z), ValueError, r"decoder: expected logits of shape \[k, B, \*event\] = \(4, 3, 5\), got \(4, 3, 2\)"),
     (dict(decoder=lambda z: (z @ torch.ones(2, 5))[0]), ValueError, r"decoder: expected logits"),
+    (dict(decoder=lambda z: z.flatten(0, 1) @ torch.ones(2, 5)), ValueError, r"got \(12, 5\); a decoder that returns "
+     r"\[k \* B, \*event\] needs flatten_samples=True"),
+    (dict(x=torch.full((3, 5), 255, dtype=torch.uint8)), TypeError, r"x: .*0\.\.255: pass x.float\(\) / 255"),
+    (dict(x=torch.full((3, 5), 255.0)), ValueError, r"x: Bernoulli targets must lie in \[0, 1\]"),
     (dict(likelihood="gaussian"), TypeError, r"decoder: for likelihood='gaussian' expected a \(mean, logvar\) pair"),
     (dict(likelihood="poisson"), ValueError, r"likelihood: expected one of \('bernoulli', 'gaussian'\)"),
     (dict(estimator="reinforce"), ValueError, r"estimator: expected one of"),

@@ -1,0 +1,46 @@
+"""A training run's configuration: what the model and the optimization depend on, as a checkpoint records it."""
+
+import dataclasses
+
+from .errors import UserError
+from ..models import paper_model
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    dataset: str = "mnist"
+    layers: int = 1
+    estimator: str = "iwae"
+    k: int = 50
+    batch_size: int = 20
+    schedule: str = "constant"    # "paper": 3^i passes at lr 1e-3 * 10^(-i/7), i < paper_stages
+    epochs: int = 1               # for "constant"
+    paper_stages: int = 8
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    backend: str = None
+    train_subset: int = 0         # 0: the whole training set
+    checkpoint_minutes: float = 10.0
+    checkpoint_steps: int = 0     # also every N steps (0: off)
+
+    def epoch_learning_rates(self):
+        """The learning rate of each epoch, in order."""
+        if self.schedule == "paper":
+            return [self.lr * 10 ** (-i / 7) for i in range(self.paper_stages) for _ in range(3**i)]
+        return [self.lr] * self.epochs
+
+
+def build_model(config, device):
+    """The PaperModel ``config`` describes (fresh weights), on ``device``."""
+    return paper_model(config.layers, backend=config.backend).to(device)
+
+
+def config_from_dict(saved, source):
+    """TrainConfig from a checkpoint's config dict; UserError naming ``source`` for a missing or unknown key."""
+    if not isinstance(saved, dict):
+        raise UserError(f"checkpoint {source} holds no training config (was it written by iwae_kernels train?)")
+    unknown = sorted(set(saved) - {field.name for field in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise UserError(f"checkpoint {source}: unknown config key {unknown[0]!r} (written by another version?)")
+    return TrainConfig(**saved)
