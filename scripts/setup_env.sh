@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install iwae_kernels with its test extras into it.
-# TORCH_SPEC picks the torch to install when the venv has none (default: a release known to work on CPU
-# and GPU; the library itself supports torch >= 2.4, as pyproject.toml says).
+# Create a venv (if missing) and install iwae_kernels with its test extras into it.
+#   VENV        the venv's folder (default .venv)
+#   TORCH_SPEC  the torch to install when the venv has none (default: the newest end of docs/SUPPORT.md that
+#               installs here; pip's own resolution picks the Triton it pins)
+#   EXTRA_PINS  requirements held while installing torch and the package, e.g. "triton==3.6.0 numpy<2.4"
+#               (scripts/ci_oldest.sh uses them for the oldest supported end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+VENV=${VENV:-.venv}
+read -r -a extra_pins <<< "${EXTRA_PINS:-}"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  "$VENV/bin/python" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}" "${extra_pins[@]}"
 fi
-.venv/bin/python -m pip install -q -e ".[test]"
-.venv/bin/python -c "import torch, iwae_kernels; print('iwae_kernels', iwae_kernels.__version__, 'torch', torch.__version__, 'cuda' if torch.cuda.is_available() else 'cpu')"
+"$VENV/bin/python" -m pip install -q -e ".[test]" "${extra_pins[@]}"
+"$VENV/bin/python" -c "import torch, iwae_kernels; from importlib.metadata import version as v
+print('iwae_kernels', iwae_kernels.__version__, 'torch', torch.__version__, 'triton', v('triton'), 'numpy', v('numpy'),
+      'cuda' if torch.cuda.is_available() else 'cpu')"
