@@ -13,7 +13,7 @@ from typing import Optional
 
 from torch import Tensor
 
-from . import torch_backend
+from . import torch_math
 from ._build import CXX_FLAGS, NVCC_FLAGS, SOURCES
 from .ops.gaussian_sample import gaussian_sample as _gaussian_sample
 from .ops import log_likelihood as _likelihood
@@ -161,10 +161,10 @@ def fold_max_sum(running_max, running_sum, log_w):
 
 
 def bernoulli_iwae_loss(logits, x, latent_log_weight, reduction):
-    return torch_backend.iwae_loss_from_log_weights(bernoulli_log_likelihood(logits, x) + latent_log_weight,
+    return torch_math.iwae_loss_from_log_weights(bernoulli_log_likelihood(logits, x) + latent_log_weight,
                                                     iwae_bound, reduction)
 
 
 def gaussian_iwae_loss(mean, logvar, x, latent_log_weight, reduction):
-    return torch_backend.iwae_loss_from_log_weights(gaussian_log_likelihood(mean, logvar, x) + latent_log_weight,
+    return torch_math.iwae_loss_from_log_weights(gaussian_log_likelihood(mean, logvar, x) + latent_log_weight,
                                                     iwae_bound, reduction)

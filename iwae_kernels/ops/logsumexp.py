@@ -18,7 +18,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._autograd import once_differentiable
-from .. import torch_backend
+from .. import torch_math
 from ..contract import accumulation_dtype
 from .utils import (Launchers, cdiv, library_op, normalized_weight, sample_splits, shifted_max,
                     triton_accumulation_dtype)
@@ -195,7 +195,7 @@ def max_sum_and_loss(log_w, reduction):
     num_samples, batch = log_w.shape
     if reduction == "none" or _last_fold_rows(num_samples, batch) * batch > ONE_PROGRAM_LOSS_ELEMENTS:
         out_max, out_sum, bound = max_sum(log_w, write_bound=True)
-        return out_max, out_sum, torch_backend.reduced_loss(bound, reduction)
+        return out_max, out_sum, torch_math.reduced_loss(bound, reduction)
     out_max = torch.empty(log_w.shape[1], dtype=log_w.dtype, device=log_w.device)
     out_sum, bound = torch.empty_like(out_max), torch.empty_like(out_max)
     loss = torch.empty((), dtype=log_w.dtype, device=log_w.device)
@@ -209,8 +209,10 @@ def _weights(log_w, running_max, running_sum, scale, out_dtype, launchers):
     return out
 
 
-class IWAEBoundFunction(torch.autograd.Function):
-    """log_w [k, B] -> L_k [B] in one pass; backward writes g * normalized weights in one more."""
+class KernelIWAEBoundFunction(torch.autograd.Function):
+    """The compiled backends' bound: log_w [k, B] -> L_k [B] by ``launchers`` (the Triton or CUDA kernels). The
+    forward folds (max, sum) and writes L_k in one pass over log_w; the backward writes g * normalized weights in
+    one more."""
 
     @staticmethod
     def forward(ctx, log_w, launchers):
@@ -236,12 +238,12 @@ def _kernel_softmax(log_w, launchers):
 
 def iwae_bound(log_w, launchers=TRITON_LAUNCHERS):
     """L_k = logsumexp over dim 0 minus log k. log_w [k, B] -> [B]."""
-    return IWAEBoundFunction.apply(log_w, launchers)
+    return KernelIWAEBoundFunction.apply(log_w, launchers)
 
 
 def normalized_weights(log_w, launchers=TRITON_LAUNCHERS):
     """Self-normalized importance weights, softmax over dim 0. log_w [k, B] -> [k, B]."""
-    return torch_backend.NormalizedWeightsFunction.apply(log_w, _kernel_softmax, launchers)
+    return torch_math.NormalizedWeightsFunction.apply(log_w, _kernel_softmax, launchers)
 
 
 def fold_max_sum(running_max, running_sum, log_w, launchers=TRITON_LAUNCHERS):
