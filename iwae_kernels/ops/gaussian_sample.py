@@ -256,7 +256,7 @@ def _triton_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu
     param_per_sample, prior_per_sample = mu.dim() == 3, has_prior and prior_mu.dim() == 3
     block_dim = min(next_power_of_2(dim), 64)
     dim_blocks = cdiv(dim, block_dim)
-    rows_per_split = cdiv(k, sample_splits(k, batch * dim_blocks))
+    rows_per_split = cdiv(k, sample_splits(k, batch * dim_blocks, mu.device))
     splits = cdiv(k, rows_per_split)  # no empty split
     placeholder = grad_mu  # for pointers a constexpr flag says are unused
     grads = (grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar)

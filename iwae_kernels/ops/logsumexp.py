@@ -28,7 +28,7 @@ BLOCK_SAMPLES = 64
 BLOCK_ELEMENTS = 1024
 # The loss's fold runs as one program that also sums the batch (no torch mean and neg after it) while its last
 # launch reads at most this many log-weights: 256 KB in float32, a few microseconds of one SM, about what the two
-# kernels it replaces cost (an estimate, not yet measured).
+# kernels it replaces cost (an estimate from the bytes read and one SM's bandwidth).
 ONE_PROGRAM_LOSS_ELEMENTS = 65536
 
 
@@ -115,7 +115,7 @@ def _launch_max_sum(log_w, in_max, in_sum, out_max, out_sum, bound, loss=None, l
     num_samples, batch = log_w.shape
     accumulate = in_max is not None
     blocks = cdiv(batch, BLOCK_EXAMPLES)
-    splits = sample_splits(num_samples, blocks)
+    splits = sample_splits(num_samples, blocks, log_w.device)
     acc, finite_max = triton_accumulation_dtype(out_max.dtype), torch.finfo(out_max.dtype).max
     folded = log_w
     if splits > 1:  # first each split's logsumexp [splits, B], then the fold below over those
@@ -182,9 +182,9 @@ def loss_divisor(reduction, batch):
     return batch if reduction == "mean" else 1
 
 
-def _last_fold_rows(num_samples, batch):
+def _last_fold_rows(num_samples, batch, device):
     """Log-weight rows per example that _launch_max_sum's last launch reads: the split partials, or all k."""
-    splits = sample_splits(num_samples, cdiv(batch, BLOCK_EXAMPLES))
+    splits = sample_splits(num_samples, cdiv(batch, BLOCK_EXAMPLES), device)
     return splits if splits > 1 else num_samples
 
 
@@ -193,7 +193,7 @@ def max_sum_and_loss(log_w, reduction):
     writes the reduced loss itself when one program can read its last launch's log-weights cheaply
     (ONE_PROGRAM_LOSS_ELEMENTS); else torch reduces the bound."""
     num_samples, batch = log_w.shape
-    if reduction == "none" or _last_fold_rows(num_samples, batch) * batch > ONE_PROGRAM_LOSS_ELEMENTS:
+    if reduction == "none" or _last_fold_rows(num_samples, batch, log_w.device) * batch > ONE_PROGRAM_LOSS_ELEMENTS:
         out_max, out_sum, bound = max_sum(log_w, write_bound=True)
         return out_max, out_sum, torch_math.reduced_loss(bound, reduction)
     out_max = torch.empty(log_w.shape[1], dtype=log_w.dtype, device=log_w.device)
