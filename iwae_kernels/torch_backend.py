@@ -1,8 +1,9 @@
 """The torch backend: every op of the contract (``iwae_kernels.contract.OPS``) in plain PyTorch. It runs anywhere
 (the default for CPU tensors) and documents each op's signature and semantics, which the Triton (``ops/``) and
 CUDA (``cuda_backend``) backends match. The tests check every backend against their own float64 oracles
-(tests/helpers.py), not against this module. Formulas follow ``docs/MATH.md``; half-precision inputs are
-computed in float32 and float64 stays float64.
+(tests/helpers.py), not against this module. The ops whose formulas other backends share are written in
+``torch_math``. Formulas follow ``docs/MATH.md``; half-precision inputs are computed in float32 and float64 stays
+float64.
 
 Shapes: k samples, B examples, D latent dimensions, P observed dimensions.
 """
@@ -13,7 +14,8 @@ from ._autograd import once_differentiable
 from .contract import ESTIMATOR_CODES, LOG_2PI, Estimator, accumulation_dtype
 from .torch_math import (NormalizedWeightsFunction, as_dtype, bernoulli_log_likelihood, bound_from_max_sum,
                          iwae_loss_from_log_weights, max_and_sum, weights_from_log_weight_grad, weights_from_max_sum)
-# This backend's ops whose formula is shared (the Triton backend's float64 path), as they stand there.
+# This backend's ops that live in torch_math: the dense layers' formulas are also the Triton backend's float64
+# path, and the (max, sum) fold is the bound's own.
 from .torch_math import bernoulli_decoder_log_likelihood, bernoulli_mlp_decoder_log_likelihood  # noqa: F401
 from .torch_math import fold_max_sum, local_reparam_linear  # noqa: F401
 
