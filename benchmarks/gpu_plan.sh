@@ -35,12 +35,14 @@ export IWAE_KERNELS_COMMIT=$COMMIT OMP_NUM_THREADS=1   # the benchmarks record t
 BUDGET=${PLAN_CALL_SECONDS:-570}
 # pytest-xdist, where installed, spreads the GPU tests over processes (Triton compiles on the CPU).
 XDIST=$($PYTHON -c "import xdist" 2>/dev/null && echo "-n 8")
-SINCE=${PLAN_SINCE:-6c7aced}
+# The commit the committed H100 results were measured at, read from them (empty when unreadable: every family).
+H100_RESULTS=benchmarks/results/NVIDIA_H100_80GB_HBM3/bench_loss.json
+SINCE=${PLAN_SINCE:-$($PYTHON -c "import json, sys; print(json.load(open(sys.argv[1]))['git_commit'])" "$H100_RESULTS" 2>/dev/null)}
 
 # The kernel families changed since SINCE (every family when git cannot tell), as their test files.
 changed_tests() {
   local files family tests=()
-  files=$(git diff --name-only "$SINCE" -- iwae_kernels/ops csrc 2>/dev/null) || files="iwae_kernels/ops/utils.py"
+  files=$([ -n "$SINCE" ] && git diff --name-only "$SINCE" -- iwae_kernels/ops csrc 2>/dev/null) || files="iwae_kernels/ops/utils.py"
   for family in gaussian_sample log_likelihood logsumexp decoder_head decoder_mlp categorical local_reparam; do
     if grep -q -e "ops/$family.py" -e "ops/utils.py" -e "csrc/" <<< "$files"; then
       tests+=("tests/ops/test_$family.py")
