@@ -107,56 +107,58 @@ void gaussian_sample_backward(const at::Tensor& mu, const at::Tensor& logvar, co
   p.grad_logvar = grad_logvar.data_ptr();
   p.grad_prior_mu = optional_mutable_ptr(grad_prior_mu, "grad_prior_mu", mu, mu.scalar_type());
   p.grad_prior_logvar = optional_mutable_ptr(grad_prior_logvar, "grad_prior_logvar", mu, mu.scalar_type());
-  TORCH_CHECK(estimator >= 0 && estimator <= 2, "estimator: expected a code 0, 1 or 2, got ", estimator);
+  TORCH_CHECK(estimator >= iwae::kTotalDerivative && estimator <= iwae::kLastEstimator,
+              "estimator: expected a code from ", int(iwae::kTotalDerivative), " to ", int(iwae::kLastEstimator),
+              " (contract.Estimator), got ", estimator);
   p.estimator = static_cast<int>(estimator);
   raise_on_error(iwae::gaussian_sample_backward(p, c10::cuda::getCurrentCUDAStream()), "gaussian_sample_backward");
 }
 
-iwae::LogLikelihoodParams likelihood_params(const at::Tensor& first, const OptionalTensor& second,
+iwae::LogLikelihoodParams likelihood_params(const at::Tensor& logits_or_mean, const OptionalTensor& logvar,
                                             const at::Tensor& x_acc, int64_t likelihood) {
-  check(first, "first", first);
-  TORCH_CHECK(first.dim() == 3, "first: expected [k, B, P]");
+  check(logits_or_mean, "logits_or_mean", logits_or_mean);
+  TORCH_CHECK(logits_or_mean.dim() == 3, "logits_or_mean: expected [k, B, P]");
   TORCH_CHECK(likelihood == iwae::kBernoulli || likelihood == iwae::kGaussian, "likelihood: expected 0 (Bernoulli) or 1 (Gaussian)");
-  TORCH_CHECK(likelihood == iwae::kBernoulli || second.has_value(), "second: the Gaussian likelihood needs logvar");
+  TORCH_CHECK(likelihood == iwae::kBernoulli || logvar.has_value(), "logvar: the Gaussian likelihood needs logvar");
   iwae::LogLikelihoodParams p{};
-  p.first = first.data_ptr();
-  p.second = optional_ptr(second, "second", first, first.scalar_type());
+  p.logits_or_mean = logits_or_mean.data_ptr();
+  p.logvar = optional_ptr(logvar, "logvar", logits_or_mean, logits_or_mean.scalar_type());
   p.x = x_acc.data_ptr();
-  p.k = first.size(0);
-  p.batch = first.size(1);
-  p.size = first.size(2);
+  p.k = logits_or_mean.size(0);
+  p.batch = logits_or_mean.size(1);
+  p.size = logits_or_mean.size(2);
   p.likelihood = static_cast<int>(likelihood);
-  p.dtype = dtype_of(first, "first");
+  p.dtype = dtype_of(logits_or_mean, "logits_or_mean");
   return p;
 }
 
 // x may be any floating dtype: the kernels read it in the accumulation dtype ([B, P], small next to [k, B, P]).
-at::Tensor x_in_accumulation_type(const at::Tensor& x, const at::Tensor& first) {
-  check(x, "x", first);
-  return x.to(accumulation_type(first)).contiguous();
+at::Tensor x_in_accumulation_type(const at::Tensor& x, const at::Tensor& logits_or_mean) {
+  check(x, "x", logits_or_mean);
+  return x.to(accumulation_type(logits_or_mean)).contiguous();
 }
 
-void log_likelihood_forward(const at::Tensor& first, const OptionalTensor& second, const at::Tensor& x,
+void log_likelihood_forward(const at::Tensor& logits_or_mean, const OptionalTensor& logvar, const at::Tensor& x,
                             const at::Tensor& out, int64_t likelihood) {
-  const c10::cuda::CUDAGuard guard(first.device());
-  const at::Tensor x_acc = x_in_accumulation_type(x, first);
-  auto p = likelihood_params(first, second, x_acc, likelihood);
-  check_typed(out, "out", first, accumulation_type(first));
+  const c10::cuda::CUDAGuard guard(logits_or_mean.device());
+  const at::Tensor x_acc = x_in_accumulation_type(x, logits_or_mean);
+  auto p = likelihood_params(logits_or_mean, logvar, x_acc, likelihood);
+  check_typed(out, "out", logits_or_mean, accumulation_type(logits_or_mean));
   p.out = out.data_ptr();
   raise_on_error(iwae::log_likelihood_forward(p, c10::cuda::getCurrentCUDAStream()), "log_likelihood_forward");
 }
 
-void log_likelihood_backward(const at::Tensor& first, const OptionalTensor& second, const at::Tensor& x,
-                             const at::Tensor& grad_out, const at::Tensor& grad_first, const OptionalTensor& grad_second,
-                             int64_t likelihood) {
-  const c10::cuda::CUDAGuard guard(first.device());
-  const at::Tensor x_acc = x_in_accumulation_type(x, first);
-  auto p = likelihood_params(first, second, x_acc, likelihood);
-  check_typed(grad_out, "grad_out", first, accumulation_type(first));
-  check_typed(grad_first, "grad_first", first, first.scalar_type());
+void log_likelihood_backward(const at::Tensor& logits_or_mean, const OptionalTensor& logvar, const at::Tensor& x,
+                             const at::Tensor& grad_out, const at::Tensor& grad_logits_or_mean,
+                             const OptionalTensor& grad_logvar, int64_t likelihood) {
+  const c10::cuda::CUDAGuard guard(logits_or_mean.device());
+  const at::Tensor x_acc = x_in_accumulation_type(x, logits_or_mean);
+  auto p = likelihood_params(logits_or_mean, logvar, x_acc, likelihood);
+  check_typed(grad_out, "grad_out", logits_or_mean, accumulation_type(logits_or_mean));
+  check_typed(grad_logits_or_mean, "grad_logits_or_mean", logits_or_mean, logits_or_mean.scalar_type());
   p.grad_out = grad_out.data_ptr();
-  p.grad_first = grad_first.data_ptr();
-  p.grad_second = optional_mutable_ptr(grad_second, "grad_second", first, first.scalar_type());
+  p.grad_logits_or_mean = grad_logits_or_mean.data_ptr();
+  p.grad_logvar = optional_mutable_ptr(grad_logvar, "grad_logvar", logits_or_mean, logits_or_mean.scalar_type());
   raise_on_error(iwae::log_likelihood_backward(p, c10::cuda::getCurrentCUDAStream()), "log_likelihood_backward");
 }
 
@@ -184,8 +186,8 @@ void max_sum(const at::Tensor& log_w, const OptionalTensor& in_max, const Option
   TORCH_CHECK(in_max.has_value() == in_sum.has_value(), "in_max, in_sum: give both or neither");
   p.in_max = optional_ptr(in_max, "in_max", log_w, out_max.scalar_type());
   p.in_sum = optional_ptr(in_sum, "in_sum", log_w, out_max.scalar_type());
-  p.out_max = out_max.data_ptr();
-  p.out_sum = out_sum.data_ptr();
+  p.state_max = out_max.data_ptr();
+  p.state_sum = out_sum.data_ptr();
   p.bound = optional_mutable_ptr(bound, "bound", log_w, out_max.scalar_type());
   raise_on_error(iwae::max_sum(p, c10::cuda::getCurrentCUDAStream()), "max_sum");
 }
@@ -194,8 +196,8 @@ void normalized_weights(const at::Tensor& log_w, const at::Tensor& running_max, 
                         const OptionalTensor& scale, const at::Tensor& out) {
   const c10::cuda::CUDAGuard guard(log_w.device());
   auto p = logsumexp_params(log_w, running_max, running_sum);
-  p.out_max = running_max.data_ptr();
-  p.out_sum = running_sum.data_ptr();
+  p.state_max = running_max.data_ptr();
+  p.state_sum = running_sum.data_ptr();
   p.scale = optional_ptr(scale, "scale", log_w, running_max.scalar_type());
   check(out, "out", log_w);
   TORCH_CHECK(out.scalar_type() == running_max.scalar_type() || out.scalar_type() == log_w.scalar_type(),

@@ -49,4 +49,9 @@ template <typename A> __device__ __forceinline__ A shifted_max(A m) { return isi
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Blocks a grid-stride kernel launches at most; its blocks loop over the rest. 8 x 65535 (65535: the portable
+// grid-dimension limit) is far more blocks than a GPU holds resident, so the cap bounds the launch, not the
+// parallelism, and keeps the count within an unsigned grid dimension.
+constexpr int64_t kMaxGridStrideBlocks = 65535 * 8;
+
 }  // namespace iwae

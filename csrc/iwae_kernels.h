@@ -12,7 +12,12 @@ namespace iwae {
 enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
 
 // Estimator and likelihood codes, as in iwae_kernels/contract.py (Estimator, Likelihood).
-enum Estimator : int { kTotalDerivative = 0, kStickingTheLanding = 1, kDoublyReparameterized = 2 };
+enum Estimator : int {
+  kTotalDerivative = 0,
+  kStickingTheLanding = 1,
+  kDoublyReparameterized = 2,
+  kLastEstimator = kDoublyReparameterized,
+};
 enum Likelihood : int { kBernoulli = 0, kGaussian = 1 };
 
 struct GaussianSampleParams {
@@ -42,15 +47,15 @@ struct GaussianSampleParams {
 };
 
 struct LogLikelihoodParams {
-  // first/second: (logits, null) for Bernoulli, (mean, logvar) for Gaussian, [k, B, P] in `dtype`.
-  // x: [B, P] in the acc dtype. out and grad_out: [k, B] acc. grads: like first/second.
-  const void* first;
-  const void* second;
+  // (logits_or_mean, logvar): (logits, null) for Bernoulli, (mean, logvar) for Gaussian, [k, B, P] in `dtype`.
+  // x: [B, P] in the acc dtype. out and grad_out: [k, B] acc. grads: like the parameters they are of.
+  const void* logits_or_mean;
+  const void* logvar;
   const void* x;
   void* out;
   const void* grad_out;
-  void* grad_first;
-  void* grad_second;
+  void* grad_logits_or_mean;
+  void* grad_logvar;
   int64_t k, batch, size;
   int likelihood;  // a Likelihood
   DType dtype;
@@ -61,8 +66,9 @@ struct LogSumExpParams {
   const void* log_w;
   const void* in_max;   // null: start from (-inf, 0)
   const void* in_sum;
-  void* out_max;
-  void* out_sum;
+  // The (max, sum) state [B] acc: written by max_sum, read by normalized_weights.
+  void* state_max;
+  void* state_sum;
   void* bound;          // null: not written
   // Normalized weights: out [k, B] in `out_dtype`, times scale [B] (acc) when not null.
   const void* scale;

@@ -18,18 +18,18 @@ __global__ void forward_kernel(LogLikelihoodParams p) {
   const int lane = threadIdx.x % 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   if (row >= p.k * p.batch) return;
-  const T* first = static_cast<const T*>(p.first);
-  const T* second = static_cast<const T*>(p.second);
+  const T* logits_or_mean = static_cast<const T*>(p.logits_or_mean);
+  const T* logvars = static_cast<const T*>(p.logvar);
   const A* x = static_cast<const A*>(p.x) + (row % p.batch) * p.size;
   A total = 0;
   for (int64_t j = lane; j < p.size; j += 32) {
     const int64_t index = row * p.size + j;
-    const A y = load_as_acc(first, index);
+    const A y = load_as_acc(logits_or_mean, index);
     if (p.likelihood == kBernoulli) {
       // x y - softplus(y), softplus(y) = max(y, 0) + log1p(exp(-|y|)): never log(sigmoid), it underflows.
       total += x[j] * y - (y > A(0) ? y : A(0)) - log1p(exp(-fabs(y)));
     } else {
-      const A logvar = load_as_acc(second, index);
+      const A logvar = load_as_acc(logvars, index);
       const A diff = x[j] - y;
       total += A(-kHalfLog2Pi) - A(0.5) * logvar - A(0.5) * diff * diff * exp(-logvar);
     }
@@ -48,14 +48,14 @@ __global__ void backward_kernel(LogLikelihoodParams p) {
     const int64_t row = index / p.size, j = index % p.size;
     const A scale = static_cast<const A*>(p.grad_out)[row];
     const A x = static_cast<const A*>(p.x)[(row % p.batch) * p.size + j];
-    const A y = load_as_acc(static_cast<const T*>(p.first), index);
+    const A y = load_as_acc(static_cast<const T*>(p.logits_or_mean), index);
     if (p.likelihood == kBernoulli) {
-      store_from_acc(static_cast<T*>(p.grad_first), index, scale * (x - A(1) / (A(1) + exp(-y))));
+      store_from_acc(static_cast<T*>(p.grad_logits_or_mean), index, scale * (x - A(1) / (A(1) + exp(-y))));
     } else {
-      const A logvar = load_as_acc(static_cast<const T*>(p.second), index);
+      const A logvar = load_as_acc(static_cast<const T*>(p.logvar), index);
       const A diff = x - y, precision = exp(-logvar);
-      store_from_acc(static_cast<T*>(p.grad_first), index, scale * diff * precision);
-      store_from_acc(static_cast<T*>(p.grad_second), index, scale * (A(0.5) * diff * diff * precision - A(0.5)));
+      store_from_acc(static_cast<T*>(p.grad_logits_or_mean), index, scale * diff * precision);
+      store_from_acc(static_cast<T*>(p.grad_logvar), index, scale * (A(0.5) * diff * diff * precision - A(0.5)));
     }
   }
 }
@@ -71,7 +71,8 @@ cudaError_t log_likelihood_forward(const LogLikelihoodParams& params, cudaStream
 }
 
 cudaError_t log_likelihood_backward(const LogLikelihoodParams& params, cudaStream_t stream) {
-  const int64_t blocks = std::min<int64_t>(ceil_div(params.k * params.batch * params.size, kThreads), 65535 * 8);
+  const int64_t blocks =
+      std::min<int64_t>(ceil_div(params.k * params.batch * params.size, kThreads), kMaxGridStrideBlocks);
   IWAE_DISPATCH_DTYPE(params.dtype, {
     backward_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(params);
     return cudaGetLastError();

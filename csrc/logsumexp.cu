@@ -25,8 +25,8 @@ __global__ void max_sum_kernel(LogSumExpParams p, A log_k) {
     running_sum = running_sum * exp(running_max - shift) + exp(value - shift);
     running_max = new_max;
   }
-  static_cast<A*>(p.out_max)[example] = running_max;
-  static_cast<A*>(p.out_sum)[example] = running_sum;
+  static_cast<A*>(p.state_max)[example] = running_max;
+  static_cast<A*>(p.state_sum)[example] = running_sum;
   if (p.bound != nullptr) static_cast<A*>(p.bound)[example] = shifted_max(running_max) + log(running_sum) - log_k;
 }
 
@@ -36,10 +36,10 @@ __global__ void weights_kernel(LogSumExpParams p) {
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < total;
        index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t example = index % p.batch;
-    const A running_sum = static_cast<const A*>(p.out_sum)[example];
+    const A running_sum = static_cast<const A*>(p.state_sum)[example];
     A weight = 0;
     if (running_sum > A(0)) {
-      const A shift = shifted_max(static_cast<const A*>(p.out_max)[example]);
+      const A shift = shifted_max(static_cast<const A*>(p.state_max)[example]);
       weight = exp(load_as_acc(static_cast<const T*>(p.log_w), index) - shift) / running_sum;
     }
     if (p.scale != nullptr) weight *= static_cast<const A*>(p.scale)[example];
@@ -49,7 +49,8 @@ __global__ void weights_kernel(LogSumExpParams p) {
 
 template <typename T, typename A>
 cudaError_t launch_weights(const LogSumExpParams& p, cudaStream_t stream) {
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(p.k * p.batch, kThreads), 65535 * 8));
+  const unsigned blocks =
+      static_cast<unsigned>(std::min<int64_t>(ceil_div(p.k * p.batch, kThreads), kMaxGridStrideBlocks));
   if (p.out_dtype == p.acc_dtype) {
     weights_kernel<T, A, A><<<blocks, kThreads, 0, stream>>>(p);
   } else {
@@ -73,7 +74,7 @@ cudaError_t max_sum(const LogSumExpParams& params, cudaStream_t stream) {
   })
 }
 
-// Reads the state from out_max / out_sum (the fold's outputs).
+// Reads the (max, sum) state that max_sum wrote.
 cudaError_t normalized_weights(const LogSumExpParams& params, cudaStream_t stream) {
   IWAE_DISPATCH_DTYPE(params.dtype, {
     return params.acc_dtype == DType::Float64 ? launch_weights<scalar_t, double>(params, stream)

@@ -1,4 +1,4 @@
-"""The backend contract: the ops every backend provides, the codes and limits they share, and the table of which
+"""The backend contract: the ops every backend provides, the codes they share, and the table of which
 implementation runs per op and backend.
 
 A backend is a module with one function per op in ``OPS``, each with the signature and semantics documented in
@@ -30,10 +30,11 @@ OPS = (
 )
 
 # Which backend's implementation runs each op, per backend: every backend runs its own, except where it declares
-# another's. The cuda backend has no CUDA C++ kernel for four ops yet and runs their Triton kernels (and its two
+# another's. The cuda backend runs the Triton kernels of the four ops that have no CUDA C++ kernel (and its two
 # losses compose its likelihood and bound kernels, as the torch backend composes its ops). Within an op, the Triton
-# decoder head, decoder MLP and local reparameterization hand float64 to the torch backend (tl.dot takes no float64
-# operands), and the cuda backend refuses include_prior=False and latent_scale (its sampling kernel has neither yet).
+# decoder head, decoder MLP and local reparameterization run float64 through ``torch_math``'s plain-torch formulas
+# (tl.dot takes no float64 operands), and the cuda backend refuses include_prior=False and latent_scale (its
+# sampling kernel has neither).
 IMPLEMENTATIONS = {
     "torch": {op: "torch" for op in OPS},
     "triton": {op: "triton" for op in OPS},

@@ -13,7 +13,7 @@ from typing import Optional
 
 from torch import Tensor
 
-from . import torch_backend
+from . import torch_math
 from ._build import CXX_FLAGS, NVCC_FLAGS, SOURCES
 from .ops.gaussian_sample import gaussian_sample as _gaussian_sample
 from .ops import log_likelihood as _likelihood
@@ -95,14 +95,15 @@ def _register_launchers(module):
                                         grad_prior_mu, grad_prior_logvar, k, seed, estimator)
 
     @library_op("cuda_log_likelihood_forward", ("out",))
-    def likelihood_forward(first: Tensor, second: Optional[Tensor], x: Tensor, out: Tensor, likelihood: int) -> None:
-        module.log_likelihood_forward(first.contiguous(), contiguous_or_none(second), x, out, likelihood)
+    def likelihood_forward(logits_or_mean: Tensor, logvar: Optional[Tensor], x: Tensor, out: Tensor,
+                           likelihood: int) -> None:
+        module.log_likelihood_forward(logits_or_mean.contiguous(), contiguous_or_none(logvar), x, out, likelihood)
 
-    @library_op("cuda_log_likelihood_backward", ("grad_first", "grad_second"))
-    def likelihood_backward(first: Tensor, second: Optional[Tensor], x: Tensor, grad_out: Tensor, grad_first: Tensor,
-                            grad_second: Optional[Tensor], likelihood: int) -> None:
-        module.log_likelihood_backward(first.contiguous(), contiguous_or_none(second), x, grad_out, grad_first,
-                                       grad_second, likelihood)
+    @library_op("cuda_log_likelihood_backward", ("grad_logits_or_mean", "grad_logvar"))
+    def likelihood_backward(logits_or_mean: Tensor, logvar: Optional[Tensor], x: Tensor, grad_out: Tensor,
+                            grad_logits_or_mean: Tensor, grad_logvar: Optional[Tensor], likelihood: int) -> None:
+        module.log_likelihood_backward(logits_or_mean.contiguous(), contiguous_or_none(logvar), x, grad_out,
+                                       grad_logits_or_mean, grad_logvar, likelihood)
 
     @library_op("cuda_max_sum", ("out_max", "out_sum", "bound"))
     def max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Tensor], out_max: Tensor, out_sum: Tensor,
@@ -126,7 +127,7 @@ def _register_launchers(module):
 
 def _check_sample_options(include_prior, latent_scale):
     if not include_prior or latent_scale is not None:
-        raise ValueError("include_prior=False and latent_scale are not in the cuda backend's kernels yet; "
+        raise ValueError("include_prior=False and latent_scale: the cuda backend's sampling kernel takes neither; "
                          "use backend='triton' (or 'torch')")
 
 
@@ -157,14 +158,14 @@ def fold_max_sum(running_max, running_sum, log_w):
     return _logsumexp.fold_max_sum(running_max, running_sum, log_w, launchers=launchers()["logsumexp"])
 
 
-# The loss: the ops above composed (no fused CUDA kernel for it yet), as the torch backend composes its own.
+# The loss: the ops above composed (the CUDA C++ kernels have no fused loss), as the torch backend composes its own.
 
 
 def bernoulli_iwae_loss(logits, x, latent_log_weight, reduction):
-    return torch_backend.iwae_loss_from_log_weights(bernoulli_log_likelihood(logits, x) + latent_log_weight,
+    return torch_math.iwae_loss_from_log_weights(bernoulli_log_likelihood(logits, x) + latent_log_weight,
                                                     iwae_bound, reduction)
 
 
 def gaussian_iwae_loss(mean, logvar, x, latent_log_weight, reduction):
-    return torch_backend.iwae_loss_from_log_weights(gaussian_log_likelihood(mean, logvar, x) + latent_log_weight,
+    return torch_math.iwae_loss_from_log_weights(gaussian_log_likelihood(mean, logvar, x) + latent_log_weight,
                                                     iwae_bound, reduction)

@@ -18,7 +18,7 @@ import torch
 
 from ._autograd import once_differentiable
 from .contract import accumulation_dtype
-from .torch_backend import weights_from_log_weight_grad
+from .torch_math import weights_from_log_weight_grad
 
 ESTIMATORS = ("iwae", "vae", "stl", "dreg", "iwae-resample")
 PATH_ESTIMATORS = ("stl", "dreg")

@@ -12,7 +12,7 @@ from . import _checks
 from .backend import get_backend
 from .contract import accumulation_dtype
 from .estimators import ESTIMATORS, check_latent_scale, conditional_density_path
-from .torch_backend import bound_from_max_sum, largest_finite, reduced_loss
+from .torch_math import bound_from_max_sum, largest_finite, reduced_loss
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 REDUCTIONS = ("mean", "sum", "none")

@@ -1,43 +1,33 @@
 """The torch backend: every op of the contract (``iwae_kernels.contract.OPS``) in plain PyTorch. It runs anywhere
 (the default for CPU tensors) and documents each op's signature and semantics, which the Triton (``ops/``) and
 CUDA (``cuda_backend``) backends match. The tests check every backend against their own float64 oracles
-(tests/helpers.py), not against this module. Formulas follow ``docs/MATH.md``; half-precision inputs are
-computed in float32 and float64 stays float64.
+(tests/helpers.py), not against this module. The ops whose formulas other backends share are written in
+``torch_math``. Formulas follow ``docs/MATH.md``; half-precision inputs are computed in float32 and float64 stays
+float64.
 
 Shapes: k samples, B examples, D latent dimensions, P observed dimensions.
 """
-
-import math
 
 import torch
 
 from ._autograd import once_differentiable
 from .contract import ESTIMATOR_CODES, LOG_2PI, Estimator, accumulation_dtype
-
-# softplus(y) = y above this: log1p(exp(-40)) = 4e-18 is below half a float64 ulp of 40 (F.softplus's default
-# cut-off of 20 would be off by 2e-9 in float64).
-SOFTPLUS_LINEAR_ABOVE = 40.0
-
-
-def _as_dtype(tensor, dtype):
-    """tensor in dtype (None stays None), skipping the call when it already is: a no-op .to() still costs host
-    time, and a small loss is host-bound."""
-    return tensor if tensor is None or tensor.dtype == dtype else tensor.to(dtype)
+from .torch_math import (NormalizedWeightsFunction, as_dtype, bernoulli_log_likelihood, bound_from_max_sum,
+                         iwae_loss_from_log_weights, max_and_sum, weights_from_log_weight_grad, weights_from_max_sum)
+# This backend's ops that live in torch_math: the dense layers' formulas are also the Triton backend's float64
+# path, and the (max, sum) fold is the bound's own.
+from .torch_math import bernoulli_decoder_log_likelihood, bernoulli_mlp_decoder_log_likelihood  # noqa: F401
+from .torch_math import fold_max_sum, local_reparam_linear  # noqa: F401
 
 
 def _sample_and_latent_term(mu, logvar, eps, prior_mu, prior_logvar, include_prior, scale):
     """(z [k, B, D] in mu's dtype, scale * latent log-weight [k, B] in the accumulation dtype): the forward."""
     acc = accumulation_dtype(mu.dtype)
-    up = lambda t: _as_dtype(t, acc)
+    up = lambda t: as_dtype(t, acc)
     z, _, _, log_weight = _latent_terms(up(mu), up(logvar), up(eps), up(prior_mu), up(prior_logvar), include_prior)
     log_weight = log_weight.sum(-1) if scale is None else scale.to(acc) * log_weight.sum(-1)
     # No no-op .to(): under torch 2.11's dynamo a Function's forward output made by one loses its gradient.
     return (z if z.dtype == mu.dtype else z.to(mu.dtype)), log_weight
-
-
-def _shifted_max(running_max):
-    """The max used as the exp shift: -inf (every log-weight -inf) becomes 0 so exp() gives 0, not NaN."""
-    return torch.where(torch.isneginf(running_max), torch.zeros_like(running_max), running_max)
 
 
 def _latent_terms(mu, logvar, eps, prior_mu, prior_logvar, include_prior=True):
@@ -59,22 +49,14 @@ def _latent_terms(mu, logvar, eps, prior_mu, prior_logvar, include_prior=True):
     return z, sigma, dlogp_dz, log_p + 0.5 * logvar + 0.5 * eps * eps
 
 
-def weights_from_log_weight_grad(grad_log_w):
-    """DReG's normalized weights, read off the gradient that reaches the log-weights from ``iwae_bound``:
-    dJ/d log w_i = g * wt_i, so wt_i = dJ/d log w_i / sum_j dJ/d log w_j. [k, B] -> [k, B]; a zero sum (g = 0,
-    or every log-weight -inf) gives 0."""
-    total = grad_log_w.sum(0, keepdim=True)
-    return torch.where(total != 0, grad_log_w / torch.where(total != 0, total, 1), 0)
-
-
 def _sum_to(grad, like):
     """Sum a [k, B, D] gradient over samples when the parameter was shared by all k ([B, D])."""
     return grad.sum(0) if like.dim() == 2 else grad
 
 
-class GaussianSampleFunction(torch.autograd.Function):
-    """(mu, logvar, eps, prior_mu, prior_logvar) -> (z [k, B, D], log p(z) - log q(z|x) [k, B]) for the stl and
-    dreg estimators.
+class TorchGaussianSampleFunction(torch.autograd.Function):
+    """The torch backend's sampling for the stl and dreg estimators: (mu, logvar, eps, prior_mu, prior_logvar) ->
+    (z [k, B, D], scale * (log p(z) - log q(z|x)) [k, B]), computed in the accumulation dtype.
 
     Their backward is written out (docs/MATH.md, "Backward") because it is not the derivative of the forward: they
     change the encoder-side gradient only. The total-derivative estimators (iwae, vae) use autograd of the same
@@ -93,7 +75,7 @@ class GaussianSampleFunction(torch.autograd.Function):
     def backward(ctx, grad_z, grad_log_weight):
         mu, logvar, eps, prior_mu, prior_logvar, scale = ctx.saved_tensors
         acc = accumulation_dtype(mu.dtype)
-        up = lambda t: _as_dtype(t, acc)
+        up = lambda t: as_dtype(t, acc)
         z, sigma, dlogp_dz, _ = _latent_terms(up(mu), up(logvar), up(eps), up(prior_mu), up(prior_logvar),
                                               ctx.include_prior)
         grad_z = torch.zeros_like(z) if grad_z is None else grad_z.to(acc)
@@ -133,38 +115,7 @@ def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, gener
         # This estimator's gradient is autograd's derivative of the forward, and autograd's nodes cost less host time
         # than the Function's Python backward (a small loss is host-bound: benchmarks/bench_host.py).
         return _sample_and_latent_term(mu, logvar, eps.detach(), prior_mu, prior_logvar, include_prior, latent_scale)
-    return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, estimator, include_prior, latent_scale)
-
-
-class BernoulliLogLikelihoodFunction(torch.autograd.Function):
-    """logits y [k, B, P], x [B, P] -> sum_j x_j y_j - softplus(y_j) [k, B]; backward g (x - sigmoid(y)).
-
-    Written out so that the CPU path costs less than the naive BCE-with-logits (3x less on a 2-core CPU at
-    k=50, B=128, P=784): sum_j x_j y_j is one vecdot, softplus one vectorized kernel, and the backward one
-    sigmoid plus two in-place passes (autograd of the formula took five [k, B, P] passes; logsigmoid and
-    logaddexp run 2-3x slower than softplus here). binary_cross_entropy_with_logits itself turns a -inf logit
-    with x = 1 into NaN.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, x):
-        y = _as_dtype(logits, accumulation_dtype(logits.dtype))
-        x = _as_dtype(x, y.dtype)
-        ctx.save_for_backward(logits, x)
-        return torch.linalg.vecdot(y, x) - torch.nn.functional.softplus(y, threshold=SOFTPLUS_LINEAR_ABOVE).sum(-1)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_log_lik):
-        logits, x = ctx.saved_tensors
-        grad = torch.sigmoid(_as_dtype(logits, x.dtype))
-        torch.sub(x, grad, out=grad).mul_(_as_dtype(grad_log_lik, x.dtype).unsqueeze(-1))
-        return _as_dtype(grad, logits.dtype), None
-
-
-def bernoulli_log_likelihood(logits, x):
-    """sum_j x_j y_j - softplus(y_j) over the last dim. logits [k, B, P], x [B, P] -> [k, B]."""
-    return BernoulliLogLikelihoodFunction.apply(logits, x)
+    return TorchGaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, estimator, include_prior, latent_scale)
 
 
 def gaussian_log_likelihood(mean, logvar, x):
@@ -175,37 +126,13 @@ def gaussian_log_likelihood(mean, logvar, x):
     return (-0.5 * LOG_2PI - 0.5 * s - 0.5 * diff * diff * torch.exp(-s)).sum(-1)
 
 
-def fold_max_sum(running_max, running_sum, log_w):
-    """Fold a chunk of log-weights [kc, B] into the running (max, sum of exp(log w - max)) state [B]."""
-    chunk = _as_dtype(log_w, running_max.dtype)
-    new_max = torch.maximum(running_max, chunk.amax(0))
-    shift = _shifted_max(new_max)
-    new_sum = running_sum * torch.exp(running_max - shift) + torch.exp(chunk - shift).sum(0)
-    return new_max, new_sum
-
-
-def bound_from_max_sum(running_max, running_sum, k):
-    """L_k = max + log(sum) - log k; -inf when every log-weight was -inf."""
-    return _shifted_max(running_max) + torch.log(running_sum) - math.log(k)
-
-
-def _max_sum(log_w):
-    acc = accumulation_dtype(log_w.dtype)
-    start_max = torch.full(log_w.shape[1:], -math.inf, dtype=acc, device=log_w.device)
-    return fold_max_sum(start_max, torch.zeros_like(start_max), log_w)
-
-
-def _weights_from_max_sum(log_w, running_max, running_sum):
-    ratio = torch.exp(_as_dtype(log_w, running_max.dtype) - _shifted_max(running_max))
-    return torch.where(running_sum > 0, ratio / torch.where(running_sum > 0, running_sum, 1), 0)
-
-
-class IWAEBoundFunction(torch.autograd.Function):
-    """log_w [k, B] -> L_k [B]; backward: dJ/dlog_w = g * normalized weights (0 for an all -inf column)."""
+class TorchIWAEBoundFunction(torch.autograd.Function):
+    """The torch backend's bound: log_w [k, B] -> L_k [B] from torch's (max, sum) reduction (``max_and_sum``), which
+    the forward saves; the backward is dJ/dlog_w = g * ``weights_from_max_sum`` (0 for an all -inf column)."""
 
     @staticmethod
     def forward(ctx, log_w):
-        running_max, running_sum = _max_sum(log_w)
+        running_max, running_sum = max_and_sum(log_w)
         ctx.save_for_backward(log_w, running_max, running_sum)
         return bound_from_max_sum(running_max, running_sum, log_w.shape[0])
 
@@ -213,54 +140,12 @@ class IWAEBoundFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_bound):
         log_w, running_max, running_sum = ctx.saved_tensors
-        return _as_dtype(grad_bound * _weights_from_max_sum(log_w, running_max, running_sum), log_w.dtype)
-
-
-def normalized_weights_backward(weights, grad_weights):
-    """Softmax backward over dim 0: wt * (g - sum_i wt_i g_i). [k, B] -> [k, B]."""
-    return weights * (grad_weights - (weights * grad_weights).sum(0, keepdim=True))
-
-
-class NormalizedWeightsFunction(torch.autograd.Function):
-    """log_w [k, B] -> softmax over samples [k, B], all-zero for an all -inf column: this backend's, or
-    ``softmax(log_w, launchers)`` (a compiled backend's kernels); the backward is ``normalized_weights_backward``
-    for every backend."""
-
-    @staticmethod
-    def forward(ctx, log_w, softmax=None, launchers=None):
-        weights = _weights_from_max_sum(log_w, *_max_sum(log_w)) if softmax is None else softmax(log_w, launchers)
-        ctx.save_for_backward(weights)
-        ctx.input_dtype = log_w.dtype
-        return weights
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_weights):
-        (weights,) = ctx.saved_tensors
-        return _as_dtype(normalized_weights_backward(weights, grad_weights), ctx.input_dtype), None, None
+        return as_dtype(grad_bound * weights_from_max_sum(log_w, running_max, running_sum), log_w.dtype)
 
 
 def iwae_bound(log_w):
     """L_k = logsumexp over dim 0 minus log k. log_w [k, B] -> [B]."""
-    return IWAEBoundFunction.apply(log_w)
-
-
-def largest_finite(log_w):
-    """log_w with +inf taken as its dtype's largest finite value: logsumexp's shift by the max would otherwise
-    compute inf - inf = NaN. Its derivative there is 0."""
-    return log_w.clamp(max=torch.finfo(log_w.dtype).max)
-
-
-def reduced_loss(bound, reduction):
-    """The loss -bound [B] reduced over the batch: "mean", "sum", or "none" ([B])."""
-    if reduction == "mean":
-        return -bound.mean()
-    return -bound.sum() if reduction == "sum" else -bound
-
-
-def iwae_loss_from_log_weights(log_w, bound, reduction):
-    """-L_k reduced (``reduced_loss``) of log_w [k, B], by the backend's ``bound`` (its iwae_bound op)."""
-    return reduced_loss(bound(largest_finite(log_w)), reduction)
+    return TorchIWAEBoundFunction.apply(log_w)
 
 
 def bernoulli_iwae_loss(logits, x, latent_log_weight, reduction):
@@ -279,38 +164,6 @@ def gaussian_iwae_loss(mean, logvar, x, latent_log_weight, reduction):
 def normalized_weights(log_w):
     """Self-normalized importance weights, softmax over dim 0. log_w [k, B] -> [k, B]."""
     return NormalizedWeightsFunction.apply(log_w)
-
-
-def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
-    """Bernoulli log p(x|z) of logits hidden @ weight.T + bias (materialized here; the kernels never write them).
-
-    hidden [k, B, H], weight [P, H], bias [P], x [B, P] -> [k, B].
-    """
-    return bernoulli_log_likelihood(torch.nn.functional.linear(hidden, weight, bias), x)
-
-
-def bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weight=None):
-    """Bernoulli log p(x|z) through the decoder MLP Linear-tanh-Linear-tanh-Linear (+ latent_log_weight).
-
-    z [k, B, D]; weights [H1, D], [H2, H1], [P, H2]; biases [H1], [H2], [P]; x [B, P];
-    latent_log_weight [k, B] or None -> [k, B].
-    """
-    hidden = z
-    for weight, bias in zip(weights[:-1], biases[:-1]):
-        hidden = torch.tanh(torch.nn.functional.linear(hidden, weight, bias))
-    log_lik = bernoulli_decoder_log_likelihood(hidden, weights[-1], biases[-1], x)
-    return log_lik if latent_log_weight is None else log_lik + latent_log_weight
-
-
-def local_reparam_linear(a, mu, var, bias, noise, generator):
-    """Local reparameterization: b = a mu^T + sqrt((a * a) var^T) * noise + bias, noise ~ N(0, 1) [M, N] drawn
-    from ``generator`` when None. a [M, K], mu and var [N, K], bias [N] or None -> [M, N]. d sqrt/d var at 0 is 0."""
-    mean = torch.nn.functional.linear(a, mu, bias)
-    var_out = (a * a) @ var.t()
-    if noise is None:
-        noise = torch.randn(var_out.shape, generator=generator, device=a.device, dtype=a.dtype)
-    positive = var_out > 0
-    return mean + torch.where(positive, torch.sqrt(torch.where(positive, var_out, 1)) * noise, 0)
 
 
 def categorical_log_likelihood(logits, tokens, mask):

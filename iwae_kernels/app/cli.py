@@ -107,7 +107,7 @@ def _eval_arguments(parser):
                         help="refuse an evaluation estimated to take longer (default 24)")
     parser.add_argument("--fused-mlp", action="store_true",
                         help="L_k through the fused decoder MLP: no activations or logits in memory, so one kernel "
-                             "per batch (Triton backend; off by default until measured faster on a GPU)")
+                             "per batch (Triton backend; off by default, see docs/RESULTS.md)")
 
 
 def build_parser():

@@ -1,4 +1,4 @@
-"""The model zoo: the paper's models and the seed notes' others, each built on the public functional API.
+"""The model zoo: the paper's models and the others the project covers, each built on the public functional API.
 
     paper.py         PaperModel / paper_model (1 or 2 stochastic layers), active_units
     conv.py          ConvIWAE (conv encoder, up-convolution decoder, through iwae_loss)

@@ -35,14 +35,14 @@ class PaperModel(LogWeightModel):
         backend: kernel backend for the fused ops (None: by device, see ``iwae_kernels.backend``).
         fused_head: True: the decoder's output layer and the Bernoulli likelihood as one op that never stores
             the [k, B, x_dim] logits (bernoulli_decoder_log_likelihood). False (default): the nn.Linear forms
-            the logits (cuBLAS) and bernoulli_log_likelihood reduces them; on an H100 this ran faster than the
-            fused head as it was before its rebuild (benchmarks/results; the rebuilt head is not measured yet).
+            the logits (cuBLAS) and bernoulli_log_likelihood reduces them. docs/RESULTS.md has both timed per
+            device.
         fused_mlp: True: without autograd (``log_likelihood``, evaluation) the whole decoder and the likelihood run
             as one op, bernoulli_mlp_decoder_log_likelihood: one kernel per chunk of samples on the compiled
             backends, with no [k, B, H] activations or logits in memory, so a chunk holds far more samples
             (``eval_chunk``: all 5000 of 100 images in one launch for the 1-layer model). It needs the paper's
-            decoder (two tanh hidden layers). Off by default until a GPU measurement shows it faster than the
-            layers (benchmarks/bench_eval.py); training is unchanged.
+            decoder (two tanh hidden layers). Off by default; docs/RESULTS.md has it timed against the layers
+            (benchmarks/bench_eval.py). Training is unchanged.
 
     ``log_likelihood`` (the paper's L_5000, in chunks sized by ``eval_row_bytes``) comes from ``LogWeightModel``.
     """

@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._autograd import once_differentiable
-from .. import torch_backend
+from .. import torch_math
 from ..contract import accumulation_dtype
 from .._env import triton_interpreting
 from .utils import (bernoulli_grad, cdiv, configs_by_operands, data_term, data_term_factors, dot, dot_acc,
@@ -221,8 +221,9 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
     """Bernoulli log p(x|z) of logits hidden @ weight.T + bias without materializing them.
 
     hidden [k, B, H], weight [P, H], bias [P], x [B, P] -> [k, B].
-    float64 runs the torch backend: tl.dot takes float32/float16/bfloat16 operands, not float64.
+    float64 runs the plain-torch formula (``torch_math``): tl.dot takes float32/float16/bfloat16 operands, not
+    float64.
     """
     if hidden.dtype == torch.float64:
-        return torch_backend.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
+        return torch_math.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
     return BernoulliDecoderHeadFunction.apply(hidden, weight, bias, x)

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .. import torch_backend
+from .. import torch_math
 from .._env import triton_interpreting
 from ..contract import accumulation_dtype
 from .utils import (cdiv, configs_by_operands, data_term, data_term_factors, dot_precision, library_op, linear_tile,
@@ -120,9 +120,10 @@ def _triton_forward(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w
 def bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weight=None):
     """log p(x|z) [k, B] (+ latent_log_weight [k, B]) through the decoder Linear-tanh-Linear-tanh-Linear, forward
     only. z [k, B, D]; weights [H1, D], [H2, H1], [P, H2]; biases [H1], [H2], [P]; x [B, P]. Returns float32 for
-    half inputs. float64 runs the torch backend: tl.dot takes no float64 operands."""
+    half inputs. float64 runs the plain-torch formula (``torch_math``): tl.dot takes no float64
+    operands."""
     if z.dtype == torch.float64:
-        return torch_backend.bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weight)
+        return torch_math.bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weight)
     out = torch.empty(z.shape[:2], dtype=accumulation_dtype(z.dtype), device=z.device)
     tensors = [t.contiguous() for t in (z, *[p for layer in zip(weights, biases) for p in layer], x)]
     latent = None if latent_log_weight is None else latent_log_weight.to(out.dtype).contiguous()

@@ -256,7 +256,7 @@ def _triton_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu
     param_per_sample, prior_per_sample = mu.dim() == 3, has_prior and prior_mu.dim() == 3
     block_dim = min(next_power_of_2(dim), 64)
     dim_blocks = cdiv(dim, block_dim)
-    rows_per_split = cdiv(k, sample_splits(k, batch * dim_blocks))
+    rows_per_split = cdiv(k, sample_splits(k, batch * dim_blocks, mu.device))
     splits = cdiv(k, rows_per_split)  # no empty split
     placeholder = grad_mu  # for pointers a constexpr flag says are unused
     grads = (grad_mu, grad_logvar, grad_prior_mu, grad_prior_logvar)
@@ -294,10 +294,11 @@ def _triton_backward(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], prior_mu
 TRITON_LAUNCHERS = Launchers(_triton_forward, _triton_backward)
 
 
-class GaussianSampleFunction(torch.autograd.Function):
-    """(mu, logvar, eps or None, prior_mu, prior_logvar) -> (z [k, B, D], scale * (log p(z) - log q(z|x)) [k, B]).
+class KernelGaussianSampleFunction(torch.autograd.Function):
+    """The compiled backends' sampling, every estimator: (mu, logvar, eps or None, prior_mu, prior_logvar) ->
+    (z [k, B, D], scale * (log p(z) - log q(z|x)) [k, B]); eps None draws it in the kernel from ``seed``.
 
-    Shared by the compiled backends; ``launchers`` says whose kernels run. ``include_prior=False`` drops log p(z)
+    ``launchers`` says whose kernels run (Triton's or CUDA's). ``include_prior=False`` drops log p(z)
     (the latent term is then -log q(z|x)); ``scale`` (0-dim tensor or None for 1) weights the latent term.
     """
 
@@ -348,7 +349,7 @@ def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, gener
     """
     seed = draw_seed(generator, mu.device) if eps is None else torch.zeros((), dtype=torch.int64, device=mu.device)
     scale = None if latent_scale is None else latent_scale.to(accumulation_dtype(mu.dtype)).contiguous()
-    return GaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator, launchers,
+    return KernelGaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator, launchers,
                                         include_prior, scale)
 
 
@@ -356,5 +357,5 @@ def sample_noise(shape, seed, dtype, device, launchers=TRITON_LAUNCHERS):
     """The eps that in-kernel sampling with ``seed`` uses for a [k, B, D] ``shape`` (for tests)."""
     zeros = torch.zeros(shape[-2:], dtype=dtype, device=device)
     seed = torch.as_tensor(seed, dtype=torch.int64, device=device)
-    z, _ = GaussianSampleFunction.apply(zeros, zeros, None, None, None, shape[0], seed, "iwae", launchers)
+    z, _ = KernelGaussianSampleFunction.apply(zeros, zeros, None, None, None, shape[0], seed, "iwae", launchers)
     return z

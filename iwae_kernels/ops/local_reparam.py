@@ -15,7 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._autograd import once_differentiable
-from .. import torch_backend
+from .. import torch_math
 from .gaussian_sample import draw_seed
 from .utils import cdiv, dot_acc, dot_precision, library_op, triton_accumulation_dtype
 
@@ -105,8 +105,8 @@ class LocalReparamFunction(torch.autograd.Function):
 
 def local_reparam_linear(a, mu, var, bias, noise, generator):
     """b [M, N] for inputs a [M, K] and weights N(mu, var) [N, K]; noise [M, N] or drawn in the kernel.
-    float64 runs the torch backend: tl.dot takes no float64 operands."""
+    float64 runs the plain-torch formula (``torch_math``): tl.dot takes no float64 operands."""
     if a.dtype == torch.float64:
-        return torch_backend.local_reparam_linear(a, mu, var, bias, noise, generator)
+        return torch_math.local_reparam_linear(a, mu, var, bias, noise, generator)
     seed = draw_seed(generator, a.device) if noise is None else torch.zeros((), dtype=torch.int64, device=a.device)
     return LocalReparamFunction.apply(a, mu, var, bias, noise, seed)

@@ -18,7 +18,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._autograd import once_differentiable
-from .. import torch_backend
+from .. import torch_math
 from ..contract import accumulation_dtype
 from .utils import (Launchers, cdiv, library_op, normalized_weight, sample_splits, shifted_max,
                     triton_accumulation_dtype)
@@ -28,7 +28,7 @@ BLOCK_SAMPLES = 64
 BLOCK_ELEMENTS = 1024
 # The loss's fold runs as one program that also sums the batch (no torch mean and neg after it) while its last
 # launch reads at most this many log-weights: 256 KB in float32, a few microseconds of one SM, about what the two
-# kernels it replaces cost (an estimate, not yet measured).
+# kernels it replaces cost (an estimate from the bytes read and one SM's bandwidth).
 ONE_PROGRAM_LOSS_ELEMENTS = 65536
 
 
@@ -115,7 +115,7 @@ def _launch_max_sum(log_w, in_max, in_sum, out_max, out_sum, bound, loss=None, l
     num_samples, batch = log_w.shape
     accumulate = in_max is not None
     blocks = cdiv(batch, BLOCK_EXAMPLES)
-    splits = sample_splits(num_samples, blocks)
+    splits = sample_splits(num_samples, blocks, log_w.device)
     acc, finite_max = triton_accumulation_dtype(out_max.dtype), torch.finfo(out_max.dtype).max
     folded = log_w
     if splits > 1:  # first each split's logsumexp [splits, B], then the fold below over those
@@ -182,9 +182,9 @@ def loss_divisor(reduction, batch):
     return batch if reduction == "mean" else 1
 
 
-def _last_fold_rows(num_samples, batch):
+def _last_fold_rows(num_samples, batch, device):
     """Log-weight rows per example that _launch_max_sum's last launch reads: the split partials, or all k."""
-    splits = sample_splits(num_samples, cdiv(batch, BLOCK_EXAMPLES))
+    splits = sample_splits(num_samples, cdiv(batch, BLOCK_EXAMPLES), device)
     return splits if splits > 1 else num_samples
 
 
@@ -193,9 +193,9 @@ def max_sum_and_loss(log_w, reduction):
     writes the reduced loss itself when one program can read its last launch's log-weights cheaply
     (ONE_PROGRAM_LOSS_ELEMENTS); else torch reduces the bound."""
     num_samples, batch = log_w.shape
-    if reduction == "none" or _last_fold_rows(num_samples, batch) * batch > ONE_PROGRAM_LOSS_ELEMENTS:
+    if reduction == "none" or _last_fold_rows(num_samples, batch, log_w.device) * batch > ONE_PROGRAM_LOSS_ELEMENTS:
         out_max, out_sum, bound = max_sum(log_w, write_bound=True)
-        return out_max, out_sum, torch_backend.reduced_loss(bound, reduction)
+        return out_max, out_sum, torch_math.reduced_loss(bound, reduction)
     out_max = torch.empty(log_w.shape[1], dtype=log_w.dtype, device=log_w.device)
     out_sum, bound = torch.empty_like(out_max), torch.empty_like(out_max)
     loss = torch.empty((), dtype=log_w.dtype, device=log_w.device)
@@ -209,8 +209,10 @@ def _weights(log_w, running_max, running_sum, scale, out_dtype, launchers):
     return out
 
 
-class IWAEBoundFunction(torch.autograd.Function):
-    """log_w [k, B] -> L_k [B] in one pass; backward writes g * normalized weights in one more."""
+class KernelIWAEBoundFunction(torch.autograd.Function):
+    """The compiled backends' bound: log_w [k, B] -> L_k [B] by ``launchers`` (the Triton or CUDA kernels). The
+    forward folds (max, sum) and writes L_k in one pass over log_w; the backward writes g * normalized weights in
+    one more."""
 
     @staticmethod
     def forward(ctx, log_w, launchers):
@@ -236,12 +238,12 @@ def _kernel_softmax(log_w, launchers):
 
 def iwae_bound(log_w, launchers=TRITON_LAUNCHERS):
     """L_k = logsumexp over dim 0 minus log k. log_w [k, B] -> [B]."""
-    return IWAEBoundFunction.apply(log_w, launchers)
+    return KernelIWAEBoundFunction.apply(log_w, launchers)
 
 
 def normalized_weights(log_w, launchers=TRITON_LAUNCHERS):
     """Self-normalized importance weights, softmax over dim 0. log_w [k, B] -> [k, B]."""
-    return torch_backend.NormalizedWeightsFunction.apply(log_w, _kernel_softmax, launchers)
+    return torch_math.NormalizedWeightsFunction.apply(log_w, _kernel_softmax, launchers)
 
 
 def fold_max_sum(running_max, running_sum, log_w, launchers=TRITON_LAUNCHERS):

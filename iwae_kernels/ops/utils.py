@@ -21,16 +21,29 @@ TILE_ELEMENTS = 4096
 MAX_BLOCK_COLS = 1024
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _device_multiprocessors(device):
+    """The SM count of the CUDA ``device`` (its index, or the current device's)."""
+    return _multiprocessors(torch.cuda.current_device() if device.index is None else device.index)
+
+
 # Split-k for kernels whose programs each walk all k samples: cut k once a split would still hold this many
-# samples, until about this many programs run (2 per SM of an H100).
+# samples, until SPLIT_PROGRAMS_PER_SM programs run per SM. Off a GPU (the interpreter, the ahead-of-time report's
+# meta tensors) there is no SM count to ask, and an H100's 132 SMs stand in, so those runs split as an H100 would.
 MIN_SAMPLES_PER_SPLIT = 256
-TARGET_PROGRAMS = 264
+SPLIT_PROGRAMS_PER_SM = 2
+H100_MULTIPROCESSORS = 132
 
 
-def sample_splits(num_samples, programs):
-    """How many splits of the k samples a kernel launching ``programs`` programs per split uses: 1 unless those
-    programs alone leave the GPU empty. Reads the constants at each call (tests lower them)."""
-    return max(1, min(num_samples // MIN_SAMPLES_PER_SPLIT, TARGET_PROGRAMS // programs))
+def sample_splits(num_samples, programs, device):
+    """How many splits of the k samples a kernel launching ``programs`` programs per split uses on ``device``: 1
+    unless those programs alone leave the GPU's SMs empty. Reads the constants at each call (tests lower them)."""
+    multiprocessors = _device_multiprocessors(device) if device.type == "cuda" else H100_MULTIPROCESSORS
+    return max(1, min(num_samples // MIN_SAMPLES_PER_SPLIT, SPLIT_PROGRAMS_PER_SM * multiprocessors // programs))
 
 
 # A persistent kernel launches this many programs per SM, each taking tiles in turn (two, so one program's loads
@@ -39,27 +52,11 @@ PERSISTENT_PROGRAMS_PER_SM = 2
 PROGRAMS_OFF_GPU = 3
 
 
-@functools.lru_cache(maxsize=None)
-def _multiprocessors(index):
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def persistent_programs(device):
     """Programs for a persistent kernel on ``device``: PERSISTENT_PROGRAMS_PER_SM per SM of a GPU."""
     if device.type != "cuda":
         return PROGRAMS_OFF_GPU
-    return PERSISTENT_PROGRAMS_PER_SM * _multiprocessors(torch.cuda.current_device() if device.index is None
-                                                         else device.index)
-
-
-# Shared memory one block may use (the opt-in maximum), by compute capability; an unknown GPU gets the smallest.
-MAX_SHARED_BYTES = {80: 166_912, 86: 101_376, 87: 166_912, 89: 101_376, 90: 232_448}
-
-
-def max_shared_bytes():
-    """The shared memory a block may use on the GPU Triton compiles for (the real one, or the report's target)."""
-    arch = triton.runtime.driver.active.get_current_target().arch
-    return MAX_SHARED_BYTES.get(arch, min(MAX_SHARED_BYTES.values()))
+    return PERSISTENT_PROGRAMS_PER_SM * _device_multiprocessors(device)
 
 
 class Launchers(NamedTuple):

@@ -44,11 +44,11 @@ def test_cli_names_the_missing_extra():
 
 
 # Each layer imports only from the layers before it (and itself): no import circle, and the kernels never know
-# the dispatcher or the app.
+# the dispatcher or the app. The backends share only torch_math, beneath them all.
 LAYERS = [
     {"_env", "contract", "_checks", "_build", "_autograd"},
-    {"torch_backend"},
-    {"ops"},
+    {"torch_math"},
+    {"torch_backend", "ops"},
     {"cuda_backend"},
     {"backend"},
     {"estimators"},
@@ -84,14 +84,33 @@ def _imported_modules(path, package):
     return names
 
 
-def test_layers_import_only_downwards():
+def _package_imports():
+    """(file path relative to the package, its own top-level module, the top-level modules it imports) per file."""
     from pathlib import Path
 
     import iwae_kernels
 
     package = Path(iwae_kernels.__file__).parent
+    return [(path.relative_to(package), _top_module(path, package), _imported_modules(path, package) - {
+        _top_module(path, package)}) for path in package.rglob("*.py")]
+
+
+def test_layers_import_only_downwards():
     layer_of = {name: i for i, layer in enumerate(LAYERS) for name in layer}
-    for path in package.rglob("*.py"):
-        own = _top_module(path, package)
-        for imported in _imported_modules(path, package) - {own}:
-            assert layer_of[imported] <= layer_of[own], f"{path.relative_to(package)} imports {imported}"
+    for path, own, imported_modules in _package_imports():
+        for imported in imported_modules:
+            assert layer_of[imported] <= layer_of[own], f"{path} imports {imported}"
+
+
+# The one import between backends: the cuda backend runs the Triton backend's autograd Functions with its own
+# launcher pairs. backend.py names the backends' modules in its table and imports them by name.
+BACKEND_MODULES = {"torch_backend", "ops", "cuda_backend"}
+ALLOWED_BACKEND_IMPORTS = {("cuda_backend", "ops")}
+
+
+def test_no_backend_imports_another():
+    for path, own, imported_modules in _package_imports():
+        assert "torch_backend" not in imported_modules, f"{path} imports torch_backend"
+        if own in BACKEND_MODULES:
+            for imported in imported_modules & BACKEND_MODULES:
+                assert (own, imported) in ALLOWED_BACKEND_IMPORTS, f"{path} (a backend) imports {imported}"

@@ -153,7 +153,7 @@ def test_kernel_split_k_matches_reference(kernel, monkeypatch, dtype, layout, pr
 
     monkeypatch.setattr(utils, "MIN_SAMPLES_PER_SPLIT", 4)
     shape = (37, 2, 5)
-    assert utils.sample_splits(shape[0], shape[1]) == 9
+    assert utils.sample_splits(shape[0], shape[1], torch.device("cpu")) == 9
     inputs = make_inputs(*shape, layout=layout, prior=prior)
     expected = run_with_upstream(inputs, shape[0], estimator, "torch", "cpu", torch.float64)
     actual = run_with_upstream(inputs, shape[0], estimator, *kernel, dtype)
@@ -242,7 +242,7 @@ def test_latent_scale_and_no_prior_match_naive(backend, include_prior, estimator
     latent_scale (its identity assumes the plain bound), so it runs with beta = 1."""
     device = backend_device(backend)
     if backend == "cuda":
-        pytest.skip("the cuda backend's kernels do not take include_prior/latent_scale yet (it says so)")
+        pytest.skip("the cuda backend's kernels do not take include_prior/latent_scale (it refuses them)")
     k, batch, dim = 5, 3, 17
     beta = 1.0 if estimator == "stl" else 0.3
     gen = torch.Generator().manual_seed(11)

@@ -130,7 +130,7 @@ def test_split_k_fold_matches_reference(kernel, dtype, shape):
     from iwae_kernels.ops.logsumexp import BLOCK_EXAMPLES
     from iwae_kernels.ops.utils import cdiv, sample_splits
 
-    assert sample_splits(shape[0], cdiv(shape[1], BLOCK_EXAMPLES)) > 1
+    assert sample_splits(shape[0], cdiv(shape[1], BLOCK_EXAMPLES), torch.device("cpu")) > 1
     log_w = make_log_w(*shape)
     log_w[: shape[0] // 2, 0] = -math.inf
     log_w[:, -1] = -math.inf
