@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from . import data as datasets
 from .errors import UserError
+from ..estimators import check_estimator_options
 from ..models import paper_model
 from .device import resolve_device
 from .evaluate import rank_and_world
@@ -37,6 +38,8 @@ class TrainConfig:
     dataset: str = "mnist"
     layers: int = 1
     estimator: str = "iwae"
+    groups: int = None            # miwae, piwae: M groups of k / M samples
+    ciwae_beta: float = None      # ciwae: the ELBO's share
     k: int = 50
     batch_size: int = 20
     schedule: str = "constant"    # "paper": 3^i passes at lr 1e-3 * 10^(-i/7), i < paper_stages
@@ -213,15 +216,27 @@ def checkpoint_bytes(config):
     return 2 * (3 * 4 * parameters + 2**20)
 
 
+def estimator_options(config):
+    """The estimator's ``groups`` / ``ciwae_beta`` as loss keyword arguments; UserError (naming the option) when
+    they do not fit the estimator or k."""
+    try:
+        check_estimator_options(config.estimator, config.k, config.groups, config.ciwae_beta)
+    except ValueError as error:
+        name, reason = str(error).split(": ", 1)
+        raise UserError(f"--{name.replace('_', '-')}: {reason}") from None
+    return {name: value for name, value in (("groups", config.groups), ("ciwae_beta", config.ciwae_beta))
+            if value is not None}
+
+
 class _LossModule(torch.nn.Module):
     """``model.loss`` as a forward(): DistributedDataParallel synchronizes the gradients of what forward computes."""
 
-    def __init__(self, model, k, estimator):
+    def __init__(self, model, k, estimator, options):
         super().__init__()
-        self.model, self.k, self.estimator = model, k, estimator
+        self.model, self.k, self.estimator, self.options = model, k, estimator, options
 
     def forward(self, x, noise=None):
-        return self.model.loss(x, self.k, self.estimator, noise=noise)
+        return self.model.loss(x, self.k, self.estimator, noise=noise, **self.options)
 
 
 # Points per epoch on the training curve (train_steps.csv, curves.png): each the mean loss of its interval.
@@ -263,7 +278,7 @@ def train(config, out_dir, resume=False, overwrite=False, progress=True):
     torch.manual_seed(config.seed)
     data_generator = torch.Generator().manual_seed(config.seed)
     model = build_model(config, device)
-    loss_module = _LossModule(model, config.k, config.estimator)
+    loss_module = _LossModule(model, config.k, config.estimator, estimator_options(config))
     if world > 1:
         loss_module = torch.nn.parallel.DistributedDataParallel(loss_module)
     # fused=True: Adam's whole update in one kernel per step (CPU and CUDA) instead of a few per parameter tensor.
