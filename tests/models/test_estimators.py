@@ -89,9 +89,11 @@ def test_paper_model_check_can_fail():
     assert_biased(paper_draws(2, "stl", 5, 150, seed=1), paper_draws(2, "iwae", 5, 150, seed=2))
 
 
-@pytest.mark.parametrize("estimator", ["iwae", "dreg", "stl", "iwae-resample"])
-def test_paper_model_triton_gradients_equal_torch_on_shared_noise(estimator):
-    """The statistical tests above run on the torch backend; the kernels give the same gradient draw for the same
+@pytest.mark.parametrize("estimator, options", [
+    ("iwae", {}), ("dreg", {}), ("stl", {}), ("iwae-resample", {}), ("miwae", {"groups": 2}),
+    ("ciwae", {"ciwae_beta": 0.3}), ("piwae", {"groups": 2}), ("rws", {}), ("rws-dreg", {})])
+def test_paper_model_triton_gradients_equal_torch_on_shared_noise(estimator, options):
+    """The statistical tests run on the torch backend; the kernels give the same gradient draw for the same
     noise (two layers, float64), so the result carries over to them."""
     device = backend_device("triton")
     gen = torch.Generator().manual_seed(5)
@@ -101,7 +103,7 @@ def test_paper_model_triton_gradients_equal_torch_on_shared_noise(estimator):
     for backend in ("torch", "triton"):
         model = small_paper_model(2, device, backend=backend)
         torch.manual_seed(0)  # iwae-resample draws its index from the global RNG
-        model.loss(x, 4, estimator, noise=noise).backward()
+        model.loss(x, 4, estimator, noise=noise, **options).backward()
         grads[backend] = [p.grad for p in model.parameters()]
     for name, (a, b) in zip(dict(model.named_parameters()), zip(grads["torch"], grads["triton"])):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11, msg=name)
