@@ -472,7 +472,8 @@ def test_annealed_miwae_ciwae_piwae_are_exact():
 
 @pytest.mark.parametrize("estimator", ["miwae", "ciwae", "piwae", "rws", "rws-dreg"])
 def test_new_estimators_never_give_nan_for_impossible_samples(estimator):
-    """-inf log-weights are legal: the loss is finite where a sample is possible, and no gradient is NaN."""
+    """-inf log-weights are legal: the bound is finite where a sample is possible (CIWAE's ELBO term is -inf
+    with one impossible sample, as the ELBO is), -inf where none is, and no gradient is NaN."""
     log_w = torch.tensor([[0.0, -math.inf], [-1.0, -math.inf], [-math.inf, -math.inf], [-2.0, -math.inf],
                           [0.5, -math.inf], [-0.5, -math.inf]], dtype=torch.float64, requires_grad=True)
     if estimator == "rws":
@@ -481,6 +482,7 @@ def test_new_estimators_never_give_nan_for_impossible_samples(estimator):
         options = NEW_ESTIMATORS[estimator]
         fixed = log_w * 1.0 if estimator in ("piwae", "rws-dreg") else None
         bound = ik.estimator_bound(log_w, estimator, log_w_fixed=fixed, backend="torch", **options)
-    assert torch.isfinite(bound[0]) and torch.isneginf(bound[1])
+    assert torch.isneginf(bound[0]) if estimator == "ciwae" else torch.isfinite(bound[0])
+    assert torch.isneginf(bound[1])
     bound[0].backward()
     assert not torch.isnan(log_w.grad).any()
