@@ -79,7 +79,8 @@ def main():
              f"test NLL = -mean L_{args.eval_k} over the first {test_x.shape[0]} test images, one fixed binarization",
              "paper: 3,280 passes, all 10,000 test images (Burda et al. 2015, Table 1)"]
     write_results("paper_table_objectives" if args.objectives else "paper_table", device, environment(device), rows,
-                  ["model", "estimator", "options", "k", "epochs", "test_nll", "active_units", "train_wall_s", "eval_wall_s", "paper_nll",
+                  ["model", "estimator", "options", "k", "epochs", "test_nll", "active_units", "train_wall_s",
+                   "eval_wall_s", "paper_nll",
                    "paper_active_units"], notes)
 
 

@@ -11,8 +11,8 @@ import torch
 from . import _checks
 from .backend import get_backend
 from .contract import accumulation_dtype
-from .estimators import (ESTIMATORS, ROUTED_ESTIMATORS, SAMPLING_ESTIMATORS, check_estimator_options, check_latent_scale,
-                         conditional_density_path, objective_bound, sampling_estimator, value_with_gradient,
+from .estimators import (ESTIMATORS, ROUTED_ESTIMATORS, SAMPLING_ESTIMATORS, check_estimator_options,
+                         check_latent_scale, conditional_density_path, objective_bound, sampling_estimator, value_with_gradient,
                          wake_phi_term)
 from .torch_backend import bound_from_max_sum, largest_finite, reduced_loss
 

@@ -24,8 +24,8 @@ from .evaluate import check_evaluation_time, evaluate, rank_and_world
 from ..functional import ESTIMATORS
 from .device import resolve_device
 from .run_folder import RunLock, preflight
-from .train import (TrainConfig, TrainingInterrupted, build_model, checkpoint_bytes, describe_schedule, estimator_options,
-                    model_from_checkpoint, start_policy, train)
+from .train import (TrainConfig, TrainingInterrupted, build_model, checkpoint_bytes, describe_schedule,
+                    estimator_options, model_from_checkpoint, start_policy, train)
 
 # About half a minute on a 2-core CPU: one pass of 1-layer IWAE k=5, then L_5000 on 500 test images.
 PRESETS = {

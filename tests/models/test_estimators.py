@@ -438,7 +438,8 @@ def test_new_estimator_arguments_are_checked():
     model = LinearGaussianEncoder()
     x = binary_batch(2, 12, 1, torch.device("cpu"))
     cases = [("miwae", {}, "groups"), ("piwae", dict(groups=4), "groups"), ("iwae", dict(groups=2), "groups"),
-             ("miwae", dict(groups=0), "groups"), ("ciwae", {}, "ciwae_beta"), ("ciwae", dict(ciwae_beta=1.5), "ciwae_beta"),
+             ("miwae", dict(groups=0), "groups"), ("ciwae", {}, "ciwae_beta"),
+             ("ciwae", dict(ciwae_beta=1.5), "ciwae_beta"),
              ("dreg", dict(ciwae_beta=0.5), "ciwae_beta"), ("rws", dict(beta=0.5), "beta"),
              ("rws-dreg", dict(beta=0.5), "beta")]
     for estimator, options, name in cases:
