@@ -15,6 +15,7 @@ Public API (k samples lead every [k, ...] tensor):
     normalized_weights(log_w)                  -> [k, B]
     StreamingIWAEBound(B).update(chunk).bound() -> L_k [B] in memory that does not grow with k
     iwae_loss(x, mu, logvar, decoder, k=50, ...) -> the drop-in loss -L_k (beta=kl_warmup(step, n) anneals)
+    estimator_bound(log_w, estimator, ...)     -> [B] MIWAE / CIWAE / PIWAE / rws-dreg objectives on own log-weights
 """
 
 from .functional import (
@@ -26,6 +27,7 @@ from .functional import (
     bernoulli_iwae_loss,
     bernoulli_log_likelihood,
     categorical_log_likelihood,
+    estimator_bound,
     gaussian_iwae_loss,
     gaussian_log_likelihood,
     gaussian_sample,
@@ -52,6 +54,7 @@ __all__ = [
     "bernoulli_iwae_loss",
     "bernoulli_log_likelihood",
     "categorical_log_likelihood",
+    "estimator_bound",
     "gaussian_iwae_loss",
     "gaussian_log_likelihood",
     "gaussian_sample",

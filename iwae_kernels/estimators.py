@@ -12,6 +12,14 @@ model's parameters (decoder, learned prior) the IWAE gradient.
   dependence on that sample, which is a path term. ``conditional_density_path`` adds that term back.
   DReG's identity assumes log-weights of the form f(z) / q(z), so neither takes a KL-annealing weight
   beta != 1 (STL with beta is unbiased only at k = 1 and biased above; both are refused to keep the rule simple).
+- ``"miwae"`` (``groups=M``), ``"ciwae"`` (``ciwae_beta``): the exact derivative of their objective, a function of
+  the log-weights alone (``objective_bound``). k is the total sample count M * K.
+- ``"piwae"`` (``groups=M``), ``"rws-dreg"``: the encoder and the model follow different objectives on one set of
+  samples. The model computes the log-weights twice on the same samples: live, and with the samples and encoders
+  stopped (``log_w_fixed``, where only the model's parameters are live); ``objective_bound`` takes the encoder's
+  gradient from the first and the model's IWAE gradient from the second (two decoder passes).
+- ``"rws"``: the model's log-weights at fixed samples, plus ``wake_phi_term``: zero-valued, it sends
+  wt_i d log q(z_i|x) / d phi at fixed z_i into q's parameters (no reparameterization path).
 """
 
 import torch
@@ -20,13 +28,101 @@ from ._autograd import once_differentiable
 from .contract import accumulation_dtype
 from .torch_math import weights_from_log_weight_grad
 
-ESTIMATORS = ("iwae", "vae", "stl", "dreg", "iwae-resample")
+# What the sampling kernels' backward can compute (``gaussian_sample``'s estimator); the others are built on them.
+SAMPLING_ESTIMATORS = ("iwae", "vae", "stl", "dreg", "iwae-resample")
+ESTIMATORS = SAMPLING_ESTIMATORS + ("miwae", "ciwae", "piwae", "rws", "rws-dreg")
 PATH_ESTIMATORS = ("stl", "dreg")
-
+GROUPED_ESTIMATORS = ("miwae", "piwae")
+# Encoder gradient from the live log-weights, the model's from log-weights at fixed samples (two decoder passes).
+ROUTED_ESTIMATORS = ("piwae", "rws-dreg")
+# Estimators without a reparameterization path through a flow: rws needs log q(z_K|x) at a fixed z_K (the flow's
+# inverse), rws-dreg the stop-gradient that dreg lacks there.
+NO_FLOW_ESTIMATORS = ("dreg", "rws", "rws-dreg")
 
 # Estimators whose gradient is a claim about the plain bound (beta = 1): the stl/dreg identities hold for
-# log-weights f(z) / q(z), and the resampling estimator's value and gradient are L_k's.
-PLAIN_BOUND_ESTIMATORS = PATH_ESTIMATORS + ("iwae-resample",)
+# log-weights f(z) / q(z), the resampling estimator's value and gradient are L_k's, and wake-phi's target is the
+# posterior of the plain model (rws-dreg's identity is DReG's).
+PLAIN_BOUND_ESTIMATORS = PATH_ESTIMATORS + ("iwae-resample", "rws", "rws-dreg")
+
+
+def sampling_estimator(estimator):
+    """The sampling kernels' estimator under ``estimator``: rws-dreg's encoder gradient is a weighted path
+    derivative (stl's); rws samples with its encoder stopped, so any exact one serves; the others are their own or
+    the exact derivative."""
+    if estimator in SAMPLING_ESTIMATORS:
+        return estimator
+    return "stl" if estimator == "rws-dreg" else "iwae"
+
+
+def check_estimator_options(estimator, k, groups=None, ciwae_beta=None):
+    """Check ``groups`` (miwae, piwae: M groups of K = k / M samples) and ``ciwae_beta`` (ciwae: in [0, 1]) against
+    the estimator; returns (groups, ciwae_beta) as (int or None, float or None)."""
+    if estimator in GROUPED_ESTIMATORS:
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"groups: estimator={estimator!r} needs groups=M, an int >= 1 (k = M * K samples in "
+                             f"M groups of K), got {groups!r}")
+        if k % groups:
+            raise ValueError(f"groups: k={k} samples do not split into groups={groups} groups of equal size "
+                             "(k is the total M * K)")
+    elif groups is not None:
+        raise ValueError(f"groups: only estimator='miwae' or 'piwae' takes groups, got estimator={estimator!r}")
+    if estimator == "ciwae":
+        if isinstance(ciwae_beta, bool) or not isinstance(ciwae_beta, (int, float)) or not 0 <= ciwae_beta <= 1:
+            raise ValueError(f"ciwae_beta: estimator='ciwae' needs ciwae_beta, a number in [0, 1] (the ELBO's share), "
+                             f"got {ciwae_beta!r}")
+        ciwae_beta = float(ciwae_beta)
+    elif ciwae_beta is not None:
+        raise ValueError(f"ciwae_beta: only estimator='ciwae' takes ciwae_beta, got estimator={estimator!r}")
+    return groups, ciwae_beta
+
+
+def grouped_bound(log_w, groups, bound):
+    """MIWAE(M, K): the mean over M = ``groups`` consecutive groups of K samples of their K-sample bounds.
+    log_w [M * K, B] -> [B]; ``bound`` is a backend's iwae_bound ([K, N] -> [N])."""
+    k, batch = log_w.shape
+    per_group = log_w.reshape(groups, k // groups, batch).transpose(0, 1).reshape(k // groups, groups * batch)
+    return bound(per_group).reshape(groups, batch).mean(0)
+
+
+def value_with_gradient(value, surrogate):
+    """value [B] with surrogate's gradient; where the surrogate is not finite (-inf log-weights), value alone
+    (zero gradient, never NaN)."""
+    finite = torch.isfinite(surrogate)
+    return torch.where(finite, surrogate + (value - torch.where(finite, surrogate, 0)).detach(), value)
+
+
+def _weighted_sum(weights, log_w):
+    """sum_i weights_i log w_i [B]; a zero weight on a -inf log-weight adds 0, not NaN."""
+    return torch.where(weights > 0, weights * log_w, 0).sum(0)
+
+
+def objective_bound(estimator, log_w, bound, normalized_weights, log_w_fixed=None, groups=None, ciwae_beta=None):
+    """The per-example objective [B] of ``estimator`` (arguments already checked) whose gradient is its estimator.
+
+    log_w [k, B]: the log-weights, their gradient the sampling kernels' (``sampling_estimator``). log_w_fixed
+    [k, B]: the same values with the samples and encoders stopped, for piwae and rws-dreg. bound,
+    normalized_weights: a backend's ops. Values: MIWAE's bound, CIWAE's ciwae_beta * ELBO + (1 - ciwae_beta) L_k,
+    the k-sample ELBO for vae, L_k for the others (piwae's and rws-dreg's gradient: the encoder's from
+    log_w, MIWAE's or (wt_i - wt_i^2) times the path derivative; the model's, L_k's, from log_w_fixed).
+    """
+    if estimator == "vae":
+        return log_w.mean(0)
+    if estimator == "miwae":
+        return grouped_bound(log_w, groups, bound)
+    if estimator == "ciwae":
+        return ciwae_beta * log_w.mean(0) + (1 - ciwae_beta) * bound(log_w)
+    if estimator not in ROUTED_ESTIMATORS:
+        return bound(log_w)
+    if estimator == "piwae":
+        encoder_objective = lambda lw: grouped_bound(lw, groups, bound)
+    else:
+        weights = normalized_weights(log_w.detach())
+        # Tucker et al. 2019: E[sum_i wt_i d log q(z_i)/d phi] = E[sum_i (wt_i - wt_i^2) (d log w_i/d z_i) dz_i/d phi]
+        encoder_objective = lambda lw: _weighted_sum(weights - weights * weights, lw)
+    value = bound(log_w_fixed)
+    # The model's parameters get encoder_objective's gradient from log_w and L_k's minus it from log_w_fixed.
+    surrogate = encoder_objective(log_w) + value - encoder_objective(log_w_fixed)
+    return value_with_gradient(value.detach(), surrogate)
 
 
 def check_latent_scale(name, estimator, scale):
@@ -66,6 +162,17 @@ class ConditionalDensityPathFunction(torch.autograd.Function):
         grad_mu = weight * (-diff * precision)
         grad_logvar = weight * (0.5 - 0.5 * diff * diff * precision)
         return None, grad_mu.to(mu.dtype), grad_logvar.to(logvar.dtype), None
+
+
+def wake_phi_term(z, mu, logvar):
+    """RWS's wake-phi term: a [k, B] tensor of zeros to add to log-weights at fixed samples; the gradient reaching it
+    (g wt_i from the bound) goes into (mu, logvar) as g wt_i d log N(z_i; mu, exp(logvar)) / d(mu, logvar) at fixed
+    z_i, so minimizing -L_k raises sum_i wt_i log q(z_i|x) (Bornschein & Bengio 2015).
+
+    z [k, B, D] (detached); mu, logvar [B, D] or [k, B, D], q's parameters with the encoder live.
+    """
+    shape = z.shape
+    return -ConditionalDensityPathFunction.apply(z.detach(), mu.expand(shape), logvar.expand(shape), "stl")
 
 
 def conditional_density_path(z, density_mu, density_logvar, estimator):

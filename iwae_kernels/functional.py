@@ -11,7 +11,9 @@ import torch
 from . import _checks
 from .backend import get_backend
 from .contract import accumulation_dtype
-from .estimators import ESTIMATORS, check_latent_scale, conditional_density_path
+from .estimators import (ESTIMATORS, ROUTED_ESTIMATORS, SAMPLING_ESTIMATORS, check_estimator_options,
+                         check_latent_scale, conditional_density_path, objective_bound, sampling_estimator,
+                         value_with_gradient, wake_phi_term)
 from .torch_math import bound_from_max_sum, largest_finite, reduced_loss
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -54,7 +56,7 @@ def _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, esti
         if tuple(prior_mu.shape) not in ((batch, dim), (k, batch, dim)):
             raise ValueError(f"prior_mu: expected shape {(batch, dim)} or {(k, batch, dim)}, got {tuple(prior_mu.shape)}")
         _checks.check_shape("prior_logvar", prior_logvar, prior_mu.shape)
-    _checks.check_choice("estimator", estimator, ESTIMATORS)
+    _checks.check_choice("estimator", estimator, SAMPLING_ESTIMATORS)
     if (density_mu is None) != (density_logvar is None):
         raise ValueError("density_mu, density_logvar: give both or neither")
     if density_mu is not None:
@@ -429,16 +431,22 @@ def _likelihood_inputs(out, x, k, likelihood, check_finite):
     return mean, out[1].flatten(2), flat_x
 
 
-def _sample_and_decode(x, mu, logvar, decoder, k, eps, generator, estimator, likelihood, flatten_samples,
-                       check_finite, ops, scale=None):
-    """For k samples of z: the likelihood's inputs (``_likelihood_inputs``) and the latent term
-    scale (log p(z) - log q(z|x)) [k, B] (arguments already checked)."""
+def _checked_samples(mu, logvar, k, eps, generator, estimator, check_finite, ops, scale=None):
+    """z [k, B, D] and the latent term scale (log p(z) - log q(z|x)) [k, B] (arguments already checked)."""
     z, latent_log_weight = ops.gaussian_sample(mu, logvar, k, eps, None, None, estimator, generator, True, scale)
     if check_finite and not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(latent_log_weight).all())):
         # Finite mu and logvar can still overflow: exp(logvar / 2) is inf in float32 from logvar ~ 178.
         raise ValueError(f"mu, logvar: the samples z or the latent term log p(z) - log q(z|x) are not finite "
                          f"(logvar ranges over [{logvar.min().item():.3g}, {logvar.max().item():.3g}], "
                          f"mu over [{mu.min().item():.3g}, {mu.max().item():.3g}])")
+    return z, latent_log_weight
+
+
+def _sample_and_decode(x, mu, logvar, decoder, k, eps, generator, estimator, likelihood, flatten_samples,
+                       check_finite, ops, scale=None):
+    """For k samples of z: the likelihood's inputs (``_likelihood_inputs``) and the latent term
+    scale (log p(z) - log q(z|x)) [k, B] (arguments already checked)."""
+    z, latent_log_weight = _checked_samples(mu, logvar, k, eps, generator, estimator, check_finite, ops, scale)
     out = _decode(decoder, z, flatten_samples)
     return _likelihood_inputs(out, x, k, likelihood, check_finite), latent_log_weight
 
@@ -473,8 +481,38 @@ def _resampled_bound(ops, log_weights, noise, generator):
     examples = torch.arange(batch, device=device)
     chosen_log_w = log_weights([eps[chosen, examples].unsqueeze(0) for eps in noise])[0]
     # Value L_k, gradient of log w_j; an all -inf example keeps -inf with zero gradient.
-    finite = torch.isfinite(chosen_log_w)
-    return torch.where(finite, chosen_log_w + (bound - torch.where(finite, chosen_log_w, 0)).detach(), bound)
+    return value_with_gradient(bound, chosen_log_w)
+
+
+def estimator_bound(log_w, estimator, *, log_w_fixed=None, groups=None, ciwae_beta=None, backend=None):
+    """The per-example objective [B] of an estimator that acts on the log-weights, for models that form their own
+    (e.g. with a flow posterior): the value is MIWAE's, CIWAE's, the ELBO for "vae", else L_k; the gradient the
+    estimator's (``iwae_kernels.estimators``).
+
+    Args:
+        log_w: [k, B], from samples drawn with ``gaussian_sample(estimator=sampling_estimator(estimator))``.
+        log_w_fixed: [k, B] for "piwae" and "rws-dreg" only: the same log-weights with the samples and the encoder
+            stopped (only the model's parameters live), e.g. the decoder run again on z.detach().
+        groups: M for "miwae" / "piwae" (k = M * K); ciwae_beta: the ELBO's share in [0, 1] for "ciwae".
+    "rws" needs its wake-phi term in the log-weights (``iwae_kernels.estimators.wake_phi_term``) and
+    "iwae-resample" its own function (``resampled_iwae_bound``); both are refused here.
+    """
+    _checks.check_tensor("log_w", log_w, (2,))
+    _checks.check_choice("estimator", estimator, tuple(e for e in ESTIMATORS if e not in ("rws", "iwae-resample")))
+    groups, ciwae_beta = check_estimator_options(estimator, log_w.shape[0], groups, ciwae_beta)
+    if (log_w_fixed is not None) != (estimator in ROUTED_ESTIMATORS):
+        raise ValueError(f"log_w_fixed: estimator={estimator!r} {'needs' if log_w_fixed is None else 'takes no'} "
+                         "log_w_fixed (the log-weights with the samples and encoder stopped)")
+    if log_w_fixed is not None:
+        _checks.check_tensor("log_w_fixed", log_w_fixed, (2,), like=("log_w", log_w))
+        _checks.check_shape("log_w_fixed", log_w_fixed, log_w.shape)
+    ops = get_backend(backend, log_w.device)
+    return _objective_bound(ops, estimator, log_w, log_w_fixed, groups, ciwae_beta)
+
+
+def _objective_bound(ops, estimator, log_w, log_w_fixed, groups, ciwae_beta):
+    bound = lambda lw: _bound(ops, lw)
+    return objective_bound(estimator, log_w, bound, ops.normalized_weights, log_w_fixed, groups, ciwae_beta)
 
 
 def kl_warmup(step, warmup_steps, start=0.0):
@@ -488,7 +526,8 @@ def kl_warmup(step, warmup_steps, start=0.0):
 
 
 def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator="iwae", reduction="mean",
-              backend=None, flatten_samples=False, check_finite=False, generator=None, beta=None):
+              backend=None, flatten_samples=False, check_finite=False, generator=None, beta=None, groups=None,
+              ciwae_beta=None):
     """The drop-in IWAE loss -L_k(x) for an encoder's Gaussian (mu, logvar) and any decoder.
 
     Args:
@@ -500,8 +539,11 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
             logits [k, B, *event] ("bernoulli") or a (mean, logvar) pair of [k, B, *event] ("gaussian"); with
             ``flatten_samples`` it returns [k * B, *event] instead.
         k: samples per example, >= 1.
-        estimator: "iwae" (paper Eq. 14), "vae" (k-sample ELBO, Eq. 7), "stl", "dreg", or "iwae-resample"
-            (k forward passes, one backward through a sample drawn by its normalized weight).
+        estimator: "iwae" (paper Eq. 14), "vae" (k-sample ELBO, Eq. 7), "stl", "dreg", "iwae-resample"
+            (k forward passes, one backward through a sample drawn by its normalized weight), "miwae" / "ciwae" /
+            "piwae" (Rainforth et al. 2018), "rws" (reweighted wake-sleep: the decoder gets L_k's gradient, the
+            encoder wake-phi's), "rws-dreg" (wake-phi's DReG form, Tucker et al. 2019). piwae and rws-dreg run the
+            decoder twice (on the samples, and on them detached for the decoder's own gradient).
         reduction: "mean" | "sum" over the batch, or "none" for the per-example loss [B].
         check_finite: check x, mu, logvar, the samples and latent term (blamed on mu, logvar), the decoder's
             output and the log-weights for NaN/inf, and Bernoulli targets for [0, 1]; off by default because it
@@ -512,9 +554,12 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
         beta: KL annealing: the weight on the latent term log p(z) - log q(z|x) in every log-weight (a float or
             a 0-dim tensor; see ``kl_warmup``); None or 1 is the plain bound. Only with "iwae" and "vae": the
             stl/dreg identities and the resampling estimator assume the plain bound.
+        groups: M for "miwae" and "piwae": the k samples form M groups of K = k / M (k must be a multiple of M).
+        ciwae_beta: for "ciwae", the ELBO's share in [0, 1]: the objective is ciwae_beta ELBO + (1 - ciwae_beta) L_k.
 
     Returns:
-        -L_k reduced over the batch (a scalar), or [B] for reduction="none".
+        minus the estimator's objective reduced over the batch (a scalar), or [B] for reduction="none": -L_k, or
+        -MIWAE, -CIWAE, -ELBO for those estimators.
     """
     if likelihood == "bernoulli" and isinstance(x, torch.Tensor) and not x.is_floating_point():
         raise TypeError(f"x: expected a floating dtype for Bernoulli targets in [0, 1], got {x.dtype} (images of "
@@ -540,6 +585,7 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
     if likelihood == "bernoulli" and (check_finite or (x.device.type == "cpu" and not torch.compiler.is_compiling())):
         _checks.check_unit_interval("x", x)  # on the CPU a pass over x, no device sync: always
 
+    groups, ciwae_beta = check_estimator_options(estimator, k, groups, ciwae_beta)
     scale = _latent_scale("beta", beta, mu)
     check_latent_scale("beta", estimator, scale)
     if estimator == "iwae-resample":
@@ -549,9 +595,13 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
 
         eps = torch.randn((k,) + tuple(mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
         return reduced_loss(_resampled_bound(ops, log_weights, [eps], generator), reduction)
-    inputs, latent_log_weight = _sample_and_decode(x, mu, logvar, decoder, k, None, generator, estimator, likelihood,
-                                                   flatten_samples, check_finite, ops, scale)
-    if estimator != "vae" and not check_finite:
+    if estimator in ("rws",) + ROUTED_ESTIMATORS:
+        return reduced_loss(_two_role_bound(x, mu, logvar, decoder, k, generator, estimator, likelihood,
+                                            flatten_samples, check_finite, ops, groups, scale), reduction)
+    inputs, latent_log_weight = _sample_and_decode(x, mu, logvar, decoder, k, None, generator,
+                                                   sampling_estimator(estimator), likelihood, flatten_samples,
+                                                   check_finite, ops, scale)
+    if estimator in ("iwae", "stl", "dreg") and not check_finite:
         # The likelihood, bound and reduction as one op (for the Triton backend one autograd node, three kernels).
         return getattr(ops, f"{likelihood}_iwae_loss")(*inputs, latent_log_weight, reduction)
     log_w = getattr(ops, f"{likelihood}_log_likelihood")(*inputs) + latent_log_weight
@@ -559,4 +609,23 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
     if check_finite and bool((torch.isnan(log_w) | torch.isposinf(log_w)).any()):
         raise ValueError("log_w: a log-weight log p(x|z) + log p(z) - log q(z|x) is NaN or +inf (an overflow "
                          "in the likelihood?)")
-    return reduced_loss(log_w.mean(0) if estimator == "vae" else _bound(ops, log_w), reduction)
+    return reduced_loss(_objective_bound(ops, estimator, log_w, None, groups, ciwae_beta), reduction)
+
+
+def _two_role_bound(x, mu, logvar, decoder, k, generator, estimator, likelihood, flatten_samples, check_finite, ops,
+                    groups, scale):
+    """rws, piwae, rws-dreg in ``iwae_loss``: the bound [B] whose gradient gives the decoder L_k's and the encoder
+    its estimator's (arguments already checked)."""
+    log_likelihood = getattr(ops, f"{likelihood}_log_likelihood")
+
+    def log_weights(z, latent):
+        out = _decode(decoder, z, flatten_samples)
+        return log_likelihood(*_likelihood_inputs(out, x, k, likelihood, check_finite)) + latent
+
+    if estimator == "rws":  # samples from the stopped encoder; wake-phi's gradient through its term alone
+        z, latent = _checked_samples(mu.detach(), logvar.detach(), k, None, generator, "iwae", check_finite, ops)
+        return _bound(ops, log_weights(z, latent + wake_phi_term(z, mu, logvar)))
+    z, latent = _checked_samples(mu, logvar, k, None, generator, sampling_estimator(estimator), check_finite, ops,
+                                 scale)
+    log_w_fixed = log_weights(z.detach(), latent.detach())  # the decoder again, its own gradient only
+    return _objective_bound(ops, estimator, log_weights(z, latent), log_w_fixed, groups, None)

@@ -24,7 +24,7 @@ import torch
 
 from . import data as datasets
 from .checkpoint import load_checkpoint
-from .config import TrainConfig, build_model
+from .config import TrainConfig, build_model, estimator_options
 from .errors import OptionError, UserError
 from .evaluate import check_evaluation_time, evaluate, rank_and_world
 from ..backend import backend_name
@@ -124,6 +124,9 @@ def build_parser():
     train_parser.add_argument("--dataset", choices=sorted(datasets.DATASETS))
     train_parser.add_argument("--layers", type=int, choices=(1, 2))
     train_parser.add_argument("--estimator", choices=ESTIMATORS)
+    train_parser.add_argument("--groups", type=positive_int,
+                              help="miwae, piwae: M groups of k / M samples (k is the total M * K)")
+    train_parser.add_argument("--ciwae-beta", type=float, help="ciwae: the ELBO's share beta in [0, 1]")
     train_parser.add_argument("--k", type=positive_int, help="importance samples per example (default 50)")
     train_parser.add_argument("--batch-size", type=positive_int, help="default 20")
     train_parser.add_argument("--schedule", choices=("constant", "paper"),
@@ -233,6 +236,7 @@ def _evaluate_command(args):
 
 def _train_command(args):
     config = TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
+    estimator_options(config)  # a --groups / --ciwae-beta that does not fit is refused before any work
     _check_subsets(args, config.dataset)
     _check_train_options(args)
     out_dir = args.out or f"runs/{config.dataset}-l{config.layers}-{config.estimator}-k{config.k}"

@@ -2,7 +2,8 @@
 
 import dataclasses
 
-from .errors import UserError
+from .errors import OptionError, UserError
+from ..estimators import check_estimator_options
 from ..models import paper_model
 
 
@@ -11,6 +12,8 @@ class TrainConfig:
     dataset: str = "mnist"
     layers: int = 1
     estimator: str = "iwae"
+    groups: int = None            # miwae, piwae: M groups of k / M samples
+    ciwae_beta: float = None      # ciwae: the ELBO's share
     k: int = 50
     batch_size: int = 20
     schedule: str = "constant"    # "paper": 3^i passes at lr 1e-3 * 10^(-i/7), i < paper_stages
@@ -44,3 +47,15 @@ def config_from_dict(saved, source):
     if unknown:
         raise UserError(f"checkpoint {source}: unknown config key {unknown[0]!r} (written by another version?)")
     return TrainConfig(**saved)
+
+
+def estimator_options(config):
+    """The estimator's ``groups`` / ``ciwae_beta`` as loss keyword arguments; OptionError (naming the option) when
+    they do not fit the estimator or k (every process finds it alike; rank 0 reports it)."""
+    try:
+        check_estimator_options(config.estimator, config.k, config.groups, config.ciwae_beta)
+    except ValueError as error:
+        name, reason = str(error).split(": ", 1)
+        raise OptionError(f"--{name.replace('_', '-')}: {reason}") from None
+    return {name: value for name, value in (("groups", config.groups), ("ciwae_beta", config.ciwae_beta))
+            if value is not None}

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import data as datasets
 from .checkpoint import read_checkpoint, save_checkpoint
-from .config import TrainConfig, build_model, config_from_dict
+from .config import TrainConfig, build_model, config_from_dict, estimator_options
 from .device import resolve_device
 from .errors import UserError
 from .evaluate import rank_and_world
@@ -83,12 +83,12 @@ def checkpoint_bytes(config):
 class _LossModule(torch.nn.Module):
     """``model.loss`` as a forward(): DistributedDataParallel synchronizes the gradients of what forward computes."""
 
-    def __init__(self, model, k, estimator):
+    def __init__(self, model, k, estimator, options):
         super().__init__()
-        self.model, self.k, self.estimator = model, k, estimator
+        self.model, self.k, self.estimator, self.options = model, k, estimator, options
 
     def forward(self, x, noise=None):
-        return self.model.loss(x, self.k, self.estimator, noise=noise)
+        return self.model.loss(x, self.k, self.estimator, noise=noise, **self.options)
 
 
 # Points per epoch on the training curve (train_steps.csv, curves.png): each the mean loss of its interval.
@@ -166,7 +166,7 @@ def _prepare(config, out_dir, overwrite):
         raise UserError(f"--batch-size: {config.batch_size} is larger than the training set ({train_x.shape[0]})")
     torch.manual_seed(config.seed)
     model = build_model(config, device)
-    loss_module = _LossModule(model, config.k, config.estimator)
+    loss_module = _LossModule(model, config.k, config.estimator, estimator_options(config))
     if world > 1:
         loss_module = torch.nn.parallel.DistributedDataParallel(loss_module)
     # fused=True: Adam's whole update in one kernel per step (CPU and CUDA) instead of a few per parameter tensor.

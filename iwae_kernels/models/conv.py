@@ -27,12 +27,14 @@ class ConvIWAE(LogWeightModel):
             nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), nn.ReLU(),  # 14 x 14
             nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1), nn.Flatten())         # 28 x 28 logits
 
-    def loss(self, x, k=5, estimator="iwae", generator=None, beta=None):
-        """-L_k averaged over the batch; the decoder sees the k * B samples as one [k * B, latent] batch.
-        ``beta`` weights the latent term (KL annealing, see ``iwae_loss``)."""
+    def loss(self, x, k=5, estimator="iwae", generator=None, beta=None, groups=None, ciwae_beta=None):
+        """-L_k (or the estimator's objective) averaged over the batch; the decoder sees the k * B samples as one
+        [k * B, latent] batch. ``beta`` weights the latent term (KL annealing), ``groups`` and ``ciwae_beta`` as
+        in ``iwae_loss``."""
         mu, logvar = self.encoder(x).chunk(2, -1)
         return F.iwae_loss(x, mu, logvar, self.decoder, k=k, estimator=estimator, flatten_samples=True,
-                           generator=generator, backend=self.backend, beta=beta)
+                           generator=generator, backend=self.backend, beta=beta, groups=groups,
+                           ciwae_beta=ciwae_beta)
 
     def log_weights(self, x, k):
         """log w [k, B] for k samples (what ``log_likelihood`` folds; training goes through ``loss``)."""

@@ -12,6 +12,7 @@ from torch import nn
 from .. import functional
 from .base import LogWeightModel
 from ..contract import LOG_2PI
+from ..estimators import NO_FLOW_ESTIMATORS, sampling_estimator
 
 
 class PlanarFlow(nn.Module):
@@ -85,15 +86,18 @@ def standard_normal_log_prob(z):
 def flow_latent(mu, logvar, k, flow, eps=None, estimator="iwae", backend=None):
     """z_K [k, B, D] and its latent log-weight log p(z_K) - log q0(z0) + sum log|det J| [k, B].
 
-    estimator: "iwae" (and "vae", "iwae-resample": the exact derivative) or "stl" (unbiased at k = 1, biased
-    above, as without a flow). "dreg" is refused: its stop-gradient would have to cover the flow's parameters
-    inside log|det J| and weight their path terms by wt^2, which this composition does not do.
+    estimator: "iwae" (and "vae", "iwae-resample", "miwae", "ciwae", "piwae": the exact derivative; form their
+    objective with ``functional.estimator_bound``) or "stl" (unbiased at k = 1, biased above, as without a flow).
+    "dreg" and "rws-dreg" are refused: their stop-gradient would have to cover the flow's parameters inside
+    log|det J| and weight their path terms by wt^2, which this composition does not do; "rws" too: wake-phi needs
+    log q(z_K|x) at a fixed z_K, which needs the flow's inverse.
     """
-    if estimator == "dreg":
-        raise ValueError("estimator: 'dreg' is not supported with a flow posterior (the flow's parameters are "
-                         "variational parameters the sampling kernel cannot stop); use 'iwae'")
-    z0, neg_log_q0 = functional.gaussian_sample(mu, logvar, k, eps=eps, estimator=estimator, include_prior=False,
-                                                backend=backend)
+    if estimator in NO_FLOW_ESTIMATORS:
+        raise ValueError(f"estimator: {estimator!r} is not supported with a flow posterior (the flow's parameters are "
+                         "variational parameters the sampling kernel cannot stop, and a planar flow has no "
+                         "closed-form inverse for log q(z_K|x) at fixed z_K); use 'iwae'")
+    z0, neg_log_q0 = functional.gaussian_sample(mu, logvar, k, eps=eps, estimator=sampling_estimator(estimator),
+                                                include_prior=False, backend=backend)
     z, log_det = flow(z0)
     return z, standard_normal_log_prob(z) + neg_log_q0 + log_det
 

@@ -16,7 +16,8 @@ from torch import nn
 from .. import _checks
 from .. import functional as F
 from ..backend import backend_name
-from ..estimators import PATH_ESTIMATORS
+from ..estimators import (PATH_ESTIMATORS, ROUTED_ESTIMATORS, check_estimator_options, sampling_estimator,
+                          wake_phi_term)
 from .base import LogWeightModel, gaussian, mlp
 
 PAPER_SIZES = {
@@ -83,14 +84,19 @@ class PaperModel(LogWeightModel):
         """q(h1|x): (mean, logvar), each [B, latent[0]]."""
         return gaussian(self.encoders[0], x)
 
-    def log_weights(self, x, k, estimator="iwae", noise=None, posterior=None):
-        """log w [k, B] for k samples of x [B, x_dim], whose gradient is the estimator's (docs/MATH.md).
+    def log_weights(self, x, k, estimator="iwae", noise=None, posterior=None, stop_encoders=False):
+        """log w [k, B] for k samples of x [B, x_dim], whose gradient is the sampling estimator's (docs/MATH.md).
 
+        estimator: the samples' gradient is ``sampling_estimator(estimator)``'s; for "rws" the log-weights are at
+        samples from the stopped encoders plus wake-phi's term (``estimators.wake_phi_term``), so L_k's gradient
+        is the decoder's and wake-phi's.
         noise: optional standard-normal noise, one [k, B, latent[l]] tensor per stochastic layer (bottom first),
         which fixes the samples (common random numbers across estimators or backends); drawn when None.
         posterior: q(h1|x) as ``encode(x)`` returns it, to reuse; computed when None.
+        stop_encoders: True: the samples and the encoders' weights get no gradient (only the decoder and the
+        learned prior are live): the log-weights piwae and rws-dreg take the model's gradient from.
         """
-        h1, latent = self._samples(x, k, estimator, noise, posterior)
+        h1, latent = self._samples(x, k, estimator, noise, posterior, stop_encoders)
         if self.fused_mlp and not torch.is_grad_enabled():  # evaluation: the decoder and likelihood as one op
             layers = self.decoder[::2]  # its Linears
             return F.bernoulli_mlp_decoder_log_likelihood(h1, [layer.weight for layer in layers],
@@ -104,51 +110,69 @@ class PaperModel(LogWeightModel):
             log_lik = F.bernoulli_log_likelihood(self.decoder(h1), x, backend=self.backend)
         return log_lik + latent
 
-    def _samples(self, x, k, estimator, noise, posterior):
+    def _frozen_encoder(self, layer):
+        """encoders[layer] as a function with its weights detached."""
+        frozen = {name: p.detach() for name, p in self.encoders[layer].named_parameters()}
+        return lambda h: torch.func.functional_call(self.encoders[layer], frozen, (h,))
+
+    def _samples(self, x, k, estimator, noise, posterior, stop_encoders=False):
         """The bottom samples h1 [k, B, latent[0]] and the latent term of the log-weights [k, B] (``log_weights``'
         arguments)."""
         mu, logvar = self.encode(x) if posterior is None else posterior
         if noise is not None:
             self._check_noise(noise, k, x, mu)
+        wake = estimator == "rws"
+        stop_encoders = stop_encoders or wake
+        sampler = sampling_estimator(estimator)
+        # The sampled layers' parameters: detached when the encoders are stopped.
+        q_mu, q_logvar = (mu.detach(), logvar.detach()) if stop_encoders else (mu, logvar)
         backend = self.backend
         if self.stochastic_layers == 1:
-            h1, latent = F.gaussian_sample(mu, logvar, k, eps=None if noise is None else noise[0],
-                                           estimator=estimator, backend=backend)
-        else:
-            eps1 = torch.randn((k,) + tuple(mu.shape), device=mu.device, dtype=mu.dtype) if noise is None else noise[0]
-            h1_sample = mu + torch.exp(0.5 * logvar) * eps1
-            mu2, logvar2 = gaussian(self.encoders[1], h1_sample)  # [k, B, D2]
-            density = {}
-            if estimator in PATH_ESTIMATORS:
-                # q(h2|h1) depends on the sample h1: stl/dreg stop its weights, not h1 (docs/MATH.md).
-                frozen = {name: p.detach() for name, p in self.encoders[1].named_parameters()}
-                density_net = lambda h: torch.func.functional_call(self.encoders[1], frozen, (h,))
-                density["density_mu"], density["density_logvar"] = gaussian(density_net, h1_sample)
-            h2, latent2 = F.gaussian_sample(mu2, logvar2, k, eps=None if noise is None else noise[1],
-                                            estimator=estimator, backend=backend, **density)
-            prior_mu, prior_logvar = gaussian(self.priors[0], h2)  # p(h1|h2), [k, B, D1]
-            h1, latent1 = F.gaussian_sample(mu, logvar, k, eps=eps1, prior_mu=prior_mu, prior_logvar=prior_logvar,
-                                            estimator=estimator, backend=backend)
-            latent = latent1 + latent2
+            h1, latent = F.gaussian_sample(q_mu, q_logvar, k, eps=None if noise is None else noise[0],
+                                           estimator=sampler, backend=backend)
+            return h1, latent + wake_phi_term(h1, mu, logvar) if wake else latent
+        eps1 = torch.randn((k,) + tuple(mu.shape), device=mu.device, dtype=mu.dtype) if noise is None else noise[0]
+        h1_sample = q_mu + torch.exp(0.5 * q_logvar) * eps1
+        encoder2 = self._frozen_encoder(1) if stop_encoders else self.encoders[1]
+        mu2, logvar2 = gaussian(encoder2, h1_sample)  # [k, B, D2]
+        density = {}
+        if sampler in PATH_ESTIMATORS:
+            # q(h2|h1) depends on the sample h1: stl/dreg stop its weights, not h1 (docs/MATH.md).
+            density["density_mu"], density["density_logvar"] = gaussian(self._frozen_encoder(1), h1_sample)
+        h2, latent2 = F.gaussian_sample(mu2, logvar2, k, eps=None if noise is None else noise[1],
+                                        estimator=sampler, backend=backend, **density)
+        prior_mu, prior_logvar = gaussian(self.priors[0], h2)  # p(h1|h2), [k, B, D1]
+        h1, latent1 = F.gaussian_sample(q_mu, q_logvar, k, eps=eps1, prior_mu=prior_mu, prior_logvar=prior_logvar,
+                                        estimator=sampler, backend=backend)
+        latent = latent1 + latent2
+        if wake:  # log q(h1|x) + log q(h2|h1) at the fixed samples, the encoders live
+            latent = latent + wake_phi_term(h1, mu, logvar) + wake_phi_term(h2, *gaussian(self.encoders[1], h1))
         return h1, latent
 
-    def bound(self, x, k=50, estimator="iwae", noise=None):
-        """Per-example bound [B] whose gradient is the estimator's: L_k, or the k-sample ELBO for "vae".
+    def bound(self, x, k=50, estimator="iwae", noise=None, groups=None, ciwae_beta=None):
+        """Per-example objective [B] whose gradient is the estimator's: L_k, the k-sample ELBO for "vae", MIWAE's
+        bound for "miwae" (``groups`` M: k = M * K samples), CIWAE's for "ciwae" (``ciwae_beta``).
 
         noise: optional standard-normal noise, one [k, B, latent[l]] tensor per stochastic layer (bottom first),
         which fixes the samples (common random numbers across estimators or backends); drawn when None.
         """
         _checks.check_choice("estimator", estimator, F.ESTIMATORS)
+        groups, ciwae_beta = check_estimator_options(estimator, k, groups, ciwae_beta)
         posterior = self.encode(x)
-        if estimator == "iwae-resample":
+        if estimator in ("iwae-resample",) + ROUTED_ESTIMATORS:  # the same samples twice: the noise is drawn here
             if noise is None:
                 shapes = [(k, x.shape[0], size) for size in self.latent]
                 noise = [torch.randn(shape, device=x.device, dtype=posterior[0].dtype) for shape in shapes]
             self._check_noise(noise, k, x, posterior[0])
+        if estimator == "iwae-resample":
             return F.resampled_iwae_bound(lambda n: self.log_weights(x, n[0].shape[0], "iwae", n, posterior), noise,
                                           backend=self.backend)
         log_w = self.log_weights(x, k, estimator, noise, posterior)
-        return log_w.mean(0) if estimator == "vae" else F.iwae_bound(log_w, backend=self.backend)
+        fixed = None
+        if estimator in ROUTED_ESTIMATORS:
+            fixed = self.log_weights(x, k, "iwae", noise, posterior, stop_encoders=True)
+        return F.estimator_bound(log_w, "iwae" if estimator == "rws" else estimator, log_w_fixed=fixed,
+                                 groups=groups, ciwae_beta=ciwae_beta, backend=self.backend)
 
     def _check_noise(self, noise, k, x, like):
         if not isinstance(noise, (list, tuple)) or len(noise) != self.stochastic_layers:
@@ -157,13 +181,15 @@ class PaperModel(LogWeightModel):
             _checks.check_tensor(f"noise[{layer}]", eps, (3,), like=("the model's parameters", like))
             _checks.check_shape(f"noise[{layer}]", eps, (k, x.shape[0], size))
 
-    def loss(self, x, k=50, estimator="iwae", noise=None):
-        """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar); ``noise`` as in ``bound``."""
-        if estimator in ("iwae", "stl", "dreg") and not self.fused_head:
+    def loss(self, x, k=50, estimator="iwae", noise=None, groups=None, ciwae_beta=None):
+        """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar); ``noise``, ``groups`` and
+        ``ciwae_beta`` as in ``bound``."""
+        if estimator in ("iwae", "stl", "dreg", "rws") and not self.fused_head:
             # The likelihood, bound and mean as one op (bernoulli_iwae_loss): fewer autograd nodes and kernels.
+            check_estimator_options(estimator, k, groups, ciwae_beta)
             h1, latent = self._samples(x, k, estimator, noise, None)
             return F.bernoulli_iwae_loss(self.decoder(h1), x, latent, backend=self.backend)
-        return -self.bound(x, k, estimator, noise).mean()
+        return -self.bound(x, k, estimator, noise, groups, ciwae_beta).mean()
 
     @torch.no_grad()
     def sample(self, n):

@@ -176,6 +176,16 @@ def test_bad_options_are_one_line_errors_naming_the_option(option, value, capsys
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize("options, option", [
+    (["--estimator", "miwae"], "--groups"), (["--estimator", "piwae", "--groups", "7"], "--groups"),
+    (["--estimator", "iwae", "--groups", "5"], "--groups"), (["--estimator", "ciwae"], "--ciwae-beta"),
+    (["--estimator", "ciwae", "--ciwae-beta", "1.5"], "--ciwae-beta"),
+    (["--estimator", "rws", "--ciwae-beta", "0.5"], "--ciwae-beta")])
+def test_estimator_options_that_do_not_fit_are_one_line_errors(options, option, capsys, tmp_path):
+    assert option in main_error(["train", *options, "--out", str(tmp_path)], capsys)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_cuda_is_refused_at_parse_time(capsys):
     assert "--device: cuda: CUDA is not available" in main_error(["train", "--device", "cuda"], capsys)

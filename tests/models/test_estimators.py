@@ -16,8 +16,10 @@ from torch import nn
 import iwae_kernels as ik
 from iwae_kernels.models.flows import flow_latent, make_flow
 from iwae_kernels.models import ConvIWAE, paper_model
+from iwae_kernels.models.base import gaussian
+from torch.distributions import Normal
 
-from helpers import backend_device
+from helpers import backend_device, naive_bernoulli, naive_latent
 
 FAMILY_LEVEL = 1e-3
 
@@ -87,9 +89,11 @@ def test_paper_model_check_can_fail():
     assert_biased(paper_draws(2, "stl", 5, 150, seed=1), paper_draws(2, "iwae", 5, 150, seed=2))
 
 
-@pytest.mark.parametrize("estimator", ["iwae", "dreg", "stl", "iwae-resample"])
-def test_paper_model_triton_gradients_equal_torch_on_shared_noise(estimator):
-    """The statistical tests above run on the torch backend; the kernels give the same gradient draw for the same
+@pytest.mark.parametrize("estimator, options", [
+    ("iwae", {}), ("dreg", {}), ("stl", {}), ("iwae-resample", {}), ("miwae", {"groups": 2}),
+    ("ciwae", {"ciwae_beta": 0.3}), ("piwae", {"groups": 2}), ("rws", {}), ("rws-dreg", {})])
+def test_paper_model_triton_gradients_equal_torch_on_shared_noise(estimator, options):
+    """The statistical tests run on the torch backend; the kernels give the same gradient draw for the same
     noise (two layers, float64), so the result carries over to them."""
     device = backend_device("triton")
     gen = torch.Generator().manual_seed(5)
@@ -99,7 +103,7 @@ def test_paper_model_triton_gradients_equal_torch_on_shared_noise(estimator):
     for backend in ("torch", "triton"):
         model = small_paper_model(2, device, backend=backend)
         torch.manual_seed(0)  # iwae-resample draws its index from the global RNG
-        model.loss(x, 4, estimator, noise=noise).backward()
+        model.loss(x, 4, estimator, noise=noise, **options).backward()
         grads[backend] = [p.grad for p in model.parameters()]
     for name, (a, b) in zip(dict(model.named_parameters()), zip(grads["torch"], grads["triton"])):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11, msg=name)
@@ -196,3 +200,290 @@ def test_flow_stl_is_unbiased_at_k1_and_dreg_is_refused(kind):
 
 def test_bonferroni_bound_is_the_normal_quantile():
     assert math.isclose(bonferroni_bound(1), 3.2905, abs_tol=1e-3)
+
+
+# MIWAE, CIWAE, PIWAE (Rainforth et al. 2018), reweighted wake-sleep (Bornschein & Bengio 2015) and its DReG form
+# (Tucker et al. 2019). Their targets are written here from the papers' formulas in plain torch (logsumexp,
+# torch.distributions), with each parameter group's gradient taken separately: the encoder's ("phi") and the
+# model's ("theta", decoder and learned prior).
+
+NEW_ESTIMATORS = {"miwae": dict(groups=3), "ciwae": dict(ciwae_beta=0.3), "piwae": dict(groups=3), "rws": {},
+                  "rws-dreg": {}}
+
+
+def paper_objectives(log_w, estimator, groups=None, ciwae_beta=None, log_q=None):
+    """(the model's objective, the encoder's) [B] for log_w [k, B]; log_q [k, B] is log q(z_i|x) at fixed samples
+    with the encoder live (wake-phi's). rws-dreg's target is wake-phi's expectation, so it shares rws's."""
+    k = log_w.shape[0]
+    iwae = torch.logsumexp(log_w, 0) - math.log(k)
+    if groups is not None:
+        per_group = k // groups
+        miwae = (torch.logsumexp(log_w.reshape(groups, per_group, -1), 1) - math.log(per_group)).mean(0)
+    if estimator == "miwae":
+        return miwae, miwae
+    if estimator == "ciwae":
+        ciwae = ciwae_beta * log_w.mean(0) + (1 - ciwae_beta) * iwae
+        return ciwae, ciwae
+    if estimator == "piwae":
+        return iwae, miwae
+    wt = torch.softmax(log_w.detach(), 0)
+    return iwae, (wt * log_q).sum(0)
+
+
+def split_gradient(module, theta_objective, phi_objective, is_phi):
+    """The flat gradient of -mean(theta_objective) on the model's parameters and of -mean(phi_objective) on the
+    encoder's (``is_phi(name)``), in ``module.parameters()`` order."""
+    named = list(module.named_parameters())
+    parts = []
+    for objective, group in ((theta_objective, False), (phi_objective, True)):
+        params = [p for name, p in named if is_phi(name) == group]
+        grads = torch.autograd.grad(-objective.mean(), params, retain_graph=True, allow_unused=True)
+        parts.append(dict(zip([name for name, _ in named if is_phi(name) == group], grads)))
+    merged = parts[0] | parts[1]
+    return torch.cat([(merged[name] if merged[name] is not None else torch.zeros_like(p)).flatten()
+                      for name, p in named])
+
+
+def paper_noise(model, k, batch):
+    return [torch.randn(k, batch, size, dtype=torch.float64) for size in model.latent]
+
+
+def paper_reference_gradient(model, x, k, estimator, noise):
+    """The target gradient for one noise draw, from the iwae log-weights and the papers' formulas."""
+    options = NEW_ESTIMATORS[estimator]
+    posterior = model.encode(x)
+    log_w = model.log_weights(x, k, "iwae", noise, posterior)
+    mu, logvar = posterior
+    h1 = (mu + torch.exp(0.5 * logvar) * noise[0]).detach()
+    log_q = Normal(mu, torch.exp(0.5 * logvar)).log_prob(h1).sum(-1)
+    if model.stochastic_layers == 2:
+        mu2, logvar2 = gaussian(model.encoders[1], h1)
+        h2 = (mu2 + torch.exp(0.5 * logvar2) * noise[1]).detach()
+        log_q = log_q + Normal(mu2, torch.exp(0.5 * logvar2)).log_prob(h2).sum(-1)
+    return split_gradient(model, *paper_objectives(log_w, estimator, log_q=log_q, **options),
+                          lambda name: name.startswith("encoders."))
+
+
+def draws_of(gradient, passes, seed):
+    torch.manual_seed(seed)
+    return torch.stack([gradient() for _ in range(passes)])
+
+
+def estimator_gradient(module, loss_fn):
+    module.zero_grad(set_to_none=True)
+    loss_fn().backward()
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in module.parameters()])
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("estimator", sorted(NEW_ESTIMATORS))
+def test_paper_model_new_estimators_equal_their_formulas_on_shared_noise(layers, estimator):
+    """One draw, exactly: the value is the objective's, the gradient its formula's (rws-dreg: the model's part;
+    its encoder part has a different draw from wake-phi and is checked in expectation below)."""
+    model = small_paper_model(layers, torch.device("cpu"))
+    x = binary_batch(5, 12, 1, torch.device("cpu"))
+    torch.manual_seed(4)
+    noise = paper_noise(model, 6, 5)
+    got = estimator_gradient(model, lambda: model.loss(x, 6, estimator, noise=noise, **NEW_ESTIMATORS[estimator]))
+    want = paper_reference_gradient(model, x, 6, estimator, noise)
+    if estimator == "rws-dreg":
+        theta = torch.cat([torch.full((p.numel(),), not name.startswith("encoders."))
+                           for name, p in model.named_parameters()])
+        got, want = got[theta], want[theta]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        value = -model.loss(x, 6, estimator, noise=noise, **NEW_ESTIMATORS[estimator])
+        log_w = model.log_weights(x, 6, "iwae", noise)
+        objective = paper_objectives(log_w, estimator, log_q=torch.zeros_like(log_w), **NEW_ESTIMATORS[estimator])[0]
+    torch.testing.assert_close(value, objective.mean(), rtol=1e-12, atol=1e-12)
+
+
+def paper_new_estimator_draws(layers, estimator, passes, seed, copies=100, k=6):
+    model = small_paper_model(layers, torch.device("cpu"))
+    x = binary_batch(6, 12, copies, torch.device("cpu"))
+    return draws_of(lambda: estimator_gradient(model, lambda: model.loss(x, k, estimator,
+                                                                         **NEW_ESTIMATORS[estimator])), passes, seed)
+
+
+def paper_reference_draws(layers, estimator, passes, seed, copies=100, k=6):
+    model = small_paper_model(layers, torch.device("cpu"))
+    x = binary_batch(6, 12, copies, torch.device("cpu"))
+    return draws_of(lambda: paper_reference_gradient(model, x, k, estimator, paper_noise(model, k, x.shape[0])),
+                    passes, seed)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("estimator", sorted(NEW_ESTIMATORS))
+def test_paper_model_new_estimator_is_unbiased(layers, estimator):
+    """The mean gradient over independent draws equals its objective's (rws, rws-dreg: the decoder's L_k gradient
+    and the encoder's wake-phi expectation; for rws-dreg this is Tucker et al. 2019's identity)."""
+    assert_unbiased(paper_new_estimator_draws(layers, estimator, 120, seed=1),
+                    paper_reference_draws(layers, estimator, 120, seed=2))
+
+
+def test_rws_dreg_check_can_fail():
+    """rws-dreg's encoder part is not IWAE's encoder gradient: the same comparison against the iwae target flags it."""
+    assert_biased(paper_new_estimator_draws(1, "rws-dreg", 120, seed=1), paper_draws(1, "iwae", 6, 120, seed=2,
+                                                                                    copies=100))
+
+
+class OneLayerReference:
+    """Targets for one-layer models with a Gaussian encoder and a Bernoulli decoder ``decode(z [k, B, D])``."""
+
+    @staticmethod
+    def gradient(module, x, mu, logvar, decode, eps, estimator):
+        options = NEW_ESTIMATORS[estimator]
+        z, latent = naive_latent(mu, logvar, eps)
+        log_w = naive_bernoulli(decode(z), x) + latent
+        log_q = Normal(mu, torch.exp(0.5 * logvar)).log_prob(z.detach()).sum(-1)
+        return split_gradient(module, *paper_objectives(log_w, estimator, log_q=log_q, **options),
+                              lambda name: name.startswith("encoder."))
+
+
+def linear_model_loss(model, x, k, estimator, generator):
+    return model.loss(x, k, estimator, generator=generator, **NEW_ESTIMATORS[estimator])
+
+
+def linear_model_reference(model, x, k, estimator, generator):
+    mu, logvar = model.encoder(x).chunk(2, -1)
+    eps = torch.randn((k,) + tuple(mu.shape), generator=generator, dtype=mu.dtype)
+    return OneLayerReference.gradient(model, x, mu, logvar, model.decoder, eps, estimator)
+
+
+def conv_reference(model, x, k, estimator, generator):
+    mu, logvar = model.encoder(x).chunk(2, -1)
+    eps = torch.randn((k,) + tuple(mu.shape), generator=generator, dtype=mu.dtype)
+    decode = lambda z: model.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])
+    return OneLayerReference.gradient(model, x, mu, logvar, decode, eps, estimator)
+
+
+def conv_model():
+    torch.manual_seed(0)
+    return ConvIWAE(latent=3, channels=2, backend="torch").double()
+
+
+ONE_LAYER_MODELS = {
+    "iwae_loss": (LinearGaussianEncoder, linear_model_reference, 100, 120),
+    "conv": (conv_model, conv_reference, 10, 60),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ONE_LAYER_MODELS))
+@pytest.mark.parametrize("estimator", sorted(NEW_ESTIMATORS))
+def test_iwae_loss_new_estimators_on_shared_noise_and_unbiased(kind, estimator):
+    """iwae_loss (and ConvIWAE through it): one draw equals the formula's on the same noise (rws-dreg: the
+    decoder's part), and the mean over draws equals the target."""
+    make, reference, copies, passes = ONE_LAYER_MODELS[kind]
+    model = make()
+    x_dim = 784 if kind == "conv" else 12
+    x = binary_batch(3, x_dim, 1, torch.device("cpu"))
+    got = estimator_gradient(model, lambda: linear_model_loss(model, x, 6, estimator, torch.Generator().manual_seed(3)))
+    want = reference(model, x, 6, estimator, torch.Generator().manual_seed(3))
+    if estimator == "rws-dreg":
+        theta = torch.cat([torch.full((p.numel(),), not name.startswith("encoder."))
+                           for name, p in model.named_parameters()])
+        got, want = got[theta], want[theta]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    x = binary_batch(3, x_dim, copies, torch.device("cpu"))
+    generator = torch.Generator()
+    draws = draws_of(lambda: estimator_gradient(model, lambda: linear_model_loss(model, x, 6, estimator, generator)),
+                     passes, seed=1)
+    generator.manual_seed(12345)
+    assert_unbiased(draws, draws_of(lambda: reference(model, x, 6, estimator, generator), passes, seed=2))
+
+
+class FlowModel(FlowPosterior):
+    """FlowPosterior with the objective formed by ``estimator_bound``."""
+
+    def log_weights(self, x, k, estimator, eps):
+        mu, logvar = self.encoder(x).chunk(2, -1)
+        z, latent = flow_latent(mu, logvar, k, self.flow, eps=eps, estimator=estimator, backend="torch")
+        log_w = ik.bernoulli_log_likelihood(self.decoder(z), x, backend="torch") + latent
+        fixed = ik.bernoulli_log_likelihood(self.decoder(z.detach()), x, backend="torch") + latent.detach()
+        return log_w, fixed
+
+    def flow_loss(self, x, k, estimator, eps):
+        log_w, fixed = self.log_weights(x, k, estimator, eps)
+        fixed = fixed if estimator == "piwae" else None
+        return -ik.estimator_bound(log_w, estimator, log_w_fixed=fixed, backend="torch",
+                                   **NEW_ESTIMATORS[estimator]).mean()
+
+    def reference(self, x, k, estimator, eps):
+        log_w, _ = self.log_weights(x, k, "iwae", eps)
+        return split_gradient(self, *paper_objectives(log_w, estimator, **NEW_ESTIMATORS[estimator]),
+                              lambda name: not name.startswith("decoder."))
+
+
+@pytest.mark.parametrize("estimator", ["miwae", "ciwae", "piwae"])
+def test_flow_new_estimators_on_shared_noise_and_unbiased(estimator):
+    model = FlowModel("planar")
+    x = binary_batch(6, 12, 50, torch.device("cpu"))
+    noise = lambda: torch.randn(6, x.shape[0], 3, dtype=torch.float64)
+    eps = noise()
+    got = estimator_gradient(model, lambda: model.flow_loss(x, 6, estimator, eps))
+    torch.testing.assert_close(got, model.reference(x, 6, estimator, eps), rtol=1e-10, atol=1e-12)
+    draws = draws_of(lambda: estimator_gradient(model, lambda: model.flow_loss(x, 6, estimator, noise())), 80, 1)
+    assert_unbiased(draws, draws_of(lambda: model.reference(x, 6, estimator, noise()), 80, 2))
+
+
+@pytest.mark.parametrize("estimator", ["rws", "rws-dreg"])
+def test_flows_refuse_rws(estimator):
+    model = FlowPosterior("planar")
+    x = binary_batch(2, 12, 1, torch.device("cpu"))
+    with pytest.raises(ValueError, match=estimator):
+        model.loss(x, 4, estimator)
+
+
+def test_new_estimator_arguments_are_checked():
+    model = LinearGaussianEncoder()
+    x = binary_batch(2, 12, 1, torch.device("cpu"))
+    cases = [("miwae", {}, "groups"), ("piwae", dict(groups=4), "groups"), ("iwae", dict(groups=2), "groups"),
+             ("miwae", dict(groups=0), "groups"), ("ciwae", {}, "ciwae_beta"),
+             ("ciwae", dict(ciwae_beta=1.5), "ciwae_beta"),
+             ("dreg", dict(ciwae_beta=0.5), "ciwae_beta"), ("rws", dict(beta=0.5), "beta"),
+             ("rws-dreg", dict(beta=0.5), "beta")]
+    for estimator, options, name in cases:
+        with pytest.raises(ValueError, match=name):
+            model.loss(x, 6, estimator, **options)
+    paper = small_paper_model(1, torch.device("cpu"))
+    with pytest.raises(ValueError, match="groups"):
+        paper.loss(x, 6, "piwae", groups=4)
+    with pytest.raises(ValueError, match="groups"):
+        paper.loss(x, 6, "rws", groups=2)
+    with pytest.raises(ValueError, match="estimator"):  # the sampling kernels take only their own estimators
+        ik.gaussian_sample(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64), 4,
+                           estimator="miwae")
+    log_w = torch.zeros(6, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="log_w_fixed"):
+        ik.estimator_bound(log_w, "piwae", groups=2)
+    with pytest.raises(ValueError, match="estimator"):
+        ik.estimator_bound(log_w, "rws")
+
+
+def test_annealed_miwae_ciwae_piwae_are_exact():
+    """beta != 1 is taken by the exact estimators: the value is the annealed objective on the same noise."""
+    model = LinearGaussianEncoder()
+    x = binary_batch(2, 12, 1, torch.device("cpu"))
+    for estimator in ("miwae", "ciwae", "piwae"):
+        annealed = model.loss(x, 6, estimator, beta=0.5, generator=torch.Generator().manual_seed(0),
+                              **NEW_ESTIMATORS[estimator])
+        plain = model.loss(x, 6, estimator, generator=torch.Generator().manual_seed(0), **NEW_ESTIMATORS[estimator])
+        assert torch.isfinite(annealed) and not torch.isclose(annealed, plain)
+
+
+@pytest.mark.parametrize("estimator", ["miwae", "ciwae", "piwae", "rws", "rws-dreg"])
+def test_new_estimators_never_give_nan_for_impossible_samples(estimator):
+    """-inf log-weights are legal: the bound is finite where a sample is possible (CIWAE's ELBO term is -inf
+    with one impossible sample, as the ELBO is), -inf where none is, and no gradient is NaN."""
+    log_w = torch.tensor([[0.0, -math.inf], [-1.0, -math.inf], [-math.inf, -math.inf], [-2.0, -math.inf],
+                          [0.5, -math.inf], [-0.5, -math.inf]], dtype=torch.float64, requires_grad=True)
+    if estimator == "rws":
+        bound = ik.iwae_bound(log_w, backend="torch")
+    else:
+        options = NEW_ESTIMATORS[estimator]
+        fixed = log_w * 1.0 if estimator in ("piwae", "rws-dreg") else None
+        bound = ik.estimator_bound(log_w, estimator, log_w_fixed=fixed, backend="torch", **options)
+    assert torch.isneginf(bound[0]) if estimator == "ciwae" else torch.isfinite(bound[0])
+    assert torch.isneginf(bound[1])
+    bound[0].backward()
+    assert not torch.isnan(log_w.grad).any()
