@@ -2,7 +2,7 @@
 models of tests/models/test_estimators.py (the setup of its test_encoder_gradient_variance_at_k50): the sum over
 encoder parameters of the variance over ``--draws`` gradient draws. Writes estimator_variance.{json,md}.
 
-    python benchmarks/estimator_variance.py [--draws 300] [--k 50]
+    python benchmarks/estimator_variance.py [--draws 300] [--k 50] [--device cpu]
 """
 
 import argparse
@@ -24,8 +24,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=300)
     parser.add_argument("--k", type=int, default=50)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     rows = []
     for layers in (1, 2):
         model = small_paper_model(layers, device)

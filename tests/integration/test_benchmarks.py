@@ -53,6 +53,15 @@ def test_bench_train_step_runs(tmp_path):
     assert all(row["samples_per_s"] > 0 for row in rows)
 
 
+def test_estimator_variance_runs_every_estimator(tmp_path):
+    import iwae_kernels as ik
+
+    folder = run_benchmark(tmp_path, "estimator_variance.py", "--draws", "4", "--k", "10")
+    rows = json.loads((folder / "estimator_variance.json").read_text())["rows"]
+    assert {row["estimator"] for row in rows} == set(ik.ESTIMATORS) - {"vae", "stl"}
+    assert all(row["encoder variance / iwae"] > 0 for row in rows)
+
+
 def test_roofline_reads_the_committed_h100_results(tmp_path):
     source = BENCHMARKS / "results" / "NVIDIA_H100_80GB_HBM3"
     for name in ("bench_loss.json", "bench_loss.md", "bench_eval.json"):
