@@ -89,7 +89,7 @@ class GaussianSampleFunction(torch.autograd.Function):
         return _sample_and_latent_term(mu, logvar, eps, prior_mu, prior_logvar, include_prior, scale)
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable(lambda ctx: f"gaussian_sample (estimator={ctx.estimator!r})")
     def backward(ctx, grad_z, grad_log_weight):
         mu, logvar, eps, prior_mu, prior_logvar, scale = ctx.saved_tensors
         acc = accumulation_dtype(mu.dtype)
@@ -154,7 +154,7 @@ class BernoulliLogLikelihoodFunction(torch.autograd.Function):
         return torch.linalg.vecdot(y, x) - torch.nn.functional.softplus(y, threshold=SOFTPLUS_LINEAR_ABOVE).sum(-1)
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable("bernoulli_log_likelihood")
     def backward(ctx, grad_log_lik):
         logits, x = ctx.saved_tensors
         grad = torch.sigmoid(_as_dtype(logits, x.dtype))
@@ -210,7 +210,7 @@ class IWAEBoundFunction(torch.autograd.Function):
         return bound_from_max_sum(running_max, running_sum, log_w.shape[0])
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable("iwae_bound")
     def backward(ctx, grad_bound):
         log_w, running_max, running_sum = ctx.saved_tensors
         return _as_dtype(grad_bound * _weights_from_max_sum(log_w, running_max, running_sum), log_w.dtype)
@@ -234,7 +234,7 @@ class NormalizedWeightsFunction(torch.autograd.Function):
         return weights
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable("normalized_weights")
     def backward(ctx, grad_weights):
         (weights,) = ctx.saved_tensors
         return _as_dtype(normalized_weights_backward(weights, grad_weights), ctx.input_dtype), None, None

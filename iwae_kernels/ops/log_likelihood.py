@@ -218,7 +218,7 @@ class LogLikelihoodFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable(lambda ctx: f"{Likelihood(ctx.likelihood).name.lower()}_log_likelihood")
     def backward(ctx, grad_out):
         first, second, x = ctx.saved_tensors
         grad_first, grad_second = dense_empty(first), dense_empty(second)
@@ -255,7 +255,7 @@ class IWAELossFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable(lambda ctx: f"{Likelihood(ctx.likelihood).name.lower()}_iwae_loss")
     def backward(ctx, grad_loss):
         first, second, x, log_w, running_max, running_sum = ctx.saved_tensors
         grad_first, grad_second = dense_empty(first), dense_empty(second)
