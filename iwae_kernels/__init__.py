@@ -15,6 +15,8 @@ Public API (k samples lead every [k, ...] tensor):
     normalized_weights(log_w)                  -> [k, B]
     StreamingIWAEBound(B).update(chunk).bound() -> L_k [B] in memory that does not grow with k
     iwae_loss(x, mu, logvar, decoder, k=50, ...) -> the drop-in loss -L_k (beta=kl_warmup(step, n) anneals)
+    log_likelihood(x, mu, logvar, decoder, k=5000, ...) -> L_k [B] of your own model, memory flat in k
+    evaluate_dataset(loader, encode, decoder, k=5000, ...) -> L_k [N] over a dataset, 1 or N processes
 """
 
 from .functional import (
@@ -37,6 +39,8 @@ from .functional import (
     resampled_iwae_bound,
 )
 
+from .evaluation import evaluate_dataset, log_likelihood
+from ._autograd import DoubleBackwardError
 from .backend import preload as _preload_backends
 
 _preload_backends()
@@ -44,6 +48,7 @@ _preload_backends()
 __version__ = "0.1.0"
 
 __all__ = [
+    "DoubleBackwardError",
     "ESTIMATORS",
     "LIKELIHOODS",
     "StreamingIWAEBound",
@@ -52,6 +57,7 @@ __all__ = [
     "bernoulli_iwae_loss",
     "bernoulli_log_likelihood",
     "categorical_log_likelihood",
+    "evaluate_dataset",
     "gaussian_iwae_loss",
     "gaussian_log_likelihood",
     "gaussian_sample",
@@ -59,6 +65,7 @@ __all__ = [
     "iwae_loss",
     "kl_warmup",
     "local_reparam_linear",
+    "log_likelihood",
     "normalized_weights",
     "resampled_iwae_bound",
 ]
