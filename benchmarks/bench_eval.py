@@ -118,7 +118,7 @@ def main():
     user = UserVAE(model)
     posterior_mean = torch.empty(args.batch, model.latent[0], device=device)
     variants["user model"] = (lambda m, x, k, chunk: user_log_likelihood(user, x, k, chunk),
-                              decoder_eval_chunk(user.decoder, args.k, posterior_mean, args.chunk))
+                              decoder_eval_chunk(user.decoder, args.k, posterior_mean, chunk=args.chunk))
     rows = []
     for name, (fn, chunk) in variants.items():
         # One batch first, the warm-up: compiling (Triton kernels, autotuning, torch.compile) stays out of wall_s.

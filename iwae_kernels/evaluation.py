@@ -25,7 +25,7 @@ DEFAULT_EVAL_CHUNK = 500
 _READABLE_LAYERS = (nn.Linear,)
 
 
-def eval_chunk(k, batch_size, row_bytes, chunk=None):
+def eval_chunk(k, batch_size, *, row_bytes, chunk=None):
     """Samples per chunk of L_k over ``batch_size`` examples, at most k: ``chunk`` when given, else as many as
     EVAL_CHUNK_BYTES of activations hold at ``row_bytes`` per (sample, example) row (DEFAULT_EVAL_CHUNK when
     row_bytes is None), at least 1."""
@@ -59,7 +59,7 @@ def activation_row_bytes(networks, latent_width, element_size):
     return floats * element_size
 
 
-def streamed_bound(chunk_log_weights, k, chunk, batch_size, *, device, backend=None):
+def streamed_bound(chunk_log_weights, k, *, chunk, batch_size, device, backend=None):
     """L_k [B] (float64) from ``chunk_log_weights(start, size) -> log w [size, B]`` called for consecutive
     chunks of ``chunk`` samples covering k, folded as they come (StreamingIWAEBound)."""
     accumulator = StreamingIWAEBound(batch_size, device=device, dtype=torch.float64, backend=backend)
@@ -68,13 +68,13 @@ def streamed_bound(chunk_log_weights, k, chunk, batch_size, *, device, backend=N
     return accumulator.bound()
 
 
-def decoder_eval_chunk(decoder, k, mu, chunk=None):
+def decoder_eval_chunk(decoder, k, mu, *, chunk=None):
     """``log_likelihood``'s samples per chunk for ``decoder`` and the posterior mean mu [B, D]: ``eval_chunk`` with
     the decoder's ``activation_row_bytes`` (an nn.Module's Linear widths; unknown for other callables)."""
     row_bytes = None
     if isinstance(decoder, nn.Module):
         row_bytes = activation_row_bytes([decoder], mu.shape[1], mu.element_size())
-    return eval_chunk(k, mu.shape[0], row_bytes, chunk)
+    return eval_chunk(k, mu.shape[0], row_bytes=row_bytes, chunk=chunk)
 
 
 @torch.no_grad()
@@ -98,11 +98,11 @@ def log_likelihood(x, mu, logvar, decoder, k=5000, *, likelihood="bernoulli", ch
     Returns:
         L_k [B], float64 (the fold's accumulation dtype).
     """
-    k = functional._check_loss_args(x, mu, logvar, decoder, k, likelihood=likelihood, eps=eps, generator=generator,
-                                    check_finite=check_finite)
+    k = functional._check_loss_args(x, mu, logvar, decoder=decoder, k=k, likelihood=likelihood, eps=eps,
+                                    generator=generator, check_finite=check_finite)
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ValueError(f"chunk: expected an int >= 1 or None, got {chunk!r}")
-    chunk = decoder_eval_chunk(decoder, k, mu, chunk)
+    chunk = decoder_eval_chunk(decoder, k, mu, chunk=chunk)
     ops = get_backend(backend, mu.device)
 
     def chunk_log_weights(start, size):
@@ -110,7 +110,8 @@ def log_likelihood(x, mu, logvar, decoder, k=5000, *, likelihood="bernoulli", ch
                                        eps=None if eps is None else eps[start : start + size], generator=generator,
                                        flatten_samples=flatten_samples, check_finite=check_finite)
 
-    return streamed_bound(chunk_log_weights, k, chunk, mu.shape[0], device=mu.device, backend=backend)
+    return streamed_bound(chunk_log_weights, k, chunk=chunk, batch_size=mu.shape[0], device=mu.device,
+                          backend=backend)
 
 
 def process_group():

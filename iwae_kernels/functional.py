@@ -497,7 +497,7 @@ def kl_warmup(step, warmup_steps, start=0.0):
     return start + (1.0 - start) * max(step, 0) / warmup_steps
 
 
-def _check_loss_args(x, mu, logvar, decoder, k, *, likelihood, eps, generator, check_finite):
+def _check_loss_args(x, mu, logvar, *, decoder, k, likelihood, eps, generator, check_finite):
     """Check iwae_loss's and log_likelihood's shared arguments (values too with ``check_finite``); returns k as an
     int."""
     _checks.check_tensor("x", x, tuple(d + 1 for d in EVENT_DIMS))
@@ -552,7 +552,7 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
     Returns:
         -L_k reduced over the batch (a scalar), or [B] for reduction="none".
     """
-    k = _check_loss_args(x, mu, logvar, decoder, k, likelihood=likelihood, eps=eps, generator=generator,
+    k = _check_loss_args(x, mu, logvar, decoder=decoder, k=k, likelihood=likelihood, eps=eps, generator=generator,
                          check_finite=check_finite)
     _checks.check_choice("estimator", estimator, ESTIMATORS)
     _checks.check_choice("reduction", reduction, REDUCTIONS)

@@ -43,7 +43,7 @@ class LogWeightModel(nn.Module):
     def eval_chunk(self, k, batch_size, chunk=None):
         """Samples per chunk of L_k over ``batch_size`` examples, at most k: ``chunk`` when given, else as many as
         ``evaluation.EVAL_CHUNK_BYTES`` of activations hold (eval_row_bytes), at least 1."""
-        return evaluation.eval_chunk(k, batch_size, self.eval_row_bytes(), chunk)
+        return evaluation.eval_chunk(k, batch_size, row_bytes=self.eval_row_bytes(), chunk=chunk)
 
     def chunk_log_weights(self, x, k, eps=None):
         """``log_weights(x, k)`` for one chunk of ``log_likelihood``; ``eps``: that chunk's slice of the noise
@@ -67,5 +67,5 @@ class LogWeightModel(nn.Module):
                                           else window(eps))
 
         chunk = self.eval_chunk(k, x.shape[0], chunk)
-        return evaluation.streamed_bound(chunk_log_weights, k, chunk, x.shape[0], device=x.device,
+        return evaluation.streamed_bound(chunk_log_weights, k, chunk=chunk, batch_size=x.shape[0], device=x.device,
                                          backend=self.backend)
