@@ -311,14 +311,6 @@ def test_image_shaped_data(backend, likelihood):
     assert_close(loss(x, (1, 4, 4), flatten_samples=True), flat)
 
 
-def test_double_backward_says_it_is_not_supported():
-    log_w = torch.randn(3, 2, requires_grad=True)
-    upstream = torch.ones(2, requires_grad=True)
-    (grad,) = torch.autograd.grad(ik.iwae_bound(log_w), log_w, upstream, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        grad.sum().backward()
-
-
 def test_kl_annealing_weights_the_latent_term():
     """iwae_loss(beta=b) is -L_k of log p(x|z) + b (log p(z) - log q(z|x)), through the same noise."""
     torch.manual_seed(0)
