@@ -4,7 +4,8 @@ naive: what a user writes: the encoder once, then chunks of samples through torc
 binary_cross_entropy_with_logits, keeping every chunk's [chunk, B] log-weights and taking torch.logsumexp over
 all k at the end (eager, no kernels). naive+compile: torch.compile of it (on a GPU, or --compile). fused:
 PaperModel.log_likelihood (encoder once, chunks folded into a (max, sum) state by the kernels, nothing of size k
-kept), with the fused head (fused-head) or the fused decoder MLP (fused-mlp). All see the same model and images; their NLLs are checked to agree within Monte Carlo error before the
+kept), with the fused head (fused-head) or the fused decoder MLP (fused-mlp). user model: the user's path, an
+nn.Module encoder and decoder of the paper's sizes (the same weights) through iwae_kernels.log_likelihood. All see the same model and images; their NLLs are checked to agree within Monte Carlo error before the
 times are written. Each variant first runs one batch as a warm-up, so compiling (Triton kernels, autotuning,
 torch.compile) stays out of wall_s; naive+compile's warm-up time is reported apart as compile_s.
 
@@ -20,13 +21,15 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.distributions import Normal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, parse_args, peak_memory_mib, write_results  # noqa: E402
+import iwae_kernels as ik  # noqa: E402
 from iwae_kernels.app import data as datasets  # noqa: E402
 from iwae_kernels.models import paper_model  # noqa: E402
-from iwae_kernels.models.base import DEFAULT_EVAL_CHUNK  # noqa: E402
+from iwae_kernels.evaluation import DEFAULT_EVAL_CHUNK, decoder_eval_chunk  # noqa: E402
 from roofline import eval_model, eval_roofline  # noqa: E402
 
 
@@ -43,6 +46,24 @@ def naive_log_likelihood(model, x, k, chunk):
                                                                         reduction="none").sum(-1)
         log_ws.append(log_lik + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu, std).log_prob(z).sum(-1))
     return torch.logsumexp(torch.cat(log_ws), 0) - math.log(k)
+
+
+class UserVAE(nn.Module):
+    """A user's own model: plain nn.Sequential encoder and decoder (copies of ``model``'s, the paper's sizes)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder, self.decoder = copy.deepcopy(model.encoders[0]), copy.deepcopy(model.decoder)
+
+    def encode(self, x):
+        mu, logvar = self.encoder(x).chunk(2, -1)
+        return mu, logvar
+
+
+@torch.no_grad()
+def user_log_likelihood(user, x, k, chunk):
+    mu, logvar = user.encode(x)
+    return ik.log_likelihood(x, mu, logvar, user.decoder, k, chunk=chunk)
 
 
 def timed_nll(fn, model, images, k, chunk, batch, device):
@@ -94,6 +115,10 @@ def main():
     for name, owner in (("fused", model), ("fused-head", head_model), ("fused-mlp", mlp_model)):
         variants[name] = (lambda m, x, k, chunk, owner=owner: owner.log_likelihood(x, k=k, chunk=chunk),
                           owner.eval_chunk(args.k, args.batch, args.chunk))
+    user = UserVAE(model)
+    posterior_mean = torch.empty(args.batch, model.latent[0], device=device)
+    variants["user model"] = (lambda m, x, k, chunk: user_log_likelihood(user, x, k, chunk),
+                              decoder_eval_chunk(user.decoder, args.k, posterior_mean, chunk=args.chunk))
     rows = []
     for name, (fn, chunk) in variants.items():
         # One batch first, the warm-up: compiling (Triton kernels, autotuning, torch.compile) stays out of wall_s.
@@ -120,7 +145,9 @@ def main():
              "reduced by the likelihood kernel); fused-head: fused_head=True (logits never stored); fused-mlp: "
              "fused_mlp=True (the whole decoder and the likelihood in one kernel per chunk on the Triton "
              "backend, whose chunk is then all k unless --chunk is given; "
-             "the torch backend, a CPU's default, runs the same layers)"]
+             "the torch backend, a CPU's default, runs the same layers); user model: UserVAE (nn.Sequential "
+             "encoder and decoder with the same weights) through iwae_kernels.log_likelihood, chunk from its "
+             "decoder's Linear widths"]
     write_results("bench_eval", device, env, rows,
                   ["variant", "images", "k", "chunk", "test_nll", "wall_s", "compile_s", "peak_mib_per_batch",
                    "speedup_vs_naive", "pct_of_bound"],

@@ -16,6 +16,8 @@ Public API (k samples lead every [k, ...] tensor):
     StreamingIWAEBound(B).update(chunk).bound() -> L_k [B] in memory that does not grow with k
     iwae_loss(x, mu, logvar, decoder, k=50, ...) -> the drop-in loss -L_k (beta=kl_warmup(step, n) anneals)
     estimator_bound(log_w, estimator, ...)     -> [B] MIWAE / CIWAE / PIWAE / rws-dreg objectives on own log-weights
+    log_likelihood(x, mu, logvar, decoder, k=5000, ...) -> L_k [B] of your own model, memory flat in k
+    evaluate_dataset(loader, encode, decoder, k=5000, ...) -> L_k [N] over a dataset, 1 or N processes
 """
 
 from .functional import (
@@ -39,6 +41,8 @@ from .functional import (
     resampled_iwae_bound,
 )
 
+from .evaluation import evaluate_dataset, log_likelihood
+from ._autograd import DoubleBackwardError
 from .backend import preload as _preload_backends
 
 _preload_backends()
@@ -46,6 +50,7 @@ _preload_backends()
 __version__ = "0.1.0"
 
 __all__ = [
+    "DoubleBackwardError",
     "ESTIMATORS",
     "LIKELIHOODS",
     "StreamingIWAEBound",
@@ -55,6 +60,7 @@ __all__ = [
     "bernoulli_log_likelihood",
     "categorical_log_likelihood",
     "estimator_bound",
+    "evaluate_dataset",
     "gaussian_iwae_loss",
     "gaussian_log_likelihood",
     "gaussian_sample",
@@ -62,6 +68,7 @@ __all__ = [
     "iwae_loss",
     "kl_warmup",
     "local_reparam_linear",
+    "log_likelihood",
     "normalized_weights",
     "resampled_iwae_bound",
 ]

@@ -1,20 +1,38 @@
-"""``once_differentiable`` without its cost in the usual backward: torch's wrapper enters a no_grad context on
-every call (about 1.3 us of host time here, twice per loss backward), which changes nothing when autograd already
-runs the backward with grad mode off (``create_graph=False``). With grad mode on it is torch's wrapper, so a
-double backward still raises torch's error."""
+"""``once_differentiable(op)``: the guard on every hand-written backward in the package.
+
+Autograd runs a backward with grad mode on exactly when the caller asked for a graph of the gradient
+(``create_graph=True``: a Hessian-vector product, a gradient penalty). A written-out backward is not
+differentiable, and torch's own ``once_differentiable`` raises only when the incoming gradient itself needs a
+gradient, so a second derivative taken through one would silently miss this op's curvature. This guard refuses
+the backward whenever grad mode is on, naming the op; with ``create_graph=False`` it costs one flag read (torch's
+wrapper enters a no_grad context on every call, about 1.3 us of host time per backward).
+"""
 
 import functools
 
 import torch
-from torch.autograd import function
 
 
-def once_differentiable(backward):
-    """A Function's ``backward(ctx, *grads)`` that is differentiated at most once (torch.autograd.function's)."""
-    guarded = function.once_differentiable(backward)
+class DoubleBackwardError(RuntimeError):
+    """A second derivative (``create_graph=True``) reached a backward that is not differentiable."""
 
-    @functools.wraps(backward)
-    def run(ctx, *grads):
-        return guarded(ctx, *grads) if torch.is_grad_enabled() else backward(ctx, *grads)
 
-    return run
+def once_differentiable(op):
+    """Decorate a Function's ``backward(ctx, *grads)`` for op ``op``: its public name (e.g. "iwae_bound"), or
+    ``op(ctx) -> name`` where one Function serves several ops. The backward runs as written with
+    ``create_graph=False`` and raises ``DoubleBackwardError`` naming the op with ``create_graph=True``."""
+
+    def decorate(backward):
+        @functools.wraps(backward)
+        def run(ctx, *grads):
+            if torch.is_grad_enabled():
+                name = op if isinstance(op, str) else op(ctx)
+                raise DoubleBackwardError(
+                    f"iwae_kernels.{name}: double backward (create_graph=True) is not supported: its backward is "
+                    "written out, not differentiable. Take first derivatives only through it (create_graph=False), "
+                    "or compose the term in plain PyTorch where a second derivative is needed")
+            return backward(ctx, *grads)
+
+        return run
+
+    return decorate

@@ -148,7 +148,7 @@ class ConditionalDensityPathFunction(torch.autograd.Function):
         return torch.zeros(z.shape[:-1], dtype=accumulation_dtype(z.dtype), device=z.device)
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable(lambda ctx: f"gaussian_sample (estimator={ctx.estimator!r}, density_mu/density_logvar)")
     def backward(ctx, grad_log_w):
         z, mu, logvar = ctx.saved_tensors
         acc = accumulation_dtype(mu.dtype)

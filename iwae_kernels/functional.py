@@ -35,7 +35,13 @@ def _latent_scale(name, value, like):
     return None if value == 1 else torch.tensor(float(value), dtype=torch.float64, device=like.device)
 
 
-def _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, density_mu,
+def _check_eps(eps, k, mu):
+    """Noise eps [k, B, D] for mu [B, D] or [k, B, D]: mu's dtype and device."""
+    _checks.check_tensor("eps", eps, (3,), like=("mu", mu))
+    _checks.check_shape("eps", eps, (k,) + tuple(mu.shape[-2:]))
+
+
+def _check_gaussian_sample_args(mu, logvar, k, *, eps, prior_mu, prior_logvar, estimator, generator, density_mu,
                                 density_logvar):
     """Check the arguments; returns k as a Python int."""
     k = _checks.check_sample_count(k)
@@ -46,8 +52,7 @@ def _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, esti
         raise ValueError(f"mu: a per-sample mu must have shape [k={k}, B, D], got {tuple(mu.shape)}")
     batch, dim = mu.shape[-2:]
     if eps is not None:
-        _checks.check_tensor("eps", eps, (3,), like=("mu", mu))
-        _checks.check_shape("eps", eps, (k, batch, dim))
+        _check_eps(eps, k, mu)
     if (prior_mu is None) != (prior_logvar is None):
         raise ValueError("prior_mu, prior_logvar: give both (a diagonal Gaussian prior) or neither (standard normal)")
     if prior_mu is not None:
@@ -104,8 +109,9 @@ def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None
     Returns:
         z [k, B, D] in mu's dtype, and latent_scale * (log p(z) - log q(z|x)) [k, B] (float32 for half inputs).
     """
-    k = _check_gaussian_sample_args(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, density_mu,
-                                    density_logvar)
+    k = _check_gaussian_sample_args(mu, logvar, k, eps=eps, prior_mu=prior_mu, prior_logvar=prior_logvar,
+                                    estimator=estimator, generator=generator, density_mu=density_mu,
+                                    density_logvar=density_logvar)
     if not include_prior and prior_mu is not None:
         raise ValueError("include_prior: False drops the prior, so prior_mu and prior_logvar must be None")
     scale = _latent_scale("latent_scale", latent_scale, mu)
@@ -406,7 +412,7 @@ def _decode(decoder, z, flatten_samples):
     return tuple(map(unflatten, out)) if isinstance(out, (tuple, list)) else unflatten(out)
 
 
-def _check_decoder_output(name, value, expected_shape, check_finite):
+def _check_decoder_output(name, value, expected_shape, *, check_finite):
     if not isinstance(value, torch.Tensor) or tuple(value.shape) != expected_shape:
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         flattened = (expected_shape[0] * expected_shape[1],) + expected_shape[2:]
@@ -416,22 +422,29 @@ def _check_decoder_output(name, value, expected_shape, check_finite):
         _checks.check_finite(f"decoder output ({name})", value)
 
 
-def _likelihood_inputs(out, x, k, likelihood, check_finite):
+def _likelihood_inputs(out, x, k, *, likelihood, check_finite):
     """The likelihood's tensors, flat ((logits,) or (mean, logvar) [k, B, P], then x [B, P]), from the decoder's
     output, after checking it returned what the likelihood needs."""
     expected_shape = (k,) + tuple(x.shape)
     if likelihood == "bernoulli":
-        _check_decoder_output("logits", out, expected_shape, check_finite)
+        _check_decoder_output("logits", out, expected_shape, check_finite=check_finite)
         return _flat_observation("logits", out, x)
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         raise TypeError("decoder: for likelihood='gaussian' expected a (mean, logvar) pair of [k, B, *event] tensors")
-    _check_decoder_output("mean", out[0], expected_shape, check_finite)
-    _check_decoder_output("logvar", out[1], expected_shape, check_finite)
+    _check_decoder_output("mean", out[0], expected_shape, check_finite=check_finite)
+    _check_decoder_output("logvar", out[1], expected_shape, check_finite=check_finite)
     mean, flat_x = _flat_observation("mean", out[0], x)
     return mean, out[1].flatten(2), flat_x
 
 
-def _checked_samples(mu, logvar, k, eps, generator, estimator, check_finite, ops, scale=None):
+def _likelihood_ops(ops, likelihood):
+    """(log-likelihood op, loss op) of backend ``ops`` for ``likelihood`` ("bernoulli" or "gaussian")."""
+    return {"bernoulli": (ops.bernoulli_log_likelihood, ops.bernoulli_iwae_loss),
+            "gaussian": (ops.gaussian_log_likelihood, ops.gaussian_iwae_loss)}[likelihood]
+
+
+def _checked_samples(mu, logvar, k, *, ops, estimator="iwae", eps=None, generator=None, check_finite=False,
+                     scale=None):
     """z [k, B, D] and the latent term scale (log p(z) - log q(z|x)) [k, B] (arguments already checked)."""
     z, latent_log_weight = ops.gaussian_sample(mu, logvar, k, eps, None, None, estimator, generator, True, scale)
     if check_finite and not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(latent_log_weight).all())):
@@ -442,21 +455,22 @@ def _checked_samples(mu, logvar, k, eps, generator, estimator, check_finite, ops
     return z, latent_log_weight
 
 
-def _sample_and_decode(x, mu, logvar, decoder, k, eps, generator, estimator, likelihood, flatten_samples,
-                       check_finite, ops, scale=None):
+def _sample_and_decode(x, mu, logvar, *, decoder, k, ops, likelihood, estimator="iwae", eps=None, generator=None,
+                       flatten_samples=False, check_finite=False, scale=None):
     """For k samples of z: the likelihood's inputs (``_likelihood_inputs``) and the latent term
     scale (log p(z) - log q(z|x)) [k, B] (arguments already checked)."""
-    z, latent_log_weight = _checked_samples(mu, logvar, k, eps, generator, estimator, check_finite, ops, scale)
+    z, latent_log_weight = _checked_samples(mu, logvar, k, ops=ops, estimator=estimator, eps=eps, generator=generator,
+                                            check_finite=check_finite, scale=scale)
     out = _decode(decoder, z, flatten_samples)
-    return _likelihood_inputs(out, x, k, likelihood, check_finite), latent_log_weight
+    return _likelihood_inputs(out, x, k, likelihood=likelihood, check_finite=check_finite), latent_log_weight
 
 
-def _log_weights(x, mu, logvar, decoder, k, eps, generator, estimator, likelihood, flatten_samples, check_finite,
-                 ops, scale=None):
-    """log w [k, B] = log p(x|z) + scale (log p(z) - log q(z|x)) for k samples of z (arguments already checked)."""
-    inputs, latent_log_weight = _sample_and_decode(x, mu, logvar, decoder, k, eps, generator, estimator, likelihood,
-                                                   flatten_samples, check_finite, ops, scale)
-    return getattr(ops, f"{likelihood}_log_likelihood")(*inputs) + latent_log_weight
+def _log_weights(x, mu, logvar, **sampling):
+    """log w [k, B] = log p(x|z) + scale (log p(z) - log q(z|x)) for k samples of z; ``sampling``: the keywords
+    of ``_sample_and_decode`` (arguments already checked)."""
+    inputs, latent_log_weight = _sample_and_decode(x, mu, logvar, **sampling)
+    log_likelihood, _ = _likelihood_ops(sampling["ops"], sampling["likelihood"])
+    return log_likelihood(*inputs) + latent_log_weight
 
 
 def resampled_iwae_bound(log_weights, noise, *, generator=None, backend=None):
@@ -466,10 +480,10 @@ def resampled_iwae_bound(log_weights, noise, *, generator=None, backend=None):
     the k-sample noise. All k samples run forward without a graph; the chosen one is recomputed from its noise
     with a graph, so one backward pass does the work.
     """
-    return _resampled_bound(get_backend(backend, noise[0].device), log_weights, noise, generator)
+    return _resampled_bound(get_backend(backend, noise[0].device), log_weights, noise, generator=generator)
 
 
-def _resampled_bound(ops, log_weights, noise, generator):
+def _resampled_bound(ops, log_weights, noise, *, generator):
     num_samples, batch = noise[0].shape[:2]
     device = noise[0].device
     with torch.no_grad():
@@ -507,10 +521,10 @@ def estimator_bound(log_w, estimator, *, log_w_fixed=None, groups=None, ciwae_be
         _checks.check_tensor("log_w_fixed", log_w_fixed, (2,), like=("log_w", log_w))
         _checks.check_shape("log_w_fixed", log_w_fixed, log_w.shape)
     ops = get_backend(backend, log_w.device)
-    return _objective_bound(ops, estimator, log_w, log_w_fixed, groups, ciwae_beta)
+    return _objective_bound(ops, estimator, log_w, log_w_fixed=log_w_fixed, groups=groups, ciwae_beta=ciwae_beta)
 
 
-def _objective_bound(ops, estimator, log_w, log_w_fixed, groups, ciwae_beta):
+def _objective_bound(ops, estimator, log_w, *, log_w_fixed=None, groups=None, ciwae_beta=None):
     bound = lambda lw: _bound(ops, lw)
     return objective_bound(estimator, log_w, bound, ops.normalized_weights, log_w_fixed, groups, ciwae_beta)
 
@@ -525,9 +539,37 @@ def kl_warmup(step, warmup_steps, start=0.0):
     return start + (1.0 - start) * max(step, 0) / warmup_steps
 
 
+def _check_loss_args(x, mu, logvar, *, decoder, k, likelihood, eps, generator, check_finite):
+    """Check iwae_loss's and log_likelihood's shared arguments (values too with ``check_finite``); returns k as an
+    int."""
+    if likelihood == "bernoulli" and isinstance(x, torch.Tensor) and not x.is_floating_point():
+        raise TypeError(f"x: expected a floating dtype for Bernoulli targets in [0, 1], got {x.dtype} (images of "
+                        "0..255: pass x.float() / 255)")
+    _checks.check_tensor("x", x, tuple(d + 1 for d in EVENT_DIMS))
+    _checks.check_tensor("mu", mu, (2,))
+    _checks.check_tensor("logvar", logvar, (2,), like=("mu", mu))
+    _checks.check_shape("logvar", logvar, mu.shape)
+    _checks.check_same_device("x", x, "mu", mu)
+    if x.shape[0] != mu.shape[0]:
+        raise ValueError(f"x: expected batch size {mu.shape[0]} (as mu), got shape {tuple(x.shape)}")
+    if not callable(decoder):
+        raise TypeError(f"decoder: expected a callable (an nn.Module or function), got {type(decoder).__name__}")
+    k = _checks.check_sample_count(k)
+    _checks.check_choice("likelihood", likelihood, LIKELIHOODS)
+    if eps is not None:
+        _check_eps(eps, k, mu)
+    _check_generator(generator)
+    if check_finite:
+        for name, value in (("x", x), ("mu", mu), ("logvar", logvar)):
+            _checks.check_finite(name, value)
+    if likelihood == "bernoulli" and (check_finite or (x.device.type == "cpu" and not torch.compiler.is_compiling())):
+        _checks.check_unit_interval("x", x)  # on the CPU a pass over x, no device sync: always
+    return k
+
+
 def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator="iwae", reduction="mean",
               backend=None, flatten_samples=False, check_finite=False, generator=None, beta=None, groups=None,
-              ciwae_beta=None):
+              ciwae_beta=None, eps=None):
     """The drop-in IWAE loss -L_k(x) for an encoder's Gaussian (mu, logvar) and any decoder.
 
     Args:
@@ -551,6 +593,9 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
             Bernoulli targets on the CPU are checked for [0, 1] on every call (no device to wait for), except
             under torch.compile; integer x (0..255 images) is refused with the conversion to use.
         generator: a torch.Generator on the tensors' device for the noise (default: torch's global RNG).
+        eps: optional standard-normal noise [k, B, D] (mu's dtype and device): z = mu + exp(logvar / 2) * eps,
+            so the loss is reproducible and comparable with another implementation's (``generator`` then draws
+            nothing, except iwae-resample's choice of sample).
         beta: KL annealing: the weight on the latent term log p(z) - log q(z|x) in every log-weight (a float or
             a 0-dim tensor; see ``kl_warmup``); None or 1 is the plain bound. Only with "iwae" and "vae": the
             stl/dreg identities and the resampling estimator assume the plain bound.
@@ -561,71 +606,55 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
         minus the estimator's objective reduced over the batch (a scalar), or [B] for reduction="none": -L_k, or
         -MIWAE, -CIWAE, -ELBO for those estimators.
     """
-    if likelihood == "bernoulli" and isinstance(x, torch.Tensor) and not x.is_floating_point():
-        raise TypeError(f"x: expected a floating dtype for Bernoulli targets in [0, 1], got {x.dtype} (images of "
-                        "0..255: pass x.float() / 255)")
-    _checks.check_tensor("x", x, tuple(d + 1 for d in EVENT_DIMS))
-    _checks.check_tensor("mu", mu, (2,))
-    _checks.check_tensor("logvar", logvar, (2,), like=("mu", mu))
-    _checks.check_shape("logvar", logvar, mu.shape)
-    _checks.check_same_device("x", x, "mu", mu)
-    if x.shape[0] != mu.shape[0]:
-        raise ValueError(f"x: expected batch size {mu.shape[0]} (as mu), got shape {tuple(x.shape)}")
-    if not callable(decoder):
-        raise TypeError(f"decoder: expected a callable (an nn.Module or function), got {type(decoder).__name__}")
-    k = _checks.check_sample_count(k)
-    _checks.check_choice("likelihood", likelihood, LIKELIHOODS)
+    k = _check_loss_args(x, mu, logvar, decoder=decoder, k=k, likelihood=likelihood, eps=eps, generator=generator,
+                         check_finite=check_finite)
     _checks.check_choice("estimator", estimator, ESTIMATORS)
     _checks.check_choice("reduction", reduction, REDUCTIONS)
-    _check_generator(generator)
     ops = get_backend(backend, mu.device)  # resolved once for the whole call
-    if check_finite:
-        for name, value in (("x", x), ("mu", mu), ("logvar", logvar)):
-            _checks.check_finite(name, value)
-    if likelihood == "bernoulli" and (check_finite or (x.device.type == "cpu" and not torch.compiler.is_compiling())):
-        _checks.check_unit_interval("x", x)  # on the CPU a pass over x, no device sync: always
 
     groups, ciwae_beta = check_estimator_options(estimator, k, groups, ciwae_beta)
     scale = _latent_scale("beta", beta, mu)
     check_latent_scale("beta", estimator, scale)
+    sampling = dict(decoder=decoder, ops=ops, likelihood=likelihood, flatten_samples=flatten_samples,
+                    check_finite=check_finite)
     if estimator == "iwae-resample":
         def log_weights(noise):
-            return _log_weights(x, mu, logvar, decoder, noise[0].shape[0], noise[0], None, "iwae", likelihood,
-                                flatten_samples, check_finite, ops)
+            return _log_weights(x, mu, logvar, k=noise[0].shape[0], eps=noise[0], **sampling)
 
-        eps = torch.randn((k,) + tuple(mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-        return reduced_loss(_resampled_bound(ops, log_weights, [eps], generator), reduction)
+        if eps is None:
+            eps = torch.randn((k,) + tuple(mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+        return reduced_loss(_resampled_bound(ops, log_weights, [eps], generator=generator), reduction)
     if estimator in ("rws",) + ROUTED_ESTIMATORS:
-        return reduced_loss(_two_role_bound(x, mu, logvar, decoder, k, generator, estimator, likelihood,
-                                            flatten_samples, check_finite, ops, groups, scale), reduction)
-    inputs, latent_log_weight = _sample_and_decode(x, mu, logvar, decoder, k, None, generator,
-                                                   sampling_estimator(estimator), likelihood, flatten_samples,
-                                                   check_finite, ops, scale)
+        return reduced_loss(_two_role_bound(x, mu, logvar, k=k, estimator=estimator, groups=groups, eps=eps,
+                                            generator=generator, scale=scale, **sampling), reduction)
+    inputs, latent_log_weight = _sample_and_decode(x, mu, logvar, k=k, estimator=sampling_estimator(estimator),
+                                                   eps=eps, generator=generator, scale=scale, **sampling)
+    log_likelihood, fused_loss = _likelihood_ops(ops, likelihood)
     if estimator in ("iwae", "stl", "dreg") and not check_finite:
         # The likelihood, bound and reduction as one op (for the Triton backend one autograd node, three kernels).
-        return getattr(ops, f"{likelihood}_iwae_loss")(*inputs, latent_log_weight, reduction)
-    log_w = getattr(ops, f"{likelihood}_log_likelihood")(*inputs) + latent_log_weight
+        return fused_loss(*inputs, latent_log_weight, reduction)
+    log_w = log_likelihood(*inputs) + latent_log_weight
     # -inf is a legitimate impossible sample; NaN or +inf is an overflow (say, a Gaussian likelihood's sum).
     if check_finite and bool((torch.isnan(log_w) | torch.isposinf(log_w)).any()):
         raise ValueError("log_w: a log-weight log p(x|z) + log p(z) - log q(z|x) is NaN or +inf (an overflow "
                          "in the likelihood?)")
-    return reduced_loss(_objective_bound(ops, estimator, log_w, None, groups, ciwae_beta), reduction)
+    return reduced_loss(_objective_bound(ops, estimator, log_w, groups=groups, ciwae_beta=ciwae_beta), reduction)
 
 
-def _two_role_bound(x, mu, logvar, decoder, k, generator, estimator, likelihood, flatten_samples, check_finite, ops,
-                    groups, scale):
+def _two_role_bound(x, mu, logvar, *, decoder, k, ops, likelihood, estimator, groups, eps=None, generator=None,
+                    flatten_samples=False, check_finite=False, scale=None):
     """rws, piwae, rws-dreg in ``iwae_loss``: the bound [B] whose gradient gives the decoder L_k's and the encoder
     its estimator's (arguments already checked)."""
-    log_likelihood = getattr(ops, f"{likelihood}_log_likelihood")
+    log_likelihood, _ = _likelihood_ops(ops, likelihood)
 
     def log_weights(z, latent):
         out = _decode(decoder, z, flatten_samples)
-        return log_likelihood(*_likelihood_inputs(out, x, k, likelihood, check_finite)) + latent
+        return log_likelihood(*_likelihood_inputs(out, x, k, likelihood=likelihood, check_finite=check_finite)) + latent
 
+    sampling = dict(ops=ops, eps=eps, generator=generator, check_finite=check_finite)
     if estimator == "rws":  # samples from the stopped encoder; wake-phi's gradient through its term alone
-        z, latent = _checked_samples(mu.detach(), logvar.detach(), k, None, generator, "iwae", check_finite, ops)
+        z, latent = _checked_samples(mu.detach(), logvar.detach(), k, estimator="iwae", **sampling)
         return _bound(ops, log_weights(z, latent + wake_phi_term(z, mu, logvar)))
-    z, latent = _checked_samples(mu, logvar, k, None, generator, sampling_estimator(estimator), check_finite, ops,
-                                 scale)
+    z, latent = _checked_samples(mu, logvar, k, estimator=sampling_estimator(estimator), scale=scale, **sampling)
     log_w_fixed = log_weights(z.detach(), latent.detach())  # the decoder again, its own gradient only
-    return _objective_bound(ops, estimator, log_weights(z, latent), log_w_fixed, groups, None)
+    return _objective_bound(ops, estimator, log_weights(z, latent), log_w_fixed=log_w_fixed, groups=groups)

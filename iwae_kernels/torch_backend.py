@@ -71,7 +71,7 @@ class TorchGaussianSampleFunction(torch.autograd.Function):
         return _sample_and_latent_term(mu, logvar, eps, prior_mu, prior_logvar, include_prior, scale)
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable(lambda ctx: f"gaussian_sample (estimator={ctx.estimator!r})")
     def backward(ctx, grad_z, grad_log_weight):
         mu, logvar, eps, prior_mu, prior_logvar, scale = ctx.saved_tensors
         acc = accumulation_dtype(mu.dtype)
@@ -137,7 +137,7 @@ class TorchIWAEBoundFunction(torch.autograd.Function):
         return bound_from_max_sum(running_max, running_sum, log_w.shape[0])
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable("iwae_bound")
     def backward(ctx, grad_bound):
         log_w, running_max, running_sum = ctx.saved_tensors
         return as_dtype(grad_bound * weights_from_max_sum(log_w, running_max, running_sum), log_w.dtype)

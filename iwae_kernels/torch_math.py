@@ -83,7 +83,7 @@ class NormalizedWeightsFunction(torch.autograd.Function):
         return weights
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable("normalized_weights")
     def backward(ctx, grad_weights):
         (weights,) = ctx.saved_tensors
         return as_dtype(normalized_weights_backward(weights, grad_weights), ctx.input_dtype), None, None
@@ -133,7 +133,7 @@ class BernoulliLogLikelihoodFunction(torch.autograd.Function):
         return torch.linalg.vecdot(y, x) - torch.nn.functional.softplus(y, threshold=SOFTPLUS_LINEAR_ABOVE).sum(-1)
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable("bernoulli_log_likelihood")
     def backward(ctx, grad_log_lik):
         logits, x = ctx.saved_tensors
         grad = torch.sigmoid(as_dtype(logits, x.dtype))

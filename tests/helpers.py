@@ -2,6 +2,7 @@
 the library's torch backend, plus dtype-aware comparisons."""
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,17 @@ def assert_log_weights_match(model, inputs, k, eps, expected, backend, device):
     assert_close(log_w, expected)
     for got, wanted in zip(torch.autograd.grad(-iwae_kernels.iwae_bound(log_w, backend=backend).sum(), params), want):
         assert_close(got, wanted)
+
+
+def peak_bytes(fn, device):
+    """Peak bytes of one fn() call: the GPU allocator's peak, or on a CPU torch.profiler's memory accounting (the
+    benchmarks' measurement, benchmarks/common.py)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from common import peak_memory_mib
+    finally:
+        sys.path.pop(0)
+    return peak_memory_mib(fn, device) * 2**20
 
 
 def train_and_check_loss_drops(model, inputs, k, steps, drop, beta=None):

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from . import data as datasets
 from .errors import UserError
+from ..evaluation import dealt_log_likelihoods, process_group
 from ..models import active_units
 from .device import device_name
 from .plots import draw_pictures
@@ -24,11 +24,9 @@ from .plots import draw_pictures
 
 def rank_and_world():
     """(rank, world size); initialises the process group under torchrun (gloo on CPU, nccl on GPU)."""
-    if not dist.is_available() or "WORLD_SIZE" not in os.environ:
-        return 0, 1
-    if not dist.is_initialized():
+    if dist.is_available() and "WORLD_SIZE" in os.environ and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+    return process_group()
 
 
 def _duration(seconds):
@@ -70,23 +68,15 @@ def check_evaluation_time(model, test_x, k=5000, chunk=None, batch_size=100, max
 def test_log_likelihoods(model, test_x, k=5000, chunk=None, batch_size=100, seed=0, progress=True):
     """Per-example L_k over test_x [N, P] (already binarized), in example order, on every process's share.
     The progress bar counts samples (examples x k), so its rate and ETA mean the same for any batch size."""
-    rank, world = rank_and_world()
+    rank_and_world()  # joins the process group under torchrun, which dealt_log_likelihoods deals to
     device = next(model.parameters()).device
-    batches = list(range(0, test_x.shape[0], batch_size))
-    mine = batches[rank::world]
-    results = {}
-    bar = tqdm(total=sum(min(batch_size, test_x.shape[0] - start) for start in mine) * k, unit="sample",
-               unit_scale=True, desc=f"L_{k} (rank {rank})" if world > 1 else f"L_{k}", disable=not progress)
-    for start in mine:
+
+    def batch_log_likelihood(index, start):
         torch.manual_seed(seed * 1_000_003 + start)
-        results[start] = model.log_likelihood(test_x[start : start + batch_size].to(device), k=k, chunk=chunk).cpu()
-        bar.update(results[start].shape[0] * k)
-    bar.close()
-    if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, results)
-        results = {start: values for part in gathered for start, values in part.items()}
-    return torch.cat([results[start] for start in batches])
+        return model.log_likelihood(test_x[start : start + batch_size].to(device), k=k, chunk=chunk)
+
+    batches = enumerate(range(0, test_x.shape[0], batch_size))
+    return dealt_log_likelihoods(batches, batch_log_likelihood, k, total=test_x.shape[0], progress=progress)
 
 
 def evaluate(model, test_x, out_dir, k=5000, chunk=None, batch_size=100, seed=0, history=None, extra=None,

@@ -4,15 +4,8 @@
 import torch
 from torch import nn
 
+from .. import evaluation
 from .. import functional as F
-from ..functional import StreamingIWAEBound
-
-# What one chunk of L_k's samples may hold in activations; the chunk follows from it and the batch size, so memory
-# does not grow with k. 512 MiB: 500 samples of 100 images through the paper's layers, all 5000 through its fused
-# decoder MLP.
-EVAL_CHUNK_BYTES = 512 * 2**20
-# Samples per chunk for a model that does not estimate its activations (eval_row_bytes None).
-DEFAULT_EVAL_CHUNK = 500
 
 
 def mlp(sizes, out_features):
@@ -44,25 +37,35 @@ class LogWeightModel(nn.Module):
 
     def eval_row_bytes(self):
         """Bytes of activations ``log_weights`` holds per (sample, example) row without autograd, an upper
-        estimate; None when the model does not say (chunks are then DEFAULT_EVAL_CHUNK samples)."""
+        estimate; None when the model does not say (chunks are then ``evaluation.DEFAULT_EVAL_CHUNK`` samples)."""
         return None
 
     def eval_chunk(self, k, batch_size, chunk=None):
         """Samples per chunk of L_k over ``batch_size`` examples, at most k: ``chunk`` when given, else as many as
-        EVAL_CHUNK_BYTES of activations hold (eval_row_bytes), at least 1."""
-        if chunk:
-            return min(k, chunk)
-        row_bytes = self.eval_row_bytes()
-        samples = DEFAULT_EVAL_CHUNK if row_bytes is None else EVAL_CHUNK_BYTES // (batch_size * row_bytes)
-        return max(1, min(k, samples))
+        ``evaluation.EVAL_CHUNK_BYTES`` of activations hold (eval_row_bytes), at least 1."""
+        return evaluation.eval_chunk(k, batch_size, row_bytes=self.eval_row_bytes(), chunk=chunk)
+
+    def chunk_log_weights(self, x, k, eps=None):
+        """``log_weights(x, k)`` for one chunk of ``log_likelihood``; ``eps``: that chunk's slice of the noise
+        (the keyword the model's ``log_weights`` takes for it)."""
+        return self.log_weights(x, k) if eps is None else self.log_weights(x, k, eps=eps)
 
     @torch.no_grad()
-    def log_likelihood(self, x, k=5000, chunk=None):
-        """Per-example L_k [B] for x [B, ...] (the paper's test log-likelihood with k = 5000), in memory that does
-        not grow with k: samples are drawn ``chunk`` at a time (default ``eval_chunk(k, B)``) and their log-weights
-        folded by the split-k logsumexp."""
+    def log_likelihood(self, x, k=5000, chunk=None, *, eps=None):
+        """Per-example L_k [B] (float64) for x [B, ...] (the paper's test log-likelihood with k = 5000), in memory
+        that does not grow with k: samples are drawn ``chunk`` at a time (default ``eval_chunk(k, B)``) and their
+        log-weights folded by the split-k logsumexp (``evaluation.streamed_bound``).
+
+        eps: optional noise that fixes the samples: a [k, B, D] tensor, or for ``PaperModel`` one per stochastic
+        layer (its ``noise``); each chunk gets its slice of the k samples.
+        """
+        def chunk_log_weights(start, size):
+            if eps is None:
+                return self.chunk_log_weights(x, size)
+            window = lambda t: t[start : start + size]
+            return self.chunk_log_weights(x, size, [window(t) for t in eps] if isinstance(eps, (list, tuple))
+                                          else window(eps))
+
         chunk = self.eval_chunk(k, x.shape[0], chunk)
-        accumulator = StreamingIWAEBound(x.shape[0], device=x.device, dtype=torch.float64, backend=self.backend)
-        for start in range(0, k, chunk):
-            accumulator.update(self.log_weights(x, min(chunk, k - start)))
-        return accumulator.bound()
+        return evaluation.streamed_bound(chunk_log_weights, k, chunk=chunk, batch_size=x.shape[0], device=x.device,
+                                         backend=self.backend)

@@ -16,6 +16,7 @@ from torch import nn
 from .. import _checks
 from .. import functional as F
 from ..backend import backend_name
+from ..evaluation import activation_row_bytes
 from ..estimators import (PATH_ESTIMATORS, ROUTED_ESTIMATORS, check_estimator_options, sampling_estimator,
                           wake_phi_term)
 from .base import LogWeightModel, gaussian, mlp
@@ -72,9 +73,7 @@ class PaperModel(LogWeightModel):
         parameter = next(self.parameters())
         on_chip = self.fused_mlp and backend_name(self.backend, parameter.device) != "torch"
         per_sample = [*self.encoders[1:], *self.priors] + ([] if on_chip else [self.decoder])
-        widths = sum(layer.out_features for net in per_sample for layer in net if isinstance(layer, nn.Linear))
-        floats = 2 * widths + 4 * sum(self.latent) + 4  # + 4: the latent term, log w and the fold's temporaries
-        return floats * parameter.element_size()
+        return activation_row_bytes(per_sample, sum(self.latent), parameter.element_size())
 
     @property
     def stochastic_layers(self):
@@ -180,6 +179,10 @@ class PaperModel(LogWeightModel):
         for layer, (eps, size) in enumerate(zip(noise, self.latent)):
             _checks.check_tensor(f"noise[{layer}]", eps, (3,), like=("the model's parameters", like))
             _checks.check_shape(f"noise[{layer}]", eps, (k, x.shape[0], size))
+
+    def chunk_log_weights(self, x, k, eps=None):
+        """``log_weights(x, k, noise=eps)``: this model's noise is one tensor per stochastic layer."""
+        return self.log_weights(x, k, noise=eps)
 
     def loss(self, x, k=50, estimator="iwae", noise=None, groups=None, ciwae_beta=None):
         """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar); ``noise``, ``groups`` and

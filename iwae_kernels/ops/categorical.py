@@ -100,7 +100,7 @@ class CategoricalLogLikelihoodFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable("categorical_log_likelihood")
     def backward(ctx, grad_out):
         logits, tokens, mask, lse = ctx.saved_tensors
         grad_logits = torch.empty_like(logits)

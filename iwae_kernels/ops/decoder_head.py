@@ -203,7 +203,7 @@ class BernoulliDecoderHeadFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable("bernoulli_decoder_log_likelihood")
     def backward(ctx, grad_out):
         hidden, weight, bias, x = ctx.saved_tensors
         rows, acc = hidden.shape[0] * hidden.shape[1], accumulation_dtype(hidden.dtype)

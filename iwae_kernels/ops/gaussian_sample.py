@@ -318,7 +318,7 @@ class KernelGaussianSampleFunction(torch.autograd.Function):
         return z, log_weight
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable(lambda ctx: f"gaussian_sample (estimator={ctx.estimator!r})")
     def backward(ctx, grad_z, grad_log_weight):
         mu, logvar, eps, prior_mu, prior_logvar = ctx.saved_tensors
         grad_mu, grad_logvar = dense_empty(mu), dense_empty(logvar)

@@ -92,7 +92,7 @@ class LocalReparamFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable("local_reparam_linear")
     def backward(ctx, grad_out):
         a, mu, var, noise_over_2std = ctx.saved_tensors
         grad_var_out = (grad_out * noise_over_2std).to(a.dtype)

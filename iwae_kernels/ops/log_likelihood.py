@@ -227,7 +227,7 @@ class LogLikelihoodFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable(lambda ctx: f"{Likelihood(ctx.likelihood).name.lower()}_log_likelihood")
     def backward(ctx, grad_out):
         logits_or_mean, logvar, x = ctx.saved_tensors
         grad_logits_or_mean, grad_logvar = dense_empty(logits_or_mean), dense_empty(logvar)
@@ -266,7 +266,7 @@ class IWAELossFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable(lambda ctx: f"{Likelihood(ctx.likelihood).name.lower()}_iwae_loss")
     def backward(ctx, grad_loss):
         logits_or_mean, logvar, x, log_w, running_max, running_sum = ctx.saved_tensors
         grad_logits_or_mean, grad_logvar = dense_empty(logits_or_mean), dense_empty(logvar)

@@ -223,7 +223,7 @@ class KernelIWAEBoundFunction(torch.autograd.Function):
         return bound
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable("iwae_bound")
     def backward(ctx, grad_bound):
         log_w, running_max, running_sum = ctx.saved_tensors
         return _weights(log_w, running_max, running_sum, grad_bound, log_w.dtype, ctx.launchers), None

@@ -13,7 +13,7 @@ from torch.distributions import Bernoulli, Normal
 import iwae_kernels as ik
 from iwae_kernels.models import ConvIWAE, active_units, paper_model
 
-from helpers import REPO, assert_close, backend_device
+from helpers import assert_close, backend_device, peak_bytes
 
 
 def test_paper_architectures():
@@ -128,14 +128,8 @@ def test_streaming_log_likelihood_folds_every_chunk(layers, monkeypatch):
 
 
 def eval_peak_bytes(model, x, k):
-    """Peak bytes of log_likelihood(x, k) with the default chunk: the GPU allocator's peak, or on a CPU
-    torch.profiler's memory accounting (the benchmarks' measurement, benchmarks/common.py)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from common import peak_memory_mib
-    finally:
-        sys.path.pop(0)
-    return peak_memory_mib(lambda: model.log_likelihood(x, k=k), x.device) * 2**20
+    """Peak bytes of log_likelihood(x, k) with the default chunk (``helpers.peak_bytes``)."""
+    return peak_bytes(lambda: model.log_likelihood(x, k=k), x.device)
 
 
 @pytest.mark.parametrize("layers, backend, fused_mlp",
@@ -143,11 +137,11 @@ def eval_peak_bytes(model, x, k):
 def test_default_chunk_fills_the_activation_budget_and_no_more(layers, backend, fused_mlp, monkeypatch):
     """log_likelihood's default chunk (eval_chunk) holds at most EVAL_CHUNK_BYTES of activations, measured, at
     any k; and uses a fair share of it (the estimate is an upper one: the measured peaks were 26-33% of it)."""
-    from iwae_kernels.models import base
+    from iwae_kernels import evaluation
 
     device = backend_device(backend)
     budget = 2**18
-    monkeypatch.setattr(base, "EVAL_CHUNK_BYTES", budget)
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK_BYTES", budget)
     torch.manual_seed(0)
     model = paper_model(layers, x_dim=784, backend=backend, fused_mlp=fused_mlp).to(device)
     x = torch.bernoulli(torch.full((2, 784), 0.3)).to(device)

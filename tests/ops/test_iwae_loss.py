@@ -315,14 +315,6 @@ def test_image_shaped_data(backend, likelihood):
     assert_close(loss(x, (1, 4, 4), flatten_samples=True), flat)
 
 
-def test_double_backward_says_it_is_not_supported():
-    log_w = torch.randn(3, 2, requires_grad=True)
-    upstream = torch.ones(2, requires_grad=True)
-    (grad,) = torch.autograd.grad(ik.iwae_bound(log_w), log_w, upstream, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        grad.sum().backward()
-
-
 def test_kl_annealing_weights_the_latent_term():
     """iwae_loss(beta=b) is -L_k of log p(x|z) + b (log p(z) - log q(z|x)), through the same noise."""
     torch.manual_seed(0)
@@ -338,3 +330,45 @@ def test_kl_annealing_weights_the_latent_term():
     assert ik.kl_warmup(0, 10, start=0.2) == 0.2
     with pytest.raises(ValueError, match="beta: estimator=.iwae-resample. needs the plain bound"):
         ik.iwae_loss(x, mu, logvar, decoder, k=5, beta=0.5, estimator="iwae-resample")
+
+
+def _hand_composed_loss(x, mu, logvar, weight, eps, estimator, backend):
+    """iwae_loss composed by hand from gaussian_sample(eps=...), the likelihood and the bound."""
+    z, latent = ik.gaussian_sample(mu, logvar, eps.shape[0], eps=eps, estimator=estimator, backend=backend)
+    log_w = ik.bernoulli_log_likelihood(z @ weight, x, backend=backend) + latent
+    return -(log_w.mean(0) if estimator == "vae" else ik.iwae_bound(log_w, backend=backend)).mean()
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("backend", ["torch", *COMPILED_BACKENDS])
+def test_iwae_loss_with_eps_equals_the_hand_composed_loss(backend, estimator):
+    device = backend_device(backend)
+    x, mu, logvar, weight = (t.to(device) for t in setup_problem(5, 3, 4, 7, dtype=torch.float32))
+    eps = torch.randn(5, 3, 4, generator=torch.Generator().manual_seed(3)).to(device)
+    params = [mu.requires_grad_(), logvar.requires_grad_(), weight.requires_grad_()]
+    got = ik.iwae_loss(x, mu, logvar, lambda z: z @ weight, 5, estimator=estimator, eps=eps, backend=backend)
+    want = _hand_composed_loss(x, mu, logvar, weight, eps, estimator, backend)
+    assert_close(got, want)
+    for g, w in zip(torch.autograd.grad(got, params), torch.autograd.grad(want, params)):
+        assert_close(g, w)
+    again = ik.iwae_loss(x, mu, logvar, lambda z: z @ weight, 5, estimator=estimator, eps=eps + 1, backend=backend)
+    assert not torch.equal(again, got)  # eps is what the samples come from
+
+
+def test_iwae_loss_with_eps_resample_at_one_sample_is_that_samples_elbo():
+    x, mu, logvar, weight = setup_problem(1, 3, 4, 7)
+    eps = torch.randn(1, 3, 4, dtype=torch.float64)
+    decoder = lambda z: z @ weight
+    got = ik.iwae_loss(x, mu, logvar, decoder, 1, estimator="iwae-resample", eps=eps)
+    assert_close(got, ik.iwae_loss(x, mu, logvar, decoder, 1, estimator="vae", eps=eps))
+
+
+@pytest.mark.parametrize("shape, match", [((4, 3, 4), r"eps: expected shape \(5, 3, 4\)"),
+                                          ((5, 3, 3), r"eps: expected shape \(5, 3, 4\)"),
+                                          ((5, 12), r"eps: expected a 3-D tensor")])
+def test_iwae_loss_refuses_bad_eps_naming_it(shape, match):
+    x, mu, logvar, weight = setup_problem(5, 3, 4, 7)
+    with pytest.raises(ValueError, match=match):
+        ik.iwae_loss(x, mu, logvar, lambda z: z @ weight, 5, eps=torch.zeros(shape, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"eps: expected dtype torch.float64 \(as mu\)"):
+        ik.iwae_loss(x, mu, logvar, lambda z: z @ weight, 5, eps=torch.zeros(5, 3, 4))

@@ -1,0 +1,184 @@
+"""Large-k evaluation of a user's own encoder/decoder: iwae_kernels.log_likelihood against a hand-written
+logsumexp IWAE, chunk independence, memory flat in k, and evaluate_dataset on 1 and 2 (gloo) processes."""
+
+import math
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import iwae_kernels as ik
+from iwae_kernels import evaluation
+from iwae_kernels.models import ConvIWAE, paper_model
+
+from helpers import backend_device, naive_bernoulli, naive_gaussian, naive_latent, peak_bytes
+
+P, D = 12, 3
+
+
+class UserVAE(nn.Module):
+    """A model as a user writes it: an MLP encoder to (mu, logvar) and an MLP decoder (logits, or a Gaussian's
+    (mean, logvar) pair)."""
+
+    def __init__(self, likelihood="bernoulli", hidden=16, x_dim=P, latent=D, dtype=torch.float64):
+        super().__init__()
+        torch.manual_seed(0)
+        self.likelihood = likelihood
+        out = x_dim if likelihood == "bernoulli" else 2 * x_dim
+        self.encoder = nn.Sequential(nn.Linear(x_dim, hidden), nn.Tanh(), nn.Linear(hidden, 2 * latent)).to(dtype)
+        self.decoder_net = nn.Sequential(nn.Linear(latent, hidden), nn.Tanh(), nn.Linear(hidden, out)).to(dtype)
+
+    def encode(self, x):
+        mu, logvar = self.encoder(x).chunk(2, -1)
+        return mu, logvar
+
+    def decoder(self, z):
+        out = self.decoder_net(z)
+        return out if self.likelihood == "bernoulli" else tuple(out.chunk(2, -1))
+
+
+def batch(n=4, dtype=torch.float64, seed=1):
+    return torch.bernoulli(torch.full((n, P), 0.4, dtype=dtype), generator=torch.Generator().manual_seed(seed))
+
+
+def hand_written_iwae(model, x, eps):
+    """L_k [B] by torch.distributions and one torch.logsumexp over all k samples."""
+    mu, logvar = model.encode(x)
+    z, latent = naive_latent(mu, logvar, eps)
+    out = model.decoder(z)
+    log_lik = naive_bernoulli(out, x) if model.likelihood == "bernoulli" else naive_gaussian(*out, x)
+    return torch.logsumexp(log_lik + latent, 0) - math.log(eps.shape[0])
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("k", [1, 7])
+def test_log_likelihood_matches_a_hand_written_iwae_in_float64(k, likelihood):
+    model = UserVAE(likelihood)
+    x = batch() if likelihood == "bernoulli" else torch.randn(4, P, dtype=torch.float64)
+    eps = torch.randn(k, 4, D, dtype=torch.float64)
+    mu, logvar = model.encode(x)
+    got = ik.log_likelihood(x, mu, logvar, model.decoder, k, likelihood=likelihood, eps=eps, chunk=3)
+    assert got.dtype == torch.float64 and got.shape == (4,) and got.grad_fn is None
+    torch.testing.assert_close(got, hand_written_iwae(model, x, eps), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_chunked_equals_unchunked_for_the_same_eps_and_a_generator_repeats(backend):
+    device = backend_device(backend)
+    model = UserVAE(dtype=torch.float32).to(device)
+    x = batch(dtype=torch.float32).to(device)
+    mu, logvar = model.encode(x)
+    eps = torch.randn(23, 4, D).to(device)
+    call = lambda **kw: ik.log_likelihood(x, mu, logvar, model.decoder, 23, backend=backend, **kw)
+    whole = call(eps=eps, chunk=23)
+    for chunk in (1, 5, 22):
+        torch.testing.assert_close(call(eps=eps, chunk=chunk), whole, rtol=1e-6, atol=1e-6)
+    seeded = lambda chunk: call(chunk=chunk, generator=torch.Generator(device).manual_seed(4))
+    assert torch.equal(seeded(5), seeded(5))
+    assert not torch.equal(seeded(5), call(chunk=5, generator=torch.Generator(device).manual_seed(5)))
+
+
+def test_the_default_chunk_follows_the_decoder_widths_and_the_budget(monkeypatch):
+    model = UserVAE(hidden=16)
+    mu = torch.zeros(4, D, dtype=torch.float64)
+    # (2 x (16 + 12) Linear outputs + 4 x 3 latent + 4) floats of 8 bytes per row: 576 bytes.
+    assert evaluation.activation_row_bytes([model.decoder_net], D, 8) == 576
+    monkeypatch.setattr(evaluation, "EVAL_CHUNK_BYTES", 576 * 4 * 10)
+    assert evaluation.decoder_eval_chunk(model.decoder_net, 5000, mu) == 10
+    assert evaluation.decoder_eval_chunk(model.decoder_net, 5000, mu, chunk=7) == 7
+    assert evaluation.decoder_eval_chunk(model.decoder, 5000, mu) == evaluation.DEFAULT_EVAL_CHUNK  # a function
+    conv = nn.Sequential(nn.Linear(D, 8), nn.Unflatten(-1, (2, 4)), nn.Conv1d(2, 2, 3))
+    assert evaluation.decoder_eval_chunk(conv, 5000, mu) == evaluation.DEFAULT_EVAL_CHUNK  # widths unknown
+
+
+def test_log_likelihood_refuses_bad_arguments_naming_them():
+    model = UserVAE()
+    x = batch()
+    mu, logvar = model.encode(x)
+    with pytest.raises(ValueError, match="chunk: expected an int >= 1"):
+        ik.log_likelihood(x, mu, logvar, model.decoder, 10, chunk=0)
+    with pytest.raises(ValueError, match=r"eps: expected shape \(10, 4, 3\)"):
+        ik.log_likelihood(x, mu, logvar, model.decoder, 10, eps=torch.zeros(9, 4, D, dtype=torch.float64))
+    with pytest.raises(ValueError, match="likelihood: expected one of"):
+        ik.log_likelihood(x, mu, logvar, model.decoder, 10, likelihood="poisson")
+
+
+def test_user_model_memory_at_k_5000_stays_at_k_50s():
+    """The issue's bound: L_5000 of a user-defined model peaks within 1.25x (+64 MiB) of L_50 at the same chunk
+    (torch.profiler's memory accounting). Unchunked, the [5000, 4, 784] logits alone would be 60 MiB, which the
+    second, tighter check sees."""
+    model = UserVAE(hidden=32, x_dim=784, dtype=torch.float32)
+    x = torch.bernoulli(torch.full((4, 784), 0.3))
+    mu, logvar = model.encode(x)
+    peak = lambda k: peak_bytes(lambda: ik.log_likelihood(x, mu, logvar, model.decoder, k, chunk=50),
+                                torch.device("cpu"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 100 small chunks: on a busy CPU, handing each op to a second thread costs most
+    try:
+        small, large = peak(50), peak(5000)
+    finally:
+        torch.set_num_threads(threads)
+    assert large <= 1.25 * small + 64 * 2**20, f"k=5000 peaked at {large / 2**20:.1f} MiB, k=50 at {small / 2**20:.1f}"
+    assert large <= 1.25 * small, f"k=5000 peaked at {large / 2**20:.2f} MiB, k=50 at {small / 2**20:.2f}"
+
+
+def test_paper_model_log_likelihood_takes_its_noise_and_conv_loss_takes_eps():
+    model = paper_model(2, x_dim=P, hidden=((8,), (6,)), latent=(4, 2))
+    x = batch(dtype=torch.float32)
+    noise = [torch.randn(9, 4, 4), torch.randn(9, 4, 2)]
+    with torch.no_grad():
+        whole = ik.iwae_bound(model.log_weights(x, 9, noise=noise)).double()
+    torch.testing.assert_close(model.log_likelihood(x, 9, chunk=4, eps=noise), whole, rtol=1e-6, atol=1e-6)
+    conv = ConvIWAE(latent=3, channels=2)
+    images = torch.bernoulli(torch.full((2, 784), 0.3))
+    eps = torch.randn(5, 2, 3)
+    mu, logvar = conv.encoder(images).chunk(2, -1)
+    want = ik.iwae_loss(images, mu, logvar, conv.decoder, 5, eps=eps, flatten_samples=True)
+    torch.testing.assert_close(conv.loss(images, 5, eps=eps), want)
+    # the same samples in chunks of 2: L_5's mean is minus the loss
+    torch.testing.assert_close(conv.log_likelihood(images, 5, chunk=2, eps=eps).mean().float(), -want.detach())
+
+
+def _loader(n=7, batch_size=2):
+    data = batch(n, seed=3)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data), batch_size=batch_size)
+
+
+def _evaluate(progress=False):
+    model = UserVAE()
+    return ik.evaluate_dataset(_loader(), model.encode, model.decoder, 20, chunk=6, seed=5, progress=progress)
+
+
+def _worker(rank, world, init_file, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        result = _evaluate()
+        if rank == 0:
+            torch.save(result, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_evaluate_dataset_is_per_example_and_the_same_on_two_gloo_processes(tmp_path, capsys):
+    one = _evaluate(progress=True)
+    assert one.shape == (7,) and one.dtype == torch.float64
+    assert "L_20" in capsys.readouterr().err  # the progress bar (tqdm)
+    model = UserVAE()
+    first = next(iter(_loader()))[0]
+    mu, logvar = model.encode(first)
+    generator = torch.Generator().manual_seed(5 * 1_000_003)  # batch 0's noise
+    torch.testing.assert_close(one[:2], ik.log_likelihood(first, mu, logvar, model.decoder, 20, chunk=6,
+                                                          generator=generator))
+    # spawn, not fork: a forked child of a process whose OpenMP pool has run can hang in its first parallel op
+    workers = mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "two.pt")), nprocs=2,
+                                 join=False, start_method="spawn")
+    deadline = time.monotonic() + 120
+    while not workers.join(timeout=max(deadline - time.monotonic(), 0)):  # False each time one process ends
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.kill()
+            pytest.fail("the 2 gloo processes did not finish in 120 s")
+    assert torch.equal(torch.load(tmp_path / "two.pt"), one)
