@@ -52,9 +52,10 @@ LAYERS = [
     {"cuda_backend"},
     {"backend"},
     {"estimators"},
-    {"functional", "__init__"},
+    {"functional"},
+    {"evaluation", "__init__"},
     {"models"},
-    {"app", "__main__"},
+    {"app", "selftest", "__main__"},
 ]
 
 
