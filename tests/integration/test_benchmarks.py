@@ -38,7 +38,7 @@ def test_bench_loss_runs_and_records_what_it_must(tmp_path):
 def test_bench_eval_runs(tmp_path):
     folder = run_benchmark(tmp_path, "bench_eval.py", "--images", "6", "--k", "40", "--chunk", "16", "--batch", "3")
     rows = json.loads((folder / "bench_eval.json").read_text())["rows"]
-    assert [row["variant"] for row in rows] == ["naive (chunked, eager)", "fused", "fused-head", "fused-mlp"]
+    assert [row["variant"] for row in rows] == ["naive (chunked, eager)", "fused", "fused-head", "fused-mlp", "user model"]
     assert all(row["speedup_vs_naive"] > 0 for row in rows[1:]) and {row["chunk"] for row in rows} == {16}
     # Without --chunk each variant runs and records its own: 500 for naive, the models' eval_chunk (all 40 here).
     folder = run_benchmark(tmp_path / "default", "bench_eval.py", "--images", "6", "--k", "40", "--batch", "3")
