@@ -66,8 +66,8 @@ def test_support_table_names_what_ci_installs():
 def test_ci_checks_both_ends():
     stages = dict(re.findall(r'^stage "([^"]+)" (.+)$', (REPO / ".ci" / "run").read_text(), flags=re.MULTILINE))
     assert stages["newest: setup"] == "bash scripts/setup_env.sh"
-    assert stages["newest: test suite"] == ".venv/bin/python -m pytest -q"
+    assert stages["newest: test suite"].split("  #")[0] == ".venv/bin/python -m pytest -q -n auto --dist loadfile"
     assert stages["oldest: setup"] == "bash scripts/setup_oldest.sh"
     for end, venv in (("newest", ".venv"), ("oldest", ".venv-oldest")):
         assert stages[f"{end}: AOT sm_90"].startswith(f"{venv}/bin/python benchmarks/aot_report.py --arch 90 ")
-    assert stages["oldest: ops tests"].split("  #")[0] == ".venv-oldest/bin/python -m pytest -q -n 2 tests/ops"
+    assert stages["oldest: ops tests"] == ".venv-oldest/bin/python -m pytest -q -n auto --dist loadfile tests/ops"
