@@ -96,7 +96,7 @@ def _weighted_sum(weights, log_w):
     return torch.where(weights > 0, weights * log_w, 0).sum(0)
 
 
-def objective_bound(estimator, log_w, bound, normalized_weights, log_w_fixed=None, groups=None, ciwae_beta=None):
+def objective_bound(estimator, log_w, bound, normalized_weights, *, log_w_fixed=None, groups=None, ciwae_beta=None):
     """The per-example objective [B] of ``estimator`` (arguments already checked) whose gradient is its estimator.
 
     log_w [k, B]: the log-weights, their gradient the sampling kernels' (``sampling_estimator``). log_w_fixed

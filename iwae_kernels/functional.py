@@ -526,7 +526,8 @@ def estimator_bound(log_w, estimator, *, log_w_fixed=None, groups=None, ciwae_be
 
 def _objective_bound(ops, estimator, log_w, *, log_w_fixed=None, groups=None, ciwae_beta=None):
     bound = lambda lw: _bound(ops, lw)
-    return objective_bound(estimator, log_w, bound, ops.normalized_weights, log_w_fixed, groups, ciwae_beta)
+    return objective_bound(estimator, log_w, bound, ops.normalized_weights, log_w_fixed=log_w_fixed, groups=groups,
+                           ciwae_beta=ciwae_beta)
 
 
 def kl_warmup(step, warmup_steps, start=0.0):
