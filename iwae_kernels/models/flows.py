@@ -9,10 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import functional
+from .. import _checks, functional
 from .base import LogWeightModel
 from ..contract import LOG_2PI
-from ..estimators import NO_FLOW_ESTIMATORS, sampling_estimator
+from ..estimators import ESTIMATORS, NO_FLOW_ESTIMATORS, ROUTED_ESTIMATORS, check_estimator_options, sampling_estimator
+
+# What FlowIWAE.loss takes: every estimator with a reparameterization path through the flow (``flow_latent``).
+FLOW_ESTIMATORS = tuple(e for e in ESTIMATORS if e not in NO_FLOW_ESTIMATORS)
 
 
 class PlanarFlow(nn.Module):
@@ -105,7 +108,7 @@ def flow_latent(mu, logvar, k, flow, eps=None, estimator="iwae", backend=None):
 class FlowIWAE(LogWeightModel):
     """An MLP IWAE whose posterior is q0 followed by planar or radial flows; Bernoulli decoder.
 
-    x [B, x_dim] -> loss / bound / log_likelihood like ``models.PaperModel``.
+    x [B, x_dim] -> loss / bound / log_likelihood like ``models.PaperModel``; its estimators are FLOW_ESTIMATORS.
     """
 
     def __init__(self, x_dim=784, hidden=200, latent=20, flow="planar", length=4, backend=None):
@@ -113,10 +116,39 @@ class FlowIWAE(LogWeightModel):
         self.encoder = nn.Sequential(nn.Linear(x_dim, hidden), nn.Tanh(), nn.Linear(hidden, 2 * latent))
         self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.Tanh(), nn.Linear(hidden, x_dim))
         self.flow = make_flow(flow, latent, length)
+        self.latent = latent
         self.backend = backend
 
-    def log_weights(self, x, k, eps=None):
-        """log w [k, B] for k samples."""
+    def log_weights(self, x, k, eps=None, estimator="iwae"):
+        """log w [k, B] for k samples (eps: their noise [k, B, latent]), with ``estimator``'s sampling gradient."""
+        return self._log_weights(x, *self._flow_latent(x, k, eps, estimator))
+
+    def _flow_latent(self, x, k, eps, estimator):
         mu, logvar = self.encoder(x).chunk(2, -1)
-        z, latent = flow_latent(mu, logvar, k, self.flow, eps=eps, backend=self.backend)
+        return flow_latent(mu, logvar, k, self.flow, eps=eps, estimator=estimator, backend=self.backend)
+
+    def _log_weights(self, x, z, latent):
         return functional.bernoulli_log_likelihood(self.decoder(z), x, backend=self.backend) + latent
+
+    def bound(self, x, k=5, estimator="iwae", eps=None, groups=None, ciwae_beta=None):
+        """Per-example objective [B] whose gradient is the estimator's (``functional.estimator_bound``): L_k, the
+        ELBO for "vae", MIWAE's bound for "miwae" (``groups`` M: k = M * K), CIWAE's for "ciwae" (``ciwae_beta``).
+        eps: optional noise [k, B, latent] that fixes the samples."""
+        _checks.check_choice("estimator", estimator, ESTIMATORS)  # flow_latent refuses NO_FLOW_ESTIMATORS, saying why
+        groups, ciwae_beta = check_estimator_options(estimator, k, groups, ciwae_beta)
+        if estimator == "iwae-resample":
+            if eps is None:
+                weight = self.decoder[0].weight
+                eps = torch.randn(k, x.shape[0], self.latent, device=weight.device, dtype=weight.dtype)
+            return functional.resampled_iwae_bound(lambda noise: self.log_weights(x, noise[0].shape[0], noise[0]),
+                                                   [eps], backend=self.backend)
+        z, latent = self._flow_latent(x, k, eps, estimator)
+        log_w = self._log_weights(x, z, latent)
+        # piwae's model gradient: the same samples with the encoder and flow stopped, through the decoder again.
+        fixed = self._log_weights(x, z.detach(), latent.detach()) if estimator in ROUTED_ESTIMATORS else None
+        return functional.estimator_bound(log_w, estimator, log_w_fixed=fixed, groups=groups, ciwae_beta=ciwae_beta,
+                                          backend=self.backend)
+
+    def loss(self, x, k=5, estimator="iwae", eps=None, groups=None, ciwae_beta=None):
+        """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar); arguments as in ``bound``."""
+        return -self.bound(x, k, estimator, eps, groups, ciwae_beta).mean()

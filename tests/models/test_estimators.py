@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import iwae_kernels as ik
-from iwae_kernels.models.flows import flow_latent, make_flow
+from iwae_kernels.models.flows import FlowIWAE
 from iwae_kernels.models import ConvIWAE, paper_model
 from iwae_kernels.models.base import gaussian
 from torch.distributions import Normal
@@ -99,13 +99,19 @@ def test_paper_model_triton_gradients_equal_torch_on_shared_noise(estimator, opt
     gen = torch.Generator().manual_seed(5)
     x = binary_batch(5, 12, 1, device)
     noise = [torch.randn(4, 5, size, generator=gen, dtype=torch.float64).to(device) for size in (4, 3)]
+    assert_triton_gradients_equal_torch(lambda backend: small_paper_model(2, device, backend=backend),
+                                        lambda model: model.loss(x, 4, estimator, noise=noise, **options))
+
+
+def assert_triton_gradients_equal_torch(make_model, loss):
+    """make_model(backend) -> a float64 module, loss(module) -> a scalar: the same gradient on both backends."""
     grads = {}
     for backend in ("torch", "triton"):
-        model = small_paper_model(2, device, backend=backend)
+        model = make_model(backend)
         torch.manual_seed(0)  # iwae-resample draws its index from the global RNG
-        model.loss(x, 4, estimator, noise=noise, **options).backward()
+        loss(model).backward()
         grads[backend] = [p.grad for p in model.parameters()]
-    for name, (a, b) in zip(dict(model.named_parameters()), zip(grads["torch"], grads["triton"])):
+    for name, a, b in zip(dict(model.named_parameters()), grads["torch"], grads["triton"]):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11, msg=name)
 
 
@@ -173,29 +179,25 @@ def test_conv_iwae_estimator_is_unbiased():
     assert_unbiased(draws, gradient_draws(model, lambda: model.loss(x, k=5, estimator="iwae"), 60, seed=2))
 
 
-class FlowPosterior(nn.Module):
-    def __init__(self, kind):
-        super().__init__()
-        torch.manual_seed(0)
-        self.encoder = nn.Linear(12, 2 * 3).double()
-        self.flow = make_flow(kind, 3, 2).double()
-        self.decoder = nn.Linear(3, 12).double()
-
-    def loss(self, x, k, estimator):
-        mu, logvar = self.encoder(x).chunk(2, -1)
-        z, latent = flow_latent(mu, logvar, k, self.flow, estimator=estimator, backend="torch")
-        log_w = ik.bernoulli_log_likelihood(self.decoder(z), x, backend="torch") + latent
-        return -ik.iwae_bound(log_w, backend="torch").mean()
+def flow_iwae(kind="planar", backend="torch"):
+    torch.manual_seed(0)
+    return FlowIWAE(x_dim=12, hidden=5, latent=3, flow=kind, length=2, backend=backend).double()
 
 
 @pytest.mark.parametrize("kind", ["planar", "radial"])
-def test_flow_stl_is_unbiased_at_k1_and_dreg_is_refused(kind):
-    model = FlowPosterior(kind)
+def test_flow_iwae_stl_is_unbiased_at_k1(kind):
+    model = flow_iwae(kind)
     x = binary_batch(6, 12, 200, torch.device("cpu"))
     draws = gradient_draws(model, lambda: model.loss(x, 1, "stl"), 150, seed=1)
     assert_unbiased(draws, gradient_draws(model, lambda: model.loss(x, 1, "iwae"), 150, seed=2))
-    with pytest.raises(ValueError, match="dreg"):
-        model.loss(x, 5, "dreg")
+
+
+@pytest.mark.parametrize("estimator", ["dreg", "rws", "rws-dreg"])
+def test_flow_iwae_refuses_estimators_without_a_path_through_the_flow(estimator):
+    model = flow_iwae()
+    x = binary_batch(2, 12, 1, torch.device("cpu"))
+    with pytest.raises(ValueError, match=f"estimator: '{estimator}' is not supported with a flow posterior"):
+        model.loss(x, 4, estimator)
 
 
 def test_bonferroni_bound_is_the_normal_quantile():
@@ -392,46 +394,47 @@ def test_iwae_loss_new_estimators_on_shared_noise_and_unbiased(kind, estimator):
     assert_unbiased(draws, draws_of(lambda: reference(model, x, 6, estimator, generator), passes, seed=2))
 
 
-class FlowModel(FlowPosterior):
-    """FlowPosterior with the objective formed by ``estimator_bound``."""
-
-    def log_weights(self, x, k, estimator, eps):
-        mu, logvar = self.encoder(x).chunk(2, -1)
-        z, latent = flow_latent(mu, logvar, k, self.flow, eps=eps, estimator=estimator, backend="torch")
-        log_w = ik.bernoulli_log_likelihood(self.decoder(z), x, backend="torch") + latent
-        fixed = ik.bernoulli_log_likelihood(self.decoder(z.detach()), x, backend="torch") + latent.detach()
-        return log_w, fixed
-
-    def flow_loss(self, x, k, estimator, eps):
-        log_w, fixed = self.log_weights(x, k, estimator, eps)
-        fixed = fixed if estimator == "piwae" else None
-        return -ik.estimator_bound(log_w, estimator, log_w_fixed=fixed, backend="torch",
-                                   **NEW_ESTIMATORS[estimator]).mean()
-
-    def reference(self, x, k, estimator, eps):
-        log_w, _ = self.log_weights(x, k, "iwae", eps)
-        return split_gradient(self, *paper_objectives(log_w, estimator, **NEW_ESTIMATORS[estimator]),
-                              lambda name: not name.startswith("decoder."))
+def flow_reference(model, x, estimator, eps):
+    """The gradient of FlowIWAE's objective on the noise eps, from its log-weights at the plain "iwae" path."""
+    log_w = model.log_weights(x, eps.shape[0], eps)
+    return split_gradient(model, *paper_objectives(log_w, estimator, **NEW_ESTIMATORS[estimator]),
+                          lambda name: not name.startswith("decoder."))
 
 
 @pytest.mark.parametrize("estimator", ["miwae", "ciwae", "piwae"])
-def test_flow_new_estimators_on_shared_noise_and_unbiased(estimator):
-    model = FlowModel("planar")
+def test_flow_iwae_new_estimators_on_shared_noise_and_unbiased(estimator):
+    """FlowIWAE.loss: on shared noise the value is the objective's and the gradient its formula's; over draws the
+    mean gradient is the objective's (the flow's parameters are the encoder's: the posterior's)."""
+    model = flow_iwae()
     x = binary_batch(6, 12, 50, torch.device("cpu"))
     noise = lambda: torch.randn(6, x.shape[0], 3, dtype=torch.float64)
     eps = noise()
-    got = estimator_gradient(model, lambda: model.flow_loss(x, 6, estimator, eps))
-    torch.testing.assert_close(got, model.reference(x, 6, estimator, eps), rtol=1e-10, atol=1e-12)
-    draws = draws_of(lambda: estimator_gradient(model, lambda: model.flow_loss(x, 6, estimator, noise())), 80, 1)
-    assert_unbiased(draws, draws_of(lambda: model.reference(x, 6, estimator, noise()), 80, 2))
+    options = NEW_ESTIMATORS[estimator]
+    value = model.bound(x, 6, estimator, eps, **options)
+    with torch.no_grad():
+        want_value = paper_objectives(model.log_weights(x, 6, eps), estimator, **options)[0]
+    torch.testing.assert_close(value.detach(), want_value, rtol=1e-12, atol=1e-12)
+    got = estimator_gradient(model, lambda: model.loss(x, 6, estimator, eps, **options))
+    torch.testing.assert_close(got, flow_reference(model, x, estimator, eps), rtol=1e-10, atol=1e-12)
+    draws = draws_of(lambda: estimator_gradient(model, lambda: model.loss(x, 6, estimator, **options)), 80, 1)
+    assert_unbiased(draws, draws_of(lambda: flow_reference(model, x, estimator, noise()), 80, 2))
 
 
-@pytest.mark.parametrize("estimator", ["rws", "rws-dreg"])
-def test_flows_refuse_rws(estimator):
-    model = FlowPosterior("planar")
-    x = binary_batch(2, 12, 1, torch.device("cpu"))
-    with pytest.raises(ValueError, match=estimator):
-        model.loss(x, 4, estimator)
+@pytest.mark.parametrize("estimator", ["iwae", "miwae", "ciwae", "piwae", "iwae-resample"])
+def test_flow_iwae_triton_gradients_equal_torch_on_shared_noise(estimator):
+    device = backend_device("triton")
+    x = binary_batch(5, 12, 1, device)
+    eps = torch.randn(6, 5, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64).to(device)
+    options = NEW_ESTIMATORS.get(estimator, {})
+    assert_triton_gradients_equal_torch(lambda backend: flow_iwae(backend=backend).to(device),
+                                        lambda model: model.loss(x, 6, estimator, eps, **options))
+
+
+def test_flow_iwae_resampled_estimator_is_unbiased():
+    model = flow_iwae()
+    x = binary_batch(6, 12, 50, torch.device("cpu"))
+    draws = gradient_draws(model, lambda: model.loss(x, 5, "iwae-resample"), 150, seed=1)
+    assert_unbiased(draws, gradient_draws(model, lambda: model.loss(x, 5, "iwae"), 150, seed=2))
 
 
 def test_new_estimator_arguments_are_checked():
