@@ -16,6 +16,8 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "$VENV/bin/python" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}" "${extra_pins[@]}"
 fi
 "$VENV/bin/python" -m pip install -q -e ".[test]" "${extra_pins[@]}"
+# The MIWAE/PIWAE/CIWAE peer of tests/models/test_peers_pythae.py; what it imports is in the test extra.
+"$VENV/bin/python" -m pip install -q --no-deps pythae==0.1.2
 "$VENV/bin/python" -c "import torch, iwae_kernels; from importlib.metadata import version as v
 print('iwae_kernels', iwae_kernels.__version__, 'torch', torch.__version__, 'triton', v('triton'), 'numpy', v('numpy'),
       'cuda' if torch.cuda.is_available() else 'cpu')"
