@@ -4,6 +4,7 @@ Data: random 8x8 "bars" images (each of the 16 horizontal and vertical bars on w
 classic toy set with known structure, so this runs in seconds on a CPU with nothing to download.
 
     python examples/quickstart.py [--steps 1500] [--k 50] [--estimator iwae] [--device cpu]
+    python examples/quickstart.py --estimator miwae --groups 5       # MIWAE(5, 10): k = 50 in 5 groups
 """
 
 import argparse
@@ -30,9 +31,10 @@ class VAE(nn.Module):
         self.encoder = nn.Sequential(nn.Linear(x_dim, hidden), nn.Tanh(), nn.Linear(hidden, 2 * z_dim))
         self.decoder = nn.Sequential(nn.Linear(z_dim, hidden), nn.Tanh(), nn.Linear(hidden, x_dim))
 
-    def forward(self, x, k, estimator):
+    def forward(self, x, k, estimator, **options):
+        """The loss for x [B, 64]; options: iwae_loss's groups (miwae, piwae) or ciwae_beta (ciwae)."""
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
-        return ik.iwae_loss(x, mu, logvar, self.decoder, k=k, estimator=estimator)
+        return ik.iwae_loss(x, mu, logvar, self.decoder, k=k, estimator=estimator, **options)
 
     @torch.no_grad()
     def log_likelihood(self, x, k=5000, chunk=500):
@@ -50,6 +52,8 @@ def main():
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--estimator", default="iwae", choices=ik.ESTIMATORS)
+    parser.add_argument("--groups", type=int, help="miwae, piwae: M groups of k / M samples")
+    parser.add_argument("--ciwae-beta", type=float, help="ciwae: the ELBO's share b in [0, 1]")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -59,10 +63,15 @@ def main():
     train, test = bars(20000, generator=data_gen).to(args.device), bars(500, generator=data_gen).to(args.device)
     model = VAE().to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4)
+    options = dict(groups=args.groups, ciwae_beta=args.ciwae_beta)
+    try:  # an estimator and options that do not fit (miwae without --groups) fail here, before any step
+        model(train[:2], args.k, args.estimator, **options)
+    except ValueError as error:
+        parser.error(str(error))
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         batch = train[torch.randint(0, train.shape[0], (100,), device=args.device)]
-        loss = model(batch, args.k, args.estimator)
+        loss = model(batch, args.k, args.estimator, **options)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
