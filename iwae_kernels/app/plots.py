@@ -41,7 +41,8 @@ def draw_pictures(model, test_bits, out_dir, history=None, step_log=None, test_n
         plt.imsave(Path(out_dir) / "samples.png", _grid(model.sample(100).cpu(), 10, 10, side).numpy(), cmap="gray")
         originals = test_bits[:10]
         pairs = torch.cat([originals, model.reconstruct(originals.to(device)).cpu()])
-        plt.imsave(Path(out_dir) / "reconstructions.png", _grid(pairs, 2, 10, side).numpy(), cmap="gray")
+        plt.imsave(Path(out_dir) / "reconstructions.png", _grid(pairs, 2, originals.shape[0], side).numpy(),
+                   cmap="gray")  # up to 10 columns: a --test-subset may hold fewer images
     if step_log or history:
         figure, axis = plt.subplots(figsize=(5, 3.5))
         if step_log:
