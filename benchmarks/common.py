@@ -113,7 +113,7 @@ def write_results(name, device, env, rows, columns, notes=(), show=True):
     folder = RESULTS / env["device"].split(" (")[0].replace(" ", "_")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps({**env, "rows": rows}, indent=1))
-    fmt = lambda v: "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+    fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
     lines = [f"# {name} on {env['device']}", "",
              f"- {env['date']}, torch {env['torch']}, triton {env['triton']}, commit {env['git_commit']}, "
              f"float32 matmul precision {env['float32_matmul_precision']!r}",

@@ -9,7 +9,7 @@ the test set. Writes benchmarks/results/<device>/paper_table.{json,md} (paper_ta
 
     python benchmarks/paper_table.py --epochs 5 --test-subset 2000        # the committed CPU run
     python benchmarks/paper_table.py --objectives --rows IWAE DReG MIWAE CIWAE PIWAE RWS RWS-DReG \
-        --epochs 1 --train-subset 2000 --test-subset 200                  # the estimator family, reduced
+        --epochs 3 --test-subset 1000                                     # the estimator family (50 minutes)
 """
 
 import argparse
