@@ -108,18 +108,22 @@ def peak_memory_mib(fn, device):
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
+def table_cell(value, digits=4):
+    """A markdown table cell: "-" for None, floats to ``digits`` significant digits, anything else as str."""
+    return "-" if value is None else (f"{value:.{digits}g}" if isinstance(value, float) else str(value))
+
+
 def write_results(name, device, env, rows, columns, notes=(), show=True):
     """benchmarks/results/<device>/<name>.json and .md (and the table on stdout when ``show``); returns the folder."""
     folder = RESULTS / env["device"].split(" (")[0].replace(" ", "_")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps({**env, "rows": rows}, indent=1))
-    fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
     lines = [f"# {name} on {env['device']}", "",
              f"- {env['date']}, torch {env['torch']}, triton {env['triton']}, commit {env['git_commit']}, "
              f"float32 matmul precision {env['float32_matmul_precision']!r}",
              f"- command: `{env['command']}`", *[f"- {note}" for note in notes], "",
              "| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
-    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(table_cell(row.get(c)) for c in columns) + " |" for row in rows]
     (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
     if show:
         print("\n".join(lines[len(notes) + 4:]))

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS  # noqa: E402
+from common import RESULTS, table_cell  # noqa: E402
 
 # Dense peaks, FLOP/s, and the HBM bandwidth, GB/s, of the devices with committed results.
 PEAKS = {"NVIDIA H100 80GB HBM3": {"fp32": 67e12, "tf32": 495e12, "bf16": 990e12, "hbm_gbps": 3350.0}}
@@ -136,7 +136,7 @@ def main():
     device, bandwidth, rows = tables(args.results)
     peaks = PEAKS[device]
     columns = ["bench", "shape", "variant", "model", "gflop", "min_mb", "bound_ms", "measured_ms", "pct_of_bound"]
-    fmt = lambda v: "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+    fmt = lambda v: table_cell(v, digits=3)
     lines = [f"# Roofline of the {device} results", "",
              f"- peaks: FP32 {peaks['fp32'] / 1e12:g}, TF32 {peaks['tf32'] / 1e12:g}, BF16 {peaks['bf16'] / 1e12:g} "
              f"TFLOP/s dense; HBM {peaks['hbm_gbps']:g} GB/s; copy bandwidth measured by bench_loss: "
