@@ -112,6 +112,35 @@ def test_streaming_merge_combines_partial_states():
     torch.testing.assert_close(parts[0].bound(), ik.iwae_bound(log_w), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("empty_first", [True, False])
+def test_streaming_merge_into_an_empty_state(dtype, empty_first):
+    """An accumulator that has folded nothing (max -inf, sum 0) merged with log-weights near -120: in float32
+    exp(-120) underflows, so the merge must shift by the larger max (a smaller one would return -inf)."""
+    log_w = torch.randn(9, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) - 120
+    empty, full = (ik.StreamingIWAEBound(4, dtype=dtype) for _ in range(2))
+    full.update(log_w.to(dtype))
+    first, second = (empty, full) if empty_first else (full, empty)
+    first.merge(second)
+    assert first.num_samples == 9
+    assert_close(first.bound(), ik.iwae_bound(log_w), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_streaming_merge_across_far_apart_maxima(dtype):
+    """Two states whose maxima lie 200 apart (either way round per example): exp(200) overflows float32, so the
+    smaller state must be scaled down to the larger max, never the larger one up."""
+    log_w = torch.randn(12, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    log_w[6:, 0] += 200  # example 0: the second state holds the larger max
+    log_w[:6, 1] += 200  # example 1: the first state does
+    parts = [ik.StreamingIWAEBound(3, dtype=dtype) for _ in range(2)]
+    parts[0].update(log_w[:6].to(dtype))
+    parts[1].update(log_w[6:].to(dtype))
+    parts[0].merge(parts[1])
+    assert bool(torch.isfinite(parts[0].bound()).all())
+    assert_close(parts[0].bound(), ik.iwae_bound(log_w), dtype)
+
+
 def test_streaming_errors():
     with pytest.raises(ValueError, match="batch_size"):
         ik.StreamingIWAEBound(0)
@@ -143,3 +172,20 @@ def test_split_k_fold_matches_reference(kernel, dtype, shape):
     for chunk in log_w.to(device, dtype).split(shape[0] // 2 + 1):
         streamed.update(chunk)
     assert_close(streamed.bound(), expected[0], dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_split_k_fold_covers_the_last_row(kernel, dtype):
+    """k = 1037 over 4 splits (not a multiple): the splits' row counts must round up, or the last rows are never
+    read; the largest log-weight sits in the very last row, so a missed row changes the bound by about 50 nats."""
+    from iwae_kernels.ops.logsumexp import BLOCK_EXAMPLES
+    from iwae_kernels.ops.utils import cdiv, sample_splits
+
+    shape = (1037, 3)
+    splits = sample_splits(shape[0], cdiv(shape[1], BLOCK_EXAMPLES), torch.device("cpu"))
+    assert splits > 1 and shape[0] % splits != 0
+    log_w = make_log_w(*shape)
+    log_w[-1] = log_w.max() + 50
+    expected = run(ik.iwae_bound, log_w, "torch", "cpu", torch.float64)
+    for got, want in zip(run(ik.iwae_bound, log_w.to(dtype).double(), *kernel, dtype), expected):
+        assert_close(got, want, dtype)
