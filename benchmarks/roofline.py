@@ -123,6 +123,8 @@ def tables(folder):
         result = json.loads(eval_path.read_text())
         variants = {row["variant"] for row in result["rows"]}
         for row in result["rows"]:
+            if "ais_steps" in row:  # AIS rows: no roofline model (and a median_ms, not a wall_s)
+                continue
             rows.append({"bench": "bench_eval", "shape": f"{row['images']} images k={row['k']}",
                          "variant": row["variant"], "measured_ms": 1e3 * row["wall_s"],
                          **eval_roofline(row, device, eval_model(row["variant"], variants))})

@@ -18,6 +18,9 @@ Public API (k samples lead every [k, ...] tensor):
     estimator_bound(log_w, estimator, ...)     -> [B] MIWAE / CIWAE / PIWAE / rws-dreg objectives on own log-weights
     log_likelihood(x, mu, logvar, decoder, k=5000, ...) -> L_k [B] of your own model, memory flat in k
     evaluate_dataset(loader, encode, decoder, k=5000, ...) -> L_k [N] over a dataset, 1 or N processes
+    importance_diagnostics(log_w)              -> ESS [B] and PSIS Pareto k-hat [B] (also diagnostics=True above)
+    ais_log_likelihood(x, decoder, mu=, logvar=, steps=, chains=) -> AIS log p(x) [B], tighter than L_k
+    bdmc(x, z, decoder, ...)                   -> BDMCBounds(lower, upper) on data simulated by simulate_data
 """
 
 from .functional import (
@@ -41,6 +44,8 @@ from .functional import (
     resampled_iwae_bound,
 )
 
+from .ais import BDMCBounds, ais_log_likelihood, bdmc, simulate_data
+from .diagnostics import ImportanceDiagnostics, StreamingImportanceDiagnostics, importance_diagnostics
 from .evaluation import evaluate_dataset, log_likelihood
 from ._autograd import DoubleBackwardError
 from .backend import preload as _preload_backends
@@ -50,10 +55,15 @@ _preload_backends()
 __version__ = "0.1.0"
 
 __all__ = [
+    "BDMCBounds",
     "DoubleBackwardError",
     "ESTIMATORS",
+    "ImportanceDiagnostics",
     "LIKELIHOODS",
+    "StreamingImportanceDiagnostics",
     "StreamingIWAEBound",
+    "ais_log_likelihood",
+    "bdmc",
     "bernoulli_decoder_log_likelihood",
     "bernoulli_mlp_decoder_log_likelihood",
     "bernoulli_iwae_loss",
@@ -64,6 +74,7 @@ __all__ = [
     "gaussian_iwae_loss",
     "gaussian_log_likelihood",
     "gaussian_sample",
+    "importance_diagnostics",
     "iwae_bound",
     "iwae_loss",
     "kl_warmup",
@@ -71,4 +82,5 @@ __all__ = [
     "log_likelihood",
     "normalized_weights",
     "resampled_iwae_bound",
+    "simulate_data",
 ]

@@ -38,12 +38,18 @@ def check_same_device(name, value, like_name, like_value):
 
 def check_sample_count(k):
     """k >= 1 as a Python int; numpy and other integer types (anything with __index__ but bool) are accepted."""
-    if isinstance(k, bool) or not hasattr(type(k), "__index__") or isinstance(k, torch.Tensor):
-        raise TypeError(f"k: expected an int >= 1, got {type(k).__name__}")
-    k = operator.index(k)
-    if k < 1:
-        raise ValueError(f"k: expected an int >= 1, got {k}")
-    return k
+    return check_positive_int("k", k)
+
+
+def check_positive_int(name, value):
+    """``value`` >= 1 as a Python int; numpy and other integer types (anything with __index__ but bool) are
+    accepted."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__") or isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected an int >= 1, got {type(value).__name__}")
+    value = operator.index(value)
+    if value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value}")
+    return value
 
 
 def check_choice(name, value, choices):

@@ -1,117 +1,116 @@
 """Large-k evaluation in memory that does not grow with k: L_k (the paper's test log-likelihood at k = 5000) of
 any encoder/decoder, per example, and over a dataset on 1 or N processes.
 
-The samples run in chunks whose size follows from an activation budget (``eval_chunk``), each chunk's
-log-weights folded into ``StreamingIWAEBound``; the model zoo's ``LogWeightModel.log_likelihood`` uses the same
+The samples run in chunks whose size follows from a memory budget and the decoder's measured bytes per sample
+(``chunk_for_budget``), each chunk's log-weights folded into ``StreamingIWAEBound`` (and, on request, into the
+importance diagnostics, ``diagnostics.py``); the model zoo's ``LogWeightModel.log_likelihood`` uses the same
 two pieces.
 """
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from . import functional
+from ._memory import peak_live_bytes
 from .backend import get_backend
+from .diagnostics import StreamingImportanceDiagnostics
 from .functional import StreamingIWAEBound
 
-# What one chunk of L_k's samples may hold in activations; the chunk follows from it and the batch size, so memory
-# does not grow with k. 512 MiB: 500 samples of 100 images through the paper's layers, all 5000 through its fused
-# decoder MLP.
-EVAL_CHUNK_BYTES = 512 * 2**20
-# Samples per chunk when the activations per sample are not known (a decoder with layers other than nn.Linear).
-DEFAULT_EVAL_CHUNK = 500
-# Layers whose per-sample output width ``linear_widths`` cannot read; parameter-free ones (activations, reshapes)
-# hold no more than the Linear output they follow, which the estimate counts twice.
-_READABLE_LAYERS = (nn.Linear,)
+# What one chunk of L_k's samples may hold in the tensors it allocates, unless ``memory_budget=`` says otherwise:
+# the chunk follows from it, the batch and the decoder's measured bytes per sample, so memory does not grow with k.
+MEMORY_BUDGET = 512 * 2**20
+# Samples per chunk of the two probe calls that measure a decoder's bytes (fixed + per sample).
+PROBE_SAMPLES = (2, 4)
+# The share of the budget the counted tensors may fill. The rest is for what the count cannot see: workspaces
+# inside an op (a CPU transposed convolution's column buffer was 4x its output per sample; cuDNN's workspaces)
+# and the allocator's rounding. With it a 3 x 64 x 64 conv decoder peaked at 0.9x its budget (CPU RSS).
+COUNTED_SHARE = 0.5
 
 
-def eval_chunk(k, batch_size, *, row_bytes, chunk=None):
-    """Samples per chunk of L_k over ``batch_size`` examples, at most k: ``chunk`` when given, else as many as
-    EVAL_CHUNK_BYTES of activations hold at ``row_bytes`` per (sample, example) row (DEFAULT_EVAL_CHUNK when
-    row_bytes is None), at least 1."""
-    if chunk:
+def check_chunk_and_budget(chunk, memory_budget):
+    """``chunk`` (samples, int >= 1) and ``memory_budget`` (bytes, int >= 1) are each None or valid."""
+    for name, value in (("chunk", chunk), ("memory_budget", memory_budget)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}: expected an int >= 1 or None, got {value!r}")
+
+
+def chunk_for_budget(chunk_log_weights, k, *, chunk=None, memory_budget=None):
+    """Samples per chunk of L_k, at most k: ``chunk`` when given, else as many as ``memory_budget`` bytes (default
+    MEMORY_BUDGET) hold, measured: ``chunk_log_weights(size) -> [size, B]`` runs at the PROBE_SAMPLES sizes while
+    every tensor it allocates is counted (``_memory.peak_live_bytes``, any device, any decoder), and the peak's
+    fixed and per-sample parts give the largest chunk whose counted peak fits COUNTED_SHARE of the budget (the
+    rest is for workspaces inside ops). At least 1."""
+    if chunk is not None:
         return min(k, chunk)
-    samples = DEFAULT_EVAL_CHUNK if row_bytes is None else EVAL_CHUNK_BYTES // (batch_size * row_bytes)
-    return max(1, min(k, samples))
+    small, large = PROBE_SAMPLES
+    if k <= large:
+        return k
+    budget = COUNTED_SHARE * (MEMORY_BUDGET if memory_budget is None else memory_budget)
+    with torch.no_grad():  # as evaluation runs: no autograd graph
+        peaks = [peak_live_bytes(lambda: chunk_log_weights(size))[1] for size in PROBE_SAMPLES]
+    per_sample = (peaks[1] - peaks[0]) / (large - small)
+    if per_sample <= 0:  # the fixed part hid the per-sample one: take it all as per-sample (an upper estimate)
+        per_sample = peaks[1] / large
+    fixed = max(0.0, peaks[0] - small * per_sample)
+    return max(1, min(k, int((budget - fixed) // max(per_sample, 1.0))))
 
 
-def linear_widths(networks):
-    """Sum of the nn.Linear output widths in ``networks`` (modules), or None when one holds a layer with
-    parameters that is not an nn.Linear (its activations are not known)."""
-    widths = 0
-    for network in networks:
-        for module in network.modules():
-            if isinstance(module, _READABLE_LAYERS):
-                widths += module.out_features
-            elif any(True for _ in module.parameters(recurse=False)):
-                return None
-    return widths
-
-
-def activation_row_bytes(networks, latent_width, element_size):
-    """Upper estimate of the bytes per (sample, example) row that per-sample ``networks`` hold without autograd:
-    each Linear's output and its activation, and per latent unit its noise, sample, mean and log-variance; None
-    when ``linear_widths`` cannot read a network."""
-    widths = linear_widths(networks)
-    if widths is None:
-        return None
-    floats = 2 * widths + 4 * latent_width + 4  # + 4: the latent term, log w and the fold's temporaries
-    return floats * element_size
-
-
-def streamed_bound(chunk_log_weights, k, *, chunk, batch_size, device, backend=None):
+def streamed_bound(chunk_log_weights, k, *, chunk, batch_size, device, backend=None, diagnostics=False):
     """L_k [B] (float64) from ``chunk_log_weights(start, size) -> log w [size, B]`` called for consecutive
-    chunks of ``chunk`` samples covering k, folded as they come (StreamingIWAEBound)."""
+    chunks of ``chunk`` samples covering k, folded as they come (StreamingIWAEBound); with ``diagnostics``, also
+    the weights' ``ImportanceDiagnostics`` from the same chunks: (L_k, diagnostics)."""
     accumulator = StreamingIWAEBound(batch_size, device=device, dtype=torch.float64, backend=backend)
+    checks = StreamingImportanceDiagnostics(k, batch_size, device=device, backend=backend) if diagnostics else None
     for start in range(0, k, chunk):
-        accumulator.update(chunk_log_weights(start, min(chunk, k - start)))
-    return accumulator.bound()
-
-
-def decoder_eval_chunk(decoder, k, mu, *, chunk=None):
-    """``log_likelihood``'s samples per chunk for ``decoder`` and the posterior mean mu [B, D]: ``eval_chunk`` with
-    the decoder's ``activation_row_bytes`` (an nn.Module's Linear widths; unknown for other callables)."""
-    row_bytes = None
-    if isinstance(decoder, nn.Module):
-        row_bytes = activation_row_bytes([decoder], mu.shape[1], mu.element_size())
-    return eval_chunk(k, mu.shape[0], row_bytes=row_bytes, chunk=chunk)
+        log_w = chunk_log_weights(start, min(chunk, k - start))
+        accumulator.update(log_w)
+        if checks is not None:
+            checks.update(log_w)
+    return (accumulator.bound(), checks.result()) if diagnostics else accumulator.bound()
 
 
 @torch.no_grad()
-def log_likelihood(x, mu, logvar, decoder, k=5000, *, likelihood="bernoulli", chunk=None, eps=None, generator=None,
-                   backend=None, flatten_samples=False, check_finite=False):
+def log_likelihood(x, mu, logvar, decoder, k=5000, *, likelihood="bernoulli", chunk=None, memory_budget=None,
+                   eps=None, generator=None, backend=None, flatten_samples=False, check_finite=False,
+                   diagnostics=False):
     """Per-example L_k [B] of your own encoder/decoder (the paper's test log-likelihood at k = 5000), in memory
     that does not grow with k and with no autograd graph.
 
     Args:
         x, mu, logvar, decoder, likelihood, flatten_samples, check_finite: as for ``iwae_loss``.
         k: samples per example, >= 1.
-        chunk: samples per chunk; default as many as EVAL_CHUNK_BYTES (512 MiB) of activations hold: for an
-            nn.Module decoder of nn.Linear layers (and parameter-free ones) estimated from their widths, else
-            DEFAULT_EVAL_CHUNK (500).
+        chunk: samples per chunk; default: as many as ``memory_budget`` holds.
+        memory_budget: bytes one chunk's tensors may take (default MEMORY_BUDGET, 512 MiB), for any decoder:
+            the decoder and likelihood run on 2 and 4 samples first while the bytes of every tensor they allocate
+            are counted, and the chunk is sized from that (``chunk_for_budget``).
         eps: optional standard-normal noise [k, B, D] (mu's dtype and device), used a chunk at a time: the result
             then does not depend on ``chunk``.
         generator: a torch.Generator on mu's device for the noise (default torch's global RNG). The same
             generator state gives the same L_k for the same chunk size; another chunk size draws the noise in
             other pieces, so a different (equally distributed) L_k: pass ``eps`` for a chunk-free value.
+        diagnostics: also return the importance weights' ESS and PSIS k-hat per example, from the same chunks.
 
     Returns:
-        L_k [B], float64 (the fold's accumulation dtype).
+        L_k [B], float64 (the fold's accumulation dtype); with ``diagnostics``, (L_k, ``ImportanceDiagnostics``
+        (ess [B], pareto_k [B])).
     """
     k = functional._check_loss_args(x, mu, logvar, decoder=decoder, k=k, likelihood=likelihood, eps=eps,
                                     generator=generator, check_finite=check_finite)
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-        raise ValueError(f"chunk: expected an int >= 1 or None, got {chunk!r}")
-    chunk = decoder_eval_chunk(decoder, k, mu, chunk=chunk)
+    check_chunk_and_budget(chunk, memory_budget)
     ops = get_backend(backend, mu.device)
 
-    def chunk_log_weights(start, size):
+    def chunk_log_weights(start, size, noise=None):
+        if noise is None and eps is not None:
+            noise = eps[start : start + size]
         return functional._log_weights(x, mu, logvar, decoder=decoder, k=size, ops=ops, likelihood=likelihood,
-                                       eps=None if eps is None else eps[start : start + size], generator=generator,
-                                       flatten_samples=flatten_samples, check_finite=check_finite)
+                                       eps=noise, generator=generator, flatten_samples=flatten_samples,
+                                       check_finite=check_finite)
 
+    # The probe's samples come from zero noise: it draws nothing from ``generator``.
+    probe = lambda size: chunk_log_weights(0, size, mu.new_zeros((size,) + tuple(mu.shape)))
+    chunk = chunk_for_budget(probe, k, chunk=chunk, memory_budget=memory_budget)
     return streamed_bound(chunk_log_weights, k, chunk=chunk, batch_size=mu.shape[0], device=mu.device,
-                          backend=backend)
+                          backend=backend, diagnostics=diagnostics)
 
 
 def process_group():
@@ -139,7 +138,8 @@ def dealt_log_likelihoods(batches, batch_log_likelihood, k, *, total=None, progr
     batches: an iterable of (index, batch), the same on every process; batch_log_likelihood(index, batch) -> [b]
     for the batches this process owns (index % world == rank); its noise must depend on the index only, so
     N processes give the same numbers as 1. total: the examples in all batches, for the progress bar (samples =
-    examples x k). Returns the [N] concatenation, on the CPU.
+    examples x k). Returns the [N] concatenation, on the CPU (for (L_k, ImportanceDiagnostics) batches, the same
+    pair of [N] concatenations).
     """
     rank, world = process_group()
     share = None if total is None else -(-total // world) * k
@@ -148,20 +148,37 @@ def dealt_log_likelihoods(batches, batch_log_likelihood, k, *, total=None, progr
     for index, batch in batches:
         if index % world != rank:
             continue
-        results[index] = batch_log_likelihood(index, batch).cpu()
+        results[index] = _to_cpu(batch_log_likelihood(index, batch))
         if bar is not None:
-            bar.update(results[index].shape[0] * k)
+            bar.update(_examples(results[index]) * k)
     if bar is not None:
         bar.close()
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, results)
         results = {index: values for part in gathered for index, values in part.items()}
-    return torch.cat([results[index] for index in sorted(results)])
+    ordered = [results[index] for index in sorted(results)]
+    if isinstance(ordered[0], torch.Tensor):
+        return torch.cat(ordered)
+    bounds, checks = zip(*ordered)  # (L_k, ImportanceDiagnostics) per batch
+    return torch.cat(bounds), type(checks[0])(*map(torch.cat, zip(*checks)))
 
 
-def evaluate_dataset(loader, encode, decoder, k=5000, *, likelihood="bernoulli", chunk=None, seed=0, device=None,
-                     backend=None, flatten_samples=False, check_finite=False, progress=False):
+def _to_cpu(result):
+    """A batch's L_k [b], or (L_k, ImportanceDiagnostics), on the CPU."""
+    if isinstance(result, torch.Tensor):
+        return result.cpu()
+    bound, checks = result
+    return bound.cpu(), type(checks)(*(t.cpu() for t in checks))
+
+
+def _examples(result):
+    return (result if isinstance(result, torch.Tensor) else result[0]).shape[0]
+
+
+def evaluate_dataset(loader, encode, decoder, k=5000, *, likelihood="bernoulli", chunk=None, memory_budget=None, seed=0,
+                     device=None, backend=None, flatten_samples=False, check_finite=False, progress=False,
+                     diagnostics=False):
     """Per-example L_k [N] (float64, CPU, in the loader's order) over a dataset, on one process or all of an
     initialised torch.distributed process group (torchrun): batch j goes to process j % world and draws its noise
     from a generator seeded by (seed, j), so 1 and N processes give the same numbers.
@@ -170,10 +187,13 @@ def evaluate_dataset(loader, encode, decoder, k=5000, *, likelihood="bernoulli",
         loader: an iterable of batches x [b, *event] (or tuples/lists whose first item is x), e.g. a DataLoader;
             every process iterates all of it, in the same order, and evaluates its share.
         encode: x -> (mu, logvar), each [b, D]; decoder, likelihood, flatten_samples, check_finite: as for
-            ``iwae_loss``; k, chunk, backend: as for ``log_likelihood``.
+            ``iwae_loss``; k, chunk, memory_budget, backend, diagnostics: as for ``log_likelihood`` (with
+            ``diagnostics``, returns (L_k [N], ``ImportanceDiagnostics`` of [N] tensors)).
         device: where x goes before ``encode`` (None: where the loader puts it).
         progress: a progress bar counting samples (examples x k) when tqdm is installed.
     """
+    check_chunk_and_budget(chunk, memory_budget)
+
     def numbered():
         for index, batch in enumerate(loader):
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -183,8 +203,9 @@ def evaluate_dataset(loader, encode, decoder, k=5000, *, likelihood="bernoulli",
     def batch_log_likelihood(index, x):
         generator = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + index)
         mu, logvar = encode(x)
-        return log_likelihood(x, mu, logvar, decoder, k, likelihood=likelihood, chunk=chunk, generator=generator,
-                              backend=backend, flatten_samples=flatten_samples, check_finite=check_finite)
+        return log_likelihood(x, mu, logvar, decoder, k, likelihood=likelihood, chunk=chunk,
+                              memory_budget=memory_budget, generator=generator, backend=backend,
+                              flatten_samples=flatten_samples, check_finite=check_finite, diagnostics=diagnostics)
 
     dataset = getattr(loader, "dataset", None)
     total = len(dataset) if hasattr(dataset, "__len__") else None

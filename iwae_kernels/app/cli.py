@@ -26,7 +26,8 @@ from . import data as datasets
 from .checkpoint import load_checkpoint
 from .config import TrainConfig, build_model, estimator_options
 from .errors import OptionError, UserError
-from .evaluate import check_evaluation_time, evaluate, rank_and_world
+from .evaluate import (check_ais_options, check_evaluation_time, describe_ais, describe_diagnostics, evaluate,
+                       rank_and_world)
 from ..backend import backend_name
 from ..functional import ESTIMATORS
 from .device import resolve_device
@@ -39,7 +40,8 @@ PRESETS = {
     "quick": {"k": 5, "batch_size": 100, "epochs": 1, "test_subset": 500},
     "paper": {"schedule": "paper", "k": 50, "batch_size": 20},
 }
-EVAL_DEFAULTS = {"eval_k": 5000, "eval_chunk": None, "eval_batch": 100, "test_subset": 0, "max_eval_hours": 24.0}
+EVAL_DEFAULTS = {"eval_k": 5000, "eval_chunk": None, "eval_batch": 100, "test_subset": 0, "max_eval_hours": 24.0,
+                 "ais_steps": None, "ais_chains": 16, "ais_images": 100, "bdmc_examples": 0}
 # Report, test bounds and pictures.
 EVAL_OUTPUT_BYTES = 16 * 2**20
 EXIT_BUG, EXIT_USER_ERROR = 1, 2
@@ -98,9 +100,9 @@ def _common_arguments(parser):
 def _eval_arguments(parser):
     parser.add_argument("--eval-k", type=positive_int, help="samples for the test L_k (default and paper: 5000)")
     parser.add_argument("--eval-chunk", type=positive_int,
-                        help="samples per chunk: memory does not grow with k (default: as many as 512 MiB of "
-                             "activations hold; 500 for 100 images through the layers, all 5000 with --fused-mlp on "
-                             "a GPU)")
+                        help="samples per chunk: memory does not grow with k (default: as many as a 512 MiB "
+                             "memory budget holds, measured on the model; about 400 for 100 images through the "
+                             "layers, all 5000 with --fused-mlp on a GPU)")
     parser.add_argument("--eval-batch", type=positive_int, help="test examples per batch (default 100)")
     parser.add_argument("--test-subset", type=count_or_all, help="evaluate on the first N test images (0: all)")
     parser.add_argument("--max-eval-hours", type=positive_float,
@@ -108,6 +110,14 @@ def _eval_arguments(parser):
     parser.add_argument("--fused-mlp", action="store_true",
                         help="L_k through the fused decoder MLP: no activations or logits in memory, so one kernel "
                              "per batch (Triton backend; off by default, see docs/RESULTS.md)")
+    parser.add_argument("--ais-steps", type=positive_int,
+                        help="also estimate log p(x) by AIS with this many annealing steps (1-layer models; off by "
+                             "default): the report holds it beside L_k")
+    parser.add_argument("--ais-chains", type=positive_int, help="AIS chains per image (default 16)")
+    parser.add_argument("--ais-images", type=positive_int,
+                        help="AIS on the first N evaluated test images (default 100, at most the test subset)")
+    parser.add_argument("--bdmc-examples", type=non_negative_int,
+                        help="with --ais-steps: BDMC bounds on N images simulated from the model (default 0: none)")
 
 
 def build_parser():
@@ -170,6 +180,11 @@ def _check_subsets(args, dataset):
     train_size, test_size = datasets.DATASET_SIZES[dataset]
     if args.test_subset > test_size:
         raise OptionError(f"--test-subset: {args.test_subset} is more than the {test_size} test images of {dataset}")
+    if args.ais_steps and args.ais_images > (args.test_subset or test_size):
+        raise OptionError(f"--ais-images: {args.ais_images} is more than the {args.test_subset or test_size} test "
+                          "images evaluated (lower it or raise --test-subset)")
+    if args.bdmc_examples and not args.ais_steps:
+        raise OptionError("--bdmc-examples: give --ais-steps too (BDMC runs AIS both ways)")
     if getattr(args, "train_subset", 0) > train_size:
         raise OptionError(f"--train-subset: {args.train_subset} is more than the {train_size} training images of "
                           f"{dataset}")
@@ -206,14 +221,25 @@ def _evaluation_model(model, args):
     return model
 
 
+def _ais_options(args):
+    """``evaluate``'s ais keywords from --ais-*, or None without --ais-steps."""
+    if not args.ais_steps:
+        return None
+    return {"steps": args.ais_steps, "chains": args.ais_chains, "images": args.ais_images,
+            "bdmc_examples": args.bdmc_examples}
+
+
 def _run_evaluation(model, args, dataset, out_dir, history, step_log, extra):
     report = evaluate(_evaluation_model(model, args), _test_set(args, dataset), out_dir, k=args.eval_k,
                       chunk=args.eval_chunk, batch_size=args.eval_batch, history=history, step_log=step_log,
                       extra={**extra, "fused_mlp": args.fused_mlp},
-                      progress=not args.no_progress, max_hours=args.max_eval_hours)
+                      progress=not args.no_progress, max_hours=args.max_eval_hours, ais=_ais_options(args))
     if rank_and_world()[0] == 0:
         print(f"test NLL (-mean L_{report['k']} over {report['test_examples']} images): {report['test_nll']:.3f} "
               f"nats; active units {report['active_units']}; report and pictures in {out_dir}")
+        print(describe_diagnostics(report["importance_diagnostics"], report["k"]))
+        if "ais" in report:
+            print(describe_ais(report["ais"], report["k"]))
     return report
 
 
@@ -228,6 +254,7 @@ def _owned_run_folder(out_dir, needed_bytes):
 def _evaluate_command(args):
     model, config, metadata = load_checkpoint(args.checkpoint, args.device)
     _check_subsets(args, config.dataset)
+    check_ais_options(config.layers, args.ais_steps)
     out_dir = args.out or str(Path(args.checkpoint).parent)
     with _owned_run_folder(out_dir, EVAL_OUTPUT_BYTES):
         _run_evaluation(model, args, config.dataset, out_dir, metadata.history, metadata.step_log,
@@ -239,6 +266,8 @@ def _train_command(args):
     estimator_options(config)  # a --groups / --ciwae-beta that does not fit is refused before any work
     _check_subsets(args, config.dataset)
     _check_train_options(args)
+    if not args.no_eval:
+        check_ais_options(config.layers, args.ais_steps)
     out_dir = args.out or f"runs/{config.dataset}-l{config.layers}-{config.estimator}-k{config.k}"
     resume = "if-exists" if args.resume_if_exists else args.resume
     with contextlib.ExitStack() as run_folder:

@@ -35,15 +35,17 @@ class LogWeightModel(nn.Module):
         """-L_k averaged over the batch; ``options`` go to ``log_weights`` (e.g. the sentence VAE's beta)."""
         return -F.iwae_bound(self.log_weights(x, k, **options), backend=self.backend).mean()
 
-    def eval_row_bytes(self):
-        """Bytes of activations ``log_weights`` holds per (sample, example) row without autograd, an upper
-        estimate; None when the model does not say (chunks are then ``evaluation.DEFAULT_EVAL_CHUNK`` samples)."""
-        return None
+    def eval_chunk(self, x, k, chunk=None, memory_budget=None):
+        """Samples per chunk of L_k for the batch x, at most k: ``chunk`` when given, else as many as
+        ``memory_budget`` bytes hold (default ``evaluation.MEMORY_BUDGET``), measured on ``log_weights`` of x at a
+        few samples (``evaluation.chunk_for_budget``; the probe's draws leave torch's RNG as it was)."""
+        devices = [x.device] if x.device.type == "cuda" else []
 
-    def eval_chunk(self, k, batch_size, chunk=None):
-        """Samples per chunk of L_k over ``batch_size`` examples, at most k: ``chunk`` when given, else as many as
-        ``evaluation.EVAL_CHUNK_BYTES`` of activations hold (eval_row_bytes), at least 1."""
-        return evaluation.eval_chunk(k, batch_size, row_bytes=self.eval_row_bytes(), chunk=chunk)
+        def probe(size):
+            with torch.random.fork_rng(devices=devices):
+                return self.chunk_log_weights(x, size)
+
+        return evaluation.chunk_for_budget(probe, k, chunk=chunk, memory_budget=memory_budget)
 
     def chunk_log_weights(self, x, k, eps=None):
         """``log_weights(x, k)`` for one chunk of ``log_likelihood``; ``eps``: that chunk's slice of the noise
@@ -51,14 +53,18 @@ class LogWeightModel(nn.Module):
         return self.log_weights(x, k) if eps is None else self.log_weights(x, k, eps=eps)
 
     @torch.no_grad()
-    def log_likelihood(self, x, k=5000, chunk=None, *, eps=None):
+    def log_likelihood(self, x, k=5000, chunk=None, *, eps=None, memory_budget=None, diagnostics=False):
         """Per-example L_k [B] (float64) for x [B, ...] (the paper's test log-likelihood with k = 5000), in memory
-        that does not grow with k: samples are drawn ``chunk`` at a time (default ``eval_chunk(k, B)``) and their
-        log-weights folded by the split-k logsumexp (``evaluation.streamed_bound``).
+        that does not grow with k: samples are drawn ``chunk`` at a time (default: as many as ``memory_budget``
+        bytes hold, ``eval_chunk``) and their log-weights folded by the split-k logsumexp
+        (``evaluation.streamed_bound``).
 
         eps: optional noise that fixes the samples: a [k, B, D] tensor, or for ``PaperModel`` one per stochastic
         layer (its ``noise``); each chunk gets its slice of the k samples.
+        diagnostics: also return the weights' ESS and PSIS k-hat per example: (L_k, ``ImportanceDiagnostics``).
         """
+        evaluation.check_chunk_and_budget(chunk, memory_budget)
+
         def chunk_log_weights(start, size):
             if eps is None:
                 return self.chunk_log_weights(x, size)
@@ -66,6 +72,6 @@ class LogWeightModel(nn.Module):
             return self.chunk_log_weights(x, size, [window(t) for t in eps] if isinstance(eps, (list, tuple))
                                           else window(eps))
 
-        chunk = self.eval_chunk(k, x.shape[0], chunk)
+        chunk = self.eval_chunk(x, k, chunk, memory_budget)
         return evaluation.streamed_bound(chunk_log_weights, k, chunk=chunk, batch_size=x.shape[0], device=x.device,
-                                         backend=self.backend)
+                                         backend=self.backend, diagnostics=diagnostics)

@@ -15,8 +15,6 @@ from torch import nn
 
 from .. import _checks
 from .. import functional as F
-from ..backend import backend_name
-from ..evaluation import activation_row_bytes
 from ..estimators import (PATH_ESTIMATORS, ROUTED_ESTIMATORS, check_estimator_options, sampling_estimator,
                           wake_phi_term)
 from .base import LogWeightModel, gaussian, mlp
@@ -46,7 +44,7 @@ class PaperModel(LogWeightModel):
             decoder (two tanh hidden layers). Off by default; docs/RESULTS.md has it timed against the layers
             (benchmarks/bench_eval.py). Training is unchanged.
 
-    ``log_likelihood`` (the paper's L_5000, in chunks sized by ``eval_row_bytes``) comes from ``LogWeightModel``.
+    ``log_likelihood`` (the paper's L_5000, in chunks sized by a memory budget) comes from ``LogWeightModel``.
     """
 
     def __init__(self, x_dim=784, hidden=((200, 200),), latent=(50,), backend=None, fused_head=False, fused_mlp=False):
@@ -65,15 +63,6 @@ class PaperModel(LogWeightModel):
         self.priors = nn.ModuleList(
             mlp([latent[l + 1], *reversed(hidden[l + 1])], 2 * latent[l]) for l in range(len(latent) - 1))
         self.decoder = mlp([latent[0], *reversed(hidden[0])], x_dim)
-
-    def eval_row_bytes(self):
-        """Upper estimate of the activations ``log_weights`` holds per (sample, example) row without autograd: each
-        per-sample Linear's output and its tanh (the decoder's too unless a compiled backend's fused MLP keeps them
-        on chip), and per latent unit its noise, sample, mean and log-variance."""
-        parameter = next(self.parameters())
-        on_chip = self.fused_mlp and backend_name(self.backend, parameter.device) != "torch"
-        per_sample = [*self.encoders[1:], *self.priors] + ([] if on_chip else [self.decoder])
-        return activation_row_bytes(per_sample, sum(self.latent), parameter.element_size())
 
     @property
     def stochastic_layers(self):

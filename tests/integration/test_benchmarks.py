@@ -38,11 +38,18 @@ def test_bench_loss_runs_and_records_what_it_must(tmp_path):
 def test_bench_eval_runs(tmp_path):
     folder = run_benchmark(tmp_path, "bench_eval.py", "--images", "6", "--k", "40", "--chunk", "16", "--batch", "3")
     rows = json.loads((folder / "bench_eval.json").read_text())["rows"]
-    assert [row["variant"] for row in rows] == ["naive (chunked, eager)", "fused", "fused-head", "fused-mlp", "user model"]
-    assert all(row["speedup_vs_naive"] > 0 for row in rows[1:]) and {row["chunk"] for row in rows} == {16}
+    lk_rows, ais_rows = rows[:-2], rows[-2:]
+    assert [row["variant"] for row in lk_rows] == ["naive (chunked, eager)", "fused", "fused-head", "fused-mlp",
+                                                   "user model", "fused + diagnostics"]
+    assert lk_rows[-1]["diagnostics_cost"] > -1
+    assert all(row["speedup_vs_naive"] > 0 for row in lk_rows[1:]) and {row["chunk"] for row in lk_rows} == {16}
+    assert [row["variant"] for row in ais_rows] == ["naive AIS (torch.distributions)", "ais"]
+    assert ais_rows[1]["speedup_vs_naive"] > 0 and all(row["ais_steps"] == 10 for row in ais_rows)
     # Without --chunk each variant runs and records its own: 500 for naive, the models' eval_chunk (all 40 here).
-    folder = run_benchmark(tmp_path / "default", "bench_eval.py", "--images", "6", "--k", "40", "--batch", "3")
-    assert {row["chunk"] for row in json.loads((folder / "bench_eval.json").read_text())["rows"]} == {40}
+    folder = run_benchmark(tmp_path / "default", "bench_eval.py", "--images", "6", "--k", "40", "--batch", "3",
+                           "--ais-steps", "3", "--ais-chains", "2")
+    rows = json.loads((folder / "bench_eval.json").read_text())["rows"]
+    assert {row["chunk"] for row in rows[:-2]} == {40} and rows[-1]["ais_chains"] == 2
 
 
 def test_bench_train_step_runs(tmp_path):
@@ -103,7 +110,7 @@ def test_gpu_plan_first_call_fits_480s_and_covers_the_priorities():
         assert f"tests/ops/test_{family}.py" in tested
     assert "--k 50 5000 --batch 128 1024" in stages["bench_loss"][1]
     later = [name for name, (call, _) in stages.items() if call > 1]
-    assert later[:2] == ["bench_eval", "bench_train_step"] and "build_cuda" in later
+    assert later[:3] == ["bench_eval", "eval_memory", "bench_train_step"] and "build_cuda" in later
     # Every test file a stage names exists (the tests moved into folders once, and the plan kept the old paths).
     commands = " ".join(command for _, command in stages.values())
     named = set(re.findall(r"tests/[\w/]+\.py", commands))

@@ -403,7 +403,7 @@ def test_evaluation_chunk_defaults_to_the_models_and_is_recorded(saved_checkpoin
 
     chunks = []
     original = PaperModel.log_weights
-    monkeypatch.setattr(PaperModel, "eval_chunk", lambda self, k, batch_size, chunk=None: chunk or 7)
+    monkeypatch.setattr(PaperModel, "eval_chunk", lambda self, x, k, chunk=None, memory_budget=None: chunk or 7)
     monkeypatch.setattr(PaperModel, "log_weights",
                         lambda self, x, k, *a, **kw: chunks.append(k) or original(self, x, k, *a, **kw))
     out = tmp_path / "default-chunk"
@@ -423,6 +423,44 @@ def test_evaluation_progress_counts_samples_and_curves_show_steps_and_test_bound
     err = capsys.readouterr().err
     assert "L_20 over 30 images: about" in err and "600/600" in err and "sample/s" in err
     assert (out / "curves.png").stat().st_size > 1000
+
+
+def test_evaluate_reports_importance_diagnostics_ais_and_bdmc(saved_checkpoint, tmp_path, capsys):
+    """The report and the printed lines hold L_k's ESS and k-hat summary, AIS beside L_k on the same images, and
+    BDMC's bounds on simulated images; test_bounds.pt keeps the per-image diagnostics."""
+    out = tmp_path / "ais"
+    assert cli.main(["evaluate", str(saved_checkpoint), "--eval-k", "60", "--test-subset", "8", "--eval-batch", "4",
+                     "--ais-steps", "4", "--ais-chains", "3", "--ais-images", "5", "--bdmc-examples", "2",
+                     "--no-progress", "--device", "cpu", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "importance weights: ESS median" in printed and "PSIS k-hat > 0.7" in printed
+    assert "AIS (4 steps, 3 chains) on 5 test images" in printed and "BDMC on 2 simulated images" in printed
+    report = json.loads((out / "report.json").read_text())
+    checks = report["importance_diagnostics"]
+    assert 1 <= checks["ess_quantiles"]["0"] <= checks["ess_quantiles"]["1"] <= 60
+    assert 0 <= checks["share_pareto_k_above_0.7"] <= 1 and len(checks["worst_pareto_k"]) == 5
+    saved = torch.load(out / "test_bounds.pt")
+    assert saved["ess"].shape == saved["pareto_k"].shape == (8,)
+    assert max(saved["pareto_k"]) == checks["worst_pareto_k"][0]["pareto_k"]
+    ais = report["ais"]
+    assert (ais["steps"], ais["chains"], ais["images"]) == (4, 3, 5) and math.isfinite(ais["test_nll_ais"])
+    assert ais["test_nll_same_images"] == pytest.approx(-saved["bounds"][:5].double().mean().item())
+    assert ais["bdmc"]["examples"] == 2 and math.isfinite(ais["bdmc"]["gap_mean"])
+
+
+@pytest.mark.parametrize("options, complaint", [
+    (["--ais-steps", "3", "--ais-images", "11"], "--ais-images: 11 is more than the 10 test images"),
+    (["--bdmc-examples", "2"], "--bdmc-examples: give --ais-steps too"),
+    (["--ais-steps", "0"], "--ais-steps")])
+def test_bad_ais_options_are_one_line_errors(saved_checkpoint, options, complaint, capsys):
+    line = main_error(["evaluate", str(saved_checkpoint), "--test-subset", "10", "--device", "cpu", *options], capsys)
+    assert complaint in line
+
+
+def test_ais_on_a_two_layer_model_is_refused_before_training(tmp_path, capsys):
+    line = main_error(["train", "--layers", "2", "--ais-steps", "5", "--out", str(tmp_path / "run")], capsys)
+    assert "--ais-steps: AIS runs on models with one stochastic layer" in line
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_sigterm_is_deferred_to_a_step_boundary():

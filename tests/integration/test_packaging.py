@@ -46,14 +46,14 @@ def test_cli_names_the_missing_extra():
 # Each layer imports only from the layers before it (and itself): no import circle, and the kernels never know
 # the dispatcher or the app. The backends share only torch_math, beneath them all.
 LAYERS = [
-    {"_env", "contract", "_checks", "_build", "_autograd"},
+    {"_env", "contract", "_checks", "_build", "_autograd", "_memory"},
     {"torch_math"},
     {"torch_backend", "ops"},
     {"cuda_backend"},
     {"backend"},
     {"estimators"},
     {"functional"},
-    {"evaluation", "__init__"},
+    {"diagnostics", "evaluation", "ais", "__init__"},
     {"models"},
     {"app", "selftest", "__main__"},
 ]

@@ -1,7 +1,11 @@
 """Large-k evaluation of a user's own encoder/decoder: iwae_kernels.log_likelihood against a hand-written
 logsumexp IWAE, chunk independence, memory flat in k, and evaluate_dataset on 1 and 2 (gloo) processes."""
 
+import ast
 import math
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -12,9 +16,10 @@ from torch import nn
 
 import iwae_kernels as ik
 from iwae_kernels import evaluation
+from iwae_kernels._memory import peak_live_bytes
 from iwae_kernels.models import ConvIWAE, paper_model
 
-from helpers import backend_device, naive_bernoulli, naive_gaussian, naive_latent, peak_bytes
+from helpers import REPO, backend_device, naive_bernoulli, naive_gaussian, naive_latent, peak_bytes
 
 P, D = 12, 3
 
@@ -81,17 +86,74 @@ def test_chunked_equals_unchunked_for_the_same_eps_and_a_generator_repeats(backe
     assert not torch.equal(seeded(5), call(chunk=5, generator=torch.Generator(device).manual_seed(5)))
 
 
-def test_the_default_chunk_follows_the_decoder_widths_and_the_budget(monkeypatch):
-    model = UserVAE(hidden=16)
-    mu = torch.zeros(4, D, dtype=torch.float64)
-    # (2 x (16 + 12) Linear outputs + 4 x 3 latent + 4) floats of 8 bytes per row: 576 bytes.
-    assert evaluation.activation_row_bytes([model.decoder_net], D, 8) == 576
-    monkeypatch.setattr(evaluation, "EVAL_CHUNK_BYTES", 576 * 4 * 10)
-    assert evaluation.decoder_eval_chunk(model.decoder_net, 5000, mu) == 10
-    assert evaluation.decoder_eval_chunk(model.decoder_net, 5000, mu, chunk=7) == 7
-    assert evaluation.decoder_eval_chunk(model.decoder, 5000, mu) == evaluation.DEFAULT_EVAL_CHUNK  # a function
-    conv = nn.Sequential(nn.Linear(D, 8), nn.Unflatten(-1, (2, 4)), nn.Conv1d(2, 2, 3))
-    assert evaluation.decoder_eval_chunk(conv, 5000, mu) == evaluation.DEFAULT_EVAL_CHUNK  # widths unknown
+def test_peak_live_bytes_counts_allocations_once_and_frees_them():
+    """The probe's counter: a view or an in-place op adds nothing, a freed tensor leaves the running total, what
+    existed before the call is not counted; the peak is the most that was live at once."""
+    before = torch.zeros(2**20, dtype=torch.uint8)
+
+    def work():
+        first = torch.empty(3 * 2**20, dtype=torch.uint8)   # 3 MiB
+        first.view(-1)[:10].add_(1)                           # a view, in place: no new storage
+        del first
+        second = torch.empty(2 * 2**20, dtype=torch.uint8)  # 2 MiB, after the 3 were freed
+        before.add_(1)
+        return second[: 2**20]
+
+    result, peak = peak_live_bytes(work)
+    assert peak == 3 * 2**20 and result.numel() == 2**20
+
+
+def test_chunk_for_budget_follows_the_measured_bytes():
+    """A chunk function that allocates 3 MiB plus 1 MiB per sample: the chunk is the most samples whose counted
+    peak fits COUNTED_SHARE of the budget; a given chunk or a k of at most PROBE_SAMPLES[-1] is taken as it is."""
+    calls = []
+
+    def chunk_log_weights(size):
+        calls.append(size)
+        fixed, per_sample = torch.empty(3 * 2**20, dtype=torch.uint8), torch.empty(size * 2**20, dtype=torch.uint8)
+        return torch.zeros(size, 2) + fixed[0] + per_sample[0]
+
+    budget = 64 * 2**20
+    chunk = evaluation.chunk_for_budget(chunk_log_weights, 5000, memory_budget=budget)
+    assert calls == list(evaluation.PROBE_SAMPLES)
+    assert chunk == int((evaluation.COUNTED_SHARE * budget - 3 * 2**20) // (2**20 + 8)), chunk
+    assert evaluation.chunk_for_budget(chunk_log_weights, 10, memory_budget=budget) == 10
+    assert evaluation.chunk_for_budget(chunk_log_weights, 5000, memory_budget=2**20) == 1  # at least one sample
+    calls.clear()
+    assert evaluation.chunk_for_budget(chunk_log_weights, 5000, chunk=7) == 7
+    assert evaluation.chunk_for_budget(chunk_log_weights, 3) == 3 and calls == []
+
+
+def test_the_default_chunk_is_measured_for_any_decoder_and_draws_no_noise(monkeypatch):
+    """A conv decoder (layers no width rule reads) gets a chunk from its measured bytes: a larger budget, a larger
+    chunk; the probe draws nothing from the generator, so the default chunk's L_k equals that chunk given."""
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Linear(D, 16 * 16), nn.Unflatten(-1, (4, 64)), nn.Conv1d(4, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv1d(8, 1, 3, padding=1), nn.Flatten(), nn.Linear(64, P)).double()
+    x = batch()
+    mu, logvar = torch.zeros(4, D, dtype=torch.float64), torch.zeros(4, D, dtype=torch.float64)
+    used = []
+    measured = evaluation.chunk_for_budget
+    monkeypatch.setattr(evaluation, "chunk_for_budget", lambda *a, **kw: used.append(measured(*a, **kw)) or used[-1])
+    call = lambda **kw: ik.log_likelihood(x, mu, logvar, conv, 5000, flatten_samples=True,
+                                          generator=torch.Generator().manual_seed(4), **kw)
+    small = call(memory_budget=2**20)
+    large = call(memory_budget=2**22)
+    assert 1 < used[0] < used[1] < 5000 and used[1] >= 3 * used[0]
+    torch.testing.assert_close(call(chunk=used[0]), small, rtol=0, atol=0)
+    torch.testing.assert_close(call(chunk=used[1]), large, rtol=0, atol=0)
+
+
+def test_a_conv_decoder_at_k_5000_stays_within_its_memory_budget():
+    """The issue's case, scaled to a test: a Linear + transposed-convolution decoder to 3 x 32 x 32 Gaussian
+    images, B = 4, k = 5000 (unchunked, about 1.2 GB of activations) under memory_budget = 32 MiB: the process's
+    peak RSS grows by at most 1.25x the budget plus the model (benchmarks/eval_memory.py, the GPU plan's stage)."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "eval_memory.py"), "--device", "cpu", "--no-write",
+                          "--size", "32", "--batch", "4", "--k", "5000", "--budget-mib", "32"],
+                         capture_output=True, text=True, check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    row = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert row["chunk"] < 5000
+    assert row["peak_mib"] <= 1.25 * row["budget_mib"] + row["model_mib"], row
 
 
 def test_log_likelihood_refuses_bad_arguments_naming_them():
@@ -100,6 +162,10 @@ def test_log_likelihood_refuses_bad_arguments_naming_them():
     mu, logvar = model.encode(x)
     with pytest.raises(ValueError, match="chunk: expected an int >= 1"):
         ik.log_likelihood(x, mu, logvar, model.decoder, 10, chunk=0)
+    with pytest.raises(ValueError, match="memory_budget: expected an int >= 1"):
+        ik.log_likelihood(x, mu, logvar, model.decoder, 10, memory_budget=0.5)
+    with pytest.raises(ValueError, match="memory_budget: expected an int >= 1"):
+        ik.evaluate_dataset([x], model.encode, model.decoder, 10, memory_budget=-1)
     with pytest.raises(ValueError, match=r"eps: expected shape \(10, 4, 3\)"):
         ik.log_likelihood(x, mu, logvar, model.decoder, 10, eps=torch.zeros(9, 4, D, dtype=torch.float64))
     with pytest.raises(ValueError, match="likelihood: expected one of"):
@@ -148,8 +214,11 @@ def _loader(n=7, batch_size=2):
 
 
 def _evaluate(progress=False):
+    """(L_k [7], ESS [7], k-hat [7]) of evaluate_dataset with diagnostics (a plain tuple: torch.load reads it)."""
     model = UserVAE()
-    return ik.evaluate_dataset(_loader(), model.encode, model.decoder, 20, chunk=6, seed=5, progress=progress)
+    bounds, checks = ik.evaluate_dataset(_loader(), model.encode, model.decoder, 60, chunk=6, seed=5,
+                                         progress=progress, diagnostics=True)
+    return bounds, *checks
 
 
 def _worker(rank, world, init_file, out_file):
@@ -164,14 +233,16 @@ def _worker(rank, world, init_file, out_file):
 
 def test_evaluate_dataset_is_per_example_and_the_same_on_two_gloo_processes(tmp_path, capsys):
     one = _evaluate(progress=True)
-    assert one.shape == (7,) and one.dtype == torch.float64
-    assert "L_20" in capsys.readouterr().err  # the progress bar (tqdm)
+    assert all(part.shape == (7,) and part.dtype == torch.float64 for part in one)
+    assert "L_60" in capsys.readouterr().err  # the progress bar (tqdm)
     model = UserVAE()
     first = next(iter(_loader()))[0]
     mu, logvar = model.encode(first)
     generator = torch.Generator().manual_seed(5 * 1_000_003)  # batch 0's noise
-    torch.testing.assert_close(one[:2], ik.log_likelihood(first, mu, logvar, model.decoder, 20, chunk=6,
-                                                          generator=generator))
+    bound, checks = ik.log_likelihood(first, mu, logvar, model.decoder, 60, chunk=6, generator=generator,
+                                      diagnostics=True)
+    for got, want in zip(one, (bound, *checks)):
+        torch.testing.assert_close(got[:2], want)
     # spawn, not fork: a forked child of a process whose OpenMP pool has run can hang in its first parallel op
     workers = mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "two.pt")), nprocs=2,
                                  join=False, start_method="spawn")
@@ -181,4 +252,5 @@ def test_evaluate_dataset_is_per_example_and_the_same_on_two_gloo_processes(tmp_
             for process in workers.processes:
                 process.kill()
             pytest.fail("the 2 gloo processes did not finish in 120 s")
-    assert torch.equal(torch.load(tmp_path / "two.pt"), one)
+    two = torch.load(tmp_path / "two.pt")
+    assert all(torch.equal(got, want) for got, want in zip(two, one))
