@@ -155,7 +155,8 @@ def main():
         variants[name] = (lambda m, x, k, chunk, owner=owner: owner.log_likelihood(x, k=k, chunk=chunk),
                           owner.eval_chunk(first, args.k, args.chunk))
     user = UserVAE(model)
-    user_chunk = chunk_for_budget(lambda size: user_log_likelihood(user, first, size, size), args.k, chunk=args.chunk)
+    user_chunk = chunk_for_budget(lambda size: user_log_likelihood(user, first, size, size), args.k, device=device,
+                                  chunk=args.chunk)
     variants["user model"] = (lambda m, x, k, chunk: user_log_likelihood(user, x, k, chunk), user_chunk)
     # The same as fused, with the importance diagnostics (ESS, k-hat) streamed beside L_k: their cost.
     variants["fused + diagnostics"] = (

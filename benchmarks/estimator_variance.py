@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from models.test_estimators import binary_batch, gradient_draws, small_paper_model  # noqa: E402
 
 ESTIMATOR_OPTIONS = {"iwae": {}, "dreg": {}, "iwae-resample": {}, "miwae": {"groups": 5},
-                     "ciwae": {"ciwae_beta": 0.5}, "piwae": {"groups": 5}, "rws": {}, "rws-dreg": {}}
+                     "ciwae": {"ciwae_beta": 0.5}, "renyi": {"renyi_alpha": 0.5}, "piwae": {"groups": 5}, "rws": {},
+                     "rws-dreg": {}}
 
 
 def main():

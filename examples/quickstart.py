@@ -32,7 +32,8 @@ class VAE(nn.Module):
         self.decoder = nn.Sequential(nn.Linear(z_dim, hidden), nn.Tanh(), nn.Linear(hidden, x_dim))
 
     def forward(self, x, k, estimator, **options):
-        """The loss for x [B, 64]; options: iwae_loss's groups (miwae, piwae) or ciwae_beta (ciwae)."""
+        """The loss for x [B, 64]; options: iwae_loss's groups (miwae, piwae), ciwae_beta (ciwae) or renyi_alpha
+        (renyi)."""
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
         return ik.iwae_loss(x, mu, logvar, self.decoder, k=k, estimator=estimator, **options)
 
@@ -54,6 +55,7 @@ def main():
     parser.add_argument("--estimator", default="iwae", choices=ik.ESTIMATORS)
     parser.add_argument("--groups", type=int, help="miwae, piwae: M groups of k / M samples")
     parser.add_argument("--ciwae-beta", type=float, help="ciwae: the ELBO's share b in [0, 1]")
+    parser.add_argument("--renyi-alpha", type=float, help="renyi: the Renyi bound's alpha, a finite a != 1")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -63,7 +65,7 @@ def main():
     train, test = bars(20000, generator=data_gen).to(args.device), bars(500, generator=data_gen).to(args.device)
     model = VAE().to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-4)
-    options = dict(groups=args.groups, ciwae_beta=args.ciwae_beta)
+    options = dict(groups=args.groups, ciwae_beta=args.ciwae_beta, renyi_alpha=args.renyi_alpha)
     try:  # an estimator and options that do not fit (miwae without --groups) fail here, before any step
         model(train[:2], args.k, args.estimator, **options)
     except ValueError as error:

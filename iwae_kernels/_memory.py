@@ -1,11 +1,19 @@
-"""Bytes a call allocates, counted on any device: what large-k evaluation sizes its chunks from.
+"""Bytes a call allocates at its peak, on any device: what large-k evaluation sizes its chunks from.
 
-A ``TorchDispatchMode`` sees every op's outputs. An output whose storage is new (not a view of an input) is an
-allocation; it stays live until the last tensor viewing it is freed (a finalizer per tensor). The running total's
-maximum over the call is its peak. Scratch a custom op allocates and frees inside itself is not seen (the fused
-kernels keep theirs small); allocator rounding and caching are not counted (they are the device's, not the call's).
+Two instruments watch the same call, and the larger peak counts:
+- a ``TorchDispatchMode`` sees every op's outputs. An output whose storage is new (not a view of an input) is an
+  allocation; it stays live until the last tensor viewing it is freed (a finalizer per tensor). It works
+  everywhere, but cannot see what an op allocates and frees inside itself (a transposed convolution's column
+  buffer, the intermediates of a fused attention layer).
+- torch.profiler's allocation events (``profile_memory``): every allocation and free of the device's allocator,
+  inside ops too, in time order. It is skipped where the profiler cannot start (one is already running).
+Neither sees memory that bypasses torch's allocators (oneDNN's scratchpads, cuDNN's own handles) nor allocator
+rounding and caching: the caller leaves room for them.
 """
 
+import contextlib
+import os
+import sys
 import weakref
 
 import torch
@@ -54,9 +62,53 @@ class _LiveBytes(TorchDispatchMode):
 
 
 def peak_live_bytes(fn):
-    """(fn(), the peak bytes of the tensors fn allocated that were live at once), on any device. What fn returns
-    counts while it is alive inside fn; tensors that existed before the call are not counted."""
+    """(fn(), the peak bytes of the tensors fn allocated that were live at once, by op outputs alone). What fn
+    returns counts while it is alive inside fn; tensors that existed before the call are not counted."""
     counter = _LiveBytes()
     with counter:
         result = fn()
     return result, counter.peak
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 to /dev/null: some torch builds print a line on every profiler start and stop."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _allocator_events_peak(events, device):
+    """The running peak of the allocation (+) and free (-) events of ``device`` among a profile's raw events."""
+    kind = torch.autograd.DeviceType.CUDA if device.type == "cuda" else torch.autograd.DeviceType.CPU
+    index = (device.index or 0) if device.type == "cuda" else None
+    allocations = [event for event in events if event.name() == "[memory]" and event.device_type() == kind
+                   and (index is None or event.device_index() == index)]
+    current = peak = 0
+    for event in sorted(allocations, key=lambda event: event.start_ns()):
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def peak_allocated_bytes(fn, device):
+    """(fn(), the peak bytes fn allocated on ``device`` above what existed before): the larger of the op-output
+    count (``peak_live_bytes``) and the profiler's allocation timeline, which also sees allocations inside ops."""
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+    try:
+        with _quiet_stderr():
+            profiler.__enter__()
+    except RuntimeError:  # a profiler is already running (the user's): the op-output count alone
+        return peak_live_bytes(fn)
+    try:
+        result, counted = peak_live_bytes(fn)
+    finally:
+        with _quiet_stderr():
+            profiler.__exit__(None, None, None)
+    return result, max(counted, _allocator_events_peak(profiler.profiler.kineto_results.events(), device))

@@ -12,8 +12,8 @@ model's parameters (decoder, learned prior) the IWAE gradient.
   dependence on that sample, which is a path term. ``conditional_density_path`` adds that term back.
   DReG's identity assumes log-weights of the form f(z) / q(z), so neither takes a KL-annealing weight
   beta != 1 (STL with beta is unbiased only at k = 1 and biased above; both are refused to keep the rule simple).
-- ``"miwae"`` (``groups=M``), ``"ciwae"`` (``ciwae_beta``): the exact derivative of their objective, a function of
-  the log-weights alone (``objective_bound``). k is the total sample count M * K.
+- ``"miwae"`` (``groups=M``), ``"ciwae"`` (``ciwae_beta``), ``"renyi"`` (``renyi_alpha``): the exact derivative of
+  their objective, a function of the log-weights alone (``objective_bound``). k is the total sample count M * K.
 - ``"piwae"`` (``groups=M``), ``"rws-dreg"``: the encoder and the model follow different objectives on one set of
   samples. The model computes the log-weights twice on the same samples: live, and with the samples and encoders
   stopped (``log_w_fixed``, where only the model's parameters are live); ``objective_bound`` takes the encoder's
@@ -21,6 +21,8 @@ model's parameters (decoder, learned prior) the IWAE gradient.
 - ``"rws"``: the model's log-weights at fixed samples, plus ``wake_phi_term``: zero-valued, it sends
   wt_i d log q(z_i|x) / d phi at fixed z_i into q's parameters (no reparameterization path).
 """
+
+import math
 
 import torch
 
@@ -30,7 +32,7 @@ from .torch_math import weights_from_log_weight_grad
 
 # What the sampling kernels' backward can compute (``gaussian_sample``'s estimator); the others are built on them.
 SAMPLING_ESTIMATORS = ("iwae", "vae", "stl", "dreg", "iwae-resample")
-ESTIMATORS = SAMPLING_ESTIMATORS + ("miwae", "ciwae", "piwae", "rws", "rws-dreg")
+ESTIMATORS = SAMPLING_ESTIMATORS + ("miwae", "ciwae", "renyi", "piwae", "rws", "rws-dreg")
 PATH_ESTIMATORS = ("stl", "dreg")
 GROUPED_ESTIMATORS = ("miwae", "piwae")
 # Encoder gradient from the live log-weights, the model's from log-weights at fixed samples (two decoder passes).
@@ -54,9 +56,10 @@ def sampling_estimator(estimator):
     return "stl" if estimator == "rws-dreg" else "iwae"
 
 
-def check_estimator_options(estimator, k, groups=None, ciwae_beta=None):
-    """Check ``groups`` (miwae, piwae: M groups of K = k / M samples) and ``ciwae_beta`` (ciwae: in [0, 1]) against
-    the estimator; returns (groups, ciwae_beta) as (int or None, float or None)."""
+def check_estimator_options(estimator, k, groups=None, ciwae_beta=None, renyi_alpha=None):
+    """Check ``groups`` (miwae, piwae: M groups of K = k / M samples), ``ciwae_beta`` (ciwae: in [0, 1]) and
+    ``renyi_alpha`` (renyi: a finite real != 1) against the estimator; returns (groups, ciwae_beta, renyi_alpha) as
+    (int or None, float or None, float or None)."""
     if estimator in GROUPED_ESTIMATORS:
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise ValueError(f"groups: estimator={estimator!r} needs groups=M, an int >= 1 (k = M * K samples in "
@@ -73,7 +76,15 @@ def check_estimator_options(estimator, k, groups=None, ciwae_beta=None):
         ciwae_beta = float(ciwae_beta)
     elif ciwae_beta is not None:
         raise ValueError(f"ciwae_beta: only estimator='ciwae' takes ciwae_beta, got estimator={estimator!r}")
-    return groups, ciwae_beta
+    if estimator == "renyi":
+        if (isinstance(renyi_alpha, bool) or not isinstance(renyi_alpha, (int, float))
+                or not math.isfinite(renyi_alpha) or 1 - float(renyi_alpha) == 0):
+            raise ValueError(f"renyi_alpha: estimator='renyi' needs renyi_alpha, a finite number other than 1 "
+                             f"(0: L_k; the ELBO is the limit at 1), got {renyi_alpha!r}")
+        renyi_alpha = float(renyi_alpha)
+    elif renyi_alpha is not None:
+        raise ValueError(f"renyi_alpha: only estimator='renyi' takes renyi_alpha, got estimator={estimator!r}")
+    return groups, ciwae_beta, renyi_alpha
 
 
 def grouped_bound(log_w, groups, bound):
@@ -96,14 +107,27 @@ def _weighted_sum(weights, log_w):
     return torch.where(weights > 0, weights * log_w, 0).sum(0)
 
 
-def objective_bound(estimator, log_w, bound, normalized_weights, *, log_w_fixed=None, groups=None, ciwae_beta=None):
+def renyi_bound(log_w, renyi_alpha, bound):
+    """The Renyi (VR-alpha) bound L_a = (logsumexp_i((1 - a) log w_i) - log k) / (1 - a) [B] of log_w [k, B]
+    (Li & Turner 2016): L_k at a = 0, the ELBO in the limit a -> 1, above L_k (not a bound) for a < 0. Its
+    gradient is sum_i softmax((1 - a) log w)_i d log w_i. ``bound``: a backend's iwae_bound."""
+    scale = 1 - renyi_alpha
+    value = bound(scale * log_w) / scale
+    if scale < 0:  # an impossible sample (w_i = 0) makes w_i^(1 - a) infinite: L_a = -inf, as for the ELBO
+        value = torch.where(torch.isneginf(log_w).any(0), -math.inf, value)
+    return value
+
+
+def objective_bound(estimator, log_w, bound, normalized_weights, *, log_w_fixed=None, groups=None, ciwae_beta=None,
+                    renyi_alpha=None):
     """The per-example objective [B] of ``estimator`` (arguments already checked) whose gradient is its estimator.
 
     log_w [k, B]: the log-weights, their gradient the sampling kernels' (``sampling_estimator``). log_w_fixed
     [k, B]: the same values with the samples and encoders stopped, for piwae and rws-dreg. bound,
     normalized_weights: a backend's ops. Values: MIWAE's bound, CIWAE's ciwae_beta * ELBO + (1 - ciwae_beta) L_k,
-    the k-sample ELBO for vae, L_k for the others (piwae's and rws-dreg's gradient: the encoder's from
-    log_w, MIWAE's or (wt_i - wt_i^2) times the path derivative; the model's, L_k's, from log_w_fixed).
+    the Renyi bound L_a for renyi (``renyi_bound``), the k-sample ELBO for vae, L_k for the others (piwae's and
+    rws-dreg's gradient: the encoder's from log_w, MIWAE's or (wt_i - wt_i^2) times the path derivative; the
+    model's, L_k's, from log_w_fixed).
     """
     if estimator == "vae":
         return log_w.mean(0)
@@ -111,6 +135,8 @@ def objective_bound(estimator, log_w, bound, normalized_weights, *, log_w_fixed=
         return grouped_bound(log_w, groups, bound)
     if estimator == "ciwae":
         return ciwae_beta * log_w.mean(0) + (1 - ciwae_beta) * bound(log_w)
+    if estimator == "renyi":
+        return renyi_bound(log_w, renyi_alpha, bound)
     if estimator not in ROUTED_ESTIMATORS:
         return bound(log_w)
     if estimator == "piwae":

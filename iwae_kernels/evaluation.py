@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from . import functional
-from ._memory import peak_live_bytes
+from ._memory import peak_allocated_bytes
 from .backend import get_backend
 from .diagnostics import StreamingImportanceDiagnostics
 from .functional import StreamingIWAEBound
@@ -21,9 +21,10 @@ from .functional import StreamingIWAEBound
 MEMORY_BUDGET = 512 * 2**20
 # Samples per chunk of the two probe calls that measure a decoder's bytes (fixed + per sample).
 PROBE_SAMPLES = (2, 4)
-# The share of the budget the counted tensors may fill. The rest is for what the count cannot see: workspaces
-# inside an op (a CPU transposed convolution's column buffer was 4x its output per sample; cuDNN's workspaces)
-# and the allocator's rounding. With it a 3 x 64 x 64 conv decoder peaked at 0.9x its budget (CPU RSS).
+# The share of the budget the counted bytes may fill. The rest is for what the count cannot see: memory that
+# bypasses torch's allocators (oneDNN's scratchpads), allocator rounding and caching. With it, at k = 5000 and
+# budgets of 16 and 64 MiB, a transposed-convolution decoder peaked at 1.10-1.16x its budget and an attention
+# decoder at 0.96-1.03x (CPU, growth of the process's peak RSS, benchmarks/eval_memory.py); at 0.75, 1.11-1.55x.
 COUNTED_SHARE = 0.5
 
 
@@ -34,12 +35,12 @@ def check_chunk_and_budget(chunk, memory_budget):
             raise ValueError(f"{name}: expected an int >= 1 or None, got {value!r}")
 
 
-def chunk_for_budget(chunk_log_weights, k, *, chunk=None, memory_budget=None):
+def chunk_for_budget(chunk_log_weights, k, *, device, chunk=None, memory_budget=None):
     """Samples per chunk of L_k, at most k: ``chunk`` when given, else as many as ``memory_budget`` bytes (default
     MEMORY_BUDGET) hold, measured: ``chunk_log_weights(size) -> [size, B]`` runs at the PROBE_SAMPLES sizes while
-    every tensor it allocates is counted (``_memory.peak_live_bytes``, any device, any decoder), and the peak's
-    fixed and per-sample parts give the largest chunk whose counted peak fits COUNTED_SHARE of the budget (the
-    rest is for workspaces inside ops). At least 1."""
+    every byte it allocates on ``device`` is counted (``_memory.peak_allocated_bytes``, any decoder), and the
+    peak's fixed and per-sample parts give the largest chunk whose counted peak fits COUNTED_SHARE of the budget
+    (the rest is for what the count cannot see). At least 1."""
     if chunk is not None:
         return min(k, chunk)
     small, large = PROBE_SAMPLES
@@ -47,7 +48,8 @@ def chunk_for_budget(chunk_log_weights, k, *, chunk=None, memory_budget=None):
         return k
     budget = COUNTED_SHARE * (MEMORY_BUDGET if memory_budget is None else memory_budget)
     with torch.no_grad():  # as evaluation runs: no autograd graph
-        peaks = [peak_live_bytes(lambda: chunk_log_weights(size))[1] for size in PROBE_SAMPLES]
+        peaks = [peak_allocated_bytes(lambda: chunk_log_weights(size), torch.device(device))[1]
+                 for size in PROBE_SAMPLES]
     per_sample = (peaks[1] - peaks[0]) / (large - small)
     if per_sample <= 0:  # the fixed part hid the per-sample one: take it all as per-sample (an upper estimate)
         per_sample = peaks[1] / large
@@ -108,7 +110,7 @@ def log_likelihood(x, mu, logvar, decoder, k=5000, *, likelihood="bernoulli", ch
 
     # The probe's samples come from zero noise: it draws nothing from ``generator``.
     probe = lambda size: chunk_log_weights(0, size, mu.new_zeros((size,) + tuple(mu.shape)))
-    chunk = chunk_for_budget(probe, k, chunk=chunk, memory_budget=memory_budget)
+    chunk = chunk_for_budget(probe, k, device=mu.device, chunk=chunk, memory_budget=memory_budget)
     return streamed_bound(chunk_log_weights, k, chunk=chunk, batch_size=mu.shape[0], device=mu.device,
                           backend=backend, diagnostics=diagnostics)
 

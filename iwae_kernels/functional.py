@@ -498,22 +498,25 @@ def _resampled_bound(ops, log_weights, noise, *, generator):
     return value_with_gradient(bound, chosen_log_w)
 
 
-def estimator_bound(log_w, estimator, *, log_w_fixed=None, groups=None, ciwae_beta=None, backend=None):
+def estimator_bound(log_w, estimator, *, log_w_fixed=None, groups=None, ciwae_beta=None, renyi_alpha=None,
+                    backend=None):
     """The per-example objective [B] of an estimator that acts on the log-weights, for models that form their own
-    (e.g. with a flow posterior): the value is MIWAE's, CIWAE's, the ELBO for "vae", else L_k; the gradient the
-    estimator's (``iwae_kernels.estimators``).
+    (e.g. with a flow posterior): the value is MIWAE's, CIWAE's, the Renyi bound L_a for "renyi", the ELBO for
+    "vae", else L_k; the gradient the estimator's (``iwae_kernels.estimators``).
 
     Args:
         log_w: [k, B], from samples drawn with ``gaussian_sample(estimator=sampling_estimator(estimator))``.
         log_w_fixed: [k, B] for "piwae" and "rws-dreg" only: the same log-weights with the samples and the encoder
             stopped (only the model's parameters live), e.g. the decoder run again on z.detach().
-        groups: M for "miwae" / "piwae" (k = M * K); ciwae_beta: the ELBO's share in [0, 1] for "ciwae".
+        groups: M for "miwae" / "piwae" (k = M * K); ciwae_beta: the ELBO's share in [0, 1] for "ciwae";
+            renyi_alpha: a for "renyi", a finite number other than 1.
     "rws" needs its wake-phi term in the log-weights (``iwae_kernels.estimators.wake_phi_term``) and
     "iwae-resample" its own function (``resampled_iwae_bound``); both are refused here.
     """
     _checks.check_tensor("log_w", log_w, (2,))
     _checks.check_choice("estimator", estimator, tuple(e for e in ESTIMATORS if e not in ("rws", "iwae-resample")))
-    groups, ciwae_beta = check_estimator_options(estimator, log_w.shape[0], groups, ciwae_beta)
+    groups, ciwae_beta, renyi_alpha = check_estimator_options(estimator, log_w.shape[0], groups, ciwae_beta,
+                                                              renyi_alpha)
     if (log_w_fixed is not None) != (estimator in ROUTED_ESTIMATORS):
         raise ValueError(f"log_w_fixed: estimator={estimator!r} {'needs' if log_w_fixed is None else 'takes no'} "
                          "log_w_fixed (the log-weights with the samples and encoder stopped)")
@@ -521,13 +524,14 @@ def estimator_bound(log_w, estimator, *, log_w_fixed=None, groups=None, ciwae_be
         _checks.check_tensor("log_w_fixed", log_w_fixed, (2,), like=("log_w", log_w))
         _checks.check_shape("log_w_fixed", log_w_fixed, log_w.shape)
     ops = get_backend(backend, log_w.device)
-    return _objective_bound(ops, estimator, log_w, log_w_fixed=log_w_fixed, groups=groups, ciwae_beta=ciwae_beta)
+    return _objective_bound(ops, estimator, log_w, log_w_fixed=log_w_fixed, groups=groups, ciwae_beta=ciwae_beta,
+                            renyi_alpha=renyi_alpha)
 
 
-def _objective_bound(ops, estimator, log_w, *, log_w_fixed=None, groups=None, ciwae_beta=None):
+def _objective_bound(ops, estimator, log_w, *, log_w_fixed=None, groups=None, ciwae_beta=None, renyi_alpha=None):
     bound = lambda lw: _bound(ops, lw)
     return objective_bound(estimator, log_w, bound, ops.normalized_weights, log_w_fixed=log_w_fixed, groups=groups,
-                           ciwae_beta=ciwae_beta)
+                           ciwae_beta=ciwae_beta, renyi_alpha=renyi_alpha)
 
 
 def kl_warmup(step, warmup_steps, start=0.0):
@@ -570,7 +574,7 @@ def _check_loss_args(x, mu, logvar, *, decoder, k, likelihood, eps, generator, c
 
 def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator="iwae", reduction="mean",
               backend=None, flatten_samples=False, check_finite=False, generator=None, beta=None, groups=None,
-              ciwae_beta=None, eps=None):
+              ciwae_beta=None, renyi_alpha=None, eps=None):
     """The drop-in IWAE loss -L_k(x) for an encoder's Gaussian (mu, logvar) and any decoder.
 
     Args:
@@ -584,9 +588,10 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
         k: samples per example, >= 1.
         estimator: "iwae" (paper Eq. 14), "vae" (k-sample ELBO, Eq. 7), "stl", "dreg", "iwae-resample"
             (k forward passes, one backward through a sample drawn by its normalized weight), "miwae" / "ciwae" /
-            "piwae" (Rainforth et al. 2018), "rws" (reweighted wake-sleep: the decoder gets L_k's gradient, the
-            encoder wake-phi's), "rws-dreg" (wake-phi's DReG form, Tucker et al. 2019). piwae and rws-dreg run the
-            decoder twice (on the samples, and on them detached for the decoder's own gradient).
+            "piwae" (Rainforth et al. 2018), "renyi" (the VR-alpha bound, Li & Turner 2016), "rws" (reweighted
+            wake-sleep: the decoder gets L_k's gradient, the encoder wake-phi's), "rws-dreg" (wake-phi's DReG form,
+            Tucker et al. 2019). piwae and rws-dreg run the decoder twice (on the samples, and on them detached
+            for the decoder's own gradient).
         reduction: "mean" | "sum" over the batch, or "none" for the per-example loss [B].
         check_finite: check x, mu, logvar, the samples and latent term (blamed on mu, logvar), the decoder's
             output and the log-weights for NaN/inf, and Bernoulli targets for [0, 1]; off by default because it
@@ -598,14 +603,17 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
             so the loss is reproducible and comparable with another implementation's (``generator`` then draws
             nothing, except iwae-resample's choice of sample).
         beta: KL annealing: the weight on the latent term log p(z) - log q(z|x) in every log-weight (a float or
-            a 0-dim tensor; see ``kl_warmup``); None or 1 is the plain bound. Only with "iwae" and "vae": the
-            stl/dreg identities and the resampling estimator assume the plain bound.
+            a 0-dim tensor; see ``kl_warmup``); None or 1 is the plain bound. Refused by "stl", "dreg",
+            "iwae-resample", "rws" and "rws-dreg", whose gradients assume the plain bound; the others ("miwae",
+            "ciwae", "renyi", "piwae" too) give the exact gradient of their objective of the annealed log-weights.
         groups: M for "miwae" and "piwae": the k samples form M groups of K = k / M (k must be a multiple of M).
         ciwae_beta: for "ciwae", the ELBO's share in [0, 1]: the objective is ciwae_beta ELBO + (1 - ciwae_beta) L_k.
+        renyi_alpha: for "renyi", a finite a != 1: the objective is L_a = (logsumexp_i((1 - a) log w_i) - log k) /
+            (1 - a), L_k at a = 0, the ELBO as a -> 1; for a < 0 it lies above L_k (an estimate, not a bound).
 
     Returns:
         minus the estimator's objective reduced over the batch (a scalar), or [B] for reduction="none": -L_k, or
-        -MIWAE, -CIWAE, -ELBO for those estimators.
+        -MIWAE, -CIWAE, -L_a, -ELBO for those estimators.
     """
     k = _check_loss_args(x, mu, logvar, decoder=decoder, k=k, likelihood=likelihood, eps=eps, generator=generator,
                          check_finite=check_finite)
@@ -613,7 +621,7 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
     _checks.check_choice("reduction", reduction, REDUCTIONS)
     ops = get_backend(backend, mu.device)  # resolved once for the whole call
 
-    groups, ciwae_beta = check_estimator_options(estimator, k, groups, ciwae_beta)
+    groups, ciwae_beta, renyi_alpha = check_estimator_options(estimator, k, groups, ciwae_beta, renyi_alpha)
     scale = _latent_scale("beta", beta, mu)
     check_latent_scale("beta", estimator, scale)
     sampling = dict(decoder=decoder, ops=ops, likelihood=likelihood, flatten_samples=flatten_samples,
@@ -639,7 +647,8 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
     if check_finite and bool((torch.isnan(log_w) | torch.isposinf(log_w)).any()):
         raise ValueError("log_w: a log-weight log p(x|z) + log p(z) - log q(z|x) is NaN or +inf (an overflow "
                          "in the likelihood?)")
-    return reduced_loss(_objective_bound(ops, estimator, log_w, groups=groups, ciwae_beta=ciwae_beta), reduction)
+    return reduced_loss(_objective_bound(ops, estimator, log_w, groups=groups, ciwae_beta=ciwae_beta,
+                                         renyi_alpha=renyi_alpha), reduction)
 
 
 def _two_role_bound(x, mu, logvar, *, decoder, k, ops, likelihood, estimator, groups, eps=None, generator=None,

@@ -137,6 +137,8 @@ def build_parser():
     train_parser.add_argument("--groups", type=positive_int,
                               help="miwae, piwae: M groups of k / M samples (k is the total M * K)")
     train_parser.add_argument("--ciwae-beta", type=float, help="ciwae: the ELBO's share beta in [0, 1]")
+    train_parser.add_argument("--renyi-alpha", type=float,
+                              help="renyi: the Renyi bound's alpha, a finite number other than 1 (0: L_k)")
     train_parser.add_argument("--k", type=positive_int, help="importance samples per example (default 50)")
     train_parser.add_argument("--batch-size", type=positive_int, help="default 20")
     train_parser.add_argument("--schedule", choices=("constant", "paper"),
@@ -263,7 +265,7 @@ def _evaluate_command(args):
 
 def _train_command(args):
     config = TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
-    estimator_options(config)  # a --groups / --ciwae-beta that does not fit is refused before any work
+    estimator_options(config)  # an estimator option that does not fit is refused before any work
     _check_subsets(args, config.dataset)
     _check_train_options(args)
     if not args.no_eval:

@@ -14,6 +14,7 @@ class TrainConfig:
     estimator: str = "iwae"
     groups: int = None            # miwae, piwae: M groups of k / M samples
     ciwae_beta: float = None      # ciwae: the ELBO's share
+    renyi_alpha: float = None     # renyi: the Renyi bound's alpha (!= 1)
     k: int = 50
     batch_size: int = 20
     schedule: str = "constant"    # "paper": 3^i passes at lr 1e-3 * 10^(-i/7), i < paper_stages
@@ -50,12 +51,12 @@ def config_from_dict(saved, source):
 
 
 def estimator_options(config):
-    """The estimator's ``groups`` / ``ciwae_beta`` as loss keyword arguments; OptionError (naming the option) when
-    they do not fit the estimator or k (every process finds it alike; rank 0 reports it)."""
+    """The estimator's ``groups`` / ``ciwae_beta`` / ``renyi_alpha`` as loss keyword arguments; OptionError (naming
+    the option) when they do not fit the estimator or k (every process finds it alike; rank 0 reports it)."""
     try:
-        check_estimator_options(config.estimator, config.k, config.groups, config.ciwae_beta)
+        check_estimator_options(config.estimator, config.k, config.groups, config.ciwae_beta, config.renyi_alpha)
     except ValueError as error:
         name, reason = str(error).split(": ", 1)
         raise OptionError(f"--{name.replace('_', '-')}: {reason}") from None
-    return {name: value for name, value in (("groups", config.groups), ("ciwae_beta", config.ciwae_beta))
-            if value is not None}
+    options = ("groups", config.groups), ("ciwae_beta", config.ciwae_beta), ("renyi_alpha", config.renyi_alpha)
+    return {name: value for name, value in options if value is not None}

@@ -45,7 +45,7 @@ class LogWeightModel(nn.Module):
             with torch.random.fork_rng(devices=devices):
                 return self.chunk_log_weights(x, size)
 
-        return evaluation.chunk_for_budget(probe, k, chunk=chunk, memory_budget=memory_budget)
+        return evaluation.chunk_for_budget(probe, k, device=x.device, chunk=chunk, memory_budget=memory_budget)
 
     def chunk_log_weights(self, x, k, eps=None):
         """``log_weights(x, k)`` for one chunk of ``log_likelihood``; ``eps``: that chunk's slice of the noise

@@ -27,14 +27,15 @@ class ConvIWAE(LogWeightModel):
             nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), nn.ReLU(),  # 14 x 14
             nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1), nn.Flatten())         # 28 x 28 logits
 
-    def loss(self, x, k=5, estimator="iwae", generator=None, beta=None, groups=None, ciwae_beta=None, eps=None):
+    def loss(self, x, k=5, estimator="iwae", generator=None, beta=None, groups=None, ciwae_beta=None, renyi_alpha=None,
+             eps=None):
         """-L_k (or the estimator's objective) averaged over the batch; the decoder sees the k * B samples as one
-        [k * B, latent] batch. ``beta`` weights the latent term (KL annealing), ``groups`` and ``ciwae_beta`` as
-        in ``iwae_loss``, ``eps`` [k, B, latent] fixes the noise."""
+        [k * B, latent] batch. ``beta`` weights the latent term (KL annealing), ``groups``, ``ciwae_beta`` and
+        ``renyi_alpha`` as in ``iwae_loss``, ``eps`` [k, B, latent] fixes the noise."""
         mu, logvar = self.encoder(x).chunk(2, -1)
         return F.iwae_loss(x, mu, logvar, self.decoder, k=k, estimator=estimator, flatten_samples=True,
                            generator=generator, backend=self.backend, beta=beta, groups=groups,
-                           ciwae_beta=ciwae_beta, eps=eps)
+                           ciwae_beta=ciwae_beta, renyi_alpha=renyi_alpha, eps=eps)
 
     def log_weights(self, x, k, eps=None):
         """log w [k, B] for k samples, or for the noise eps [k, B, latent] (what ``log_likelihood`` folds;

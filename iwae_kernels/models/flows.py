@@ -89,7 +89,7 @@ def standard_normal_log_prob(z):
 def flow_latent(mu, logvar, k, flow, eps=None, estimator="iwae", backend=None):
     """z_K [k, B, D] and its latent log-weight log p(z_K) - log q0(z0) + sum log|det J| [k, B].
 
-    estimator: "iwae" (and "vae", "iwae-resample", "miwae", "ciwae", "piwae": the exact derivative; form their
+    estimator: "iwae" (and "vae", "iwae-resample", "miwae", "ciwae", "renyi", "piwae": the exact derivative; form their
     objective with ``functional.estimator_bound``) or "stl" (unbiased at k = 1, biased above, as without a flow).
     "dreg" and "rws-dreg" are refused: their stop-gradient would have to cover the flow's parameters inside
     log|det J| and weight their path terms by wt^2, which this composition does not do; "rws" too: wake-phi needs
@@ -130,12 +130,13 @@ class FlowIWAE(LogWeightModel):
     def _log_weights(self, x, z, latent):
         return functional.bernoulli_log_likelihood(self.decoder(z), x, backend=self.backend) + latent
 
-    def bound(self, x, k=5, estimator="iwae", eps=None, groups=None, ciwae_beta=None):
+    def bound(self, x, k=5, estimator="iwae", eps=None, groups=None, ciwae_beta=None, renyi_alpha=None):
         """Per-example objective [B] whose gradient is the estimator's (``functional.estimator_bound``): L_k, the
-        ELBO for "vae", MIWAE's bound for "miwae" (``groups`` M: k = M * K), CIWAE's for "ciwae" (``ciwae_beta``).
+        ELBO for "vae", MIWAE's bound for "miwae" (``groups`` M: k = M * K), CIWAE's for "ciwae" (``ciwae_beta``),
+        the Renyi bound L_a for "renyi" (``renyi_alpha`` a).
         eps: optional noise [k, B, latent] that fixes the samples."""
         _checks.check_choice("estimator", estimator, ESTIMATORS)  # flow_latent refuses NO_FLOW_ESTIMATORS, saying why
-        groups, ciwae_beta = check_estimator_options(estimator, k, groups, ciwae_beta)
+        groups, ciwae_beta, renyi_alpha = check_estimator_options(estimator, k, groups, ciwae_beta, renyi_alpha)
         if estimator == "iwae-resample":
             if eps is None:
                 weight = self.decoder[0].weight
@@ -147,8 +148,8 @@ class FlowIWAE(LogWeightModel):
         # piwae's model gradient: the same samples with the encoder and flow stopped, through the decoder again.
         fixed = self._log_weights(x, z.detach(), latent.detach()) if estimator in ROUTED_ESTIMATORS else None
         return functional.estimator_bound(log_w, estimator, log_w_fixed=fixed, groups=groups, ciwae_beta=ciwae_beta,
-                                          backend=self.backend)
+                                          renyi_alpha=renyi_alpha, backend=self.backend)
 
-    def loss(self, x, k=5, estimator="iwae", eps=None, groups=None, ciwae_beta=None):
+    def loss(self, x, k=5, estimator="iwae", eps=None, groups=None, ciwae_beta=None, renyi_alpha=None):
         """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar); arguments as in ``bound``."""
-        return -self.bound(x, k, estimator, eps, groups, ciwae_beta).mean()
+        return -self.bound(x, k, estimator, eps, groups, ciwae_beta, renyi_alpha).mean()

@@ -137,15 +137,16 @@ class PaperModel(LogWeightModel):
             latent = latent + wake_phi_term(h1, mu, logvar) + wake_phi_term(h2, *gaussian(self.encoders[1], h1))
         return h1, latent
 
-    def bound(self, x, k=50, estimator="iwae", noise=None, groups=None, ciwae_beta=None):
+    def bound(self, x, k=50, estimator="iwae", noise=None, groups=None, ciwae_beta=None, renyi_alpha=None):
         """Per-example objective [B] whose gradient is the estimator's: L_k, the k-sample ELBO for "vae", MIWAE's
-        bound for "miwae" (``groups`` M: k = M * K samples), CIWAE's for "ciwae" (``ciwae_beta``).
+        bound for "miwae" (``groups`` M: k = M * K samples), CIWAE's for "ciwae" (``ciwae_beta``), the Renyi
+        bound L_a for "renyi" (``renyi_alpha`` a).
 
         noise: optional standard-normal noise, one [k, B, latent[l]] tensor per stochastic layer (bottom first),
         which fixes the samples (common random numbers across estimators or backends); drawn when None.
         """
         _checks.check_choice("estimator", estimator, F.ESTIMATORS)
-        groups, ciwae_beta = check_estimator_options(estimator, k, groups, ciwae_beta)
+        groups, ciwae_beta, renyi_alpha = check_estimator_options(estimator, k, groups, ciwae_beta, renyi_alpha)
         posterior = self.encode(x)
         if estimator in ("iwae-resample",) + ROUTED_ESTIMATORS:  # the same samples twice: the noise is drawn here
             if noise is None:
@@ -160,7 +161,7 @@ class PaperModel(LogWeightModel):
         if estimator in ROUTED_ESTIMATORS:
             fixed = self.log_weights(x, k, "iwae", noise, posterior, stop_encoders=True)
         return F.estimator_bound(log_w, "iwae" if estimator == "rws" else estimator, log_w_fixed=fixed,
-                                 groups=groups, ciwae_beta=ciwae_beta, backend=self.backend)
+                                 groups=groups, ciwae_beta=ciwae_beta, renyi_alpha=renyi_alpha, backend=self.backend)
 
     def _check_noise(self, noise, k, x, like):
         if not isinstance(noise, (list, tuple)) or len(noise) != self.stochastic_layers:
@@ -173,15 +174,15 @@ class PaperModel(LogWeightModel):
         """``log_weights(x, k, noise=eps)``: this model's noise is one tensor per stochastic layer."""
         return self.log_weights(x, k, noise=eps)
 
-    def loss(self, x, k=50, estimator="iwae", noise=None, groups=None, ciwae_beta=None):
-        """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar); ``noise``, ``groups`` and
-        ``ciwae_beta`` as in ``bound``."""
+    def loss(self, x, k=50, estimator="iwae", noise=None, groups=None, ciwae_beta=None, renyi_alpha=None):
+        """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar); ``noise``, ``groups``,
+        ``ciwae_beta`` and ``renyi_alpha`` as in ``bound``."""
         if estimator in ("iwae", "stl", "dreg", "rws") and not self.fused_head:
             # The likelihood, bound and mean as one op (bernoulli_iwae_loss): fewer autograd nodes and kernels.
-            check_estimator_options(estimator, k, groups, ciwae_beta)
+            check_estimator_options(estimator, k, groups, ciwae_beta, renyi_alpha)
             h1, latent = self._samples(x, k, estimator, noise, None)
             return F.bernoulli_iwae_loss(self.decoder(h1), x, latent, backend=self.backend)
-        return -self.bound(x, k, estimator, noise, groups, ciwae_beta).mean()
+        return -self.bound(x, k, estimator, noise, groups, ciwae_beta, renyi_alpha).mean()
 
     @torch.no_grad()
     def sample(self, n):

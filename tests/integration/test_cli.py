@@ -182,13 +182,17 @@ def test_bad_options_are_one_line_errors_naming_the_option(option, value, capsys
     (["--estimator", "miwae"], "--groups"), (["--estimator", "piwae", "--groups", "7"], "--groups"),
     (["--estimator", "iwae", "--groups", "5"], "--groups"), (["--estimator", "ciwae"], "--ciwae-beta"),
     (["--estimator", "ciwae", "--ciwae-beta", "1.5"], "--ciwae-beta"),
-    (["--estimator", "rws", "--ciwae-beta", "0.5"], "--ciwae-beta")])
+    (["--estimator", "rws", "--ciwae-beta", "0.5"], "--ciwae-beta"), (["--estimator", "renyi"], "--renyi-alpha"),
+    (["--estimator", "renyi", "--renyi-alpha", "1"], "--renyi-alpha"),
+    (["--estimator", "renyi", "--renyi-alpha", "nan"], "--renyi-alpha"),
+    (["--estimator", "iwae", "--renyi-alpha", "0.5"], "--renyi-alpha")])
 def test_estimator_options_that_do_not_fit_are_one_line_errors(options, option, capsys, tmp_path):
     assert option in main_error(["train", *options, "--out", str(tmp_path)], capsys)
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
-ESTIMATOR_OPTIONS = {"miwae": ["--groups", "2"], "piwae": ["--groups", "3"], "ciwae": ["--ciwae-beta", "0.3"]}
+ESTIMATOR_OPTIONS = {"miwae": ["--groups", "2"], "piwae": ["--groups", "3"], "ciwae": ["--ciwae-beta", "0.3"],
+                     "renyi": ["--renyi-alpha", "0.5"]}
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)

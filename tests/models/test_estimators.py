@@ -91,7 +91,8 @@ def test_paper_model_check_can_fail():
 
 @pytest.mark.parametrize("estimator, options", [
     ("iwae", {}), ("dreg", {}), ("stl", {}), ("iwae-resample", {}), ("miwae", {"groups": 2}),
-    ("ciwae", {"ciwae_beta": 0.3}), ("piwae", {"groups": 2}), ("rws", {}), ("rws-dreg", {})])
+    ("ciwae", {"ciwae_beta": 0.3}), ("renyi", {"renyi_alpha": -1}), ("piwae", {"groups": 2}), ("rws", {}),
+    ("rws-dreg", {})])
 def test_paper_model_triton_gradients_equal_torch_on_shared_noise(estimator, options):
     """The statistical tests run on the torch backend; the kernels give the same gradient draw for the same
     noise (two layers, float64), so the result carries over to them."""
@@ -204,16 +205,23 @@ def test_bonferroni_bound_is_the_normal_quantile():
     assert math.isclose(bonferroni_bound(1), 3.2905, abs_tol=1e-3)
 
 
-# MIWAE, CIWAE, PIWAE (Rainforth et al. 2018), reweighted wake-sleep (Bornschein & Bengio 2015) and its DReG form
-# (Tucker et al. 2019). Their targets are written here from the papers' formulas in plain torch (logsumexp,
-# torch.distributions), with each parameter group's gradient taken separately: the encoder's ("phi") and the
-# model's ("theta", decoder and learned prior).
+# MIWAE, CIWAE, PIWAE (Rainforth et al. 2018), the Renyi bound (Li & Turner 2016), reweighted wake-sleep (Bornschein
+# & Bengio 2015) and its DReG form (Tucker et al. 2019). Their targets are written here from the papers' formulas in
+# plain torch (logsumexp, torch.distributions), with each parameter group's gradient taken separately: the encoder's
+# ("phi") and the model's ("theta", decoder and learned prior).
 
-NEW_ESTIMATORS = {"miwae": dict(groups=3), "ciwae": dict(ciwae_beta=0.3), "piwae": dict(groups=3), "rws": {},
-                  "rws-dreg": {}}
+NEW_ESTIMATORS = {"miwae": dict(groups=3), "ciwae": dict(ciwae_beta=0.3), "renyi": dict(renyi_alpha=0.5),
+                  "piwae": dict(groups=3), "rws": {}, "rws-dreg": {}}
+# The shared-noise formula checks also take the Renyi bound above L_k (a < 0) and below the ELBO (a > 1).
+FORMULA_CASES = list(NEW_ESTIMATORS.items()) + [("renyi", dict(renyi_alpha=-1.0)), ("renyi", dict(renyi_alpha=2.0))]
 
 
-def paper_objectives(log_w, estimator, groups=None, ciwae_beta=None, log_q=None):
+def renyi_objective(log_w, renyi_alpha):
+    """L_a = (logsumexp_i((1 - a) log w_i) - log k) / (1 - a) [B] for log_w [k, B] (Li & Turner 2016, Eq. 7)."""
+    return (torch.logsumexp((1 - renyi_alpha) * log_w, 0) - math.log(log_w.shape[0])) / (1 - renyi_alpha)
+
+
+def paper_objectives(log_w, estimator, groups=None, ciwae_beta=None, renyi_alpha=None, log_q=None):
     """(the model's objective, the encoder's) [B] for log_w [k, B]; log_q [k, B] is log q(z_i|x) at fixed samples
     with the encoder live (wake-phi's). rws-dreg's target is wake-phi's expectation, so it shares rws's."""
     k = log_w.shape[0]
@@ -226,6 +234,9 @@ def paper_objectives(log_w, estimator, groups=None, ciwae_beta=None, log_q=None)
     if estimator == "ciwae":
         ciwae = ciwae_beta * log_w.mean(0) + (1 - ciwae_beta) * iwae
         return ciwae, ciwae
+    if estimator == "renyi":
+        renyi = renyi_objective(log_w, renyi_alpha)
+        return renyi, renyi
     if estimator == "piwae":
         return iwae, miwae
     wt = torch.softmax(log_w.detach(), 0)
@@ -250,9 +261,10 @@ def paper_noise(model, k, batch):
     return [torch.randn(k, batch, size, dtype=torch.float64) for size in model.latent]
 
 
-def paper_reference_gradient(model, x, k, estimator, noise):
-    """The target gradient for one noise draw, from the iwae log-weights and the papers' formulas."""
-    options = NEW_ESTIMATORS[estimator]
+def paper_reference_gradient(model, x, k, estimator, noise, options=None):
+    """The target gradient for one noise draw, from the iwae log-weights and the papers' formulas (``options``:
+    the estimator's, NEW_ESTIMATORS' by default)."""
+    options = NEW_ESTIMATORS[estimator] if options is None else options
     posterior = model.encode(x)
     log_w = model.log_weights(x, k, "iwae", noise, posterior)
     mu, logvar = posterior
@@ -278,25 +290,26 @@ def estimator_gradient(module, loss_fn):
 
 
 @pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("estimator", sorted(NEW_ESTIMATORS))
-def test_paper_model_new_estimators_equal_their_formulas_on_shared_noise(layers, estimator):
+@pytest.mark.parametrize("estimator, options", FORMULA_CASES)
+def test_paper_model_new_estimators_equal_their_formulas_on_shared_noise(layers, estimator, options):
     """One draw, exactly: the value is the objective's, the gradient its formula's (rws-dreg: the model's part;
-    its encoder part has a different draw from wake-phi and is checked in expectation below)."""
+    its encoder part has a different draw from wake-phi, checked exactly against its path-derivative form in
+    test_rws_dreg_encoder_gradient_is_its_path_derivative_on_shared_noise and in expectation below)."""
     model = small_paper_model(layers, torch.device("cpu"))
     x = binary_batch(5, 12, 1, torch.device("cpu"))
     torch.manual_seed(4)
     noise = paper_noise(model, 6, 5)
-    got = estimator_gradient(model, lambda: model.loss(x, 6, estimator, noise=noise, **NEW_ESTIMATORS[estimator]))
-    want = paper_reference_gradient(model, x, 6, estimator, noise)
+    got = estimator_gradient(model, lambda: model.loss(x, 6, estimator, noise=noise, **options))
+    want = paper_reference_gradient(model, x, 6, estimator, noise, options)
     if estimator == "rws-dreg":
         theta = torch.cat([torch.full((p.numel(),), not name.startswith("encoders."))
                            for name, p in model.named_parameters()])
         got, want = got[theta], want[theta]
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     with torch.no_grad():
-        value = -model.loss(x, 6, estimator, noise=noise, **NEW_ESTIMATORS[estimator])
+        value = -model.loss(x, 6, estimator, noise=noise, **options)
         log_w = model.log_weights(x, 6, "iwae", noise)
-        objective = paper_objectives(log_w, estimator, log_q=torch.zeros_like(log_w), **NEW_ESTIMATORS[estimator])[0]
+        objective = paper_objectives(log_w, estimator, log_q=torch.zeros_like(log_w), **options)[0]
     torch.testing.assert_close(value, objective.mean(), rtol=1e-12, atol=1e-12)
 
 
@@ -346,17 +359,22 @@ def linear_model_loss(model, x, k, estimator, generator):
     return model.loss(x, k, estimator, generator=generator, **NEW_ESTIMATORS[estimator])
 
 
-def linear_model_reference(model, x, k, estimator, generator):
-    mu, logvar = model.encoder(x).chunk(2, -1)
-    eps = torch.randn((k,) + tuple(mu.shape), generator=generator, dtype=mu.dtype)
-    return OneLayerReference.gradient(model, x, mu, logvar, model.decoder, eps, estimator)
+def one_layer_decoder(model):
+    """decode(z [k, B, D]) -> logits [k, B, x_dim] of a one-layer model (ConvIWAE's decoder takes [k * B, D])."""
+    if isinstance(model, ConvIWAE):
+        return lambda z: model.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])
+    return model.decoder
 
 
-def conv_reference(model, x, k, estimator, generator):
+def one_layer_posterior_and_noise(model, x, k, generator):
+    """(mu, logvar, eps [k, B, D]): a one-layer model's q(z|x) and the noise iwae_loss draws from ``generator``."""
     mu, logvar = model.encoder(x).chunk(2, -1)
-    eps = torch.randn((k,) + tuple(mu.shape), generator=generator, dtype=mu.dtype)
-    decode = lambda z: model.decoder(z.flatten(0, 1)).unflatten(0, z.shape[:2])
-    return OneLayerReference.gradient(model, x, mu, logvar, decode, eps, estimator)
+    return mu, logvar, torch.randn((k,) + tuple(mu.shape), generator=generator, dtype=mu.dtype)
+
+
+def one_layer_reference(model, x, k, estimator, generator):
+    mu, logvar, eps = one_layer_posterior_and_noise(model, x, k, generator)
+    return OneLayerReference.gradient(model, x, mu, logvar, one_layer_decoder(model), eps, estimator)
 
 
 def conv_model():
@@ -364,10 +382,7 @@ def conv_model():
     return ConvIWAE(latent=3, channels=2, backend="torch").double()
 
 
-ONE_LAYER_MODELS = {
-    "iwae_loss": (LinearGaussianEncoder, linear_model_reference, 100, 120),
-    "conv": (conv_model, conv_reference, 10, 60),
-}
+ONE_LAYER_MODELS = {"iwae_loss": (LinearGaussianEncoder, 100, 120), "conv": (conv_model, 10, 60)}
 
 
 @pytest.mark.parametrize("kind", sorted(ONE_LAYER_MODELS))
@@ -375,12 +390,12 @@ ONE_LAYER_MODELS = {
 def test_iwae_loss_new_estimators_on_shared_noise_and_unbiased(kind, estimator):
     """iwae_loss (and ConvIWAE through it): one draw equals the formula's on the same noise (rws-dreg: the
     decoder's part), and the mean over draws equals the target."""
-    make, reference, copies, passes = ONE_LAYER_MODELS[kind]
+    make, copies, passes = ONE_LAYER_MODELS[kind]
     model = make()
     x_dim = 784 if kind == "conv" else 12
     x = binary_batch(3, x_dim, 1, torch.device("cpu"))
     got = estimator_gradient(model, lambda: linear_model_loss(model, x, 6, estimator, torch.Generator().manual_seed(3)))
-    want = reference(model, x, 6, estimator, torch.Generator().manual_seed(3))
+    want = one_layer_reference(model, x, 6, estimator, torch.Generator().manual_seed(3))
     if estimator == "rws-dreg":
         theta = torch.cat([torch.full((p.numel(),), not name.startswith("encoder."))
                            for name, p in model.named_parameters()])
@@ -391,7 +406,7 @@ def test_iwae_loss_new_estimators_on_shared_noise_and_unbiased(kind, estimator):
     draws = draws_of(lambda: estimator_gradient(model, lambda: linear_model_loss(model, x, 6, estimator, generator)),
                      passes, seed=1)
     generator.manual_seed(12345)
-    assert_unbiased(draws, draws_of(lambda: reference(model, x, 6, estimator, generator), passes, seed=2))
+    assert_unbiased(draws, draws_of(lambda: one_layer_reference(model, x, 6, estimator, generator), passes, seed=2))
 
 
 def flow_reference(model, x, estimator, eps):
@@ -401,7 +416,7 @@ def flow_reference(model, x, estimator, eps):
                           lambda name: not name.startswith("decoder."))
 
 
-@pytest.mark.parametrize("estimator", ["miwae", "ciwae", "piwae"])
+@pytest.mark.parametrize("estimator", ["miwae", "ciwae", "renyi", "piwae"])
 def test_flow_iwae_new_estimators_on_shared_noise_and_unbiased(estimator):
     """FlowIWAE.loss: on shared noise the value is the objective's and the gradient its formula's; over draws the
     mean gradient is the objective's (the flow's parameters are the encoder's: the posterior's)."""
@@ -420,7 +435,7 @@ def test_flow_iwae_new_estimators_on_shared_noise_and_unbiased(estimator):
     assert_unbiased(draws, draws_of(lambda: flow_reference(model, x, estimator, noise()), 80, 2))
 
 
-@pytest.mark.parametrize("estimator", ["iwae", "miwae", "ciwae", "piwae", "iwae-resample"])
+@pytest.mark.parametrize("estimator", ["iwae", "miwae", "ciwae", "renyi", "piwae", "iwae-resample"])
 def test_flow_iwae_triton_gradients_equal_torch_on_shared_noise(estimator):
     device = backend_device("triton")
     x = binary_batch(5, 12, 1, device)
@@ -444,7 +459,9 @@ def test_new_estimator_arguments_are_checked():
              ("miwae", dict(groups=0), "groups"), ("ciwae", {}, "ciwae_beta"),
              ("ciwae", dict(ciwae_beta=1.5), "ciwae_beta"),
              ("dreg", dict(ciwae_beta=0.5), "ciwae_beta"), ("rws", dict(beta=0.5), "beta"),
-             ("rws-dreg", dict(beta=0.5), "beta")]
+             ("rws-dreg", dict(beta=0.5), "beta"), ("renyi", {}, "renyi_alpha"),
+             ("iwae", dict(renyi_alpha=0.5), "renyi_alpha")]
+    cases += [("renyi", dict(renyi_alpha=alpha), "renyi_alpha") for alpha in (1, 1.0, math.nan, math.inf, True, "x")]
     for estimator, options, name in cases:
         with pytest.raises(ValueError, match=name):
             model.loss(x, 6, estimator, **options)
@@ -461,20 +478,27 @@ def test_new_estimator_arguments_are_checked():
         ik.estimator_bound(log_w, "piwae", groups=2)
     with pytest.raises(ValueError, match="estimator"):
         ik.estimator_bound(log_w, "rws")
+    for estimator, options in (("renyi", dict(renyi_alpha=1)), ("ciwae", dict(ciwae_beta=0.5, renyi_alpha=0.5))):
+        with pytest.raises(ValueError, match="renyi_alpha"):
+            ik.estimator_bound(log_w, estimator, backend="torch", **options)
+        with pytest.raises(ValueError, match="renyi_alpha"):
+            paper.loss(x, 6, estimator, **options)
+        with pytest.raises(ValueError, match="renyi_alpha"):
+            flow_iwae().loss(x, 6, estimator, **options)
 
 
-def test_annealed_miwae_ciwae_piwae_are_exact():
+def test_annealed_miwae_ciwae_renyi_piwae_are_exact():
     """beta != 1 is taken by the exact estimators: the value is the annealed objective on the same noise."""
     model = LinearGaussianEncoder()
     x = binary_batch(2, 12, 1, torch.device("cpu"))
-    for estimator in ("miwae", "ciwae", "piwae"):
+    for estimator in ("miwae", "ciwae", "renyi", "piwae"):
         annealed = model.loss(x, 6, estimator, beta=0.5, generator=torch.Generator().manual_seed(0),
                               **NEW_ESTIMATORS[estimator])
         plain = model.loss(x, 6, estimator, generator=torch.Generator().manual_seed(0), **NEW_ESTIMATORS[estimator])
         assert torch.isfinite(annealed) and not torch.isclose(annealed, plain)
 
 
-@pytest.mark.parametrize("estimator", ["miwae", "ciwae", "piwae", "rws", "rws-dreg"])
+@pytest.mark.parametrize("estimator", ["miwae", "ciwae", "renyi", "piwae", "rws", "rws-dreg"])
 def test_new_estimators_never_give_nan_for_impossible_samples(estimator):
     """-inf log-weights are legal: the bound is finite where a sample is possible (CIWAE's ELBO term is -inf
     with one impossible sample, as the ELBO is), -inf where none is, and no gradient is NaN."""
@@ -490,3 +514,92 @@ def test_new_estimators_never_give_nan_for_impossible_samples(estimator):
     assert torch.isneginf(bound[1])
     bound[0].backward()
     assert not torch.isnan(log_w.grad).any()
+
+
+def test_renyi_at_alpha_0_is_iwae_exactly():
+    """L_0 is L_k: the same value and every gradient, bit for bit, on log-weights and on a model's shared noise."""
+    log_w = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    bounds = [ik.estimator_bound(log_w, "renyi", renyi_alpha=0, backend="torch"),
+              ik.estimator_bound(log_w, "iwae", backend="torch")]
+    grads = [torch.autograd.grad(bound.sum(), log_w)[0] for bound in bounds]
+    assert torch.equal(bounds[0], bounds[1]) and torch.equal(grads[0], grads[1])
+    model = small_paper_model(2, torch.device("cpu"))
+    x = binary_batch(5, 12, 1, torch.device("cpu"))
+    noise = paper_noise(model, 6, 5)
+    got = estimator_gradient(model, lambda: -model.bound(x, 6, "renyi", noise, renyi_alpha=0).mean())
+    assert torch.equal(got, estimator_gradient(model, lambda: -model.bound(x, 6, "iwae", noise).mean()))
+
+
+@pytest.mark.parametrize("renyi_alpha", [-1.0, 0.5, 2.0])
+def test_renyi_never_gives_nan_for_impossible_samples(renyi_alpha):
+    """An impossible sample (log w = -inf) drops out of L_a for a < 1; for a > 1 its w^(1 - a) is infinite and L_a
+    is -inf, as the ELBO is. An all -inf column is -inf; no gradient is NaN."""
+    log_w = torch.tensor([[0.0, -math.inf, 0.3], [-1.0, -math.inf, -0.2], [-math.inf, -math.inf, 0.1]],
+                         dtype=torch.float64, requires_grad=True)
+    bound = ik.estimator_bound(log_w, "renyi", renyi_alpha=renyi_alpha, backend="torch")
+    if renyi_alpha > 1:
+        assert torch.isneginf(bound[0])
+    else:  # the k = 3 mean over the two possible samples' w^(1 - a)
+        possible = renyi_objective(log_w[:2, :1].detach(), renyi_alpha) + math.log(2 / 3) / (1 - renyi_alpha)
+        torch.testing.assert_close(bound[:1].detach(), possible, rtol=1e-12, atol=1e-12)
+    assert torch.isneginf(bound[1]) and torch.isfinite(bound[2])
+    bound.sum().backward()
+    assert not torch.isnan(log_w.grad).any()
+
+
+def rws_dreg_encoder_surrogate(log_w):
+    """sum_i (wt_i - wt_i^2) log w_i [B], wt = softmax(log w) detached: on log-weights whose gradient is the path
+    derivative alone, its gradient into the encoder is rws-dreg's draw (Tucker et al. 2019)."""
+    wt = torch.softmax(log_w.detach(), 0)
+    return ((wt - wt * wt) * log_w).sum(0)
+
+
+def stopped_gaussian(net, inputs):
+    """``gaussian(net, inputs)`` with net's weights detached and the inputs live."""
+    return torch.func.functional_call(net, {name: p.detach() for name, p in net.named_parameters()},
+                                      (inputs,)).chunk(2, -1)
+
+
+def paper_path_log_weights(model, x, noise):
+    """PaperModel's log w [k, B] with the samples live and the encoders' weights stopped inside log q (q(h2|h1)
+    keeps its dependence on the live sample h1): the path derivative alone, from torch.distributions."""
+    log_q = lambda mean, logvar, h: Normal(mean, torch.exp(0.5 * logvar)).log_prob(h).sum(-1)
+    mu, logvar = model.encode(x)
+    h1 = mu + torch.exp(0.5 * logvar) * noise[0]
+    log_w = naive_bernoulli(model.decoder(h1), x) - log_q(*stopped_gaussian(model.encoders[0], x), h1)
+    if model.stochastic_layers == 1:
+        return log_w + Normal(0.0, 1.0).log_prob(h1).sum(-1)
+    mu2, logvar2 = gaussian(model.encoders[1], h1)
+    h2 = mu2 + torch.exp(0.5 * logvar2) * noise[1]
+    return (log_w + log_q(*gaussian(model.priors[0], h2), h1) + Normal(0.0, 1.0).log_prob(h2).sum(-1)
+            - log_q(*stopped_gaussian(model.encoders[1], h1), h2))
+
+
+@pytest.mark.parametrize("kind", ["paper-1", "paper-2", "iwae_loss", "conv"])
+def test_rws_dreg_encoder_gradient_is_its_path_derivative_on_shared_noise(kind):
+    """One draw, exactly (float64): rws-dreg's encoder gradient is that of sum_i (wt_i - wt_i^2) log w_i with wt
+    detached and q's parameters stopped inside log q. Fails with wt^2 in place of wt - wt^2 in
+    ``estimators.objective_bound``, which every formula and mean-gradient test above let pass."""
+    torch.manual_seed(4)
+    x = binary_batch(3, 784 if kind == "conv" else 12, 1, torch.device("cpu"))
+    if kind.startswith("paper"):
+        model = small_paper_model(int(kind[-1]), torch.device("cpu"))
+        noise = paper_noise(model, 6, 3)
+        got = estimator_gradient(model, lambda: model.loss(x, 6, "rws-dreg", noise=noise))
+        log_w = paper_path_log_weights(model, x, noise)
+        encoder_prefix = "encoders."
+    else:
+        model = ONE_LAYER_MODELS[kind][0]()
+        generator = torch.Generator().manual_seed(3)
+        got = estimator_gradient(model, lambda: model.loss(x, 6, "rws-dreg", generator=generator))
+        mu, logvar, eps = one_layer_posterior_and_noise(model, x, 6, torch.Generator().manual_seed(3))
+        z, latent = naive_latent(mu, logvar, eps, detach_q=True)
+        log_w = naive_bernoulli(one_layer_decoder(model)(z), x) + latent
+        encoder_prefix = "encoder."
+    encoder = [(name, p) for name, p in model.named_parameters() if name.startswith(encoder_prefix)]
+    want = torch.autograd.grad(-rws_dreg_encoder_surrogate(log_w).mean(), [p for _, p in encoder])
+    offsets = dict(zip([name for name, _ in model.named_parameters()],
+                       torch.tensor([0] + [p.numel() for p in model.parameters()]).cumsum(0).tolist()))
+    for (name, p), w in zip(encoder, want):
+        torch.testing.assert_close(got[offsets[name]:offsets[name] + p.numel()], w.flatten(), rtol=1e-10,
+                                   atol=1e-12, msg=name)

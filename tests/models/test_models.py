@@ -72,7 +72,8 @@ def test_log_weights_and_gradient_match_naive(layers, fused_head):
 def test_every_estimator_trains(layers, estimator):
     model = small_model(layers)
     x = torch.bernoulli(torch.full((8, 6), 0.5, dtype=torch.float64))
-    options = {"miwae": {"groups": 2}, "piwae": {"groups": 2}, "ciwae": {"ciwae_beta": 0.5}}.get(estimator, {})
+    options = {"miwae": {"groups": 2}, "piwae": {"groups": 2}, "ciwae": {"ciwae_beta": 0.5},
+               "renyi": {"renyi_alpha": 0.5}}.get(estimator, {})
     loss = model.loss(x, k=4, estimator=estimator, **options)
     grads = torch.autograd.grad(loss, list(model.parameters()))
     assert loss.shape == () and torch.isfinite(loss)

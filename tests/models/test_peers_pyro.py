@@ -1,12 +1,14 @@
 """The IWAE family's estimators against a peer's: Pyro's ReweightedWakeSleep (pyro/infer/rws.py) against
-estimator="rws" and "rws-dreg", on a one-layer model with prior N(0, I), a Gaussian encoder and a Bernoulli
-decoder (test_estimators' LinearGaussianEncoder), float64.
+estimator="rws" and "rws-dreg", and Pyro's RenyiELBO (pyro/infer/renyi_elbo.py) against estimator="renyi", on a
+one-layer model with prior N(0, I), a Gaussian encoder and a Bernoulli decoder (test_estimators'
+LinearGaussianEncoder), float64.
 
 Pyro samples z_i from the guide and detaches it, forms log w_i = log p(x, z_i) - log q(z_i|x) with q detached, and
 returns wake-theta = -(logsumexp_i log w_i - log k), which is -L_k, and wake-phi = -sum_i wt_i log q(z_i|x) with
 wt detached; its backward sends the first into the decoder and the second into the encoder. It sums each
 particle's log-probabilities over the whole batch (Pyro's RWS takes no mini-batches), so every Pyro call here
-sees one example.
+sees one example. RenyiELBO likewise applies its logsumexp to log-weights summed over the batch (Pyro issue
+#3104), where ours is per example: at batch size 1 the two are one objective.
 """
 
 import pytest
@@ -44,6 +46,18 @@ class PyroLinearGaussian(LinearGaussianEncoder):
         wake_theta, _ = rws.loss_and_grads(self.model, self.guide, x)
         return wake_theta, torch.cat([p.grad.flatten() for p in self.parameters()])
 
+    def pyro_renyi(self, x, alpha):
+        """Pyro's (RenyiELBO loss -L_a, flat parameter gradient) for one draw of K particles on x [1, P]."""
+        renyi = pyro.infer.RenyiELBO(alpha=alpha, num_particles=K, vectorize_particles=True, max_plate_nesting=1)
+
+        def guide(x):
+            pyro.module("networks", self)  # the trace's param sites: RenyiELBO differentiates only when it has some
+            self.guide(x)
+
+        self.zero_grad(set_to_none=True)
+        loss = renyi.loss_and_grads(self.model, guide, x)
+        return loss, torch.cat([p.grad.flatten() for p in self.parameters()])
+
     def last_eps(self, x):
         """The standard-normal noise [k, B, D] of the guide's last sample."""
         with torch.no_grad():
@@ -51,9 +65,9 @@ class PyroLinearGaussian(LinearGaussianEncoder):
             return (self.last_z - mu) * torch.exp(-0.5 * logvar)
 
 
-def our_draw(model, x, estimator, eps):
+def our_draw(model, x, estimator, eps, **options):
     model.zero_grad(set_to_none=True)
-    loss = model.loss(x, K, estimator, eps=eps)
+    loss = model.loss(x, K, estimator, eps=eps, **options)
     loss.backward()
     return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
@@ -87,3 +101,18 @@ def test_rws_mean_gradient_equals_pyros(estimator):
     pyro_draws = torch.stack([model.pyro_rws(x)[1] for _ in range(300)])
     copies = x.repeat(20, 1)
     assert_unbiased(gradient_draws(model, lambda: model.loss(copies, K, estimator), 100, seed=2), pyro_draws)
+
+
+@pytest.mark.parametrize("alpha", [-1.0, 0.0, 0.5])
+def test_renyi_equals_pyro_on_its_samples(alpha):
+    """One draw, exactly, on Pyro's own samples (the guide's z, as noise): the value is RenyiELBO's loss (-L_a) and
+    every gradient, decoder's and encoder's, is its surrogate's."""
+    pyro.clear_param_store()
+    model = PyroLinearGaussian()
+    x = binary_batch(1, 12, 1, torch.device("cpu"))
+    torch.manual_seed(0)
+    for _ in range(3):
+        pyro_loss, pyro_grad = model.pyro_renyi(x, alpha)
+        value, grad = our_draw(model, x, "renyi", model.last_eps(x), renyi_alpha=alpha)
+        assert abs(value - pyro_loss) <= 1e-12 * abs(pyro_loss)
+        torch.testing.assert_close(grad, pyro_grad, rtol=1e-10, atol=1e-12)
