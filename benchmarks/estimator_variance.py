@@ -18,7 +18,7 @@ from models.test_estimators import binary_batch, gradient_draws, small_paper_mod
 
 ESTIMATOR_OPTIONS = {"iwae": {}, "dreg": {}, "iwae-resample": {}, "miwae": {"groups": 5},
                      "ciwae": {"ciwae_beta": 0.5}, "renyi": {"renyi_alpha": 0.5}, "piwae": {"groups": 5}, "rws": {},
-                     "rws-dreg": {}}
+                     "rws-dreg": {}, "vimco": {}}
 
 
 def main():

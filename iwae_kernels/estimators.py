@@ -18,8 +18,11 @@ model's parameters (decoder, learned prior) the IWAE gradient.
   samples. The model computes the log-weights twice on the same samples: live, and with the samples and encoders
   stopped (``log_w_fixed``, where only the model's parameters are live); ``objective_bound`` takes the encoder's
   gradient from the first and the model's IWAE gradient from the second (two decoder passes).
-- ``"rws"``: the model's log-weights at fixed samples, plus ``wake_phi_term``: zero-valued, it sends
-  wt_i d log q(z_i|x) / d phi at fixed z_i into q's parameters (no reparameterization path).
+- ``"rws"``, ``"vimco"`` (fixed-sample estimators): the samples come from the stopped encoder (no
+  reparameterization path) and the model gets L_k's gradient from the log-weights at them; the encoder gets
+  sum_i c_i d log q(z_i|x) / d phi at fixed z_i (``fixed_sample_bound``), c_i = wt_i for rws (wake-phi) and
+  L_k - L_{-i} - wt_i for vimco (``leave_one_out_bounds``). For Gaussian latents the live log q comes in as
+  ``wake_phi_term``, zero-valued with log q's gradient.
 """
 
 import math
@@ -32,19 +35,22 @@ from .torch_math import weights_from_log_weight_grad
 
 # What the sampling kernels' backward can compute (``gaussian_sample``'s estimator); the others are built on them.
 SAMPLING_ESTIMATORS = ("iwae", "vae", "stl", "dreg", "iwae-resample")
-ESTIMATORS = SAMPLING_ESTIMATORS + ("miwae", "ciwae", "renyi", "piwae", "rws", "rws-dreg")
+ESTIMATORS = SAMPLING_ESTIMATORS + ("miwae", "ciwae", "renyi", "piwae", "rws", "rws-dreg", "vimco")
 PATH_ESTIMATORS = ("stl", "dreg")
 GROUPED_ESTIMATORS = ("miwae", "piwae")
 # Encoder gradient from the live log-weights, the model's from log-weights at fixed samples (two decoder passes).
 ROUTED_ESTIMATORS = ("piwae", "rws-dreg")
-# Estimators without a reparameterization path through a flow: rws needs log q(z_K|x) at a fixed z_K (the flow's
-# inverse), rws-dreg the stop-gradient that dreg lacks there.
-NO_FLOW_ESTIMATORS = ("dreg", "rws", "rws-dreg")
+# Samples from the stopped encoder; the encoder's gradient through log q(z_i|x) at the fixed samples alone.
+FIXED_SAMPLE_ESTIMATORS = ("rws", "vimco")
+# Estimators without a reparameterization path through a flow: rws and vimco need log q(z_K|x) at a fixed z_K (the
+# flow's inverse), rws-dreg the stop-gradient that dreg lacks there.
+NO_FLOW_ESTIMATORS = ("dreg", "rws", "rws-dreg", "vimco")
 
 # Estimators whose gradient is a claim about the plain bound (beta = 1): the stl/dreg identities hold for
 # log-weights f(z) / q(z), the resampling estimator's value and gradient are L_k's, and wake-phi's target is the
-# posterior of the plain model (rws-dreg's identity is DReG's).
-PLAIN_BOUND_ESTIMATORS = PATH_ESTIMATORS + ("iwae-resample", "rws", "rws-dreg")
+# posterior of the plain model (rws-dreg's identity is DReG's); vimco's -wt_i is d log w_i / d log q(z_i|x) = -1,
+# which an annealed latent term makes -beta.
+PLAIN_BOUND_ESTIMATORS = PATH_ESTIMATORS + ("iwae-resample", "rws", "rws-dreg", "vimco")
 
 
 def sampling_estimator(estimator):
@@ -58,8 +64,11 @@ def sampling_estimator(estimator):
 
 def check_estimator_options(estimator, k, groups=None, ciwae_beta=None, renyi_alpha=None):
     """Check ``groups`` (miwae, piwae: M groups of K = k / M samples), ``ciwae_beta`` (ciwae: in [0, 1]) and
-    ``renyi_alpha`` (renyi: a finite real != 1) against the estimator; returns (groups, ciwae_beta, renyi_alpha) as
-    (int or None, float or None, float or None)."""
+    ``renyi_alpha`` (renyi: a finite real != 1) against the estimator, and k >= 2 for vimco; returns (groups,
+    ciwae_beta, renyi_alpha) as (int or None, float or None, float or None)."""
+    if estimator == "vimco" and k < 2:
+        raise ValueError(f"k: estimator='vimco' needs k >= 2 samples (sample i's baseline is formed from the other "
+                         f"k - 1), got k={k}")
     if estimator in GROUPED_ESTIMATORS:
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
             raise ValueError(f"groups: estimator={estimator!r} needs groups=M, an int >= 1 (k = M * K samples in "
@@ -118,12 +127,52 @@ def renyi_bound(log_w, renyi_alpha, bound):
     return value
 
 
+def leave_one_out_bounds(log_w):
+    """VIMCO's baselines L_{-i} = log((sum_{j != i} w_j + G_{-i}) / k) [k, B] for log_w [k, B], k >= 2, with
+    G_{-i} = exp(mean_{j != i} log w_j), the geometric mean of the others in sample i's place (Mnih & Rezende 2016).
+    O(k B): the others' sum is the total less w_i, both scaled by the largest weight; the largest sample's
+    is summed without it, since subtracting it would cancel the rest. An impossible sample (log w_j = -inf) makes
+    G_{-i} = 0 for every i != j; an example with no possible sample gets -inf throughout, never NaN."""
+    k = log_w.shape[0]
+    top = log_w.amax(0)
+    shift = torch.where(torch.isfinite(top), top, 0)
+    scaled = torch.exp(log_w - shift)  # w_j / w_max, 0 for an impossible sample
+    is_top = torch.zeros_like(log_w, dtype=torch.bool).scatter_(0, log_w.argmax(0, keepdim=True), True)
+    others = torch.where(is_top, torch.where(is_top, 0, scaled).sum(0), scaled.sum(0) - scaled)
+    # The mean of the other log-weights: -inf when one of them is impossible.
+    possible = torch.isfinite(log_w)
+    finite_sum = torch.where(possible, log_w, 0).sum(0)
+    impossible_others = (~possible).sum(0) - (~possible).to(torch.int64)
+    others_mean = torch.where(impossible_others > 0, -math.inf,
+                              (finite_sum - torch.where(possible, log_w, 0)) / (k - 1))
+    return shift + torch.log(others + torch.exp(others_mean - shift)) - math.log(k)
+
+
+def fixed_sample_bound(estimator, log_w, log_q, bound, normalized_weights):
+    """rws's and vimco's objective [B]: value L_k of log_w [k, B], the log-weights at fixed samples with the encoder
+    stopped (its gradient the model's: wake-theta), plus the encoder's gradient sum_i c_i d log_q_i, log_q [k, B]
+    the live log q(z_i|x) at those samples (only its gradient is used): c_i = wt_i (wake-phi) for "rws"; for
+    "vimco" c_i = L_k - L_{-i} - wt_i (``leave_one_out_bounds``), VIMCO's score-function term plus L_k's own
+    gradient through log w_i = log p(x, z_i) - log q(z_i|x) at fixed z_i. A coefficient that is not finite (no
+    possible sample; vimco's lone possible sample, whose baseline is -inf) is 0."""
+    value = bound(log_w)
+    log_w = log_w.detach().to(value.dtype)
+    weights = normalized_weights(log_w)
+    if estimator == "rws":
+        coefficients = weights
+    else:
+        coefficients = value.detach() - leave_one_out_bounds(log_w) - weights
+    coefficients = torch.where(torch.isfinite(coefficients), coefficients, 0)
+    return value + (coefficients * (log_q - log_q.detach())).sum(0)
+
+
 def objective_bound(estimator, log_w, bound, normalized_weights, *, log_w_fixed=None, groups=None, ciwae_beta=None,
-                    renyi_alpha=None):
+                    renyi_alpha=None, log_q=None):
     """The per-example objective [B] of ``estimator`` (arguments already checked) whose gradient is its estimator.
 
-    log_w [k, B]: the log-weights, their gradient the sampling kernels' (``sampling_estimator``). log_w_fixed
-    [k, B]: the same values with the samples and encoders stopped, for piwae and rws-dreg. bound,
+    log_w [k, B]: the log-weights, their gradient the sampling kernels' (``sampling_estimator``); for rws and vimco
+    at fixed samples with the encoder stopped, and log_q [k, B] the live log q(z_i|x) there (``fixed_sample_bound``).
+    log_w_fixed [k, B]: the same values with the samples and encoders stopped, for piwae and rws-dreg. bound,
     normalized_weights: a backend's ops. Values: MIWAE's bound, CIWAE's ciwae_beta * ELBO + (1 - ciwae_beta) L_k,
     the Renyi bound L_a for renyi (``renyi_bound``), the k-sample ELBO for vae, L_k for the others (piwae's and
     rws-dreg's gradient: the encoder's from log_w, MIWAE's or (wt_i - wt_i^2) times the path derivative; the
@@ -137,6 +186,8 @@ def objective_bound(estimator, log_w, bound, normalized_weights, *, log_w_fixed=
         return ciwae_beta * log_w.mean(0) + (1 - ciwae_beta) * bound(log_w)
     if estimator == "renyi":
         return renyi_bound(log_w, renyi_alpha, bound)
+    if estimator in FIXED_SAMPLE_ESTIMATORS:
+        return fixed_sample_bound(estimator, log_w, log_q, bound, normalized_weights)
     if estimator not in ROUTED_ESTIMATORS:
         return bound(log_w)
     if estimator == "piwae":
@@ -191,9 +242,10 @@ class ConditionalDensityPathFunction(torch.autograd.Function):
 
 
 def wake_phi_term(z, mu, logvar):
-    """RWS's wake-phi term: a [k, B] tensor of zeros to add to log-weights at fixed samples; the gradient reaching it
-    (g wt_i from the bound) goes into (mu, logvar) as g wt_i d log N(z_i; mu, exp(logvar)) / d(mu, logvar) at fixed
-    z_i, so minimizing -L_k raises sum_i wt_i log q(z_i|x) (Bornschein & Bengio 2015).
+    """log q(z_i|x) at fixed samples as the fixed-sample estimators use it (``fixed_sample_bound``'s log_q): a [k, B]
+    tensor of zeros whose incoming gradient g_i goes into (mu, logvar) as g_i d log N(z_i; mu, exp(logvar)) /
+    d(mu, logvar) at fixed z_i. Added to log-weights at fixed samples, L_k's g wt_i reaches it: wake-phi, so
+    minimizing -L_k raises sum_i wt_i log q(z_i|x) (Bornschein & Bengio 2015).
 
     z [k, B, D] (detached); mu, logvar [B, D] or [k, B, D], q's parameters with the encoder live.
     """

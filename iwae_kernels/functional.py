@@ -11,7 +11,8 @@ import torch
 from . import _checks
 from .backend import get_backend
 from .contract import accumulation_dtype
-from .estimators import (ESTIMATORS, ROUTED_ESTIMATORS, SAMPLING_ESTIMATORS, check_estimator_options,
+from .estimators import (ESTIMATORS, FIXED_SAMPLE_ESTIMATORS, ROUTED_ESTIMATORS, SAMPLING_ESTIMATORS,
+                         check_estimator_options,
                          check_latent_scale, conditional_density_path, objective_bound, sampling_estimator,
                          value_with_gradient, wake_phi_term)
 from .torch_math import bound_from_max_sum, largest_finite, reduced_loss
@@ -498,40 +499,50 @@ def _resampled_bound(ops, log_weights, noise, *, generator):
     return value_with_gradient(bound, chosen_log_w)
 
 
-def estimator_bound(log_w, estimator, *, log_w_fixed=None, groups=None, ciwae_beta=None, renyi_alpha=None,
-                    backend=None):
+def estimator_bound(log_w, estimator, *, log_w_fixed=None, log_q=None, groups=None, ciwae_beta=None,
+                    renyi_alpha=None, backend=None):
     """The per-example objective [B] of an estimator that acts on the log-weights, for models that form their own
     (e.g. with a flow posterior): the value is MIWAE's, CIWAE's, the Renyi bound L_a for "renyi", the ELBO for
     "vae", else L_k; the gradient the estimator's (``iwae_kernels.estimators``).
 
     Args:
         log_w: [k, B], from samples drawn with ``gaussian_sample(estimator=sampling_estimator(estimator))``.
+            For "rws" and "vimco": the log-weights log p(x, z_i) - log q(z_i|x) at fixed samples (drawn without a
+            gradient, any latent type) with the encoder's parameters stopped too, so only the model's are live.
         log_w_fixed: [k, B] for "piwae" and "rws-dreg" only: the same log-weights with the samples and the encoder
             stopped (only the model's parameters live), e.g. the decoder run again on z.detach().
+        log_q: [k, B] for "rws" and "vimco" only: log q(z_i|x) at the same fixed samples with the encoder live; only
+            its gradient is used. The model gets L_k's gradient from log_w, the encoder sum_i c_i d log q(z_i|x):
+            c_i = wt_i (wake-phi) for "rws", L_k - L_{-i} - wt_i for "vimco" (k >= 2; Mnih & Rezende 2016), whose
+            L_{-i} = log((sum_{j != i} w_j + exp(mean_{j != i} log w_j)) / k) (``estimators.fixed_sample_bound``).
         groups: M for "miwae" / "piwae" (k = M * K); ciwae_beta: the ELBO's share in [0, 1] for "ciwae";
             renyi_alpha: a for "renyi", a finite number other than 1.
-    "rws" needs its wake-phi term in the log-weights (``iwae_kernels.estimators.wake_phi_term``) and
-    "iwae-resample" its own function (``resampled_iwae_bound``); both are refused here.
+    "iwae-resample" needs its own function (``resampled_iwae_bound``) and is refused here.
     """
     _checks.check_tensor("log_w", log_w, (2,))
-    _checks.check_choice("estimator", estimator, tuple(e for e in ESTIMATORS if e not in ("rws", "iwae-resample")))
+    _checks.check_choice("estimator", estimator, tuple(e for e in ESTIMATORS if e != "iwae-resample"))
     groups, ciwae_beta, renyi_alpha = check_estimator_options(estimator, log_w.shape[0], groups, ciwae_beta,
                                                               renyi_alpha)
     if (log_w_fixed is not None) != (estimator in ROUTED_ESTIMATORS):
         raise ValueError(f"log_w_fixed: estimator={estimator!r} {'needs' if log_w_fixed is None else 'takes no'} "
                          "log_w_fixed (the log-weights with the samples and encoder stopped)")
-    if log_w_fixed is not None:
-        _checks.check_tensor("log_w_fixed", log_w_fixed, (2,), like=("log_w", log_w))
-        _checks.check_shape("log_w_fixed", log_w_fixed, log_w.shape)
+    if (log_q is not None) != (estimator in FIXED_SAMPLE_ESTIMATORS):
+        raise ValueError(f"log_q: estimator={estimator!r} {'needs' if log_q is None else 'takes no'} log_q (log "
+                         "q(z_i|x) at the fixed samples with the encoder live)")
+    for name, value in (("log_w_fixed", log_w_fixed), ("log_q", log_q)):
+        if value is not None:
+            _checks.check_tensor(name, value, (2,), like=("log_w", log_w))
+            _checks.check_shape(name, value, log_w.shape)
     ops = get_backend(backend, log_w.device)
-    return _objective_bound(ops, estimator, log_w, log_w_fixed=log_w_fixed, groups=groups, ciwae_beta=ciwae_beta,
-                            renyi_alpha=renyi_alpha)
+    return _objective_bound(ops, estimator, log_w, log_w_fixed=log_w_fixed, log_q=log_q, groups=groups,
+                            ciwae_beta=ciwae_beta, renyi_alpha=renyi_alpha)
 
 
-def _objective_bound(ops, estimator, log_w, *, log_w_fixed=None, groups=None, ciwae_beta=None, renyi_alpha=None):
+def _objective_bound(ops, estimator, log_w, *, log_w_fixed=None, log_q=None, groups=None, ciwae_beta=None,
+                     renyi_alpha=None):
     bound = lambda lw: _bound(ops, lw)
-    return objective_bound(estimator, log_w, bound, ops.normalized_weights, log_w_fixed=log_w_fixed, groups=groups,
-                           ciwae_beta=ciwae_beta, renyi_alpha=renyi_alpha)
+    return objective_bound(estimator, log_w, bound, ops.normalized_weights, log_w_fixed=log_w_fixed, log_q=log_q,
+                           groups=groups, ciwae_beta=ciwae_beta, renyi_alpha=renyi_alpha)
 
 
 def kl_warmup(step, warmup_steps, start=0.0):
@@ -590,7 +601,8 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
             (k forward passes, one backward through a sample drawn by its normalized weight), "miwae" / "ciwae" /
             "piwae" (Rainforth et al. 2018), "renyi" (the VR-alpha bound, Li & Turner 2016), "rws" (reweighted
             wake-sleep: the decoder gets L_k's gradient, the encoder wake-phi's), "rws-dreg" (wake-phi's DReG form,
-            Tucker et al. 2019). piwae and rws-dreg run the decoder twice (on the samples, and on them detached
+            Tucker et al. 2019), "vimco" (Mnih & Rezende 2016, k >= 2: samples from the stopped encoder, which gets
+            the VIMCO score-function estimator of L_k's gradient; the decoder L_k's). piwae and rws-dreg run the decoder twice (on the samples, and on them detached
             for the decoder's own gradient).
         reduction: "mean" | "sum" over the batch, or "none" for the per-example loss [B].
         check_finite: check x, mu, logvar, the samples and latent term (blamed on mu, logvar), the decoder's
@@ -604,7 +616,7 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
             nothing, except iwae-resample's choice of sample).
         beta: KL annealing: the weight on the latent term log p(z) - log q(z|x) in every log-weight (a float or
             a 0-dim tensor; see ``kl_warmup``); None or 1 is the plain bound. Refused by "stl", "dreg",
-            "iwae-resample", "rws" and "rws-dreg", whose gradients assume the plain bound; the others ("miwae",
+            "iwae-resample", "rws", "rws-dreg" and "vimco", whose gradients assume the plain bound; the others ("miwae",
             "ciwae", "renyi", "piwae" too) give the exact gradient of their objective of the annealed log-weights.
         groups: M for "miwae" and "piwae": the k samples form M groups of K = k / M (k must be a multiple of M).
         ciwae_beta: for "ciwae", the ELBO's share in [0, 1]: the objective is ciwae_beta ELBO + (1 - ciwae_beta) L_k.
@@ -633,7 +645,7 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
         if eps is None:
             eps = torch.randn((k,) + tuple(mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
         return reduced_loss(_resampled_bound(ops, log_weights, [eps], generator=generator), reduction)
-    if estimator in ("rws",) + ROUTED_ESTIMATORS:
+    if estimator in FIXED_SAMPLE_ESTIMATORS + ROUTED_ESTIMATORS:
         return reduced_loss(_two_role_bound(x, mu, logvar, k=k, estimator=estimator, groups=groups, eps=eps,
                                             generator=generator, scale=scale, **sampling), reduction)
     inputs, latent_log_weight = _sample_and_decode(x, mu, logvar, k=k, estimator=sampling_estimator(estimator),
@@ -653,7 +665,7 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
 
 def _two_role_bound(x, mu, logvar, *, decoder, k, ops, likelihood, estimator, groups, eps=None, generator=None,
                     flatten_samples=False, check_finite=False, scale=None):
-    """rws, piwae, rws-dreg in ``iwae_loss``: the bound [B] whose gradient gives the decoder L_k's and the encoder
+    """rws, vimco, piwae, rws-dreg in ``iwae_loss``: the bound [B] whose gradient gives the decoder L_k's and the encoder
     its estimator's (arguments already checked)."""
     log_likelihood, _ = _likelihood_ops(ops, likelihood)
 
@@ -662,9 +674,9 @@ def _two_role_bound(x, mu, logvar, *, decoder, k, ops, likelihood, estimator, gr
         return log_likelihood(*_likelihood_inputs(out, x, k, likelihood=likelihood, check_finite=check_finite)) + latent
 
     sampling = dict(ops=ops, eps=eps, generator=generator, check_finite=check_finite)
-    if estimator == "rws":  # samples from the stopped encoder; wake-phi's gradient through its term alone
+    if estimator in FIXED_SAMPLE_ESTIMATORS:  # samples from the stopped encoder; its gradient through log q alone
         z, latent = _checked_samples(mu.detach(), logvar.detach(), k, estimator="iwae", **sampling)
-        return _bound(ops, log_weights(z, latent + wake_phi_term(z, mu, logvar)))
+        return _objective_bound(ops, estimator, log_weights(z, latent), log_q=wake_phi_term(z, mu, logvar))
     z, latent = _checked_samples(mu, logvar, k, estimator=sampling_estimator(estimator), scale=scale, **sampling)
     log_w_fixed = log_weights(z.detach(), latent.detach())  # the decoder again, its own gradient only
     return _objective_bound(ops, estimator, log_weights(z, latent), log_w_fixed=log_w_fixed, groups=groups)

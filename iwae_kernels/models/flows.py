@@ -92,8 +92,8 @@ def flow_latent(mu, logvar, k, flow, eps=None, estimator="iwae", backend=None):
     estimator: "iwae" (and "vae", "iwae-resample", "miwae", "ciwae", "renyi", "piwae": the exact derivative; form their
     objective with ``functional.estimator_bound``) or "stl" (unbiased at k = 1, biased above, as without a flow).
     "dreg" and "rws-dreg" are refused: their stop-gradient would have to cover the flow's parameters inside
-    log|det J| and weight their path terms by wt^2, which this composition does not do; "rws" too: wake-phi needs
-    log q(z_K|x) at a fixed z_K, which needs the flow's inverse.
+    log|det J| and weight their path terms by wt^2, which this composition does not do; "rws" and "vimco" too: their
+    encoder gradient needs log q(z_K|x) at a fixed z_K, which needs the flow's inverse.
     """
     if estimator in NO_FLOW_ESTIMATORS:
         raise ValueError(f"estimator: {estimator!r} is not supported with a flow posterior (the flow's parameters are "

@@ -15,8 +15,8 @@ from torch import nn
 
 from .. import _checks
 from .. import functional as F
-from ..estimators import (PATH_ESTIMATORS, ROUTED_ESTIMATORS, check_estimator_options, sampling_estimator,
-                          wake_phi_term)
+from ..estimators import (FIXED_SAMPLE_ESTIMATORS, PATH_ESTIMATORS, ROUTED_ESTIMATORS, check_estimator_options,
+                          sampling_estimator, wake_phi_term)
 from .base import LogWeightModel, gaussian, mlp
 
 PAPER_SIZES = {
@@ -75,28 +75,32 @@ class PaperModel(LogWeightModel):
     def log_weights(self, x, k, estimator="iwae", noise=None, posterior=None, stop_encoders=False):
         """log w [k, B] for k samples of x [B, x_dim], whose gradient is the sampling estimator's (docs/MATH.md).
 
-        estimator: the samples' gradient is ``sampling_estimator(estimator)``'s; for "rws" the log-weights are at
-        samples from the stopped encoders plus wake-phi's term (``estimators.wake_phi_term``), so L_k's gradient
-        is the decoder's and wake-phi's.
+        estimator: the samples' gradient is ``sampling_estimator(estimator)``'s; for "rws" and "vimco" the
+        log-weights are at samples from the stopped encoders, with the model's gradient only (``bound`` adds the
+        encoders' term through log q at those samples).
         noise: optional standard-normal noise, one [k, B, latent[l]] tensor per stochastic layer (bottom first),
         which fixes the samples (common random numbers across estimators or backends); drawn when None.
         posterior: q(h1|x) as ``encode(x)`` returns it, to reuse; computed when None.
         stop_encoders: True: the samples and the encoders' weights get no gradient (only the decoder and the
         learned prior are live): the log-weights piwae and rws-dreg take the model's gradient from.
         """
-        h1, latent = self._samples(x, k, estimator, noise, posterior, stop_encoders)
+        return self._log_weights(x, k, estimator, noise, posterior, stop_encoders)[0]
+
+    def _log_weights(self, x, k, estimator, noise, posterior, stop_encoders=False):
+        """(``log_weights``' log w [k, B], ``_samples``' log_q [k, B] or None)."""
+        h1, latent, log_q = self._samples(x, k, estimator, noise, posterior, stop_encoders)
         if self.fused_mlp and not torch.is_grad_enabled():  # evaluation: the decoder and likelihood as one op
             layers = self.decoder[::2]  # its Linears
             return F.bernoulli_mlp_decoder_log_likelihood(h1, [layer.weight for layer in layers],
                                                           [layer.bias for layer in layers], x, latent,
-                                                          backend=self.backend)
+                                                          backend=self.backend), log_q
         if self.fused_head:  # the output layer and the likelihood as one op: the logits are never stored
             output = self.decoder[-1]
             log_lik = F.bernoulli_decoder_log_likelihood(self.decoder[:-1](h1), output.weight, output.bias, x,
                                                          backend=self.backend)
         else:
             log_lik = F.bernoulli_log_likelihood(self.decoder(h1), x, backend=self.backend)
-        return log_lik + latent
+        return log_lik + latent, log_q
 
     def _frozen_encoder(self, layer):
         """encoders[layer] as a function with its weights detached."""
@@ -104,13 +108,15 @@ class PaperModel(LogWeightModel):
         return lambda h: torch.func.functional_call(self.encoders[layer], frozen, (h,))
 
     def _samples(self, x, k, estimator, noise, posterior, stop_encoders=False):
-        """The bottom samples h1 [k, B, latent[0]] and the latent term of the log-weights [k, B] (``log_weights``'
-        arguments)."""
+        """The bottom samples h1 [k, B, latent[0]], the latent term of the log-weights [k, B] and, for the
+        fixed-sample estimators (rws, vimco: samples from the stopped encoders), log q(h1|x) + log q(h2|h1) [k, B]
+        at the samples with the encoders live (``estimators.wake_phi_term``: zero-valued), else None
+        (``log_weights``' arguments)."""
         mu, logvar = self.encode(x) if posterior is None else posterior
         if noise is not None:
             self._check_noise(noise, k, x, mu)
-        wake = estimator == "rws"
-        stop_encoders = stop_encoders or wake
+        fixed_samples = estimator in FIXED_SAMPLE_ESTIMATORS
+        stop_encoders = stop_encoders or fixed_samples
         sampler = sampling_estimator(estimator)
         # The sampled layers' parameters: detached when the encoders are stopped.
         q_mu, q_logvar = (mu.detach(), logvar.detach()) if stop_encoders else (mu, logvar)
@@ -118,7 +124,7 @@ class PaperModel(LogWeightModel):
         if self.stochastic_layers == 1:
             h1, latent = F.gaussian_sample(q_mu, q_logvar, k, eps=None if noise is None else noise[0],
                                            estimator=sampler, backend=backend)
-            return h1, latent + wake_phi_term(h1, mu, logvar) if wake else latent
+            return h1, latent, wake_phi_term(h1, mu, logvar) if fixed_samples else None
         eps1 = torch.randn((k,) + tuple(mu.shape), device=mu.device, dtype=mu.dtype) if noise is None else noise[0]
         h1_sample = q_mu + torch.exp(0.5 * q_logvar) * eps1
         encoder2 = self._frozen_encoder(1) if stop_encoders else self.encoders[1]
@@ -132,15 +138,15 @@ class PaperModel(LogWeightModel):
         prior_mu, prior_logvar = gaussian(self.priors[0], h2)  # p(h1|h2), [k, B, D1]
         h1, latent1 = F.gaussian_sample(q_mu, q_logvar, k, eps=eps1, prior_mu=prior_mu, prior_logvar=prior_logvar,
                                         estimator=sampler, backend=backend)
-        latent = latent1 + latent2
-        if wake:  # log q(h1|x) + log q(h2|h1) at the fixed samples, the encoders live
-            latent = latent + wake_phi_term(h1, mu, logvar) + wake_phi_term(h2, *gaussian(self.encoders[1], h1))
-        return h1, latent
+        log_q = None
+        if fixed_samples:
+            log_q = wake_phi_term(h1, mu, logvar) + wake_phi_term(h2, *gaussian(self.encoders[1], h1))
+        return h1, latent1 + latent2, log_q
 
     def bound(self, x, k=50, estimator="iwae", noise=None, groups=None, ciwae_beta=None, renyi_alpha=None):
         """Per-example objective [B] whose gradient is the estimator's: L_k, the k-sample ELBO for "vae", MIWAE's
         bound for "miwae" (``groups`` M: k = M * K samples), CIWAE's for "ciwae" (``ciwae_beta``), the Renyi
-        bound L_a for "renyi" (``renyi_alpha`` a).
+        bound L_a for "renyi" (``renyi_alpha`` a); "vimco" needs k >= 2.
 
         noise: optional standard-normal noise, one [k, B, latent[l]] tensor per stochastic layer (bottom first),
         which fixes the samples (common random numbers across estimators or backends); drawn when None.
@@ -156,12 +162,12 @@ class PaperModel(LogWeightModel):
         if estimator == "iwae-resample":
             return F.resampled_iwae_bound(lambda n: self.log_weights(x, n[0].shape[0], "iwae", n, posterior), noise,
                                           backend=self.backend)
-        log_w = self.log_weights(x, k, estimator, noise, posterior)
+        log_w, log_q = self._log_weights(x, k, estimator, noise, posterior)
         fixed = None
         if estimator in ROUTED_ESTIMATORS:
             fixed = self.log_weights(x, k, "iwae", noise, posterior, stop_encoders=True)
-        return F.estimator_bound(log_w, "iwae" if estimator == "rws" else estimator, log_w_fixed=fixed,
-                                 groups=groups, ciwae_beta=ciwae_beta, renyi_alpha=renyi_alpha, backend=self.backend)
+        return F.estimator_bound(log_w, estimator, log_w_fixed=fixed, log_q=log_q, groups=groups,
+                                 ciwae_beta=ciwae_beta, renyi_alpha=renyi_alpha, backend=self.backend)
 
     def _check_noise(self, noise, k, x, like):
         if not isinstance(noise, (list, tuple)) or len(noise) != self.stochastic_layers:
@@ -180,8 +186,9 @@ class PaperModel(LogWeightModel):
         if estimator in ("iwae", "stl", "dreg", "rws") and not self.fused_head:
             # The likelihood, bound and mean as one op (bernoulli_iwae_loss): fewer autograd nodes and kernels.
             check_estimator_options(estimator, k, groups, ciwae_beta, renyi_alpha)
-            h1, latent = self._samples(x, k, estimator, noise, None)
-            return F.bernoulli_iwae_loss(self.decoder(h1), x, latent, backend=self.backend)
+            h1, latent, log_q = self._samples(x, k, estimator, noise, None)  # rws: wake-phi through log q
+            return F.bernoulli_iwae_loss(self.decoder(h1), x, latent if log_q is None else latent + log_q,
+                                         backend=self.backend)
         return -self.bound(x, k, estimator, noise, groups, ciwae_beta, renyi_alpha).mean()
 
     @torch.no_grad()

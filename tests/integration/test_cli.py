@@ -185,7 +185,7 @@ def test_bad_options_are_one_line_errors_naming_the_option(option, value, capsys
     (["--estimator", "rws", "--ciwae-beta", "0.5"], "--ciwae-beta"), (["--estimator", "renyi"], "--renyi-alpha"),
     (["--estimator", "renyi", "--renyi-alpha", "1"], "--renyi-alpha"),
     (["--estimator", "renyi", "--renyi-alpha", "nan"], "--renyi-alpha"),
-    (["--estimator", "iwae", "--renyi-alpha", "0.5"], "--renyi-alpha")])
+    (["--estimator", "iwae", "--renyi-alpha", "0.5"], "--renyi-alpha"), (["--estimator", "vimco", "--k", "1"], "--k")])
 def test_estimator_options_that_do_not_fit_are_one_line_errors(options, option, capsys, tmp_path):
     assert option in main_error(["train", *options, "--out", str(tmp_path)], capsys)
     assert not tmp_path.exists() or not any(tmp_path.iterdir())

@@ -47,6 +47,13 @@ def test_sentence_vae_example(tmp_path):
     assert "interpolation" in out and (tmp_path / "sentence_vae.png").stat().st_size > 5000
 
 
+def test_pyro_vae_example_with_dreg(tmp_path):
+    pytest.importorskip("pyro", reason="pyro-ppl is not installed (the test extra: the Pyro front door)")
+    out = run_example(tmp_path, "pyro_vae.py", "--images", "200", "--epochs", "1", "--estimator", "dreg",
+                      "--test-images", "3")
+    assert "epoch 1: -L_5" in out and "test -L_1000" in out and (tmp_path / "pyro_vae_params.pt").is_file()
+
+
 def test_draw_example(tmp_path):
     out = run_example(tmp_path, "draw_mnist.py", "--images", "200", "--epochs", "1", "--steps", "3",
                       "--test-images", "3")

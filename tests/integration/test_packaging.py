@@ -54,7 +54,7 @@ LAYERS = [
     {"estimators"},
     {"functional"},
     {"diagnostics", "evaluation", "ais", "__init__"},
-    {"models"},
+    {"models", "pyro"},
     {"app", "selftest", "__main__"},
 ]
 

@@ -92,7 +92,7 @@ def test_paper_model_check_can_fail():
 @pytest.mark.parametrize("estimator, options", [
     ("iwae", {}), ("dreg", {}), ("stl", {}), ("iwae-resample", {}), ("miwae", {"groups": 2}),
     ("ciwae", {"ciwae_beta": 0.3}), ("renyi", {"renyi_alpha": -1}), ("piwae", {"groups": 2}), ("rws", {}),
-    ("rws-dreg", {})])
+    ("rws-dreg", {}), ("vimco", {})])
 def test_paper_model_triton_gradients_equal_torch_on_shared_noise(estimator, options):
     """The statistical tests run on the torch backend; the kernels give the same gradient draw for the same
     noise (two layers, float64), so the result carries over to them."""
@@ -193,7 +193,7 @@ def test_flow_iwae_stl_is_unbiased_at_k1(kind):
     assert_unbiased(draws, gradient_draws(model, lambda: model.loss(x, 1, "iwae"), 150, seed=2))
 
 
-@pytest.mark.parametrize("estimator", ["dreg", "rws", "rws-dreg"])
+@pytest.mark.parametrize("estimator", ["dreg", "rws", "rws-dreg", "vimco"])
 def test_flow_iwae_refuses_estimators_without_a_path_through_the_flow(estimator):
     model = flow_iwae()
     x = binary_batch(2, 12, 1, torch.device("cpu"))
@@ -206,12 +206,18 @@ def test_bonferroni_bound_is_the_normal_quantile():
 
 
 # MIWAE, CIWAE, PIWAE (Rainforth et al. 2018), the Renyi bound (Li & Turner 2016), reweighted wake-sleep (Bornschein
-# & Bengio 2015) and its DReG form (Tucker et al. 2019). Their targets are written here from the papers' formulas in
-# plain torch (logsumexp, torch.distributions), with each parameter group's gradient taken separately: the encoder's
-# ("phi") and the model's ("theta", decoder and learned prior).
+# & Bengio 2015), its DReG form (Tucker et al. 2019) and VIMCO (Mnih & Rezende 2016). Their targets are written here
+# from the papers' formulas in plain torch (logsumexp, torch.distributions), with each parameter group's gradient
+# taken separately: the encoder's ("phi") and the model's ("theta", decoder and learned prior).
 
 NEW_ESTIMATORS = {"miwae": dict(groups=3), "ciwae": dict(ciwae_beta=0.3), "renyi": dict(renyi_alpha=0.5),
-                  "piwae": dict(groups=3), "rws": {}, "rws-dreg": {}}
+                  "piwae": dict(groups=3), "rws": {}, "rws-dreg": {}, "vimco": {}}
+
+
+def mean_target(estimator):
+    """The estimator whose formula gives the mean gradient ``estimator``'s draws must match: VIMCO's formula is its
+    own draw, and what it is unbiased for is L_k's gradient (iwae's)."""
+    return "iwae" if estimator == "vimco" else estimator
 # The shared-noise formula checks also take the Renyi bound above L_k (a < 0) and below the ELBO (a > 1).
 FORMULA_CASES = list(NEW_ESTIMATORS.items()) + [("renyi", dict(renyi_alpha=-1.0)), ("renyi", dict(renyi_alpha=2.0))]
 
@@ -221,11 +227,37 @@ def renyi_objective(log_w, renyi_alpha):
     return (torch.logsumexp((1 - renyi_alpha) * log_w, 0) - math.log(log_w.shape[0])) / (1 - renyi_alpha)
 
 
+def vimco_baselines(log_w):
+    """L_{-i} = log((sum_{j != i} w_j + exp(mean_{j != i} log w_j)) / k) [k, B] for log_w [k, B], one i at a time
+    (Mnih & Rezende 2016; TFP's csiszar_vimco_helper's log_sooavg_u)."""
+    k = log_w.shape[0]
+    baselines = []
+    for i in range(k):
+        others = torch.cat([log_w[:i], log_w[i + 1:]])
+        swapped = torch.cat([others, others.mean(0, keepdim=True)])
+        baselines.append(torch.logsumexp(swapped, 0) - math.log(k))
+    return torch.stack(baselines)
+
+
+def vimco_surrogate(log_w, log_q):
+    """TFP's csiszar_vimco surrogate, negated (f(t) = -t): L_k of the log-weights at fixed samples with q live plus
+    sum_i log q_i stop(L_k - L_{-i}) [B]. log_w [k, B] (its encoder part is ignored), log_q [k, B]: log q(z_i|x) at
+    the fixed samples, the encoder live. Its encoder gradient is sum_i (L_k - L_{-i} - wt_i) grad log q_i."""
+    fixed_sample_log_w = log_w.detach() + log_q.detach() - log_q
+    iwae = torch.logsumexp(fixed_sample_log_w, 0) - math.log(log_w.shape[0])
+    signal = iwae.detach() - vimco_baselines(log_w.detach())
+    return iwae + (log_q * signal).sum(0)
+
+
 def paper_objectives(log_w, estimator, groups=None, ciwae_beta=None, renyi_alpha=None, log_q=None):
     """(the model's objective, the encoder's) [B] for log_w [k, B]; log_q [k, B] is log q(z_i|x) at fixed samples
-    with the encoder live (wake-phi's). rws-dreg's target is wake-phi's expectation, so it shares rws's."""
+    with the encoder live (wake-phi's, VIMCO's). rws-dreg's target is wake-phi's expectation, so it shares rws's."""
     k = log_w.shape[0]
     iwae = torch.logsumexp(log_w, 0) - math.log(k)
+    if estimator == "iwae":
+        return iwae, iwae
+    if estimator == "vimco":
+        return iwae, vimco_surrogate(log_w, log_q)
     if groups is not None:
         per_group = k // groups
         miwae = (torch.logsumexp(log_w.reshape(groups, per_group, -1), 1) - math.log(per_group)).mean(0)
@@ -264,7 +296,7 @@ def paper_noise(model, k, batch):
 def paper_reference_gradient(model, x, k, estimator, noise, options=None):
     """The target gradient for one noise draw, from the iwae log-weights and the papers' formulas (``options``:
     the estimator's, NEW_ESTIMATORS' by default)."""
-    options = NEW_ESTIMATORS[estimator] if options is None else options
+    options = NEW_ESTIMATORS.get(estimator, {}) if options is None else options
     posterior = model.encode(x)
     log_w = model.log_weights(x, k, "iwae", noise, posterior)
     mu, logvar = posterior
@@ -323,7 +355,8 @@ def paper_new_estimator_draws(layers, estimator, passes, seed, copies=100, k=6):
 def paper_reference_draws(layers, estimator, passes, seed, copies=100, k=6):
     model = small_paper_model(layers, torch.device("cpu"))
     x = binary_batch(6, 12, copies, torch.device("cpu"))
-    return draws_of(lambda: paper_reference_gradient(model, x, k, estimator, paper_noise(model, k, x.shape[0])),
+    target = mean_target(estimator)
+    return draws_of(lambda: paper_reference_gradient(model, x, k, target, paper_noise(model, k, x.shape[0])),
                     passes, seed)
 
 
@@ -331,7 +364,7 @@ def paper_reference_draws(layers, estimator, passes, seed, copies=100, k=6):
 @pytest.mark.parametrize("estimator", sorted(NEW_ESTIMATORS))
 def test_paper_model_new_estimator_is_unbiased(layers, estimator):
     """The mean gradient over independent draws equals its objective's (rws, rws-dreg: the decoder's L_k gradient
-    and the encoder's wake-phi expectation; for rws-dreg this is Tucker et al. 2019's identity)."""
+    and the encoder's wake-phi expectation; for rws-dreg this is Tucker et al. 2019's identity; vimco: L_k's)."""
     assert_unbiased(paper_new_estimator_draws(layers, estimator, 120, seed=1),
                     paper_reference_draws(layers, estimator, 120, seed=2))
 
@@ -347,7 +380,7 @@ class OneLayerReference:
 
     @staticmethod
     def gradient(module, x, mu, logvar, decode, eps, estimator):
-        options = NEW_ESTIMATORS[estimator]
+        options = NEW_ESTIMATORS.get(estimator, {})
         z, latent = naive_latent(mu, logvar, eps)
         log_w = naive_bernoulli(decode(z), x) + latent
         log_q = Normal(mu, torch.exp(0.5 * logvar)).log_prob(z.detach()).sum(-1)
@@ -389,7 +422,7 @@ ONE_LAYER_MODELS = {"iwae_loss": (LinearGaussianEncoder, 100, 120), "conv": (con
 @pytest.mark.parametrize("estimator", sorted(NEW_ESTIMATORS))
 def test_iwae_loss_new_estimators_on_shared_noise_and_unbiased(kind, estimator):
     """iwae_loss (and ConvIWAE through it): one draw equals the formula's on the same noise (rws-dreg: the
-    decoder's part), and the mean over draws equals the target."""
+    decoder's part), and the mean over draws equals the target (``mean_target``)."""
     make, copies, passes = ONE_LAYER_MODELS[kind]
     model = make()
     x_dim = 784 if kind == "conv" else 12
@@ -406,7 +439,8 @@ def test_iwae_loss_new_estimators_on_shared_noise_and_unbiased(kind, estimator):
     draws = draws_of(lambda: estimator_gradient(model, lambda: linear_model_loss(model, x, 6, estimator, generator)),
                      passes, seed=1)
     generator.manual_seed(12345)
-    assert_unbiased(draws, draws_of(lambda: one_layer_reference(model, x, 6, estimator, generator), passes, seed=2))
+    target = mean_target(estimator)
+    assert_unbiased(draws, draws_of(lambda: one_layer_reference(model, x, 6, target, generator), passes, seed=2))
 
 
 def flow_reference(model, x, estimator, eps):
@@ -459,7 +493,7 @@ def test_new_estimator_arguments_are_checked():
              ("miwae", dict(groups=0), "groups"), ("ciwae", {}, "ciwae_beta"),
              ("ciwae", dict(ciwae_beta=1.5), "ciwae_beta"),
              ("dreg", dict(ciwae_beta=0.5), "ciwae_beta"), ("rws", dict(beta=0.5), "beta"),
-             ("rws-dreg", dict(beta=0.5), "beta"), ("renyi", {}, "renyi_alpha"),
+             ("rws-dreg", dict(beta=0.5), "beta"), ("vimco", dict(beta=0.5), "beta"), ("renyi", {}, "renyi_alpha"),
              ("iwae", dict(renyi_alpha=0.5), "renyi_alpha")]
     cases += [("renyi", dict(renyi_alpha=alpha), "renyi_alpha") for alpha in (1, 1.0, math.nan, math.inf, True, "x")]
     for estimator, options, name in cases:
@@ -476,8 +510,13 @@ def test_new_estimator_arguments_are_checked():
     log_w = torch.zeros(6, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="log_w_fixed"):
         ik.estimator_bound(log_w, "piwae", groups=2)
-    with pytest.raises(ValueError, match="estimator"):
-        ik.estimator_bound(log_w, "rws")
+    for estimator, log_q in (("rws", None), ("vimco", None), ("iwae", log_w)):
+        with pytest.raises(ValueError, match="log_q"):
+            ik.estimator_bound(log_w, estimator, log_q=log_q)
+    for loss in (lambda: model.loss(x, 1, "vimco"), lambda: paper.loss(x, 1, "vimco"),
+                 lambda: ik.estimator_bound(log_w[:1], "vimco", log_q=log_w[:1])):
+        with pytest.raises(ValueError, match="k >= 2 .* got k=1"):
+            loss()
     for estimator, options in (("renyi", dict(renyi_alpha=1)), ("ciwae", dict(ciwae_beta=0.5, renyi_alpha=0.5))):
         with pytest.raises(ValueError, match="renyi_alpha"):
             ik.estimator_bound(log_w, estimator, backend="torch", **options)
@@ -498,14 +537,14 @@ def test_annealed_miwae_ciwae_renyi_piwae_are_exact():
         assert torch.isfinite(annealed) and not torch.isclose(annealed, plain)
 
 
-@pytest.mark.parametrize("estimator", ["miwae", "ciwae", "renyi", "piwae", "rws", "rws-dreg"])
+@pytest.mark.parametrize("estimator", ["miwae", "ciwae", "renyi", "piwae", "rws", "rws-dreg", "vimco"])
 def test_new_estimators_never_give_nan_for_impossible_samples(estimator):
     """-inf log-weights are legal: the bound is finite where a sample is possible (CIWAE's ELBO term is -inf
     with one impossible sample, as the ELBO is), -inf where none is, and no gradient is NaN."""
     log_w = torch.tensor([[0.0, -math.inf], [-1.0, -math.inf], [-math.inf, -math.inf], [-2.0, -math.inf],
                           [0.5, -math.inf], [-0.5, -math.inf]], dtype=torch.float64, requires_grad=True)
-    if estimator == "rws":
-        bound = ik.iwae_bound(log_w, backend="torch")
+    if estimator in ("rws", "vimco"):
+        bound = ik.estimator_bound(log_w, estimator, log_q=torch.zeros_like(log_w), backend="torch")
     else:
         options = NEW_ESTIMATORS[estimator]
         fixed = log_w * 1.0 if estimator in ("piwae", "rws-dreg") else None
@@ -603,3 +642,48 @@ def test_rws_dreg_encoder_gradient_is_its_path_derivative_on_shared_noise(kind):
     for (name, p), w in zip(encoder, want):
         torch.testing.assert_close(got[offsets[name]:offsets[name] + p.numel()], w.flatten(), rtol=1e-10,
                                    atol=1e-12, msg=name)
+
+
+def test_vimco_baselines_are_finite_or_minus_inf_and_never_nan():
+    """An impossible sample (log w = -inf) puts a zero geometric mean in every other sample's place; an example with
+    no possible sample, or one possible sample (whose baseline is -inf), gives that sample a zero coefficient; no
+    value or gradient is NaN. A dominant weight does not cancel the others' sum (O(k B), float64)."""
+    log_w = torch.tensor([[0.0, -math.inf, 1.0, 0.0], [-1.0, -math.inf, -math.inf, -50.0],
+                          [-math.inf, -math.inf, -math.inf, -60.0]], dtype=torch.float64, requires_grad=True)
+    log_q = torch.zeros_like(log_w, requires_grad=True)
+    baselines = ik.estimators.leave_one_out_bounds(log_w.detach())
+    finite = torch.isfinite(vimco_baselines(log_w.detach()))
+    torch.testing.assert_close(baselines[finite], vimco_baselines(log_w.detach())[finite], rtol=1e-12, atol=0)
+    assert torch.isneginf(baselines[~finite]).all() and finite.sum() == 8
+    bound = ik.estimator_bound(log_w, "vimco", log_q=log_q, backend="torch")
+    torch.testing.assert_close(bound, torch.logsumexp(log_w.detach(), 0) - math.log(3))
+    bound.sum().backward()
+    assert not torch.isnan(log_w.grad).any() and not torch.isnan(log_q.grad).any()
+    assert (log_q.grad[:, 1] == 0).all() and log_q.grad[0, 2] == 0 and (log_q.grad[:, [0, 3]] != 0).all()
+
+
+def test_estimator_bound_rws_and_vimco_take_any_latent_through_log_q():
+    """estimator_bound(log_w, "rws" / "vimco", log_q=...) on a Bernoulli latent with a logistic encoder and a learned
+    prior (no reparameterization path): the model's gradient is L_k's, the encoder's sum_i wt_i grad log q_i
+    (wake-phi) or TFP's VIMCO surrogate's; the value is L_k."""
+    torch.manual_seed(0)
+    encoder, decoder = nn.Linear(12, 4).double(), nn.Linear(4, 12).double()
+    prior_logits = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    model_params, encoder_params = [*decoder.parameters(), prior_logits], list(encoder.parameters())
+    x = binary_batch(3, 12, 1, torch.device("cpu"))
+    posterior = torch.distributions.Bernoulli(logits=encoder(x))
+    z = posterior.sample((5,))  # [k, B, D]
+    log_q = posterior.log_prob(z).sum(-1)
+    log_joint = (torch.distributions.Bernoulli(logits=decoder(z)).log_prob(x).sum(-1)
+                 + torch.distributions.Bernoulli(logits=prior_logits).log_prob(z).sum(-1))
+    log_w = log_joint - log_q.detach()
+    iwae = torch.logsumexp(log_w, 0) - math.log(5)
+    wake_phi = (torch.softmax(log_w.detach(), 0) * log_q).sum(0)
+    for estimator, encoder_objective in (("rws", wake_phi), ("vimco", vimco_surrogate(log_w, log_q))):
+        value = ik.estimator_bound(log_w, estimator, log_q=log_q, backend="torch")
+        torch.testing.assert_close(value, iwae, rtol=1e-12, atol=1e-12)
+        got = torch.autograd.grad(value.sum(), model_params + encoder_params, retain_graph=True)
+        want = (torch.autograd.grad(iwae.sum(), model_params, retain_graph=True)
+                + torch.autograd.grad(encoder_objective.sum(), encoder_params, retain_graph=True))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

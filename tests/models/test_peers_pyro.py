@@ -7,8 +7,10 @@ Pyro samples z_i from the guide and detaches it, forms log w_i = log p(x, z_i) -
 returns wake-theta = -(logsumexp_i log w_i - log k), which is -L_k, and wake-phi = -sum_i wt_i log q(z_i|x) with
 wt detached; its backward sends the first into the decoder and the second into the encoder. It sums each
 particle's log-probabilities over the whole batch (Pyro's RWS takes no mini-batches), so every Pyro call here
-sees one example. RenyiELBO likewise applies its logsumexp to log-weights summed over the batch (Pyro issue
-#3104), where ours is per example: at batch size 1 the two are one objective.
+sees one example. RenyiELBO is compared at batch size 1 too: with vectorized particles Pyro 1.9 sums each
+particle's log-probabilities over the plates not every site shares, so a model whose batch is not a plate gets one
+logsumexp over the batch (the case of Pyro issue #3104), and at batch size 1 every form is one objective
+(tests/models/test_pyro_front_door.py shows both cases at B > 1).
 """
 
 import pytest
