@@ -255,7 +255,7 @@ STAGES=(
   "bench_loss|150|-|$PYTHON benchmarks/bench_loss.py --k 50 5000 --batch 128 1024 --dim 50"
   "bench_eval|150|-|$PYTHON benchmarks/bench_eval.py --images 10000 --synthetic"
   "eval_memory|60|-|$PYTHON benchmarks/eval_memory.py --batch 100 --budget-mib 512 && \
-$PYTHON benchmarks/eval_memory.py --decoder attention --batch 100 --budget-mib 512"
+$PYTHON benchmarks/eval_memory.py --decoder attention --size 32 --batch 100 --budget-mib 512"
   "bench_train_step|100|-|$PYTHON benchmarks/bench_train_step.py --k 50"
   "tests_rest_of_ops|240|rest|$PYTEST $REST_OF_OPS"
   "tests_torch_gpu|240|rest|$PYTEST $TORCH_GPU"

@@ -6,7 +6,8 @@ Two instruments watch the same call, and the larger peak counts:
   everywhere, but cannot see what an op allocates and frees inside itself (a transposed convolution's column
   buffer, the intermediates of a fused attention layer).
 - torch.profiler's allocation events (``profile_memory``): every allocation and free of the device's allocator,
-  inside ops too, in time order. It is skipped where the profiler cannot start (one is already running).
+  inside ops too, in time order. It is skipped while another profiler runs (the user's: starting a second
+  would end that one's session).
 Neither sees memory that bypasses torch's allocators (oneDNN's scratchpads, cuDNN's own handles) nor allocator
 rounding and caching: the caller leaves room for them.
 """
@@ -100,12 +101,11 @@ def _allocator_events_peak(events, device):
 def peak_allocated_bytes(fn, device):
     """(fn(), the peak bytes fn allocated on ``device`` above what existed before): the larger of the op-output
     count (``peak_live_bytes``) and the profiler's allocation timeline, which also sees allocations inside ops."""
-    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
-    try:
-        with _quiet_stderr():
-            profiler.__enter__()
-    except RuntimeError:  # a profiler is already running (the user's): the op-output count alone
+    if torch._C._autograd._profiler_enabled():  # the user's profiler: a second would end its session
         return peak_live_bytes(fn)
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():
+        profiler.__enter__()
     try:
         result, counted = peak_live_bytes(fn)
     finally:

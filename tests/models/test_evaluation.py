@@ -172,6 +172,13 @@ def test_the_probe_sees_allocations_inside_an_op_and_prints_nothing(capfd):
     assert outputs_only == tokens.numel() * 4 and allocated >= 3 * outputs_only  # q, k, v at least
     captured = capfd.readouterr()
     assert captured.out == "" and captured.err == ""
+    # Under the user's own profiler the probe counts op outputs alone and leaves that profiler's session running.
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as users, torch.no_grad():
+        _, counted = peak_allocated_bytes(lambda: layer(tokens), CPU)
+        layer(tokens)
+    assert counted == outputs_only
+    assert any(event.name == "aten::_transformer_encoder_layer_fwd" for event in users.events())
+    assert "no active profiling session" not in capfd.readouterr().err
 
 
 def test_log_likelihood_refuses_bad_arguments_naming_them():
