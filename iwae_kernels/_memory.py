@@ -103,7 +103,8 @@ def peak_allocated_bytes(fn, device):
     count (``peak_live_bytes``) and the profiler's allocation timeline, which also sees allocations inside ops."""
     if torch._C._autograd._profiler_enabled():  # the user's profiler: a second would end its session
         return peak_live_bytes(fn)
-    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+    # The autograd profiler itself: torch.profiler.profile's wrapper warns about its event cycles on some versions.
+    profiler = torch.autograd.profiler.profile(profile_memory=True, use_kineto=True)
     with _quiet_stderr():
         profiler.__enter__()
     try:
@@ -111,4 +112,4 @@ def peak_allocated_bytes(fn, device):
     finally:
         with _quiet_stderr():
             profiler.__exit__(None, None, None)
-    return result, max(counted, _allocator_events_peak(profiler.profiler.kineto_results.events(), device))
+    return result, max(counted, _allocator_events_peak(profiler.kineto_results.events(), device))
