@@ -145,11 +145,11 @@ def test_the_default_chunk_is_measured_for_any_decoder_and_draws_no_noise(monkey
     torch.testing.assert_close(call(chunk=used[1]), large, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("decoder, size", [("conv", "16"), ("attention", "16")])
+@pytest.mark.parametrize("decoder, size", [("conv", "32"), ("attention", "16")])
 def test_conv_and_attention_decoders_at_k_5000_stay_within_their_memory_budget(decoder, size):
-    """The issue's case, scaled to a test: a Linear + transposed-convolution decoder to 3 x 16 x 16 Gaussian
+    """The issue's case, scaled to a test: a Linear + transposed-convolution decoder to 3 x 32 x 32 Gaussian
     images, or a Transformer-layer decoder to 3 x 16 x 16 (its fused attention allocates inside one op), B = 4,
-    k = 5000 (unchunked, over 1 GB of activations) under memory_budget = 64 MiB: the process's peak RSS grows
+    k = 5000 (unchunked, over 1 GB of activations) under memory_budget = 64 MiB: the process's peak RSS (VmHWM) grows
     by at most 1.25x the budget plus the model (benchmarks/eval_memory.py, the GPU plan's stage)."""
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "eval_memory.py"), "--device", "cpu", "--no-write",
                           "--decoder", decoder, "--size", size, "--batch", "4", "--k", "5000", "--budget-mib", "64"],
