@@ -64,6 +64,8 @@ def check_finite(name, value):
 
 
 def check_unit_interval(name, value):
-    """Opt-in value check: Bernoulli targets must lie in [0, 1]."""
+    """Opt-in value check: Bernoulli targets must lie in [0, 1] (a NaN is named as such)."""
+    if bool(torch.isnan(value).any()):
+        raise ValueError(f"{name}: contains NaN (Bernoulli targets must lie in [0, 1])")
     if not bool(((value >= 0) & (value <= 1)).all()):
         raise ValueError(f"{name}: Bernoulli targets must lie in [0, 1]")

@@ -38,6 +38,9 @@ def _latent_scale(name, value, like):
 
 def _check_eps(eps, k, mu):
     """Noise eps [k, B, D] for mu [B, D] or [k, B, D]: mu's dtype and device."""
+    if isinstance(eps, torch.Tensor) and eps.dtype != mu.dtype and eps.dtype in _checks.FLOAT_DTYPES:
+        # Under torch.autocast mu comes out in half precision while noise is drawn in float32: say the fix.
+        raise TypeError(f"eps: expected dtype {mu.dtype} (as mu), got {eps.dtype}; pass eps.to(mu.dtype)")
     _checks.check_tensor("eps", eps, (3,), like=("mu", mu))
     _checks.check_shape("eps", eps, (k,) + tuple(mu.shape[-2:]))
 

@@ -302,11 +302,11 @@ def _parent_command_line():
 
 
 def launcher_command(argv):
-    """The command that started this process, before its ``argv``: ``python -m iwae_kernels``, or under torchrun
-    the torchrun command (the launcher is the parent process; rebuilt from torchrun's environment where its
-    command line cannot be read)."""
+    """The command that started this process, before its ``argv``: this interpreter's ``-m iwae_kernels`` (a venv's
+    python need not be on PATH), or under torchrun the torchrun command (the launcher is the parent process;
+    rebuilt from torchrun's environment where its command line cannot be read)."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:
-        return ["python", "-m", "iwae_kernels"]
+        return [sys.executable, "-m", "iwae_kernels"]
     parent = _parent_command_line()
     if parent and len(parent) > len(argv) and parent[len(parent) - len(argv):] == list(argv):
         prefix = parent[: len(parent) - len(argv)]

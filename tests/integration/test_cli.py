@@ -555,13 +555,14 @@ def test_sigterm_while_the_data_loads_exits_143_and_releases_the_lock(tmp_path):
     assert result.returncode == cli.EXIT_TERMINATED, result.stderr
     (message,) = result.stderr.strip().splitlines()
     assert message.startswith("SIGTERM: stopped before the first step (nothing to checkpoint); start it again with: "
-                              "python -m iwae_kernels train "), message
+                              f"{shlex.quote(sys.executable)} -m iwae_kernels train "), message
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no lock, no checkpoint
 
 
 def test_resume_command_under_torchrun_names_its_launcher(monkeypatch):
     argv = ["train", "--k", "3", "--overwrite"]
-    assert cli.resume_command(argv) == "python -m iwae_kernels train --k 3 --resume"
+    # The interpreter that ran, which works where a venv's python is not on PATH.
+    assert cli.resume_command(argv) == f"{shlex.quote(sys.executable)} -m iwae_kernels train --k 3 --resume"
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")

@@ -172,6 +172,7 @@ BAD_LOSS_CALLS = [
      r"\[k \* B, \*event\] needs flatten_samples=True"),
     (dict(x=torch.full((3, 5), 255, dtype=torch.uint8)), TypeError, r"x: .*0\.\.255: pass x.float\(\) / 255"),
     (dict(x=torch.full((3, 5), 255.0)), ValueError, r"x: Bernoulli targets must lie in \[0, 1\]"),
+    (dict(x=torch.full((3, 5), math.nan)), ValueError, r"x: contains NaN \(Bernoulli targets"),
     (dict(likelihood="gaussian"), TypeError, r"decoder: for likelihood='gaussian' expected a \(mean, logvar\) pair"),
     (dict(likelihood="poisson"), ValueError, r"likelihood: expected one of \('bernoulli', 'gaussian'\)"),
     (dict(estimator="reinforce"), ValueError, r"estimator: expected one of"),
@@ -372,3 +373,12 @@ def test_iwae_loss_refuses_bad_eps_naming_it(shape, match):
         ik.iwae_loss(x, mu, logvar, lambda z: z @ weight, 5, eps=torch.zeros(shape, dtype=torch.float64))
     with pytest.raises(TypeError, match=r"eps: expected dtype torch.float64 \(as mu\)"):
         ik.iwae_loss(x, mu, logvar, lambda z: z @ weight, 5, eps=torch.zeros(5, 3, 4))
+
+
+def test_eps_of_another_float_dtype_says_how_to_fix_it():
+    """Under torch.autocast an encoder's mu is bfloat16 while noise is drawn in float32: the message says the fix."""
+    x, mu, logvar, weight = setup_problem(5, 3, 4, 7)
+    mu, logvar = mu.bfloat16(), logvar.bfloat16()
+    with pytest.raises(TypeError, match=r"eps: expected dtype torch.bfloat16 \(as mu\), got torch.float32; pass "
+                                        r"eps.to\(mu.dtype\)"):
+        ik.iwae_loss(x, mu, logvar, lambda z: z.float() @ weight.float(), 5, eps=torch.zeros(5, 3, 4))
