@@ -28,7 +28,7 @@ from .config import TrainConfig, build_model, estimator_options
 from .errors import OptionError, UserError
 from .evaluate import (check_ais_options, check_evaluation_time, describe_ais, describe_diagnostics, evaluate,
                        rank_and_world)
-from ..backend import backend_name
+from ..backend import ENV_VAR as BACKEND_VARIABLE, backend_name
 from ..functional import ESTIMATORS
 from .device import resolve_device
 from .run_folder import RunLock, preflight
@@ -200,6 +200,17 @@ def _world_size():
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def _check_backend_variable(args):
+    """IWAE_KERNELS_BACKEND, when set and --backend is not given, checked on the run's device when the command
+    starts (a user error, exit 2), not after the run folder is made."""
+    if not os.environ.get(BACKEND_VARIABLE) or getattr(args, "backend", None) is not None:
+        return
+    try:
+        backend_name(None, resolve_device(args.device))
+    except ValueError as error:
+        raise OptionError(str(error)) from None
+
+
 def _check_train_options(args):
     """Options the parser cannot check alone, before any work: the backend on the run's device, the batch split."""
     if args.backend is not None:
@@ -340,6 +351,9 @@ def main(argv=None):
         with sigterm_raises():  # outside training SIGTERM unwinds like Ctrl-C, so a run lock is released
             args = build_parser().parse_args(argv)
             fill_defaults(args)
+            datasets.data_dir()  # a bad IWAE_KERNELS_DATA is refused before any run folder is made
+            if args.command != "fetch-data":
+                _check_backend_variable(args)
             if args.command == "fetch-data":
                 print(f"MNIST ready at {datasets.fetch_mnist()}")
             elif args.command == "evaluate":

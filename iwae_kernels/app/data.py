@@ -42,8 +42,13 @@ MNIST_ARRAYS_SHA256 = "879e663dada9613d0540ff179546577a743044fcdf6b69112f7b12e09
 
 
 def data_dir():
-    """Where prepared data sets are cached: $IWAE_KERNELS_DATA, else ~/.cache/iwae_kernels."""
-    return Path(os.environ.get("IWAE_KERNELS_DATA", Path.home() / ".cache" / "iwae_kernels"))
+    """Where prepared data sets are cached: $IWAE_KERNELS_DATA, else ~/.cache/iwae_kernels; a UserError naming the
+    variable when it points at something that is not a folder."""
+    path = Path(os.environ.get("IWAE_KERNELS_DATA", Path.home() / ".cache" / "iwae_kernels"))
+    if path.exists() and not path.is_dir():
+        raise UserError(f"IWAE_KERNELS_DATA: {path} is a file, not a folder; point it at a folder (or unset it for "
+                        "~/.cache/iwae_kernels)")
+    return path
 
 
 class _NumpyArrayUnpickler(pickle.Unpickler):

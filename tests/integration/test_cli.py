@@ -559,6 +559,30 @@ def test_sigterm_while_the_data_loads_exits_143_and_releases_the_lock(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no lock, no checkpoint
 
 
+@pytest.mark.parametrize("value, complaint", [
+    ("nonsense", "IWAE_KERNELS_BACKEND: expected one of"), ("cuda", "IWAE_KERNELS_BACKEND='cuda'")])
+def test_backend_variable_is_checked_when_the_command_starts(value, complaint, tmp_path, monkeypatch, capsys):
+    """A bad IWAE_KERNELS_BACKEND (or cuda on a CPU) is a one-line user error before any run folder is made."""
+    monkeypatch.setenv("IWAE_KERNELS_BACKEND", value)
+    line = main_error(["train", "--device", "cpu", "--out", str(tmp_path / "run")], capsys)
+    assert complaint in line and not (tmp_path / "run").exists()
+    assert complaint in main_error(["evaluate", str(tmp_path / "missing.pt"), "--device", "cpu"], capsys)
+    # --backend given: the variable is not the run's backend, so it is not in the way.
+    line = main_error(["train", "--device", "cpu", "--backend", "torch", "--test-subset", "20000", "--out",
+                       str(tmp_path)], capsys)
+    assert "--test-subset" in line and "IWAE_KERNELS_BACKEND" not in line
+
+
+def test_data_variable_naming_a_file_is_one_line_before_any_run_folder(tmp_path, monkeypatch, capsys):
+    not_a_folder = tmp_path / "data.txt"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("IWAE_KERNELS_DATA", str(not_a_folder))
+    for argv in (["train", "--device", "cpu", "--out", str(tmp_path / "run")], ["fetch-data"]):
+        line = main_error(argv, capsys)
+        assert f"IWAE_KERNELS_DATA: {not_a_folder} is a file, not a folder" in line
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_command_under_torchrun_names_its_launcher(monkeypatch):
     argv = ["train", "--k", "3", "--overwrite"]
     # The interpreter that ran, which works where a venv's python is not on PATH.
