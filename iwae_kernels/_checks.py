@@ -22,8 +22,9 @@ def check_tensor(name, value, ndims, like=None):
         like_name, like_value = like
         if value.device != like_value.device:
             raise ValueError(f"{name}: expected device {like_value.device} (as {like_name}), got {value.device}")
-        if value.dtype != like_value.dtype:
-            raise TypeError(f"{name}: expected dtype {like_value.dtype} (as {like_name}), got {value.dtype}")
+        if value.dtype != like_value.dtype:  # e.g. float32 noise beside an autocast encoder's bfloat16 mu: say the fix
+            raise TypeError(f"{name}: expected dtype {like_value.dtype} (as {like_name}), got {value.dtype}; pass "
+                            f"{name}.to({like_name}.dtype)")
 
 
 def check_shape(name, value, expected):

@@ -14,6 +14,7 @@ from torch import nn
 
 from . import _checks, functional
 from .backend import get_backend
+from .evaluation import progress_bar
 
 SCHEDULES = ("sigmoid", "linear")
 # Steepness of the sigmoid schedule (Wu et al. 2017): b_t crowds toward both ends, where log f_t changes fastest.
@@ -136,17 +137,6 @@ def _adapted_step_size(step_size, accepted, target_acceptance):
     return (step_size * torch.exp(change)).clamp(*STEP_SIZE_RANGE)
 
 
-def _steps(count, description, enabled):
-    """range(count), wrapped in a tqdm bar when ``enabled`` and tqdm is installed."""
-    if enabled:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return range(count)
-        return tqdm(range(count), desc=description, unit="step")
-    return range(count)
-
-
 def _annealed_log_weights(path, state, betas, settings, *, progress, description):
     """The log-weights [C, B] (float64) of chains annealed from ``state`` along betas (a list b_0..b_T, increasing
     for the forward chain, decreasing for the reverse one): for t = 1..T, log w += (b_t - b_{t-1}) h(z), then an
@@ -154,11 +144,16 @@ def _annealed_log_weights(path, state, betas, settings, *, progress, description
     T = 1 is plain importance sampling)."""
     log_w = torch.zeros(state.log_likelihood.shape, dtype=torch.float64, device=state.z.device)
     step_size = torch.full(state.log_likelihood.shape, settings.step_size, dtype=state.z.dtype, device=state.z.device)
-    for t in _steps(len(betas) - 1, description, progress):
+    bar = progress_bar(len(betas) - 1, description, progress, unit="step", unit_scale=False)
+    for t in range(len(betas) - 1):
         log_w += (betas[t + 1] - betas[t]) * path.log_weight_increment(state).double()
         if t + 1 < len(betas) - 1:
             state, accepted = _hmc_transition(path, state, betas[t + 1], step_size, settings)
             step_size = _adapted_step_size(step_size, accepted, settings.target_acceptance)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
     return log_w
 
 

@@ -123,15 +123,16 @@ def process_group():
     return 0, 1
 
 
-def _progress_bar(total, description, enabled):
-    """A tqdm bar counting samples, or None (disabled, or tqdm not installed)."""
+def progress_bar(total, description, enabled, unit="sample", unit_scale=True):
+    """A tqdm bar counting ``unit``s up to ``total`` (``unit_scale``: as 1.2M, not 1200000), or None (disabled, or
+    tqdm not installed)."""
     if not enabled:
         return None
     try:
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, unit="sample", unit_scale=True, desc=description)
+    return tqdm(total=total, unit=unit, unit_scale=unit_scale, desc=description)
 
 
 def dealt_log_likelihoods(batches, batch_log_likelihood, k, *, total=None, progress=False):
@@ -146,7 +147,7 @@ def dealt_log_likelihoods(batches, batch_log_likelihood, k, *, total=None, progr
     """
     rank, world = process_group()
     share = None if total is None else -(-total // world) * k
-    bar = _progress_bar(share, f"L_{k} (rank {rank})" if world > 1 else f"L_{k}", progress)
+    bar = progress_bar(share, f"L_{k} (rank {rank})" if world > 1 else f"L_{k}", progress)
     results = {}
     for index, batch in batches:
         if index % world != rank:

@@ -12,9 +12,8 @@ from . import _checks
 from .backend import get_backend
 from .contract import accumulation_dtype
 from .estimators import (ESTIMATORS, FIXED_SAMPLE_ESTIMATORS, ROUTED_ESTIMATORS, SAMPLING_ESTIMATORS,
-                         check_estimator_options,
-                         check_latent_scale, conditional_density_path, objective_bound, sampling_estimator,
-                         value_with_gradient, wake_phi_term)
+                         check_estimator_options, check_latent_scale, conditional_density_path, objective_bound,
+                         sampling_estimator, value_with_gradient, wake_phi_term)
 from .torch_math import bound_from_max_sum, largest_finite, reduced_loss
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -38,9 +37,6 @@ def _latent_scale(name, value, like):
 
 def _check_eps(eps, k, mu):
     """Noise eps [k, B, D] for mu [B, D] or [k, B, D]: mu's dtype and device."""
-    if isinstance(eps, torch.Tensor) and eps.dtype != mu.dtype and eps.dtype in _checks.FLOAT_DTYPES:
-        # Under torch.autocast mu comes out in half precision while noise is drawn in float32: say the fix.
-        raise TypeError(f"eps: expected dtype {mu.dtype} (as mu), got {eps.dtype}; pass eps.to(mu.dtype)")
     _checks.check_tensor("eps", eps, (3,), like=("mu", mu))
     _checks.check_shape("eps", eps, (k,) + tuple(mu.shape[-2:]))
 
@@ -605,8 +601,8 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
             "piwae" (Rainforth et al. 2018), "renyi" (the VR-alpha bound, Li & Turner 2016), "rws" (reweighted
             wake-sleep: the decoder gets L_k's gradient, the encoder wake-phi's), "rws-dreg" (wake-phi's DReG form,
             Tucker et al. 2019), "vimco" (Mnih & Rezende 2016, k >= 2: samples from the stopped encoder, which gets
-            the VIMCO score-function estimator of L_k's gradient; the decoder L_k's). piwae and rws-dreg run the decoder twice (on the samples, and on them detached
-            for the decoder's own gradient).
+            the VIMCO score-function estimator of L_k's gradient; the decoder L_k's). piwae and rws-dreg run the
+            decoder twice (on the samples, and on them detached for the decoder's own gradient).
         reduction: "mean" | "sum" over the batch, or "none" for the per-example loss [B].
         check_finite: check x, mu, logvar, the samples and latent term (blamed on mu, logvar), the decoder's
             output and the log-weights for NaN/inf, and Bernoulli targets for [0, 1]; off by default because it
@@ -619,8 +615,9 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
             nothing, except iwae-resample's choice of sample).
         beta: KL annealing: the weight on the latent term log p(z) - log q(z|x) in every log-weight (a float or
             a 0-dim tensor; see ``kl_warmup``); None or 1 is the plain bound. Refused by "stl", "dreg",
-            "iwae-resample", "rws", "rws-dreg" and "vimco", whose gradients assume the plain bound; the others ("miwae",
-            "ciwae", "renyi", "piwae" too) give the exact gradient of their objective of the annealed log-weights.
+            "iwae-resample", "rws", "rws-dreg" and "vimco", whose gradients assume the plain bound; the others
+            ("miwae", "ciwae", "renyi", "piwae" too) give the exact gradient of their objective of the annealed
+            log-weights.
         groups: M for "miwae" and "piwae": the k samples form M groups of K = k / M (k must be a multiple of M).
         ciwae_beta: for "ciwae", the ELBO's share in [0, 1]: the objective is ciwae_beta ELBO + (1 - ciwae_beta) L_k.
         renyi_alpha: for "renyi", a finite a != 1: the objective is L_a = (logsumexp_i((1 - a) log w_i) - log k) /
@@ -668,8 +665,8 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
 
 def _two_role_bound(x, mu, logvar, *, decoder, k, ops, likelihood, estimator, groups, eps=None, generator=None,
                     flatten_samples=False, check_finite=False, scale=None):
-    """rws, vimco, piwae, rws-dreg in ``iwae_loss``: the bound [B] whose gradient gives the decoder L_k's and the encoder
-    its estimator's (arguments already checked)."""
+    """rws, vimco, piwae, rws-dreg in ``iwae_loss``: the bound [B] whose gradient gives the decoder L_k's and the
+    encoder its estimator's (arguments already checked)."""
     log_likelihood, _ = _likelihood_ops(ops, likelihood)
 
     def log_weights(z, latent):

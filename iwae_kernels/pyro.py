@@ -37,8 +37,8 @@ except ModuleNotFoundError as error:
 from .estimators import PATH_ESTIMATORS, check_estimator_options
 from .functional import estimator_bound, normalized_weights
 
-# "piwae", "rws" and "rws-dreg" need the log-weights again at fixed samples or a wake-phi term; "iwae-resample"
-# its own sampling: not offered here.
+# Not offered: "piwae" and "rws-dreg" need the log-weights again at fixed samples, "rws" and "vimco" the guide's
+# log q at fixed samples (estimator_bound's log_q), "iwae-resample" its own sampling.
 PYRO_ESTIMATORS = ("iwae", "vae", "stl", "dreg", "miwae", "ciwae", "renyi")
 PARTICLE_PLATE = "num_particles_vectorized"
 
@@ -113,7 +113,7 @@ class ImportanceWeightedELBO(ELBO):
     def __init__(self, num_particles=1, estimator="iwae", data_plate="data", groups=None, ciwae_beta=None,
                  renyi_alpha=None, max_plate_nesting=None, backend=None):
         if estimator not in PYRO_ESTIMATORS:
-            why = ("a score-function estimator at fixed guide samples: not offered here yet"
+            why = ("a score-function estimator: it needs the guide's log q at fixed samples"
                    if estimator in ("rws", "vimco")
                    else "needs more than one set of log-weights (a second model pass at fixed samples, or its own "
                    "sampling)")
@@ -210,17 +210,17 @@ class ImportanceWeightedELBO(ELBO):
                         f"estimator={self.estimator!r} would also stop that path term")
                 distribution = _map_tensors(distribution, torch.Tensor.detach)
             log_w = log_w - self._site_log_prob(site, distribution, frame)
-            samples.append((site["value"], self._weight_shape(site)))
+            samples.append((site["value"], self._weight_shape(site, frame)))
         if not samples:
             raise ValueError("the guide samples no latent: there is nothing to weight")
         return log_w, samples, frame.full_size / frame.size
 
-    def _weight_shape(self, site):
-        """The shape that lays [k, B] over a guide site's value [k, ..., B, ..., *event]: 1 in every other dim."""
+    def _weight_shape(self, site, frame):
+        """The shape that lays [k, B] over a guide site's value [k, ..., B, ..., *event], ``frame`` its data plate's:
+        1 in every other dim."""
         ndim = site["value"].dim() - site["fn"].event_dim
         shape = [1] * site["value"].dim()
         shape[ndim - self.max_plate_nesting - 1] = self.num_particles
-        frame = self._data_frame(site)
         shape[ndim + frame.dim] = frame.size
         return shape
 

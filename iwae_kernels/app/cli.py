@@ -200,24 +200,20 @@ def _world_size():
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _check_backend_variable(args):
-    """IWAE_KERNELS_BACKEND, when set and --backend is not given, checked on the run's device when the command
-    starts (a user error, exit 2), not after the run folder is made."""
-    if not os.environ.get(BACKEND_VARIABLE) or getattr(args, "backend", None) is not None:
+def _check_backend(args):
+    """The run's backend on its device when the command starts, before any run folder (a user error, exit 2):
+    --backend (train), else IWAE_KERNELS_BACKEND when it is set."""
+    backend = getattr(args, "backend", None)
+    if backend is None and not os.environ.get(BACKEND_VARIABLE):
         return
     try:
-        backend_name(None, resolve_device(args.device))
+        backend_name(backend, resolve_device(args.device))
     except ValueError as error:
-        raise OptionError(str(error)) from None
+        raise OptionError(str(error) if backend is None else f"--backend {backend}: {error}") from None
 
 
 def _check_train_options(args):
-    """Options the parser cannot check alone, before any work: the backend on the run's device, the batch split."""
-    if args.backend is not None:
-        try:
-            backend_name(args.backend, resolve_device(args.device))
-        except ValueError as error:
-            raise OptionError(f"--backend {args.backend}: {error}") from None
+    """Options the parser cannot check alone, before any work: the batch split over the processes."""
     if args.batch_size % _world_size():
         raise OptionError(f"--batch-size: {args.batch_size} does not split evenly over {_world_size()} processes "
                           "(give a multiple of --nproc-per-node)")
@@ -353,7 +349,7 @@ def main(argv=None):
             fill_defaults(args)
             datasets.data_dir()  # a bad IWAE_KERNELS_DATA is refused before any run folder is made
             if args.command != "fetch-data":
-                _check_backend_variable(args)
+                _check_backend(args)
             if args.command == "fetch-data":
                 print(f"MNIST ready at {datasets.fetch_mnist()}")
             elif args.command == "evaluate":

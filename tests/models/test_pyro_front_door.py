@@ -182,32 +182,25 @@ def test_refuses_an_enumerated_site():
         ImportanceWeightedELBO(num_particles=K, max_plate_nesting=1).loss(model, guide, torch.zeros(3, 2))
 
 
-def test_refuses_a_model_without_the_data_plate():
-    def model(x):
-        with pyro.plate("batch", x.shape[0]):
+def latent_program(plate, global_site):
+    """A model that is also its own guide: a latent z inside ``plate`` and, with ``global_site``, a latent "shift"
+    outside every plate."""
+    def program(x):
+        if global_site:
+            pyro.sample("shift", dist.Normal(0.0, 1.0))
+        with pyro.plate(plate, x.shape[0]):
             normal_site("z", x)
 
-    def guide(x):
-        with pyro.plate("batch", x.shape[0]):
-            normal_site("z", x)
-
-    with pytest.raises(ValueError, match="'z' lies outside the data plate 'data'"):
-        ImportanceWeightedELBO(num_particles=K, max_plate_nesting=1).loss(model, guide, torch.zeros(3, 2))
+    return program
 
 
-def test_refuses_a_global_latent():
-    def model(x):
-        pyro.sample("shift", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", x.shape[0]):
-            normal_site("z", x)
-
-    def guide(x):
-        pyro.sample("shift", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", x.shape[0]):
-            normal_site("z", x)
-
-    with pytest.raises(ValueError, match="'shift' lies outside the data plate"):
-        ImportanceWeightedELBO(num_particles=K, max_plate_nesting=1).loss(model, guide, torch.zeros(3, 2))
+@pytest.mark.parametrize("plate, global_site, complaint", [
+    ("batch", False, "'z' lies outside the data plate 'data'"),  # the model has no plate named "data"
+    ("data", True, "'shift' lies outside the data plate")])      # a global latent
+def test_refuses_a_site_outside_the_data_plate(plate, global_site, complaint):
+    program = latent_program(plate, global_site)
+    with pytest.raises(ValueError, match=complaint):
+        ImportanceWeightedELBO(num_particles=K, max_plate_nesting=1).loss(program, program, torch.zeros(3, 2))
 
 
 def test_dreg_refuses_a_non_reparameterizable_guide_site():
