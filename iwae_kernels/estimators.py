@@ -23,6 +23,9 @@ model's parameters (decoder, learned prior) the IWAE gradient.
   sum_i c_i d log q(z_i|x) / d phi at fixed z_i (``fixed_sample_bound``), c_i = wt_i for rws (wake-phi) and
   L_k - L_{-i} - wt_i for vimco (``leave_one_out_bounds``). For Gaussian latents the live log q comes in as
   ``wake_phi_term``, zero-valued with log q's gradient.
+- ``"renyi"`` at fixed samples (``log_q`` given; latents with no reparameterization path, e.g. a sigmoid belief
+  network's): the encoder gets sum_i (L_a - L_a^{-i} - wt^a_i) d log q(z_i|x), VIMCO's leave-one-out form for the
+  Renyi bound (wt^a = softmax((1 - a) log w)); at a = 0 it is vimco's.
 """
 
 import math
@@ -42,6 +45,8 @@ GROUPED_ESTIMATORS = ("miwae", "piwae")
 ROUTED_ESTIMATORS = ("piwae", "rws-dreg")
 # Samples from the stopped encoder; the encoder's gradient through log q(z_i|x) at the fixed samples alone.
 FIXED_SAMPLE_ESTIMATORS = ("rws", "vimco")
+# Estimators that also have a fixed-sample (score-function) form, chosen by passing log_q: the latents' own choice.
+FIXED_SAMPLE_FORMS = ("renyi",)
 # Estimators without a reparameterization path through a flow: rws and vimco need log q(z_K|x) at a fixed z_K (the
 # flow's inverse), rws-dreg the stop-gradient that dreg lacks there.
 NO_FLOW_ESTIMATORS = ("dreg", "rws", "rws-dreg", "vimco")
@@ -148,20 +153,24 @@ def leave_one_out_bounds(log_w):
     return shift + torch.log(others + torch.exp(others_mean - shift)) - math.log(k)
 
 
-def fixed_sample_bound(estimator, log_w, log_q, bound, normalized_weights):
-    """rws's and vimco's objective [B]: value L_k of log_w [k, B], the log-weights at fixed samples with the encoder
-    stopped (its gradient the model's: wake-theta), plus the encoder's gradient sum_i c_i d log_q_i, log_q [k, B]
-    the live log q(z_i|x) at those samples (only its gradient is used): c_i = wt_i (wake-phi) for "rws"; for
-    "vimco" c_i = L_k - L_{-i} - wt_i (``leave_one_out_bounds``), VIMCO's score-function term plus L_k's own
-    gradient through log w_i = log p(x, z_i) - log q(z_i|x) at fixed z_i. A coefficient that is not finite (no
-    possible sample; vimco's lone possible sample, whose baseline is -inf) is 0."""
-    value = bound(log_w)
+def fixed_sample_bound(estimator, log_w, log_q, bound, normalized_weights, renyi_alpha=None):
+    """rws's, vimco's and fixed-sample renyi's objective [B]: its value (L_k; L_a for renyi) of log_w [k, B], the
+    log-weights at fixed samples with the encoder stopped (its gradient the model's: wake-theta), plus the encoder's
+    gradient sum_i c_i d log_q_i, log_q [k, B] the live log q(z_i|x) at those samples (only its gradient is used):
+    c_i = wt_i (wake-phi) for "rws"; for "vimco" c_i = L_k - L_{-i} - wt_i (``leave_one_out_bounds``), VIMCO's
+    score-function term plus L_k's own gradient through log w_i = log p(x, z_i) - log q(z_i|x) at fixed z_i; for
+    "renyi" the same with L_a, its leave-one-out bounds and wt^a = softmax((1 - a) log w). A coefficient that is not
+    finite (no possible sample; vimco's lone possible sample, whose baseline is -inf) is 0."""
+    scale = 1 if estimator != "renyi" else 1 - renyi_alpha
+    value = bound(log_w) if estimator != "renyi" else renyi_bound(log_w, renyi_alpha, bound)
     log_w = log_w.detach().to(value.dtype)
-    weights = normalized_weights(log_w)
+    weights = normalized_weights(scale * log_w)
     if estimator == "rws":
         coefficients = weights
     else:
-        coefficients = value.detach() - leave_one_out_bounds(log_w) - weights
+        # L_a^{-i}: the geometric mean of w^(1 - a) is that of w raised to 1 - a, so the baselines are L_k's of
+        # (1 - a) log w, divided by 1 - a.
+        coefficients = value.detach() - leave_one_out_bounds(scale * log_w) / scale - weights
     coefficients = torch.where(torch.isfinite(coefficients), coefficients, 0)
     return value + (coefficients * (log_q - log_q.detach())).sum(0)
 
@@ -171,7 +180,8 @@ def objective_bound(estimator, log_w, bound, normalized_weights, *, log_w_fixed=
     """The per-example objective [B] of ``estimator`` (arguments already checked) whose gradient is its estimator.
 
     log_w [k, B]: the log-weights, their gradient the sampling kernels' (``sampling_estimator``); for rws and vimco
-    at fixed samples with the encoder stopped, and log_q [k, B] the live log q(z_i|x) there (``fixed_sample_bound``).
+    (and renyi when log_q is given) at fixed samples with the encoder stopped, and log_q [k, B] the live log q(z_i|x)
+    there (``fixed_sample_bound``).
     log_w_fixed [k, B]: the same values with the samples and encoders stopped, for piwae and rws-dreg. bound,
     normalized_weights: a backend's ops. Values: MIWAE's bound, CIWAE's ciwae_beta * ELBO + (1 - ciwae_beta) L_k,
     the Renyi bound L_a for renyi (``renyi_bound``), the k-sample ELBO for vae, L_k for the others (piwae's and
@@ -184,10 +194,10 @@ def objective_bound(estimator, log_w, bound, normalized_weights, *, log_w_fixed=
         return grouped_bound(log_w, groups, bound)
     if estimator == "ciwae":
         return ciwae_beta * log_w.mean(0) + (1 - ciwae_beta) * bound(log_w)
+    if estimator in FIXED_SAMPLE_ESTIMATORS or log_q is not None:
+        return fixed_sample_bound(estimator, log_w, log_q, bound, normalized_weights, renyi_alpha)
     if estimator == "renyi":
         return renyi_bound(log_w, renyi_alpha, bound)
-    if estimator in FIXED_SAMPLE_ESTIMATORS:
-        return fixed_sample_bound(estimator, log_w, log_q, bound, normalized_weights)
     if estimator not in ROUTED_ESTIMATORS:
         return bound(log_w)
     if estimator == "piwae":

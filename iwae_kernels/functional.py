@@ -11,9 +11,9 @@ import torch
 from . import _checks
 from .backend import get_backend
 from .contract import accumulation_dtype
-from .estimators import (ESTIMATORS, FIXED_SAMPLE_ESTIMATORS, ROUTED_ESTIMATORS, SAMPLING_ESTIMATORS,
-                         check_estimator_options, check_latent_scale, conditional_density_path, objective_bound,
-                         sampling_estimator, value_with_gradient, wake_phi_term)
+from .estimators import (ESTIMATORS, FIXED_SAMPLE_ESTIMATORS, FIXED_SAMPLE_FORMS, ROUTED_ESTIMATORS,
+                         SAMPLING_ESTIMATORS, check_estimator_options, check_latent_scale, conditional_density_path,
+                         objective_bound, sampling_estimator, value_with_gradient, wake_phi_term)
 from .torch_math import bound_from_max_sum, largest_finite, reduced_loss
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -510,10 +510,12 @@ def estimator_bound(log_w, estimator, *, log_w_fixed=None, log_q=None, groups=No
             gradient, any latent type) with the encoder's parameters stopped too, so only the model's are live.
         log_w_fixed: [k, B] for "piwae" and "rws-dreg" only: the same log-weights with the samples and the encoder
             stopped (only the model's parameters live), e.g. the decoder run again on z.detach().
-        log_q: [k, B] for "rws" and "vimco" only: log q(z_i|x) at the same fixed samples with the encoder live; only
-            its gradient is used. The model gets L_k's gradient from log_w, the encoder sum_i c_i d log q(z_i|x):
+        log_q: [k, B] for "rws" and "vimco" (needed) and "renyi" (optional: its fixed-sample form, for latents with
+            no reparameterization path): log q(z_i|x) at the same fixed samples with the encoder live; only its
+            gradient is used. The model gets the value's gradient from log_w, the encoder sum_i c_i d log q(z_i|x):
             c_i = wt_i (wake-phi) for "rws", L_k - L_{-i} - wt_i for "vimco" (k >= 2; Mnih & Rezende 2016), whose
-            L_{-i} = log((sum_{j != i} w_j + exp(mean_{j != i} log w_j)) / k) (``estimators.fixed_sample_bound``).
+            L_{-i} = log((sum_{j != i} w_j + exp(mean_{j != i} log w_j)) / k), and the same with L_a and
+            softmax((1 - a) log w) for "renyi" (k >= 2; ``estimators.fixed_sample_bound``).
         groups: M for "miwae" / "piwae" (k = M * K); ciwae_beta: the ELBO's share in [0, 1] for "ciwae";
             renyi_alpha: a for "renyi", a finite number other than 1.
     "iwae-resample" needs its own function (``resampled_iwae_bound``) and is refused here.
@@ -525,9 +527,12 @@ def estimator_bound(log_w, estimator, *, log_w_fixed=None, log_q=None, groups=No
     if (log_w_fixed is not None) != (estimator in ROUTED_ESTIMATORS):
         raise ValueError(f"log_w_fixed: estimator={estimator!r} {'needs' if log_w_fixed is None else 'takes no'} "
                          "log_w_fixed (the log-weights with the samples and encoder stopped)")
-    if (log_q is not None) != (estimator in FIXED_SAMPLE_ESTIMATORS):
+    if (log_q is not None) != (estimator in FIXED_SAMPLE_ESTIMATORS) and estimator not in FIXED_SAMPLE_FORMS:
         raise ValueError(f"log_q: estimator={estimator!r} {'needs' if log_q is None else 'takes no'} log_q (log "
                          "q(z_i|x) at the fixed samples with the encoder live)")
+    if estimator in FIXED_SAMPLE_FORMS and log_q is not None and log_w.shape[0] < 2:
+        raise ValueError(f"log_w: estimator={estimator!r} with log_q (fixed samples) needs k >= 2 samples (sample i's "
+                         f"baseline is formed from the others), got k={log_w.shape[0]}")
     for name, value in (("log_w_fixed", log_w_fixed), ("log_q", log_q)):
         if value is not None:
             _checks.check_tensor(name, value, (2,), like=("log_w", log_w))

@@ -24,7 +24,7 @@ import torch
 
 from . import data as datasets
 from .checkpoint import load_checkpoint
-from .config import TrainConfig, build_model, estimator_options
+from .config import MODEL_LAYERS, TrainConfig, build_model, estimator_options
 from .errors import OptionError, UserError
 from .evaluate import (check_ais_options, check_evaluation_time, describe_ais, describe_diagnostics, evaluate,
                        rank_and_world)
@@ -132,7 +132,10 @@ def build_parser():
     train_parser = commands.add_parser("train", help="train a model, then evaluate it")
     train_parser.add_argument("--preset", choices=sorted(PRESETS), help="a named set of the options below")
     train_parser.add_argument("--dataset", choices=sorted(datasets.DATASETS))
-    train_parser.add_argument("--layers", type=int, choices=(1, 2))
+    train_parser.add_argument("--model", choices=sorted(MODEL_LAYERS),
+                              help="paper (default): Gaussian latents; sbn: a sigmoid belief network of 200 binary "
+                                   "units per layer (estimators vimco, rws, renyi)")
+    train_parser.add_argument("--layers", type=int, choices=(1, 2, 3), help="stochastic layers (paper: 1-2, sbn: 1-3)")
     train_parser.add_argument("--estimator", choices=ESTIMATORS)
     train_parser.add_argument("--groups", type=positive_int,
                               help="miwae, piwae: M groups of k / M samples (k is the total M * K)")
@@ -151,7 +154,8 @@ def build_parser():
     train_parser.add_argument("--train-subset", type=count_or_all, help="train on the first N images (0: all)")
     train_parser.add_argument("--checkpoint-minutes", type=positive_float, help="default 10")
     train_parser.add_argument("--checkpoint-steps", type=non_negative_int, help="also checkpoint every N steps")
-    train_parser.add_argument("--out", help="run folder (default runs/<dataset>-l<layers>-<estimator>-k<k>)")
+    train_parser.add_argument("--out", help="run folder (default runs/<dataset>-l<layers>-<estimator>-k<k>, "
+                                            "runs/<dataset>-sbn-l<layers>-... for --model sbn)")
     resume = train_parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the run in --out (its checkpoint must exist)")
     resume.add_argument("--resume-if-exists", action="store_true", help="continue the run in --out if there is one")
@@ -224,9 +228,17 @@ def _test_set(args, dataset):
     return test_x[: args.test_subset] if args.test_subset else test_x
 
 
+def _check_evaluation_options(args, config):
+    """--ais-steps and --fused-mlp against the run's model, before any work."""
+    check_ais_options(config.model, config.layers, args.ais_steps)
+    if args.fused_mlp and config.model != "paper":
+        raise OptionError(f"--fused-mlp: the fused decoder MLP is the paper model's, not the {config.model} model's")
+
+
 def _evaluation_model(model, args):
     """The model as the evaluation runs it: through the fused decoder MLP with --fused-mlp."""
-    model.fused_mlp = args.fused_mlp
+    if args.fused_mlp:
+        model.fused_mlp = True
     return model
 
 
@@ -263,7 +275,7 @@ def _owned_run_folder(out_dir, needed_bytes):
 def _evaluate_command(args):
     model, config, metadata = load_checkpoint(args.checkpoint, args.device)
     _check_subsets(args, config.dataset)
-    check_ais_options(config.layers, args.ais_steps)
+    _check_evaluation_options(args, config)
     out_dir = args.out or str(Path(args.checkpoint).parent)
     with _owned_run_folder(out_dir, EVAL_OUTPUT_BYTES):
         _run_evaluation(model, args, config.dataset, out_dir, metadata.history, metadata.step_log,
@@ -276,8 +288,9 @@ def _train_command(args):
     _check_subsets(args, config.dataset)
     _check_train_options(args)
     if not args.no_eval:
-        check_ais_options(config.layers, args.ais_steps)
-    out_dir = args.out or f"runs/{config.dataset}-l{config.layers}-{config.estimator}-k{config.k}"
+        _check_evaluation_options(args, config)
+    model_name = "" if config.model == "paper" else f"{config.model}-"
+    out_dir = args.out or f"runs/{config.dataset}-{model_name}l{config.layers}-{config.estimator}-k{config.k}"
     resume = "if-exists" if args.resume_if_exists else args.resume
     with contextlib.ExitStack() as run_folder:
         # Deferred before any work: a SIGINT or SIGTERM while the data loads stops at the first step boundary,
@@ -290,7 +303,7 @@ def _train_command(args):
                                       _test_set(args, config.dataset), args.eval_k, args.eval_chunk, args.eval_batch,
                                       args.max_eval_hours, progress=False)
             if rank_and_world()[0] == 0:
-                print(f"training {config.layers}-layer {config.estimator} k={config.k} on {config.dataset}: "
+                print(f"training {config.layers}-layer {model_name}{config.estimator} k={config.k} on {config.dataset}: "
                       f"{describe_schedule(config)}, batch {config.batch_size}; run folder {out_dir}")
             model, history, step_log = train(config, out_dir, resume=resume, overwrite=args.overwrite,
                                              progress=not args.no_progress)

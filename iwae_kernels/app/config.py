@@ -4,12 +4,19 @@ import dataclasses
 
 from .errors import OptionError, UserError
 from ..estimators import check_estimator_options
-from ..models import paper_model
+from ..models import SigmoidBeliefNetwork, paper_model
+from ..models.sbn import SBN_ESTIMATORS
+
+# The models ``train`` builds: the paper's (Gaussian latents, 1 or 2 stochastic layers) and a sigmoid belief network
+# of 200 binary units per layer (Mnih & Rezende 2016's MNIST models, 1 to 3 layers).
+MODEL_LAYERS = {"paper": (1, 2), "sbn": (1, 2, 3)}
+SBN_UNITS = 200
 
 
 @dataclasses.dataclass
 class TrainConfig:
     dataset: str = "mnist"
+    model: str = "paper"          # a key of MODEL_LAYERS
     layers: int = 1
     estimator: str = "iwae"
     groups: int = None            # miwae, piwae: M groups of k / M samples
@@ -36,7 +43,9 @@ class TrainConfig:
 
 
 def build_model(config, device):
-    """The PaperModel ``config`` describes (fresh weights), on ``device``."""
+    """The model ``config`` describes (fresh weights), on ``device``."""
+    if config.model == "sbn":
+        return SigmoidBeliefNetwork(latent=(SBN_UNITS,) * config.layers, backend=config.backend).to(device)
     return paper_model(config.layers, backend=config.backend).to(device)
 
 
@@ -52,7 +61,14 @@ def config_from_dict(saved, source):
 
 def estimator_options(config):
     """The estimator's ``groups`` / ``ciwae_beta`` / ``renyi_alpha`` as loss keyword arguments; OptionError (naming
-    the option) when they do not fit the estimator or k (every process finds it alike; rank 0 reports it)."""
+    the option) when they do not fit the estimator, the model or k (every process finds it alike; rank 0 reports
+    it)."""
+    if config.layers not in MODEL_LAYERS[config.model]:
+        raise OptionError(f"--layers: the {config.model} model has {' or '.join(map(str, MODEL_LAYERS[config.model]))} "
+                          f"stochastic layers, got {config.layers}")
+    if config.model == "sbn" and config.estimator not in SBN_ESTIMATORS:
+        raise OptionError(f"--estimator: the sbn model's latents are binary (no reparameterization path): expected "
+                          f"one of {', '.join(SBN_ESTIMATORS)}, got {config.estimator}")
     try:
         check_estimator_options(config.estimator, config.k, config.groups, config.ciwae_beta, config.renyi_alpha)
     except ValueError as error:

@@ -19,7 +19,7 @@ from .errors import UserError
 from ..ais import ais_log_likelihood, bdmc, simulate_data
 from ..diagnostics import UNRELIABLE_PARETO_K
 from ..evaluation import dealt_log_likelihoods, process_group
-from ..models import active_units
+from ..models import PaperModel, active_units
 from .device import device_name
 from .plots import draw_pictures
 
@@ -107,8 +107,11 @@ def describe_diagnostics(summary, k):
             f"worst k-hat: {worst}")
 
 
-def check_ais_options(layers, ais_steps):
-    """AIS anneals one latent (the decoder's input): refuse --ais-steps for a model with two stochastic layers."""
+def check_ais_options(model, layers, ais_steps):
+    """AIS anneals one Gaussian latent (the decoder's input) by HMC: refuse --ais-steps for a model with two
+    stochastic layers or binary ones (``model``: the kind, a key of ``config.MODEL_LAYERS``)."""
+    if ais_steps and model != "paper":
+        raise UserError(f"--ais-steps: AIS anneals a Gaussian latent by HMC (the paper model), not the {model} model's")
     if ais_steps and layers != 1:
         raise UserError(f"--ais-steps: AIS runs on models with one stochastic layer, this one has {layers}")
 
@@ -166,7 +169,8 @@ def evaluate(model, test_x, out_dir, k=5000, chunk=None, batch_size=100, seed=0,
     (steps, chains, images, bdmc_examples): AIS beside L_k on rank 0 (the report's "ais").
     """
     if ais is not None:
-        check_ais_options(model.stochastic_layers, ais["steps"])
+        check_ais_options("paper" if isinstance(model, PaperModel) else type(model).__name__, model.stochastic_layers,
+                          ais["steps"])
     rank, world = rank_and_world()
     model.eval()
     test_bits = datasets.fixed_binarization(test_x, seed=seed)

@@ -214,8 +214,8 @@ def _train_step(run, x):
     """One optimizer step on this process's share of the global batch x; its loss."""
     noise = None
     if dist.is_initialized():  # every process draws the whole batch's noise and keeps its share: runs do not depend on N
-        noise = [torch.randn((run.config.k, run.config.batch_size, size), device=run.device)[:, run.my_shard]
-                 .contiguous() for size in run.model.latent]
+        noise = [layer[:, run.my_shard].contiguous()
+                 for layer in run.model.noise(run.config.k, run.config.batch_size, device=run.device)]
     loss = run.loss_module(x[run.my_shard], noise)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -1,5 +1,5 @@
-"""What the model zoo shares: the Glorot MLP, a Gaussian head, and ``LogWeightModel``, which turns any
-``log_weights(x, k) -> [k, B]`` into the IWAE loss and the chunked L_k."""
+"""What the model zoo shares: the Glorot MLP, a Gaussian head, ``LogWeightModel``, which turns any
+``log_weights(x, k) -> [k, B]`` into the IWAE loss and the chunked L_k, and the paper's active-units statistic."""
 
 import torch
 from torch import nn
@@ -75,3 +75,18 @@ class LogWeightModel(nn.Module):
         chunk = self.eval_chunk(x, k, chunk, memory_budget)
         return evaluation.streamed_bound(chunk_log_weights, k, chunk=chunk, batch_size=x.shape[0], device=x.device,
                                          backend=self.backend, diagnostics=diagnostics)
+
+
+@torch.no_grad()
+def active_units(model, data, threshold=1e-2, batch_size=1000, samples=10):
+    """The paper's activity statistic (Sec. 5.2): A_u = Var_x(E_q(u|x)[u]); active when A_u > threshold.
+
+    The posterior means come from ``model.posterior_means(x, samples)`` (deeper layers' are estimated with
+    ``samples`` draws of the layers below). Returns (active count per layer, [A_u per layer]).
+    """
+    means = [[] for _ in model.latent]
+    for start in range(0, data.shape[0], batch_size):
+        for layer, mean in enumerate(model.posterior_means(data[start : start + batch_size], samples)):
+            means[layer].append(mean)
+    activity = [torch.cat(layer).double().var(0) for layer in means]
+    return [int((a > threshold).sum()) for a in activity], activity

@@ -72,6 +72,21 @@ class PaperModel(LogWeightModel):
         """q(h1|x): (mean, logvar), each [B, latent[0]]."""
         return gaussian(self.encoders[0], x)
 
+    def noise(self, k, batch, device=None, dtype=None):
+        """Standard-normal noise [k, batch, latent[l]] per stochastic layer (bottom first): ``log_weights``' noise."""
+        like = self.decoder[0].weight
+        return [torch.randn(k, batch, size, device=device or like.device, dtype=dtype or like.dtype)
+                for size in self.latent]
+
+    def posterior_means(self, x, samples=10):
+        """E_q[h_l | x] [B, latent[l]] per stochastic layer: mu1(x), and for h2 E_q(h1|x)[mu2(h1)] estimated with
+        ``samples`` draws of h1 (``active_units``)."""
+        mu, logvar = self.encode(x)
+        if self.stochastic_layers == 1:
+            return [mu]
+        h1 = mu + torch.exp(0.5 * logvar) * torch.randn((samples,) + tuple(mu.shape), device=mu.device, dtype=mu.dtype)
+        return [mu, gaussian(self.encoders[1], h1)[0].mean(0)]
+
     def log_weights(self, x, k, estimator="iwae", noise=None, posterior=None, stop_encoders=False):
         """log w [k, B] for k samples of x [B, x_dim], whose gradient is the sampling estimator's (docs/MATH.md).
 
@@ -212,21 +227,3 @@ def paper_model(stochastic_layers=1, x_dim=784, **sizes):
     if stochastic_layers not in PAPER_SIZES:
         raise ValueError(f"stochastic_layers: expected 1 or 2, got {stochastic_layers!r}")
     return PaperModel(x_dim=x_dim, **(PAPER_SIZES[stochastic_layers] | sizes))
-
-
-@torch.no_grad()
-def active_units(model, data, threshold=1e-2, batch_size=1000, samples=10):
-    """The paper's activity statistic (Sec. 5.2): A_u = Var_x(E_q(u|x)[u]); active when A_u > threshold.
-
-    For h2 the posterior mean E_q(h2|x)[h2] = E_q(h1|x)[mu2(h1)] is estimated with ``samples`` draws of h1.
-    Returns (active count per layer, [A_u per layer]).
-    """
-    means = [[] for _ in model.latent]
-    for start in range(0, data.shape[0], batch_size):
-        mu, logvar = model.encode(data[start : start + batch_size])
-        means[0].append(mu)
-        if model.stochastic_layers == 2:
-            h1 = mu + torch.exp(0.5 * logvar) * torch.randn((samples,) + tuple(mu.shape), device=mu.device, dtype=mu.dtype)
-            means[1].append(gaussian(model.encoders[1], h1)[0].mean(0))
-    activity = [torch.cat(layer).double().var(0) for layer in means]
-    return [int((a > threshold).sum()) for a in activity], activity

@@ -185,7 +185,10 @@ def test_bad_options_are_one_line_errors_naming_the_option(option, value, capsys
     (["--estimator", "rws", "--ciwae-beta", "0.5"], "--ciwae-beta"), (["--estimator", "renyi"], "--renyi-alpha"),
     (["--estimator", "renyi", "--renyi-alpha", "1"], "--renyi-alpha"),
     (["--estimator", "renyi", "--renyi-alpha", "nan"], "--renyi-alpha"),
-    (["--estimator", "iwae", "--renyi-alpha", "0.5"], "--renyi-alpha"), (["--estimator", "vimco", "--k", "1"], "--k")])
+    (["--estimator", "iwae", "--renyi-alpha", "0.5"], "--renyi-alpha"), (["--estimator", "vimco", "--k", "1"], "--k"),
+    (["--model", "sbn", "--estimator", "iwae"], "--estimator"), (["--layers", "3"], "--layers"),
+    (["--model", "sbn", "--estimator", "vimco", "--ais-steps", "5"], "--ais-steps"),
+    (["--model", "sbn", "--estimator", "rws", "--fused-mlp"], "--fused-mlp")])
 def test_estimator_options_that_do_not_fit_are_one_line_errors(options, option, capsys, tmp_path):
     assert option in main_error(["train", *options, "--out", str(tmp_path)], capsys)
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
@@ -465,6 +468,20 @@ def test_ais_on_a_two_layer_model_is_refused_before_training(tmp_path, capsys):
     line = main_error(["train", "--layers", "2", "--ais-steps", "5", "--out", str(tmp_path / "run")], capsys)
     assert "--ais-steps: AIS runs on models with one stochastic layer" in line
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("estimator, options", [("vimco", []), ("rws", []), ("renyi", ["--renyi-alpha", "0.5"])])
+def test_train_runs_a_sigmoid_belief_network(estimator, options, tmp_path):
+    """``train --model sbn`` (binary latents) trains with the fixed-sample estimators, checkpoints and evaluates;
+    the checkpoint loads back as the same model."""
+    assert cli.main(["train", "--model", "sbn", "--layers", "2", "--estimator", estimator, *options,
+                     "--train-subset", "40", "--batch-size", "20", "--epochs", "1", "--k", "4", "--test-subset", "4",
+                     "--eval-k", "12", "--no-progress", "--device", "cpu", "--backend", "torch",
+                     "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert math.isfinite(report["test_nll"]) and report["latent_sizes"] == [200, 200]
+    model, config, _ = load_checkpoint(tmp_path / "checkpoint.pt", "cpu")
+    assert config.model == "sbn" and type(model).__name__ == "SigmoidBeliefNetwork"
 
 
 def test_sigterm_is_deferred_to_a_step_boundary():

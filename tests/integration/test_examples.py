@@ -54,6 +54,14 @@ def test_pyro_vae_example_with_dreg(tmp_path):
     assert "epoch 1: -L_5" in out and "test -L_1000" in out and (tmp_path / "pyro_vae_params.pt").is_file()
 
 
+def test_sbn_example_with_each_estimator(tmp_path):
+    out = run_example(tmp_path, "sbn_mnist.py", "--images", "200", "--epochs", "1", "--test-images", "3",
+                      "--estimators", "vimco", "rws", "renyi", "--latent", "20", "10")
+    for estimator in ("vimco", "rws", "renyi"):
+        assert f"{estimator}: SBN 20-10" in out and "test -L_1000" in out
+    assert (tmp_path / "sbn_samples.png").stat().st_size > 5000
+
+
 def test_draw_example(tmp_path):
     out = run_example(tmp_path, "draw_mnist.py", "--images", "200", "--epochs", "1", "--steps", "3",
                       "--test-images", "3")
