@@ -6,6 +6,12 @@ on a GPU fused-head: the sampling kernel plus the fused decoder head (bernoulli_
 never writes the [k, B, P] logits. Before timing, every variant's loss and gradients are checked against naive on
 the same noise. A variant that runs out of device memory at a shape is recorded as such (times left empty).
 
+Other estimators (--estimators, default renyi and vimco): iwae_loss(estimator=...) on the fused backends (torch on
+a CPU; triton and cuda on a GPU), variants fused-<backend>-<estimator>, timed in the same run at the same shapes,
+with vs_iwae = their forward+backward time over fused-<backend>'s (the IWAE loss). renyi (renyi_alpha, default 0.5)
+is checked against naive's log-weights through the VR-alpha bound, loss and gradients; vimco's loss and decoder
+gradients against naive's (its encoder gets a score-function gradient, no naive counterpart); vimco needs k >= 2.
+
 Bytes: the minimal traffic of the loss around the decoder matmul, in the input dtype: forward writes z and reads
 it back into the matmul, and writes and reads the [k, B, P] logits once (2 k B D + 2 k B P elements);
 forward+backward adds reading the logits again, writing their gradient and reading dz (4 k B P + 3 k B D).
@@ -14,6 +20,7 @@ fused-head moves far fewer bytes than this count (no logits at all), so its GB/s
 
     python benchmarks/bench_loss.py                   # CPU: a small grid; GPU: the full grid of the issue
     python benchmarks/bench_loss.py --k 50 500 --batch 128 --dim 50
+    python benchmarks/bench_loss.py --k 50 5000 --batch 128 --dim 50 --estimators renyi vimco --renyi-alpha 0.5
 """
 
 import argparse
@@ -26,11 +33,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import iwae_kernels as ik  # noqa: E402
 from common import backend_runs, environment, median_ms, median_ms_each, parse_args, peak_memory_mib, write_results  # noqa: E402
-from naive import naive_iwae_loss  # noqa: E402
+from naive import naive_iwae_loss, naive_renyi_loss  # noqa: E402
 from roofline import loss_roofline  # noqa: E402
 
 GPU_GRID = {"k": [1, 5, 50, 500, 5000], "batch": [20, 128, 1024], "dim": [50, 100]}
 CPU_GRID = {"k": [1, 5, 50], "batch": [20, 128], "dim": [50]}
+OTHER_ESTIMATORS = ("renyi", "vimco")  # timed beside iwae with --estimators
 
 
 def copy_bandwidth_gbps(device):
@@ -67,19 +75,40 @@ def fused_variant(backend, head=False, noise=True):
     return lambda x, mu, lv, dec, k, eps: fused_loss(x, mu, lv, dec, k, eps if noise else None, backend, head)
 
 
-def check_agreement(args_, k, variants):
+def estimator_variant(backend, estimator, renyi_alpha, noise=True):
+    """iwae_loss with ``estimator`` on ``backend``, in the benchmark's signature; ``noise=False`` ignores eps and
+    samples in the kernel (as the timed IWAE rows do)."""
+    options = {"renyi_alpha": renyi_alpha} if estimator == "renyi" else {}
+    return lambda x, mu, lv, dec, k, eps: ik.iwae_loss(x, mu, lv, dec, k=k, estimator=estimator, backend=backend,
+                                                       eps=eps if noise else None, **options)
+
+
+def check_agreement(args_, k, variants, estimators=(), renyi_alpha=None):
+    """Each of ``variants`` (the IWAE loss) against naive on the same noise, loss and gradients; each of
+    ``estimators`` ({name: (estimator, fn)}): renyi against naive's VR-alpha bound, loss and gradients; vimco's loss
+    and decoder gradients against naive's L_k (its encoder's gradient is a score-function estimator)."""
     x, mu, logvar, decoder, eps = args_
     inputs = [mu, logvar, *decoder.parameters()]
     expected = naive_iwae_loss(x, mu, logvar, decoder, k, eps)
     expected_grads = torch.autograd.grad(expected, inputs)
-    for name, fn in variants.items():
+    tol = 1e-4 if x.dtype == torch.float32 else 5e-2
+
+    def agrees(name, fn, expected, expected_grads, compared=slice(None)):
         loss = fn(x, mu, logvar, decoder, k, eps)
         grads = torch.autograd.grad(loss, inputs)
         scale = expected.abs().item() + 1
-        tol = 1e-4 if x.dtype == torch.float32 else 5e-2
         assert abs(loss.item() - expected.item()) <= tol * scale, (name, loss.item(), expected.item())
-        for got, want in zip(grads, expected_grads):
+        for got, want in list(zip(grads, expected_grads))[compared]:
             assert (got - want).abs().max().item() <= tol * (want.abs().max().item() + 1), name
+
+    for name, fn in variants.items():
+        agrees(name, fn, expected, expected_grads)
+    for name, (estimator, fn) in estimators.items():
+        if estimator == "renyi":
+            renyi = naive_renyi_loss(x, mu, logvar, decoder, k, eps, renyi_alpha)
+            agrees(name, fn, renyi, torch.autograd.grad(renyi, inputs))
+        else:  # vimco: the decoder's parameters only (inputs[2:])
+            agrees(name, fn, expected, expected_grads, compared=slice(2, None))
 
 
 def main():
@@ -92,6 +121,10 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="include naive+compile (default: on a GPU only; slow to compile on a CPU)")
+    parser.add_argument("--estimators", nargs="*", default=list(OTHER_ESTIMATORS), choices=OTHER_ESTIMATORS,
+                        help="estimators timed beside iwae on the fused backends (default: %(default)s; none: the "
+                             "IWAE rows alone); vimco needs k >= 2 and is left out at k = 1")
+    parser.add_argument("--renyi-alpha", type=float, default=0.5, help="renyi's alpha (default: %(default)s)")
     args = parse_args(parser)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     grid = GPU_GRID if device.type == "cuda" else CPU_GRID
@@ -110,6 +143,9 @@ def main():
     timed.update({f"fused-{b}": (lambda b: lambda x, mu, lv, dec, k, eps: ik.iwae_loss(x, mu, lv, dec, k=k, backend=b))(b)
                   for b in backends})
     timed.update({f"fused-head-{b}": fused_variant(b, head=True, noise=False) for b in heads})
+    # The other estimators on the fused backends: torch on a CPU (its only one), the kernels' backends on a GPU.
+    estimator_backends = [b for b in backends if b != "torch"] or ["torch"]
+    estimators = {f"fused-{b}-{e}": (e, b) for b in estimator_backends for e in args.estimators}
 
     notes = [f"device copy bandwidth measured in this run: {bandwidth:.1f} GB/s",
              "every variant's loss and gradients were checked against naive on the same noise before timing "
@@ -122,11 +158,17 @@ def main():
              "peaks only) / its time",
              "naive+compile: first_call_ms in the JSON is its first forward+backward at each shape (compiling, or "
              "recompiling when torch.compile does), apart from the timed calls"]
+    if estimators:
+        notes.append(f"fused-<backend>-<estimator>: iwae_loss(estimator=...) on that backend (in-kernel noise), "
+                     f"renyi with renyi_alpha={args.renyi_alpha:g}; vs_iwae: its fwd_bwd_ms over fused-<backend>'s (the "
+                     "IWAE loss) at the same shape, in the same run; its speedup_vs_naive is against the naive IWAE "
+                     "loss; vimco is left out at k = 1 (it needs k >= 2); the estimator rows' loss (and renyi's "
+                     "gradients, vimco's decoder gradients) were checked against naive's objective on the same noise")
     if device.type != "cuda":
         notes.append("CPU run: peak_mib from torch.profiler's memory accounting (common.peak_memory_mib); GPU figures "
                      "come only from GPU runs")
     columns = ["k", "B", "D", "variant", "fwd_ms", "fwd_bwd_ms", "peak_mib", "gb_per_s", "pct_bandwidth",
-               "speedup_vs_naive", "pct_of_bound", "out_of_memory"]
+               "speedup_vs_naive", "pct_of_bound", "out_of_memory"] + (["estimator", "vs_iwae"] if estimators else [])
     # Saved after every shape, so a run cut short keeps what it measured.
     save = lambda show: write_results("bench_loss", device, env, rows, columns, notes, show=show)
 
@@ -135,7 +177,9 @@ def main():
         for batch in batches:
             for k in ks:
                 data = problem(k, batch, dim, args.obs, device, dtype)
-                agreed = runs_in_memory(lambda: check_agreement(data, k, variants), device)
+                here = {name: (e, b) for name, (e, b) in estimators.items() if e != "vimco" or k >= 2}
+                checked = {name: (e, estimator_variant(b, e, args.renyi_alpha)) for name, (e, b) in here.items()}
+                agreed = runs_in_memory(lambda: check_agreement(data, k, variants, checked, args.renyi_alpha), device)
                 x, mu, logvar, decoder, eps = data
                 inputs = [mu, logvar, *decoder.parameters()]
                 element = torch.finfo(dtype).bits // 8
@@ -143,17 +187,23 @@ def main():
                 bytes_fwd_bwd = bytes_fwd + element * (4 * k * batch * args.obs + 3 * k * batch * dim)
                 baseline = None
                 calls = {}  # (variant, "fwd" | "fwd_bwd") -> a zero-argument call
-                for name, fn in timed.items():
+                shape_timed = {**timed, **{name: estimator_variant(b, e, args.renyi_alpha, noise=False)
+                                           for name, (e, b) in here.items()}}
+                for name, fn in shape_timed.items():
                     forward = (lambda fn: lambda: fn(x, mu, logvar, decoder, k, eps))(fn)
                     calls[name, "fwd"] = forward
                     calls[name, "fwd_bwd"] = (lambda forward: lambda: torch.autograd.grad(forward(), inputs))(forward)
                 interleaved = {}
                 if device.type != "cuda" and "naive+compile" not in timed:  # the variants take turns call by call
                     interleaved = median_ms_each(calls, device)
-                for name in timed:
+                for name in shape_timed:
                     forward, both = calls[name, "fwd"], calls[name, "fwd_bwd"]
                     row = {"k": k, "B": batch, "D": dim, "P": args.obs, "dtype": args.dtype, "variant": name,
                            "min_bytes_fwd_bwd": bytes_fwd_bwd, "checked": agreed}
+                    if estimators:
+                        row["estimator"] = here[name][0] if name in here else "iwae"
+                    if row.get("estimator") == "renyi":
+                        row["renyi_alpha"] = args.renyi_alpha
 
                     def measure():
                         if name == "naive+compile":  # compiling (again, when torch.compile recompiles for a new shape)
@@ -172,6 +222,11 @@ def main():
                         row["pct_bandwidth"] = 100 * row["gb_per_s"] / bandwidth
                         row["speedup_vs_naive"] = baseline / row["fwd_bwd_ms"] if baseline else None
                         row["pct_of_bound"] = loss_roofline(row, env["device"], bandwidth).get("pct_of_bound")
+                    if name in here:  # against the IWAE loss on the same backend, at this shape
+                        iwae = f"fused-{here[name][1]}"
+                        iwae_ms = next((r.get("fwd_bwd_ms") for r in rows[::-1]
+                                        if (r["variant"], r["k"], r["B"], r["D"]) == (iwae, k, batch, dim)), None)
+                        row["vs_iwae"] = row["fwd_bwd_ms"] / iwae_ms if row.get("fwd_bwd_ms") and iwae_ms else None
                     rows.append(row)
                     print(row, flush=True)
                 save(False)
@@ -206,7 +261,7 @@ def plot(rows, path, device):
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    for variant in sorted({r["variant"] for r in rows} - {"naive"}):
+    for variant in sorted({r["variant"] for r in rows if r.get("estimator", "iwae") == "iwae"} - {"naive"}):
         for batch in sorted({r["B"] for r in rows}):
             points = [(r["k"], r["speedup_vs_naive"]) for r in rows if r["variant"] == variant and r["B"] == batch
                       and r["D"] == rows[0]["D"] and r.get("speedup_vs_naive")]

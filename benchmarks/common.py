@@ -54,9 +54,15 @@ def environment(device):
     # A copied tree's git metadata can be stale (the GPU plan passes the real commit in IWAE_KERNELS_COMMIT).
     info["git_commit"] = os.environ.get("IWAE_KERNELS_COMMIT")
     if not info["git_commit"]:
+        here = Path(__file__).resolve().parent
         try:
             info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                                text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
+                                                text=True, cwd=here).stdout.strip()
+            # Code changed since that commit (results files aside) is not that commit's: say so.
+            changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "iwae_kernels", "csrc", "*.py", "*.sh"],
+                                     cwd=here.parent, capture_output=True).returncode
+            if info["git_commit"] and changed:
+                info["git_commit"] += "-dirty"
         except OSError:
             info["git_commit"] = None
     return info

@@ -6,8 +6,10 @@
 # processes at once; (c) beside them, compute-sanitizer memcheck on a subset of those tests and racecheck on the
 # decoder head's and MLP's; (d) bench_loss at k=50 B=128, k=5000 B=128, k=5000 B=1024 (and k=50 B=1024, the same
 # grid) against naive and naive+compile in the same run. Later calls: (e) bench_eval (L_5000, 10,000 images), the
-# conv decoder's CUDA memory peak (eval_memory.py) and bench_train_step k=50, then the other families' GPU tests,
-# the head at H=200, a profile, and the CUDA C++ build with its tests last. Each stage runs under `timeout` and
+# conv decoder's CUDA memory peak (eval_memory.py), bench_train_step k=50 and bench_pyro (Pyro's SVI step through
+# ImportanceWeightedELBO against RenyiELBO; says so and measures nothing where Pyro is not installed), then the
+# other families' GPU tests, the head at H=200, a profile, and the CUDA C++ build with its tests last. Each stage
+# runs under `timeout` and
 # writes its results the moment it ends; on the lent machine ($OUT set) every stage's end also repacks $OUT, so a
 # call cut short still returns what it measured. A stage whose marker exists is skipped, so a second call
 # continues; a stage starts only if its limit fits in what is left of this call. Stages that share a group run at
@@ -257,6 +259,7 @@ STAGES=(
   "eval_memory|60|-|$PYTHON benchmarks/eval_memory.py --batch 100 --budget-mib 512 && \
 $PYTHON benchmarks/eval_memory.py --decoder attention --size 32 --batch 100 --budget-mib 512"
   "bench_train_step|100|-|$PYTHON benchmarks/bench_train_step.py --k 50"
+  "bench_pyro|90|-|$PYTHON benchmarks/bench_pyro.py --k 50 500"
   "tests_rest_of_ops|240|rest|$PYTEST $REST_OF_OPS"
   "tests_torch_gpu|240|rest|$PYTEST $TORCH_GPU"
   "bench_head_h200|120|-|IWAE_KERNELS_BENCH_RESULTS=\$PLAN/head_h200 $PYTHON benchmarks/bench_loss.py --k 50 5000 \

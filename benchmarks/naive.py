@@ -16,14 +16,25 @@ def naive_iwae_loss(x, mu, logvar, decoder, k, eps):
 
     x [B, P], mu/logvar [B, D], eps [k, B, D] (the same noise the fused path is given, so both agree).
     """
+    return -(torch.logsumexp(naive_log_weights(x, mu, logvar, decoder, eps), 0) - math.log(k)).mean()
+
+
+def naive_renyi_loss(x, mu, logvar, decoder, k, eps, alpha):
+    """-mean_b L_alpha(x_b), the VR-alpha bound (Li & Turner 2016) of the same log-weights as naive_iwae_loss:
+    L_alpha = (logsumexp_i((1 - alpha) log w_i) - log k) / (1 - alpha)."""
+    log_w = naive_log_weights(x, mu, logvar, decoder, eps)
+    return -((torch.logsumexp((1 - alpha) * log_w, 0) - math.log(k)) / (1 - alpha)).mean()
+
+
+def naive_log_weights(x, mu, logvar, decoder, eps):
+    """log w [k, B] = log p(x|z) + log p(z) - log q(z|x) at z = mu + exp(logvar / 2) eps."""
     std = torch.exp(0.5 * logvar)
     z = mu + std * eps                                                   # [k, B, D]
     log_q = Normal(mu, std).log_prob(z).sum(-1)                          # [k, B]
     log_p = Normal(torch.zeros_like(z), torch.ones_like(z)).log_prob(z).sum(-1)
     logits = decoder(z)                                                  # [k, B, P]
     log_lik = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
-    log_w = log_lik + log_p - log_q
-    return -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
+    return log_lik + log_p - log_q
 
 
 def naive_model_loss(model, x, k):

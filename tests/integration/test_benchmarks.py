@@ -33,6 +33,11 @@ def test_bench_loss_runs_and_records_what_it_must(tmp_path):
     assert {"naive", "fused-torch"} <= variants
     assert all(row["fwd_bwd_ms"] > 0 and row["speedup_vs_naive"] > 0 for row in result["rows"])
     assert (folder / "bench_loss.md").exists() and (folder / "bench_loss.png").stat().st_size > 1000
+    # renyi and vimco beside iwae by default, each timed against fused-torch at its shape (vimco needs k >= 2).
+    others = {(row["k"], row["variant"]): row for row in result["rows"] if row["estimator"] != "iwae"}
+    assert sorted(others) == [(1, "fused-torch-renyi"), (4, "fused-torch-renyi"), (4, "fused-torch-vimco")]
+    assert all(row["vs_iwae"] > 0 and row["checked"] for row in others.values())
+    assert others[1, "fused-torch-renyi"]["renyi_alpha"] == 0.5 and "vs_iwae" in (folder / "bench_loss.md").read_text()
 
 
 def test_bench_eval_runs(tmp_path):
@@ -58,6 +63,30 @@ def test_bench_train_step_runs(tmp_path):
     variants = ["naive", "fused", "fused-head"]
     assert [(row["layers"], row["variant"]) for row in rows] == [(layers, v) for layers in (1, 2) for v in variants]
     assert all(row["samples_per_s"] > 0 for row in rows)
+
+
+def test_bench_pyro_times_the_front_door_beside_pyros_elbos(tmp_path):
+    pytest.importorskip("pyro")
+    folder = run_benchmark(tmp_path, "bench_pyro.py", "--k", "2", "--batch", "3")
+    result = json.loads((folder / "bench_pyro.json").read_text())
+    assert result["pyro"] and result["git_commit"] is not None
+    rows = result["rows"]
+    assert [row["variant"] for row in rows] == ["RenyiELBO(alpha=0)", "ImportanceWeightedELBO(iwae)",
+                                                "ImportanceWeightedELBO(dreg)", "Trace_ELBO"]
+    assert all(row["step_ms"] > 0 and row["speedup_vs_renyi"] > 0 and row["loss_at_start"] > 0 for row in rows)
+
+
+def test_bench_pyro_says_pyro_is_missing_and_measures_nothing(tmp_path):
+    stub = tmp_path / "stub" / "pyro"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'pyro\'", name="pyro")\n')
+    results = tmp_path / "results"
+    env = {"IWAE_KERNELS_BENCH_RESULTS": str(results), "PATH": "/usr/bin:/bin", "HOME": str(Path.home()),
+           "PYTHONPATH": str(stub.parent)}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_pyro.py"), "--device", "cpu", "--k", "2"],
+                          check=True, env=env, capture_output=True, text=True)
+    assert "Pyro is not installed" in done.stdout and "pip install pyro-ppl" in done.stdout
+    assert not results.exists()
 
 
 def test_estimator_variance_runs_every_estimator(tmp_path):
