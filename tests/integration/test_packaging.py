@@ -1,10 +1,12 @@
 """The library stands apart from the paper app: it imports and runs without the app extra (tqdm, matplotlib),
-and the CLI names the extra when it is missing."""
+and the CLI names the extra when it is missing; the README is what a wheel can carry."""
 
 import subprocess
 import sys
 
 import pytest
+
+from helpers import REPO
 
 pytestmark = pytest.mark.slow  # subprocesses
 
@@ -115,3 +117,13 @@ def test_no_backend_imports_another():
         if own in BACKEND_MODULES:
             for imported in imported_modules & BACKEND_MODULES:
                 assert (own, imported) in ALLOWED_BACKEND_IMPORTS, f"{path} (a backend) imports {imported}"
+
+
+def test_readme_is_short_and_readable_from_a_wheel():
+    """At most 2,600 words (`wc -w`), and a reader of the wheel's copy (its long description) is told where the
+    scripts, examples and docs it names live; the Quickstart is the two commands CI's test command runs."""
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.split()) <= 2600, len(readme.split())
+    assert "installed wheel: the `scripts/`, `examples/`, `benchmarks/` and `docs/`" in " ".join(readme.split())
+    quickstart = readme[readme.index("## Quickstart"):readme.index("## Drop it into your model")]
+    assert quickstart.count("bash scripts/setup_env.sh && ") == 2
