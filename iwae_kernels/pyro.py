@@ -10,6 +10,12 @@ plate's dim, giving [k, B]; log w = sum over the model's sites - sum over the gu
 lie inside the data plate: a latent outside it (a global latent) is shared by all examples, so the log-weights do
 not factor per example and a per-example logsumexp would be the wrong bound; such models are refused.
 
+How rws and vimco fix the samples. The guide runs with every sample's value detached as it is drawn
+(``_FixedSamples``), so later guide sites and the model see the samples as data: the guide's sites need not be
+reparameterizable (discrete latents too). log q is scored with the guide's parameters live at those values, and
+``estimator_bound(log_w, estimator, log_q=log q)`` gives the model L_k's gradient and the guide wake-phi's (rws) or
+VIMCO's score-function gradient (vimco).
+
 How stl and dreg stop the guide's parameters (Pyro issue #2598). log q is scored on a copy of each guide site's
 distribution whose tensors (its parameters, the distributions and transforms it wraps) are detached, at the live
 reparameterized sample: the path through z stays, the direct dependence on the parameters goes. That is the
@@ -29,18 +35,27 @@ try:
     from pyro.distributions.util import scale_and_mask
     from pyro.infer.elbo import ELBO
     from pyro.infer.util import is_validation_enabled
+    from pyro.poutine.messenger import Messenger
     from pyro.poutine.util import prune_subsample_sites
     from pyro.util import check_model_guide_match
 except ModuleNotFoundError as error:
     raise ImportError("iwae_kernels.pyro needs Pyro: pip install pyro-ppl") from error
 
-from .estimators import PATH_ESTIMATORS, check_estimator_options
+from .estimators import FIXED_SAMPLE_ESTIMATORS, PATH_ESTIMATORS, check_estimator_options
 from .functional import estimator_bound, normalized_weights
 
-# Not offered: "piwae" and "rws-dreg" need the log-weights again at fixed samples, "rws" and "vimco" the guide's
-# log q at fixed samples (estimator_bound's log_q), "iwae-resample" its own sampling.
-PYRO_ESTIMATORS = ("iwae", "vae", "stl", "dreg", "miwae", "ciwae", "renyi")
+# Not offered: "piwae" and "rws-dreg" need the log-weights again at fixed samples, "iwae-resample" its own sampling.
+PYRO_ESTIMATORS = ("iwae", "vae", "stl", "dreg", "miwae", "ciwae", "renyi", "rws", "vimco")
 PARTICLE_PLATE = "num_particles_vectorized"
+
+
+class _FixedSamples(Messenger):
+    """The guide's latent samples come back detached as they are drawn: no gradient reaches them, and the sites
+    after them see them as data (the fixed-sample estimators)."""
+
+    def _pyro_post_sample(self, msg):
+        if not msg["is_observed"]:
+            msg["value"] = msg["value"].detach()
 
 
 def _map_tensors(obj, fn):
@@ -96,8 +111,9 @@ class ImportanceWeightedELBO(ELBO):
     Args:
         num_particles: k, the importance samples per example (vectorized).
         estimator: one of ``PYRO_ESTIMATORS``: "iwae", "vae", "stl", "dreg", "miwae" (``groups=M``), "ciwae"
-            (``ciwae_beta``), "renyi" (``renyi_alpha``); see README "Estimators". Every guide sample site must be
-            reparameterizable (``has_rsample``): no estimator here adds score-function terms.
+            (``ciwae_beta``), "renyi" (``renyi_alpha``), whose guide sites must be reparameterizable
+            (``has_rsample``); or "rws", "vimco" (k >= 2), which fix the samples and take any guide site, a discrete
+            one too (docs/ESTIMATORS.md).
         data_plate: the name of the vectorized plate over examples; every sample site must lie inside it.
         max_plate_nesting: the number of plates the model nests (the particle plate sits left of them); None:
             guessed by running the model and guide once, as Pyro's ELBOs do.
@@ -113,9 +129,7 @@ class ImportanceWeightedELBO(ELBO):
     def __init__(self, num_particles=1, estimator="iwae", data_plate="data", groups=None, ciwae_beta=None,
                  renyi_alpha=None, max_plate_nesting=None, backend=None):
         if estimator not in PYRO_ESTIMATORS:
-            why = ("a score-function estimator: it needs the guide's log q at fixed samples"
-                   if estimator in ("rws", "vimco")
-                   else "needs more than one set of log-weights (a second model pass at fixed samples, or its own "
+            why = ("needs more than one set of log-weights (a second model pass at fixed samples, or its own "
                    "sampling)")
             raise NotImplementedError(f"estimator: {estimator!r} is not offered by ImportanceWeightedELBO ({why}); "
                                       f"choose one of {PYRO_ESTIMATORS}")
@@ -135,7 +149,12 @@ class ImportanceWeightedELBO(ELBO):
         if self.max_plate_nesting == math.inf:
             self._guess_max_plate_nesting(model, guide, args, kwargs)
         particles = pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-self.max_plate_nesting - 1)
-        guide_trace = poutine.trace(particles(guide)).get_trace(*args, **kwargs)
+        fixed = self.estimator in FIXED_SAMPLE_ESTIMATORS
+        guide_trace = poutine.trace(particles(_FixedSamples()(guide) if fixed else guide)).get_trace(*args, **kwargs)
+        if fixed:  # the trace took each value before _FixedSamples detached it
+            for site in guide_trace.nodes.values():
+                if site["type"] == "sample" and not site["is_observed"]:
+                    site["value"] = site["value"].detach()
         model_trace = poutine.trace(poutine.replay(particles(model), trace=guide_trace)).get_trace(*args, **kwargs)
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting + 1)
@@ -182,8 +201,16 @@ class ImportanceWeightedELBO(ELBO):
 
         Returns (log_w [k, B]; the guide's samples, one (value [k, ..., B, ..., *event], the shape that lays
         [k, B] over it) per latent site; scale: N / B of the data plate's subsampling, else 1, every site's). For
-        stl and dreg, log q is scored with the guide's distribution parameters detached.
+        stl and dreg, log q is scored with the guide's distribution parameters detached; for rws and vimco the
+        samples are fixed and log q's gradient is left out (``log_weights_and_log_q`` keeps it).
         """
+        log_w, _, samples, scale = self.log_weights_and_log_q(model, guide, *args, **kwargs)
+        return log_w, samples, scale
+
+    def log_weights_and_log_q(self, model, guide, *args, **kwargs):
+        """``log_weights``' (log_w, log_q, samples, scale), log_q [k, B] the guide's log q at the fixed samples with
+        its parameters live for rws and vimco (``estimator_bound``'s log_q; log_w holds it detached), else None."""
+        fixed = self.estimator in FIXED_SAMPLE_ESTIMATORS
         model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
         log_w = 0.0
         for site in model_trace.nodes.values():
@@ -193,15 +220,20 @@ class ImportanceWeightedELBO(ELBO):
             if not site["is_observed"] and site["name"] not in guide_trace.nodes:
                 raise ValueError(f"site {site['name']!r}: a latent of the model that the guide does not sample")
             log_w = log_w + self._site_log_prob(site, site["fn"], frame)
-        samples = []
+        samples, log_q = [], 0.0
         for site in guide_trace.nodes.values():
             if site["type"] != "sample":
                 continue
             frame = self._check_site(site)
+            if fixed:
+                log_q = log_q + self._site_log_prob(site, site["fn"], frame)
+                samples.append((site["value"], self._weight_shape(site, frame)))
+                continue
             if not site["fn"].has_rsample:
                 raise NotImplementedError(
                     f"site {site['name']!r}: {type(site['fn']).__name__} is not reparameterizable (no rsample); "
-                    f"estimator={self.estimator!r} takes path gradients through the guide's samples only")
+                    f"estimator={self.estimator!r} takes path gradients through the guide's samples only (rws and "
+                    "vimco take any guide site)")
             distribution = site["fn"]
             if self.estimator in PATH_ESTIMATORS:
                 if _computed_from(_tensors_of(distribution), [z for z, _ in samples]):
@@ -213,7 +245,9 @@ class ImportanceWeightedELBO(ELBO):
             samples.append((site["value"], self._weight_shape(site, frame)))
         if not samples:
             raise ValueError("the guide samples no latent: there is nothing to weight")
-        return log_w, samples, frame.full_size / frame.size
+        if fixed:
+            return log_w - log_q.detach(), log_q, samples, frame.full_size / frame.size
+        return log_w, None, samples, frame.full_size / frame.size
 
     def _weight_shape(self, site, frame):
         """The shape that lays [k, B] over a guide site's value [k, ..., B, ..., *event], ``frame`` its data plate's:
@@ -234,9 +268,9 @@ class ImportanceWeightedELBO(ELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """The loss -scale * sum_b objective_b (a scalar tensor) whose gradient is the estimator's."""
-        log_w, samples, scale = self.log_weights(model, guide, *args, **kwargs)
-        objective = estimator_bound(log_w, self.estimator, groups=self.groups, ciwae_beta=self.ciwae_beta,
-                                    renyi_alpha=self.renyi_alpha, backend=self.backend)
+        log_w, log_q, samples, scale = self.log_weights_and_log_q(model, guide, *args, **kwargs)
+        objective = estimator_bound(log_w, self.estimator, log_q=log_q, groups=self.groups,
+                                    ciwae_beta=self.ciwae_beta, renyi_alpha=self.renyi_alpha, backend=self.backend)
         if self.estimator == "dreg" and torch.is_grad_enabled():
             self._weight_path_by_normalized_weights(samples, log_w)
         return -scale * objective.sum()
