@@ -7,8 +7,18 @@ launch compiles (``warmup``: every autotune config) instead of running. Per comp
 (cuobjdump on the cubin), spill bytes (ptxas -v on the PTX), shared memory (the compiled metadata), whether it
 fits the target, and on sm_90 whether a matmul kernel uses wgmma.
 
-Writes <out>/aot_report.json and .md; exits 1 on a compile error, on a kernel the package launches that no case
-compiled, or on a (kernel, case) none of whose configs fits.
+Which kernels it must compile is declared, not chosen: every @triton.jit function defined in the package (every
+module of iwae_kernels that mentions triton is imported and its JIT functions, autotuned or heuristics-wrapped or
+not, are collected; a @triton.jit def nested where an import cannot see it is a problem of its own). Each must be
+compiled by a case or reached from a kernel a case compiled: a helper such as ops.utils.dot_acc is inlined into
+its callers, so compiling a caller compiles it. "Reached" is read from the source: the names in a compiled
+kernel's body (``softplus(y)``, ``utils.dot_acc(...)``, a combine_fn handed to tl.reduce) resolved in its module as
+Triton resolves them, followed transitively, plus JIT functions passed as launch arguments. With --only or --cases
+only the kernels defined in the named modules are checked.
+
+Writes <out>/aot_report.json (``kernels``: per target, each declared kernel's coverage) and .md; exits 1 on a
+compile error, on a declared kernel no case compiled or reached (named module:function), or on a (kernel, case)
+none of whose configs fits.
 
     python benchmarks/aot_report.py --arch 90 80
     python benchmarks/aot_report.py --arch 90 --only decoder_head --out /tmp/aot
@@ -16,15 +26,18 @@ compiled, or on a (kernel, case) none of whose configs fits.
 """
 
 import argparse
+import ast
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -84,6 +97,7 @@ class Recorder:
 
     def __init__(self):
         self.case, self.compiled, self.errors = None, [], []
+        self.arch, self.roots = None, {}  # roots: arch -> {module:function: the JIT functions its cases compiled}
 
     def launch(self, kernel, grid):
         def warmup(*args, **kwargs):
@@ -91,10 +105,20 @@ class Recorder:
                 out = kernel.warmup(*args, grid=grid, **kwargs)
             except Exception as error:  # noqa: BLE001 - any compile failure is a finding, reported per launch
                 self.errors.append({"kernel": kernel_name(kernel), "case": self.case, "error": _first_line(error)})
+                self._cover(kernel, args, kwargs)  # reached by a case: its compile error is the finding
                 return
-            for compiled in out if isinstance(out, list) else [out]:
+            out = out if isinstance(out, list) else [out]
+            for compiled in out:
                 self.compiled.append((kernel_name(kernel), self.case, compiled, isinstance(kernel, Autotuner)))
+            if out:  # an autotuner whose every config was pruned compiled nothing
+                self._cover(kernel, args, kwargs)
         return warmup
+
+    def _cover(self, kernel, args, kwargs):
+        roots = self.roots.setdefault(self.arch, {})
+        for value in (kernel, *args, *kwargs.values()):  # a JIT function passed as an argument is compiled in too
+            if (fn := jit_function(value)) is not None:
+                roots[qualified_name(fn)] = fn
 
 
 def kernel_name(kernel):
@@ -115,6 +139,120 @@ def launched_kernels(module):
     source = Path(module.__file__).read_text()
     return {kernel_name(value) for name, value in vars(module).items()
             if isinstance(value, (JITFunction, Autotuner, InterpretedFunction)) and re.search(rf"\b{name}\[", source)}
+
+
+# ---- which kernels must be covered: every @triton.jit function in the package ----
+
+def jit_function(value):
+    """The @triton.jit function under ``value`` (through @triton.autotune and @triton.heuristics, which wrap it), or
+    None. Under the interpreter (TRITON_INTERPRET=1) triton.jit makes an InterpretedFunction, which counts too."""
+    while isinstance(value, KernelInterface) and not isinstance(value, (JITFunction, InterpretedFunction)):
+        value = getattr(value, "fn", None)
+    return value if isinstance(value, (JITFunction, InterpretedFunction)) else None
+
+
+def launched_functions(module):
+    """{module:function: function} for the JIT functions ``module`` launches (``name[grid]`` in its source)."""
+    source = Path(module.__file__).read_text()
+    return {qualified_name(fn): fn for name, value in vars(module).items()
+            if (fn := jit_function(value)) is not None and re.search(rf"\b{name}\[", source)}
+
+
+def qualified_name(fn):
+    """module:function, as Triton names a JITFunction."""
+    return f"{fn.fn.__module__}:{fn.fn.__qualname__}"
+
+
+def package_modules(package="iwae_kernels"):
+    """Every module of ``package`` whose source mentions triton (a @triton.jit needs the name), imported."""
+    root = Path(importlib.import_module(package).__file__).parent
+    names = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts[-1] != "__main__" and "triton" in path.read_text():
+            names.append(".".join((package, *parts[:-1], *([] if parts[-1] == "__init__" else parts[-1:]))))
+    return [importlib.import_module(name) for name in names]
+
+
+def declared_kernels(modules):
+    """({module:function: function} for every JIT function the modules define at module level, autotuned,
+    heuristics-wrapped or not; the module:function names of @triton.jit defs their source nests inside a function or
+    class, which no import reaches, so no case could be checked against them)."""
+    found, nested = {}, []
+    for module in modules:
+        for value in vars(module).values():
+            fn = jit_function(value)
+            if fn is not None and fn.fn.__module__ == module.__name__:
+                found[qualified_name(fn)] = fn
+        nested += [name for name in _jit_defs(module) if name not in found]
+    return found, nested
+
+
+def _jit_defs(module):
+    """The module:qualname of every def in the module's source with a decorator ending in ``jit``."""
+    names = []
+
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                qualname = prefix + child.name
+                if not isinstance(child, ast.ClassDef) and any(_decorator_name(d).endswith("jit")
+                                                               for d in child.decorator_list):
+                    names.append(f"{module.__name__}:{qualname}")
+                visit(child, qualname + (".<locals>." if not isinstance(child, ast.ClassDef) else "."))
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(Path(module.__file__).read_text()), "")
+    return names
+
+
+def _decorator_name(node):
+    node = node.func if isinstance(node, ast.Call) else node  # @triton.jit(do_not_specialize=...)
+    return ast.unparse(node)
+
+
+def callees(fn):
+    """The JIT functions ``fn``'s body names, resolved in its module as Triton resolves them: globals
+    (``softplus(y)``), attributes of globals (``utils.dot_acc(...)``) and closure variables. Every name counts, called
+    or passed on (a combine_fn for tl.reduce); a local that shadows a global JIT function's name is read as it."""
+    (definition,) = ast.parse(textwrap.dedent(inspect.getsource(fn.fn))).body
+    namespace = {**fn.fn.__globals__, **inspect.getclosurevars(fn.fn).nonlocals}
+    found = {}
+    for statement in definition.body:
+        for node in ast.walk(statement):
+            if (callee := jit_function(_resolve(node, namespace))) is not None:
+                found[qualified_name(callee)] = callee
+    return found
+
+
+def _resolve(node, namespace):
+    if isinstance(node, ast.Name):
+        return namespace.get(node.id)
+    if isinstance(node, ast.Attribute):
+        base = _resolve(node.value, namespace)
+        return None if base is None else getattr(base, node.attr, None)
+    return None
+
+
+def reached(roots):
+    """{module:function: how} for the roots (``"compiled"``) and every JIT function they reach through their bodies,
+    transitively (``"called from <caller>"``, the first caller found)."""
+    how = {name: "compiled" for name in roots}
+    todo = list(roots.items())
+    while todo:
+        caller, fn = todo.pop()
+        for name, callee in sorted(callees(fn).items()):
+            if name not in how:
+                how[name] = f"called from {caller}"
+                todo.append((name, callee))
+    return how
+
+
+def coverage(declared, roots):
+    """{module:function: how} for every declared kernel: "compiled", "called from <caller>" or "uncovered"."""
+    how = reached(roots)
+    return {name: how.get(name, "uncovered") for name in sorted(declared)}
 
 
 def run_on_meta(module):
@@ -370,6 +508,7 @@ def resources(compiled, arch, workdir):
 
 def compile_all(arch, families, recorder):
     triton.runtime.driver.set_active(AheadOfTimeDriver(arch))
+    recorder.arch = arch
     rows, seen = [], set()
     start, started = len(recorder.compiled), time.time()
     for family, cases in families.items():
@@ -400,13 +539,18 @@ def compile_all(arch, families, recorder):
     return rows
 
 
-def problems(rows, errors, expected):
-    """What makes the report fail: compile errors, kernels no case compiled, (kernel, case)s with no config that
+def problems(rows, errors, kernels, launched=(), nested=()):
+    """What makes the report fail: compile errors, declared kernels no case compiled or reached (``kernels``: per
+    target, ``coverage``'s answer), @triton.jit defs the enumeration cannot see, (kernel, case)s with no config that
     fits, and autotune configs compiled although they do not fit (their early prune should have dropped them)."""
     found = [f"{e['arch']} {e['kernel']} ({e['case']}): {e['error']}" for e in errors]
-    for arch in sorted({r["arch"] for r in rows} | {e["arch"] for e in errors}):
-        compiled = {r["kernel"] for r in rows if r["arch"] == arch}
-        found += [f"{arch} {kernel}: launched, but compiled by no case" for kernel in sorted(expected - compiled)]
+    found += [f"{name}: a @triton.jit function inside a function or class; define kernels at module level, where "
+              "this report finds them" for name in nested]
+    for arch, how in kernels.items():
+        found += [f"{arch} {name}: " + ("launched by its module, but compiled by no case" if name in launched else
+                                        "no case compiles it and no compiled kernel calls it")
+                  + " (give it a CASES entry in benchmarks/aot_report.py, or call it from a kernel that has one)"
+                  for name, state in how.items() if state == "uncovered"]
     groups = {}
     for row in rows:
         groups.setdefault((row["arch"], row["kernel"], row["case"]), []).append(row["fits"])
@@ -432,10 +576,10 @@ def summary(rows):
     return lines
 
 
-def write(out, rows, errors, failures, env):
+def write(out, rows, errors, failures, env, kernels):
     out.mkdir(parents=True, exist_ok=True)
     (out / "aot_report.json").write_text(json.dumps({**env, "summary": summary(rows), "problems": failures,
-                                                     "errors": errors, "rows": rows}, indent=1))
+                                                     "errors": errors, "kernels": kernels, "rows": rows}, indent=1))
     columns = ["arch", "kernel", "case", "specialization", "registers", "spill_store_bytes", "shared_bytes", "fits",
                "wgmma"]
     lines = ["# Triton kernels compiled ahead of time (no GPU)", "",
@@ -482,17 +626,21 @@ def main():
         modules = [importlib.import_module(f"iwae_kernels.ops.{name}") for name in families]
     for module in modules:
         run_on_meta(module)
-    expected = set().union(*(launched_kernels(m) for m in modules))
+    # What must be covered: the whole package's kernels, or with --only / --cases those the named modules define.
+    declared, nested = declared_kernels(modules if args.cases or args.only else package_modules())
+    launched = set().union(*(launched_functions(module) for module in modules))
+    print(f"{len(declared)} @triton.jit functions to cover, {len(launched)} of them launched by their modules")
     rows, errors = [], []
     for arch in args.arch:
         first_error = len(recorder.errors)
         rows += compile_all(arch, families, recorder)
         errors += [{**e, "arch": f"sm_{arch}"} for e in recorder.errors[first_error:]]
-    failures = problems(rows, errors, expected)
+    kernels = {f"sm_{arch}": coverage(declared, recorder.roots.get(arch, {})) for arch in args.arch}
+    failures = problems(rows, errors, kernels, launched, nested)
     from common import environment
 
     env = {**environment(torch.device("cpu")), "seconds": time.time() - start}
-    write(args.out, rows, errors, failures, env)
+    write(args.out, rows, errors, failures, env, kernels)
     print("\n".join(summary(rows)))
     if failures:
         print("FAILED:\n" + "\n".join(failures), file=sys.stderr)
