@@ -4,9 +4,13 @@ what the float64 reference computes?
 It prints the versions and the device, which backends can run here (and why not where not), then runs every op of
 ``contract.OPS`` at small odd shapes on each backend that can run (a CUDA GPU: triton and cuda; a CPU: torch, and
 triton under ``TRITON_INTERPRET=1`` in a subprocess, since the interpreter must be chosen before Triton's kernels
-are defined), forward and backward with every estimator, in float32 and bfloat16. The reference is the torch
+are defined), forward and backward with every estimator of ``ESTIMATORS`` (those that act on the log-weights both
+through ``estimator_bound`` and end to end through ``iwae_loss``), in float32 and bfloat16. The reference is the torch
 backend in float64 on the CPU (the tests check it against independent float64 oracles), on the same inputs rounded
 to the checked dtype, so only the op's own arithmetic differs. Exit status 0 only if every check holds.
+
+With ``IWAE_KERNELS_BACKEND`` set it checks that backend alone (and says so); an unknown backend, or one that cannot
+run here (cuda on a CPU), is a one-line error with exit status 2, as for the command line's train and evaluate.
 
 Error of a check: max |got - reference| over its tensors, divided by max(1, max |reference|) (the tensor's scale).
 """
@@ -26,8 +30,9 @@ import torch
 
 from . import functional as F
 from ._env import triton_interpreting
-from .backend import BACKENDS, backend_name
+from .backend import BACKENDS, ENV_VAR, backend_name
 from .contract import OPS, accumulation_dtype
+from .estimators import ESTIMATORS, FIXED_SAMPLE_ESTIMATORS, ROUTED_ESTIMATORS
 
 DTYPES = (torch.float32, torch.bfloat16)
 # The allowed error (see the module docstring) per dtype the op runs in. float32: a few float32 roundings of
@@ -36,6 +41,14 @@ TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 3e-2}
 K, BATCH, DIM, OBS, HIDDEN, STEPS, VOCAB = 3, 5, 7, 11, 13, 4, 9
 GAUSSIAN_SAMPLE_ESTIMATORS = ("iwae", "vae", "stl", "dreg", "iwae-resample")
 BOUND_ESTIMATORS = ("iwae", "vae", "stl", "dreg")  # iwae-resample: resampled_rows (it picks one sample)
+# The estimators that act on the log-weights, with their options, checked through estimator_bound (log-weights in)
+# and iwae_loss (end to end) on LOG_WEIGHT_K samples: 2 groups of K for miwae and piwae. piwae and rws-dreg also
+# take log_w_fixed, rws and vimco log_q (``estimators``); renyi is checked with log_q too (its fixed-sample form).
+LOG_WEIGHT_ESTIMATORS = {"miwae": {"groups": 2}, "ciwae": {"ciwae_beta": 0.3}, "renyi": {"renyi_alpha": 0.5},
+                         "piwae": {"groups": 2}, "rws": {}, "rws-dreg": {}, "vimco": {}}
+LOG_WEIGHT_K = 2 * K
+RESAMPLED_OP = "resampled_iwae_bound[iwae-resample]"  # resampled_rows' op
+EXIT_USER_ERROR = 2  # as the command line's: a backend that is unknown or cannot run here
 SUBPROCESS_TIMEOUT_S = 300
 # Checks that Triton's interpreter cannot make: it multiplies bfloat16 tensors wrongly (x * x of a loaded bfloat16
 # tensor comes out as garbage), and this kernel squares its bfloat16 input before the matmul. A GPU runs them.
@@ -185,11 +198,11 @@ def op_cases(seed=0):
     return cases
 
 
-def _bound_inputs(seed):
+def _bound_inputs(seed, k=K):
     """mu, logvar [B, D], eps [k, B, D], a linear decoder's weight [D, P] and binary x [B, P], float64."""
     gen = torch.Generator().manual_seed(seed)
     return {"mu": _randn(gen, BATCH, DIM), "logvar": _randn(gen, BATCH, DIM, scale=0.5),
-            "eps": _randn(gen, K, BATCH, DIM), "weight": _randn(gen, DIM, OBS) / DIM**0.5, "x": _binary(gen, BATCH, OBS)}
+            "eps": _randn(gen, k, BATCH, DIM), "weight": _randn(gen, DIM, OBS) / DIM**0.5, "x": _binary(gen, BATCH, OBS)}
 
 
 def bound_cases(seed=1):
@@ -207,6 +220,48 @@ def bound_cases(seed=1):
 
     return [Case(f"sample+bernoulli_iwae_loss[{est}]", inputs, ("mu", "logvar", "weight"), loss(est))
             for est in BOUND_ESTIMATORS]
+
+
+def estimator_cases(seed=2):
+    """The estimators of ``LOG_WEIGHT_ESTIMATORS``: ``estimator_bound`` on log-weights [LOG_WEIGHT_K, B] (and
+    log_w_fixed, equal to them, or log_q where the estimator takes it; renyi once more with log_q), the gradients
+    reaching each; and ``iwae_loss`` end to end with a linear decoder, the gradients reaching mu, logvar and the
+    decoder's weight."""
+    gen = torch.Generator().manual_seed(seed)
+    log_w, log_q = _randn(gen, LOG_WEIGHT_K, BATCH, scale=3.0), _randn(gen, LOG_WEIGHT_K, BATCH)
+    inputs = _bound_inputs(seed, LOG_WEIGHT_K)
+
+    def on_log_weights(estimator, options):
+        return lambda backend, **tensors: F.estimator_bound(estimator=estimator, backend=backend, **tensors, **options)
+
+    def end_to_end(estimator, options):
+        # The linear decoder as a broadcast product, not z @ weight: a CPU's BLAS threads a [2K * B, D] matmul, and
+        # waking its threads costs milliseconds a call on a busy machine, more than the rest of the check.
+        return lambda backend, mu, logvar, eps, weight, x: F.iwae_loss(
+            x, mu, logvar, lambda z: (z.unsqueeze(-1) * weight).sum(-2), LOG_WEIGHT_K, estimator=estimator,
+            reduction="none", eps=eps, backend=backend, **options)
+
+    cases = []
+    for est, options in LOG_WEIGHT_ESTIMATORS.items():
+        tensors = {"log_w": log_w} | ({"log_w_fixed": log_w.clone()} if est in ROUTED_ESTIMATORS else {}) | (
+            {"log_q": log_q} if est in FIXED_SAMPLE_ESTIMATORS else {})
+        cases.append(Case(f"estimator_bound[{est}]", tensors, tuple(tensors), on_log_weights(est, options)))
+        if est == "renyi":
+            cases.append(Case(f"estimator_bound+log_q[{est}]", {"log_w": log_w, "log_q": log_q}, ("log_w", "log_q"),
+                              on_log_weights(est, options)))
+        cases.append(Case(f"iwae_loss[{est}]", inputs, ("mu", "logvar", "weight"), end_to_end(est, options)))
+    return cases
+
+
+def _estimator(op):
+    """The estimator a record's op names in brackets, or None."""
+    return op.split("[", 1)[1].rstrip("]") if "[" in op else None
+
+
+def covered_estimators():
+    """The estimators the checks cover: their ops name them in brackets. ``run_checks`` holds it to ESTIMATORS."""
+    ops = [case.op for case in op_cases() + bound_cases() + estimator_cases()] + [RESAMPLED_OP]
+    return {_estimator(op) for op in ops} - {None}
 
 
 def _error(got, want):
@@ -287,7 +342,7 @@ def resampled_rows(backend, device, dtype, seed=1):
     ref_log_w = ref_log_weights([ref["eps"]])
     per_sample = [torch.autograd.grad(ref_log_w[j].sum(), [ref["mu"], ref["logvar"]], retain_graph=True)
                   for j in range(K)]
-    op = "resampled_iwae_bound[iwae-resample]"
+    op = RESAMPLED_OP
     try:
         got, log_weights = leaves_and_log_weights(backend, device, dtype)
         bound = F.resampled_iwae_bound(log_weights, [got["eps"]], generator=torch.Generator(device).manual_seed(0),
@@ -303,9 +358,10 @@ def resampled_rows(backend, device, dtype, seed=1):
 
 def run_checks(backend, device, dtypes=None):
     """Every check of ``backend`` on ``device`` in each of ``dtypes`` (default ``DTYPES``): a list of Records."""
+    assert covered_estimators() == set(ESTIMATORS), "an estimator of ESTIMATORS without a selftest check"
     records = []
     for dtype in DTYPES if dtypes is None else dtypes:
-        for case in op_cases() + bound_cases():
+        for case in op_cases() + bound_cases() + estimator_cases():
             records += check_case(case, backend, device, dtype)
         records += resampled_rows(backend, device, dtype)
     return records
@@ -344,6 +400,32 @@ def plan(device):
     return torch_status + [("triton", status["triton"])]
 
 
+class BackendChoiceError(ValueError):
+    """A backend the selftest was told to check (``--backend`` or IWAE_KERNELS_BACKEND) that is unknown or cannot
+    run here: a one-line error, exit status ``EXIT_USER_ERROR``."""
+
+
+def backends_to_check(device, only_backend=None):
+    """[(backend, how)] as ``plan`` gives them: ``only_backend`` alone, here; else IWAE_KERNELS_BACKEND's backend
+    alone where it is set (in a subprocess where triton needs the interpreter); else ``plan(device)``. A
+    BackendChoiceError where the backend chosen is unknown or cannot run on ``device``."""
+    if only_backend is not None:
+        try:
+            return [(backend_name(only_backend, device), "here")]
+        except ValueError as why:
+            raise BackendChoiceError(f"--backend {only_backend}: {why}") from None
+    chosen = os.environ.get(ENV_VAR)
+    if not chosen:
+        return plan(device)
+    how = dict(plan(device)).get(chosen)
+    if how in ("here", "interpreter"):
+        return [(chosen, how)]
+    try:  # not in the plan (torch on a GPU) or not able to run here: backend_name's message names the variable
+        return [(backend_name(None, device), "here")]
+    except ValueError as why:
+        raise BackendChoiceError(str(why)) from None
+
+
 def format_table(records):
     """The records as an aligned text table: op, backend, dtype, check, max error, tolerance, ok."""
     rows = [("op", "backend", "dtype", "check", "max error", "tolerance", "ok")]
@@ -355,18 +437,21 @@ def format_table(records):
 
 
 def selftest(only_backend=None, quiet=False, out=sys.stdout):
-    """Run the selftest; returns (exit status, versions dict, backend notes dict, records)."""
+    """Run the selftest; returns (exit status, versions dict, backend notes dict, records). A backend chosen
+    (``only_backend``, else IWAE_KERNELS_BACKEND) that is unknown or cannot run here raises BackendChoiceError."""
     device = check_device()
+    todo = backends_to_check(device, only_backend)
     info = versions()
-    if only_backend is not None:
-        todo = [(only_backend, "here")]
-    else:
-        todo = plan(device)
     notes = {name: how for name, how in todo}
+    restricted = only_backend is None and os.environ.get(ENV_VAR)
+    if restricted:  # the others the plan would check are left out by the variable
+        notes |= {name: f"{ENV_VAR}={restricted} (only {restricted} is checked)" for name, how in plan(device)
+                  if name not in notes and how in ("here", "interpreter")}
     notes |= {name: why for name, why in backend_availability(device).items() if name not in notes and why}
     if not quiet:
         print("\n".join(f"{name:19s} {value}" for name, value in info.items()), file=out)
-        print(f"\nbackends on {device.type}:", file=out)
+        print(f"\nbackends on {device.type}" + (f" ({ENV_VAR}={restricted}: {restricted} only)" if restricted else "")
+              + ":", file=out)
         for name in BACKENDS:
             how = notes.get(name, "not checked on this device")
             state = {"here": "checked here", "interpreter": "checked in a subprocess under TRITON_INTERPRET=1"}
@@ -389,13 +474,19 @@ def selftest(only_backend=None, quiet=False, out=sys.stdout):
 
 
 def main(argv=None):
-    """The ``selftest`` subcommand; returns the exit status (0: every check holds; 1: one does not)."""
-    parser = argparse.ArgumentParser(prog="python -m iwae_kernels selftest", description=__doc__.split("\n\n")[0])
+    """The ``selftest`` subcommand; returns the exit status (0: every check holds; 1: one does not; 2: the backend
+    chosen, by --backend or IWAE_KERNELS_BACKEND, is unknown or cannot run here, said on one line)."""
+    parser = argparse.ArgumentParser(prog="python -m iwae_kernels selftest", description=__doc__.split("\n\n")[0],
+                                     epilog=f"{ENV_VAR}, where set, chooses the one backend checked.")
     parser.add_argument("--json", metavar="PATH", help="also write the versions, backends and records as JSON")
     parser.add_argument("--backend", choices=BACKENDS, help="check only this backend, in this process")
     parser.add_argument("--quiet", action="store_true", help="print nothing (with --json)")
     args = parser.parse_args(argv)
-    status, info, notes, records = selftest(args.backend, args.quiet)
+    try:
+        status, info, notes, records = selftest(args.backend, args.quiet)
+    except BackendChoiceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
     if args.json:
         with open(args.json, "w") as file:
             json.dump({"status": status, "versions": info, "backends": notes,
