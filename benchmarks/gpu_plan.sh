@@ -206,12 +206,18 @@ fi
 PYTEST="$PYTHON -m pytest -q -p no:cacheprovider"
 export PYTHON PYTEST  # for the commands of --stage
 DEFAULT_PATH="tests/ops/test_gaussian_sample.py tests/ops/test_log_likelihood.py tests/ops/test_logsumexp.py"
-# memcheck: each default-path kernel at one odd shape, the loss's three reduction paths and the split-k fold.
-MEMCHECK_K="triton and (reduction_paths or split_k_fold or (kernel_matches_reference and dtype0 and shape2))"
-# racecheck: the head's backward partial sums (and its second pass over dh) and the MLP's row tiles. It sees
-# shared-memory hazards only: the MLP's scratch rows are global memory, checked by the tests' values.
-RACECHECK_K="triton and (backward_overwrites or several_backward or (kernel_matches_reference and dtype0 and \
-(shape2 or shape3)))"
+# The -k selections name the tests' ids (float32, k5-B3-D17: tests/conftest.py). -k matches substrings (k5-B3-D17
+# would also select a k15-B3-D170), so tests/integration/test_gpu_plan.py checks what each one collects.
+# memcheck: each default-path kernel at one odd shape in float32 (gaussian_sample's k5-B3-D17 with every layout,
+# prior and estimator: 24 tests; both likelihoods at k3-B5-P33; both logsumexp ops at k7-B5), the loss's three
+# reduction paths and the split-k fold: 42 tests.
+MEMCHECK_K="triton and (reduction_paths or split_k_fold or (kernel_matches_reference and float32 and \
+(k5-B3-D17 or k3-B5-P33 or k7-B5)))"
+# racecheck: the head's backward partial sums (and its second pass over dh) and the MLP's row tiles (two shapes each,
+# in float32): 9 tests. It sees shared-memory hazards only: the MLP's scratch rows are global memory, checked by the
+# tests' values.
+RACECHECK_K="triton and (backward_overwrites or several_backward or (kernel_matches_reference and float32 and \
+(k2-B20-H40-P100 or k40-B30-H37-P70 or k4-B3-D20-H9-H40-P130 or k7-B11-D5-H21-H19-P37)))"
 # The lent machine reaches no network: pip must not look for an index or a newer pip (its retries could outlast
 # the stage's limit after the install itself is done).
 PIP_OFFLINE="--no-index --disable-pip-version-check"
@@ -245,8 +251,8 @@ STAGES=(
   "install|45|-|IWAE_KERNELS_BUILD_CUDA=0 $PYTHON -m pip install $PIP_OFFLINE --no-deps --no-build-isolation -e ."
   "versions|15|-|$VERSIONS"
   "selftest|75|-|$PYTHON -m iwae_kernels selftest --json \$PLAN/selftest.json"
-  "tests_sample_f32|190|check|$PYTEST tests/ops/test_gaussian_sample.py -k dtype0"
-  "tests_sample_rest|190|check|$PYTEST tests/ops/test_gaussian_sample.py -k 'not dtype0'"
+  "tests_sample_f32|190|check|$PYTEST tests/ops/test_gaussian_sample.py -k float32"
+  "tests_sample_rest|190|check|$PYTEST tests/ops/test_gaussian_sample.py -k 'not float32'"
   "tests_loss_op|190|check|$PYTEST tests/ops/test_log_likelihood.py -k iwae_loss_op"
   "tests_likelihood|190|check|$PYTEST tests/ops/test_log_likelihood.py -k 'not iwae_loss_op'"
   "tests_logsumexp|190|check|$PYTEST tests/ops/test_logsumexp.py"

@@ -8,6 +8,7 @@ import iwae_kernels as ik
 
 from helpers import backend_device
 from helpers import LOW_PRECISION, assert_close, assert_close_as_torch
+from conftest import shape_ids
 
 # (k, B, T, V): k = 1, T = 1, V not a power of two, V above one vocabulary block (256).
 SHAPES = [(1, 2, 3, 5), (3, 1, 1, 7), (2, 3, 4, 300), (4, 2, 5, 33)]
@@ -33,7 +34,7 @@ def test_reference_matches_distributions_and_gradcheck():
                              logits.clone().requires_grad_())
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_ids("k", "B", "T", "V"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kernel_matches_reference(kernel, dtype, shape):
     backend, device = kernel

@@ -6,11 +6,13 @@ import torch
 import iwae_kernels as ik
 
 from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_bernoulli
+from conftest import shape_ids
 
 # (k, B, H, P): k=1/B=1/H=1/P=1, odd sizes, P over one tile, and enough rows for several row tiles per persistent
 # program (3 off a GPU), so the backward's partial sums are read, added to and written back, in two passes over P
 # (H > GRAD_HIDDEN_BLOCK = 32 under the interpreter) whose second must not add dW again.
 SHAPES = [(1, 1, 1, 1), (3, 5, 7, 33), (2, 20, 40, 100), (40, 30, 37, 70)]
+SHAPE_ID = shape_ids("k", "B", "H", "P")  # k2-B20-H40-P100
 
 
 def make_inputs(k, batch, width, size, seed=0):
@@ -27,7 +29,7 @@ def run(tensors, x, backend, device, dtype):
     return [out, *torch.autograd.grad(out, leaves, upstream.to(device=device, dtype=out.dtype))]
 
 
-@pytest.mark.parametrize("shape", SHAPES[:3])
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=SHAPE_ID)
 def test_reference_matches_distributions_and_gradcheck(shape):
     tensors, x = make_inputs(*shape)
     leaves = [t.clone().requires_grad_() for t in tensors]
@@ -36,7 +38,7 @@ def test_reference_matches_distributions_and_gradcheck(shape):
     assert torch.autograd.gradcheck(lambda *t: ik.bernoulli_decoder_log_likelihood(*t, x, backend="torch"), leaves)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_ID)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float64 runs the reference (tl.dot has none)
 def test_kernel_matches_reference(kernel, dtype, shape):
     tensors, x = make_inputs(*shape)

@@ -7,6 +7,7 @@ import torch
 import iwae_kernels as ik
 
 from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_bernoulli
+from conftest import shape_ids
 
 # (k, B, D, H1, H2, P): all ones; odd sizes with H1 != H2; hidden widths under one block (16 under the interpreter)
 # and P over many tiles; several row tiles per persistent program (3 programs of 16 rows under the interpreter), so
@@ -15,11 +16,11 @@ SHAPES = [(1, 1, 1, 1, 1, 1), (3, 5, 7, 33, 17, 70), (4, 3, 20, 9, 40, 130), (7,
           (2, 3, 50, 200, 200, 784), (2, 2, 300, 260, 270, 40)]
 
 
-def make_inputs(k, batch, dim, first, second, size, seed=0):
+def make_inputs(k, batch, dim, hidden1, hidden2, size, seed=0):
     """z [k, B, D], Glorot-scaled weights and biases, binary x [B, P] and a latent term [k, B], in float64."""
     gen = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)
-    sizes = (dim, first, second, size)
+    sizes = (dim, hidden1, hidden2, size)
     weights = [rand(out, width) / width**0.5 for width, out in zip(sizes, sizes[1:])]
     biases = [rand(out) for out in sizes[1:]]
     x = torch.rand(batch, size, generator=gen, dtype=torch.float64).round()
@@ -44,7 +45,7 @@ def test_reference_matches_the_layers():
     assert_close(run(inputs, "torch", "cpu", torch.float64), expected + latent)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_ids("k", "B", "D", "H", "H", "P"))  # k3-B5-D7-H33-H17-P70
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float64 runs the reference (tl.dot has none)
 @pytest.mark.parametrize("latent", [True, False])
 def test_kernel_matches_reference(kernel, dtype, shape, latent):

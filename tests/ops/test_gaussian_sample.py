@@ -9,10 +9,12 @@ from iwae_kernels.ops.gaussian_sample import draw_seed
 
 from helpers import COMPILED_BACKENDS, backend_device
 from helpers import LOW_PRECISION, kernel_noise, assert_close, assert_close_as_torch, naive_estimator_objective, naive_latent
+from conftest import shape_ids
 
 ESTIMATORS = ["iwae", "vae", "stl", "dreg"]
 # (k, B, D): k=1, B=1, D=1, odd sizes, D not a power of two and above one block, k above one block.
 SHAPES = [(1, 3, 5), (4, 1, 1), (5, 3, 17), (3, 2, 70), (37, 2, 3)]
+SHAPE_ID = shape_ids("k", "B", "D")  # k5-B3-D17
 LAYOUTS = ["shared", "per_sample"]
 PRIORS = [None, "shared", "per_sample"]
 
@@ -55,7 +57,7 @@ def composed_gradients(inputs, weight, x, example_weights, estimator, backend):
 
 @pytest.mark.parametrize("prior", PRIORS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape", SHAPES[:4])
+@pytest.mark.parametrize("shape", SHAPES[:4], ids=SHAPE_ID)
 def test_reference_values_match_distributions(shape, layout, prior):
     inputs = make_inputs(*shape, layout=layout, prior=prior)
     z, latent = ik.gaussian_sample(inputs["mu"], inputs["logvar"], shape[0], eps=inputs["eps"], backend="torch",
@@ -84,7 +86,7 @@ def test_reference_gradcheck(layout, prior):
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 @pytest.mark.parametrize("prior", PRIORS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape", [(1, 3, 5), (6, 3, 4)])
+@pytest.mark.parametrize("shape", [(1, 3, 5), (6, 3, 4)], ids=SHAPE_ID)
 def test_reference_estimators_match_naive_surrogates(shape, layout, prior, estimator):
     inputs = make_inputs(*shape, layout=layout, prior=prior)
     weight, x, example_weights = make_model(shape[1], shape[2])
@@ -130,7 +132,7 @@ TRITON_CASES = [
 ]
 
 
-@pytest.mark.parametrize("shape, layout, prior, estimator", TRITON_CASES)
+@pytest.mark.parametrize("shape, layout, prior, estimator", TRITON_CASES, ids=SHAPE_ID)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kernel_matches_reference(kernel, dtype, shape, layout, prior, estimator):
     inputs = make_inputs(*shape, layout=layout, prior=prior)

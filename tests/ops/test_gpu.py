@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 @pytest.mark.parametrize("estimator", ["iwae", "vae", "stl", "dreg"])
-@pytest.mark.parametrize("k, batch", [(50, 128), (1, 1024), (5000, 20)])
+@pytest.mark.parametrize("k, batch", [pytest.param(k, batch, id=f"k{k}-B{batch}")
+                                      for k, batch in [(50, 128), (1, 1024), (5000, 20)]])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("backend", COMPILED_BACKENDS)
 def test_loss_matches_reference_at_paper_sizes(backend, k, batch, estimator, dtype):

@@ -11,6 +11,7 @@ from iwae_kernels.ops.gaussian_sample import draw_seed
 
 from helpers import COMPILED_BACKENDS, backend_device
 from helpers import assert_close, kernel_noise, naive_bernoulli, naive_estimator_objective, naive_latent
+from conftest import shape_ids
 
 ESTIMATORS = ["iwae", "vae", "stl", "dreg"]
 
@@ -153,6 +154,21 @@ class BadInput:
     decoder = staticmethod(lambda z: z @ torch.ones(2, 5))
 
 
+def overrides_id(overrides):
+    """A bad call's overrides as its id reads them: ``k=np.int64(0)``, ``logvar=3x2 float64``, ``decoder=<lambda>``."""
+    if not isinstance(overrides, dict):
+        return None
+
+    def show(value):
+        if isinstance(value, torch.Tensor):
+            dtype = [] if value.dtype == torch.float32 else [str(value.dtype).removeprefix("torch.")]
+            device = [] if value.device.type == "cpu" else [value.device.type]
+            return " ".join(["x".join(map(str, value.shape)), *dtype, *device])
+        return getattr(value, "__name__", None) or repr(value)
+
+    return " ".join(f"{name}={show(value)}" for name, value in overrides.items())
+
+
 BAD_LOSS_CALLS = [
     (dict(k=0), ValueError, r"k: expected an int >= 1, got 0"),
     (dict(k=np.int64(0)), ValueError, r"k: expected an int >= 1, got 0"),
@@ -182,7 +198,7 @@ BAD_LOSS_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("overrides, error, message", BAD_LOSS_CALLS)
+@pytest.mark.parametrize("overrides, error, message", BAD_LOSS_CALLS, ids=overrides_id)
 def test_bad_loss_input_names_the_argument(overrides, error, message):
     args = dict(x=BadInput.x, mu=BadInput.mu, logvar=BadInput.logvar, decoder=BadInput.decoder, k=4) | overrides
     with pytest.raises(error, match=message):
@@ -199,7 +215,7 @@ BAD_SAMPLE_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("overrides, error, message", BAD_SAMPLE_CALLS)
+@pytest.mark.parametrize("overrides, error, message", BAD_SAMPLE_CALLS, ids=overrides_id)
 def test_bad_sample_input_names_the_argument(overrides, error, message):
     args = dict(mu=BadInput.mu, logvar=BadInput.logvar) | overrides
     with pytest.raises(error, match=message):
@@ -366,7 +382,7 @@ def test_iwae_loss_with_eps_resample_at_one_sample_is_that_samples_elbo():
 
 @pytest.mark.parametrize("shape, match", [((4, 3, 4), r"eps: expected shape \(5, 3, 4\)"),
                                           ((5, 3, 3), r"eps: expected shape \(5, 3, 4\)"),
-                                          ((5, 12), r"eps: expected a 3-D tensor")])
+                                          ((5, 12), r"eps: expected a 3-D tensor")], ids=shape_ids())
 def test_iwae_loss_refuses_bad_eps_naming_it(shape, match):
     x, mu, logvar, weight = setup_problem(5, 3, 4, 7)
     with pytest.raises(ValueError, match=match):

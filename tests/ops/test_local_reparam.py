@@ -10,6 +10,7 @@ from iwae_kernels.models.layers import KL_K1, LocalReparamLinear
 
 from helpers import COMPILED_BACKENDS, backend_device
 from helpers import assert_close
+from conftest import shape_ids
 
 
 def make(rows, inputs, outputs, dtype, seed=0):
@@ -22,7 +23,8 @@ def make(rows, inputs, outputs, dtype, seed=0):
     return [t.to(dtype) for t in (a, mu, var, bias, noise)]
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 7), (37, 70, 33), (64, 17, 40)])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 3, 7), (37, 70, 33), (64, 17, 40)],
+                         ids=shape_ids("M", "K", "N"))  # a [M, K], mu [N, K]: M5-K3-N7
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kernel_matches_reference(kernel, dtype, shape):
     backend, device = kernel

@@ -10,21 +10,24 @@ import iwae_kernels as ik
 
 from helpers import COMPILED_BACKENDS, backend_device
 from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_bernoulli, naive_gaussian
+from conftest import shape_ids
 
 # (k, B, P): k=1, B=1, P=1, odd sizes, P=784 (MNIST) spanning one block, P above one block.
 SHAPES = [(1, 3, 5), (4, 1, 1), (3, 5, 33), (2, 3, 784), (2, 2, 1500)]
+SHAPE_ID = shape_ids("k", "B", "P")  # k3-B5-P33
 LIKELIHOODS = ["bernoulli", "gaussian"]
 
 
 def make_inputs(likelihood, k, batch, size, seed=0, scale=3.0):
     gen = torch.Generator().manual_seed(seed)
-    first = scale * torch.randn(k, batch, size, generator=gen, dtype=torch.float64)
+    logits_or_mean = scale * torch.randn(k, batch, size, generator=gen, dtype=torch.float64)
     if likelihood == "bernoulli":
         # Real-valued targets in [0, 1] are legal (the Bernoulli "continuous" use); some exact 0 and 1.
         x = torch.rand(batch, size, generator=gen, dtype=torch.float64)
         x[:, ::3] = x[:, ::3].round()
-        return [first], x
-    return [first, torch.randn(k, batch, size, generator=gen, dtype=torch.float64)], torch.randn(batch, size, generator=gen, dtype=torch.float64)
+        return [logits_or_mean], x
+    logvar = torch.randn(k, batch, size, generator=gen, dtype=torch.float64)
+    return [logits_or_mean, logvar], torch.randn(batch, size, generator=gen, dtype=torch.float64)
 
 
 def run(likelihood, tensors, x, backend, device, dtype, seed=4):
@@ -51,7 +54,7 @@ def assert_outputs_close(actual, expected, dtype):
         assert_close(got, want, dtype)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_ID)
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_reference_matches_distributions(likelihood, shape):
     tensors, x = make_inputs(likelihood, *shape)
@@ -66,7 +69,7 @@ def test_reference_gradcheck(likelihood):
     assert torch.autograd.gradcheck(lambda *t: fn(*t, x, backend="torch"), [t.requires_grad_() for t in tensors])
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_ID)
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kernel_matches_reference(kernel, dtype, likelihood, shape):
@@ -136,7 +139,7 @@ def make_latent(k, batch, seed=1):
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("shape", LOSS_SHAPES)
+@pytest.mark.parametrize("shape", LOSS_SHAPES, ids=SHAPE_ID)
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_iwae_loss_op_reference_matches_naive(likelihood, shape, reduction):
     tensors, x = make_inputs(likelihood, *shape)
@@ -147,7 +150,7 @@ def test_iwae_loss_op_reference_matches_naive(likelihood, shape, reduction):
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("shape", LOSS_SHAPES)
+@pytest.mark.parametrize("shape", LOSS_SHAPES, ids=SHAPE_ID)
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_iwae_loss_op_kernel_matches_naive(kernel, dtype, likelihood, shape, reduction):

@@ -9,8 +9,10 @@ import iwae_kernels as ik
 
 from helpers import COMPILED_BACKENDS, backend_device
 from helpers import LOW_PRECISION, assert_close, assert_close_as_torch
+from conftest import shape_ids
 
 SHAPES = [(1, 3), (5, 1), (7, 5), (50, 3), (130, 70)]
+SHAPE_ID = shape_ids("k", "B")  # k7-B5
 
 
 def make_log_w(k, batch, seed=0):
@@ -27,7 +29,7 @@ def run(fn, log_w, backend, device, dtype, seed=5):
     return out, grad
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_ID)
 def test_reference_matches_logsumexp_and_softmax(shape):
     log_w = make_log_w(*shape)
     bound, grad = run(ik.iwae_bound, log_w, "torch", "cpu", torch.float64)
@@ -50,7 +52,7 @@ def test_reference_gradcheck(fn):
     assert torch.autograd.gradcheck(lambda t: fn(t, backend="torch"), [log_w])
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_ID)
 @pytest.mark.parametrize("fn", [ik.iwae_bound, ik.normalized_weights])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kernel_matches_reference(kernel, dtype, fn, shape):
@@ -120,10 +122,10 @@ def test_streaming_merge_into_an_empty_state(dtype, empty_first):
     log_w = torch.randn(9, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) - 120
     empty, full = (ik.StreamingIWAEBound(4, dtype=dtype) for _ in range(2))
     full.update(log_w.to(dtype))
-    first, second = (empty, full) if empty_first else (full, empty)
-    first.merge(second)
-    assert first.num_samples == 9
-    assert_close(first.bound(), ik.iwae_bound(log_w), dtype)
+    merged_into, merged_from = (empty, full) if empty_first else (full, empty)
+    merged_into.merge(merged_from)
+    assert merged_into.num_samples == 9
+    assert_close(merged_into.bound(), ik.iwae_bound(log_w), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -151,7 +153,7 @@ def test_streaming_errors():
         acc.update(torch.zeros(4, 2))
 
 
-@pytest.mark.parametrize("shape", [(700, 3), (1100, 5), (1030, 70)])
+@pytest.mark.parametrize("shape", [(700, 3), (1100, 5), (1030, 70)], ids=SHAPE_ID)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_split_k_fold_matches_reference(kernel, dtype, shape):
     """Large k with few examples is folded in splits (then the splits' logsumexps): same values, gradients and
