@@ -60,6 +60,7 @@ def main():
         table = [row for row in table if row[0] in args.rows]
 
     device = resolve_device(args.device)
+    env = environment(device)  # the tree and date the run starts from (a run takes an hour; commits may land meanwhile)
     _, test_x = datasets.load_mnist()
     if args.test_subset:
         test_x = test_x[: args.test_subset]
@@ -84,7 +85,7 @@ def main():
              f"test NLL = -mean L_{args.eval_k} over the first {test_x.shape[0]} test images, one fixed binarization",
              "paper: 3,280 passes, all 10,000 test images (Burda et al. 2015, Table 1)"]
     name = args.results_name or ("paper_table_objectives" if args.objectives else "paper_table")
-    write_results(name, device, environment(device), rows,
+    write_results(name, device, env, rows,
                   ["model", "estimator", "options", "k", "epochs", "test_nll", "active_units", "train_wall_s",
                    "eval_wall_s", "paper_nll",
                    "paper_active_units"], notes)
