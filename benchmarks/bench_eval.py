@@ -1,13 +1,14 @@
 """-mean L_5000 over MNIST test images with the paper's 1-layer model: naive vs fused, wall time and peak memory.
 
 naive: what a user writes: the encoder once, then chunks of samples through torch.distributions log-probs and
-binary_cross_entropy_with_logits, keeping every chunk's [chunk, B] log-weights and taking torch.logsumexp over
-all k at the end (eager, no kernels). naive+compile: torch.compile of it (on a GPU, or --compile). fused:
-PaperModel.log_likelihood (encoder once, chunks folded into a (max, sum) state by the kernels, nothing of size k
-kept), with the fused head (fused-head) or the fused decoder MLP (fused-mlp). user model: the user's path, an
-nn.Module encoder and decoder of the paper's sizes (the same weights) through iwae_kernels.log_likelihood. All see the same model and images; their NLLs are checked to agree within Monte Carlo error before the
-times are written. Each variant first runs one batch as a warm-up, so compiling (Triton kernels, autotuning,
-torch.compile) stays out of wall_s; naive+compile's warm-up time is reported apart as compile_s.
+binary_cross_entropy_with_logits (naive.py's naive_log_weights), keeping every chunk's [chunk, B] log-weights and taking
+torch.logsumexp over all k at the end (eager, no kernels). naive+compile: torch.compile of it (on a GPU, or --compile).
+fused: PaperModel.log_likelihood (encoder once, chunks folded into a (max, sum) state by the kernels, nothing of size k
+kept), with the fused head (fused-head) or the fused decoder MLP (fused-mlp). user model: the user's path, an nn.Module
+encoder and decoder of the paper's sizes (the same weights) through iwae_kernels.log_likelihood. All see the same model
+and images; their NLLs are checked to agree within Monte Carlo error before the times are written. Each variant first
+runs one batch as a warm-up, so compiling (Triton kernels, autotuning, torch.compile) stays out of wall_s;
+naive+compile's warm-up time is reported apart as compile_s.
 
 AIS rows, on the first batch with the user model's encoder and decoder: ais (iwae_kernels.ais.ais_log_likelihood
 from q(z|x)) against naive AIS (benchmarks/naive.py: torch.distributions, the same steps, chains, leapfrog steps
@@ -19,18 +20,16 @@ and schedule), median time of the two taking turns and peak memory, their NLLs c
 
 import argparse
 import copy
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.distributions import Normal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, median_ms_each, parse_args, peak_memory_mib, write_results  # noqa: E402
-from naive import naive_ais_log_likelihood  # noqa: E402
+from naive import naive_ais_log_likelihood, naive_iwae_bound, naive_log_weights  # noqa: E402
 import iwae_kernels as ik  # noqa: E402
 from iwae_kernels.ais import ais_log_likelihood  # noqa: E402
 from iwae_kernels.app import data as datasets  # noqa: E402
@@ -46,16 +45,11 @@ NAIVE_CHUNK = 500
 @torch.no_grad()
 def naive_log_likelihood(model, x, k, chunk):
     mu, logvar = model.encode(x)
-    std = torch.exp(0.5 * logvar)
     log_ws = []
     for start in range(0, k, chunk):
         eps = torch.randn((min(chunk, k - start),) + tuple(mu.shape), device=x.device)
-        z = mu + std * eps
-        logits = model.decoder(z)
-        log_lik = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x.expand_as(logits),
-                                                                        reduction="none").sum(-1)
-        log_ws.append(log_lik + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu, std).log_prob(z).sum(-1))
-    return torch.logsumexp(torch.cat(log_ws), 0) - math.log(k)
+        log_ws.append(naive_log_weights(x, mu, logvar, model.decoder, eps))
+    return naive_iwae_bound(torch.cat(log_ws))
 
 
 class UserVAE(nn.Module):

@@ -14,7 +14,23 @@ import torch
 
 
 class DoubleBackwardError(RuntimeError):
-    """A second derivative (``create_graph=True``) reached a backward that is not differentiable."""
+    """A second derivative (``create_graph=True``) reached a backward that is not differentiable.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import DoubleBackwardError, iwae_bound
+        >>> log_w = torch.zeros(3, 2, requires_grad=True)
+        >>> try:
+        ...     torch.autograd.grad(iwae_bound(log_w).sum(), log_w, create_graph=True)
+        ... except DoubleBackwardError as error:
+        ...     print(error)  # doctest: +ELLIPSIS
+        iwae_kernels.iwae_bound: double backward (create_graph=True) is not supported: ...
+        >>> torch.autograd.grad(iwae_bound(log_w).sum(), log_w)[0]  # first derivatives are fine
+        tensor([[0.3333, 0.3333],
+                [0.3333, 0.3333],
+                [0.3333, 0.3333]])
+    """
 
 
 def once_differentiable(op):

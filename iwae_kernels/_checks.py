@@ -7,7 +7,7 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def check_tensor(name, value, ndims, like=None):
+def check_tensor(name, value, ndims, *, like=None):
     """A floating tensor with one of ``ndims`` dims and no empty dim; same dtype and device as ``like``."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
@@ -32,7 +32,9 @@ def check_shape(name, value, expected):
         raise ValueError(f"{name}: expected shape {tuple(expected)}, got {tuple(value.shape)}")
 
 
-def check_same_device(name, value, like_name, like_value):
+def check_same_device(name, value, *, like):
+    """``value`` on the device of ``like``, a (name, tensor) pair (as ``check_tensor``'s)."""
+    like_name, like_value = like
     if value.device != like_value.device:
         raise ValueError(f"{name}: expected device {like_value.device} (as {like_name}), got {value.device}")
 

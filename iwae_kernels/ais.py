@@ -15,6 +15,7 @@ from torch import nn
 from . import _checks, functional
 from .backend import get_backend
 from .evaluation import progress_bar
+from .functional import Decoder, Device
 
 SCHEDULES = ("sigmoid", "linear")
 # Steepness of the sigmoid schedule (Wu et al. 2017): b_t crowds toward both ends, where log f_t changes fastest.
@@ -45,7 +46,7 @@ class _HMCSettings(NamedTuple):
     leapfrog: int
     step_size: float
     target_acceptance: float
-    generator: torch.Generator
+    generator: torch.Generator | None
 
 
 def _diagonal_normal_log_density(z, mean, logvar):
@@ -89,7 +90,7 @@ class _AnnealingPath:
         return (1 - beta) * grad_log_q + beta * (state.grad_log_likelihood - state.z)
 
 
-def annealing_schedule(steps, schedule="sigmoid"):
+def annealing_schedule(steps: int, schedule: str = "sigmoid") -> torch.Tensor:
     """The inverse temperatures 0 = b_0 < b_1 < ... < b_T = 1 of a T-step path, a [T + 1] float64 tensor (CPU).
 
     "linear": b_t = t / T. "sigmoid" (Wu et al. 2017): b_t = (s(t) - s(0)) / (s(T) - s(0)) for
@@ -104,7 +105,7 @@ def annealing_schedule(steps, schedule="sigmoid"):
     return (s - s[0]) / (s[-1] - s[0])
 
 
-def _hmc_transition(path, state, beta, step_size, settings):
+def _hmc_transition(path, state, beta, *, step_size, settings):
     """One HMC transition leaving f_beta invariant, per chain: ``settings.leapfrog`` leapfrog steps of size
     step_size [C, B] on U = -log f_beta with momentum ~ N(0, I), then a Metropolis accept.
 
@@ -137,7 +138,7 @@ def _adapted_step_size(step_size, accepted, target_acceptance):
     return (step_size * torch.exp(change)).clamp(*STEP_SIZE_RANGE)
 
 
-def _annealed_log_weights(path, state, betas, settings, *, progress, description):
+def _annealed_log_weights(path, state, betas, *, settings, progress, description):
     """The log-weights [C, B] (float64) of chains annealed from ``state`` along betas (a list b_0..b_T, increasing
     for the forward chain, decreasing for the reverse one): for t = 1..T, log w += (b_t - b_{t-1}) h(z), then an
     HMC transition leaving f_{b_t} invariant (none after the last increment: it could not change the weight, so
@@ -148,7 +149,7 @@ def _annealed_log_weights(path, state, betas, settings, *, progress, description
     for t in range(len(betas) - 1):
         log_w += (betas[t + 1] - betas[t]) * path.log_weight_increment(state).double()
         if t + 1 < len(betas) - 1:
-            state, accepted = _hmc_transition(path, state, betas[t + 1], step_size, settings)
+            state, accepted = _hmc_transition(path, state, betas[t + 1], step_size=step_size, settings=settings)
             step_size = _adapted_step_size(step_size, accepted, settings.target_acceptance)
         if bar is not None:
             bar.update()
@@ -165,7 +166,7 @@ def _log_mean_exp(log_w, backend):
     return accumulator.bound()
 
 
-def _check_annealing_args(x, decoder, mu, logvar, latent_dim, *, steps, chains, leapfrog, likelihood, schedule,
+def _check_annealing_args(x, decoder, *, mu, logvar, latent_dim, steps, chains, leapfrog, likelihood, schedule,
                           step_size, target_acceptance, generator):
     """Check AIS's arguments (before any work); returns (steps, chains, leapfrog, mu, logvar), with mu, logvar the
     prior's zeros [B, latent_dim] in x's dtype when annealing from the prior."""
@@ -192,24 +193,46 @@ def _check_annealing_args(x, decoder, mu, logvar, latent_dim, *, steps, chains, 
     return steps, chains, leapfrog, mu, logvar
 
 
-def _annealing_setup(x, decoder, mu, logvar, *, likelihood, backend, flatten_samples):
+def _prepare_annealing(x, decoder, *, z, mu, logvar, latent_dim, steps, chains, leapfrog, likelihood, schedule,
+                       step_size, target_acceptance, generator, backend, flatten_samples):
+    """AIS's and BDMC's arguments checked before any work (z: BDMC's exact posterior samples [B, D], or None),
+    then (the annealing path, chains, the schedule's betas, the HMC settings)."""
+    compute_like = "x" if mu is None else "mu"  # the chains' dtype and device
+    steps, chains, leapfrog, mu, logvar = _check_annealing_args(
+        x, decoder, mu=mu, logvar=logvar, latent_dim=latent_dim, steps=steps, chains=chains, leapfrog=leapfrog,
+        likelihood=likelihood, schedule=schedule, step_size=step_size, target_acceptance=target_acceptance,
+        generator=generator)
+    if z is not None:
+        _checks.check_tensor("z", z, (2,), like=(compute_like, mu))
+        _checks.check_shape("z", z, mu.shape)
+    path = _annealing_setup(x, decoder, mu=mu, logvar=logvar, likelihood=likelihood, backend=backend,
+                            flatten_samples=flatten_samples)
+    settings = _HMCSettings(leapfrog=leapfrog, step_size=float(step_size),
+                            target_acceptance=float(target_acceptance), generator=generator)
+    return path, chains, annealing_schedule(steps, schedule).tolist(), settings
+
+
+def _annealing_setup(x, decoder, *, mu, logvar, likelihood, backend, flatten_samples):
     """The path from q(z|x) (or the prior) to the posterior, on the backend's likelihood op (arguments checked)."""
     log_likelihood, _ = functional._likelihood_ops(get_backend(backend, mu.device), likelihood)
     return _AnnealingPath(x, mu, logvar, decoder=decoder, log_likelihood=log_likelihood, likelihood=likelihood,
                           flatten_samples=flatten_samples)
 
 
-def _forward_log_weights(path, chains, betas, settings, progress):
+def _forward_log_weights(path, chains, betas, *, settings, progress):
     """The forward chains' log-weights [C, B]: z_0 ~ q(z|x), then annealed up the path."""
     mu, logvar = path.mu, path.logvar
     noise = torch.randn((chains,) + tuple(mu.shape), generator=settings.generator, dtype=mu.dtype, device=mu.device)
     start = path.state(mu + torch.exp(0.5 * logvar) * noise)
-    return _annealed_log_weights(path, start, betas, settings, progress=progress, description="AIS")
+    return _annealed_log_weights(path, start, betas, settings=settings, progress=progress, description="AIS")
 
 
-def ais_log_likelihood(x, decoder, *, mu=None, logvar=None, latent_dim=None, steps=500, chains=16, leapfrog=10,
-                       likelihood="bernoulli", schedule="sigmoid", step_size=0.05, target_acceptance=0.65,
-                       generator=None, flatten_samples=False, backend=None, progress=False):
+def ais_log_likelihood(x: torch.Tensor, decoder: Decoder, *, mu: torch.Tensor | None = None,
+                       logvar: torch.Tensor | None = None, latent_dim: int | None = None, steps: int = 500,
+                       chains: int = 16, leapfrog: int = 10, likelihood: str = "bernoulli", schedule: str = "sigmoid",
+                       step_size: float = 0.05, target_acceptance: float = 0.65,
+                       generator: torch.Generator | None = None, flatten_samples: bool = False,
+                       backend: str | None = None, progress: bool = False) -> torch.Tensor:
     """Per-example AIS estimates of log p(x): C chains annealed from q(z|x) (or the prior) to the posterior
     p(z|x) along f_t = q^(1 - b_t) (p(z) p(x|z))^(b_t), with HMC transitions (docs/MATH.md, "AIS and BDMC").
 
@@ -238,20 +261,48 @@ def ais_log_likelihood(x, decoder, *, mu=None, logvar=None, latent_dim=None, ste
     Returns:
         log p(x) estimates [B], float64. The chains run in mu's dtype (x's from the prior); the log-weights
         accumulate in float64. Works under torch.no_grad() (the HMC enables grad locally).
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import ais_log_likelihood, iwae_bound
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.rand(2, 6).round()  # B = 2 binary images of P = 6 pixels
+        >>> decoder = torch.nn.Linear(3, 6)  # D = 3
+        >>> log_px = ais_log_likelihood(x, decoder, latent_dim=3, steps=10, chains=4, leapfrog=2)  # from the prior
+        >>> log_px.shape, log_px.dtype
+        (torch.Size([2]), torch.float64)
+        >>> mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)  # or from the encoder's q(z|x)
+        >>> ais_log_likelihood(x, decoder, mu=mu, logvar=logvar, steps=10, chains=4, leapfrog=2).shape
+        torch.Size([2])
     """
-    steps, chains, leapfrog, mu, logvar = _check_annealing_args(
-        x, decoder, mu, logvar, latent_dim, steps=steps, chains=chains, leapfrog=leapfrog, likelihood=likelihood,
-        schedule=schedule, step_size=step_size, target_acceptance=target_acceptance, generator=generator)
-    path = _annealing_setup(x, decoder, mu, logvar, likelihood=likelihood, backend=backend,
-                            flatten_samples=flatten_samples)
-    settings = _HMCSettings(leapfrog, float(step_size), float(target_acceptance), generator)
-    betas = annealing_schedule(steps, schedule).tolist()
-    return _log_mean_exp(_forward_log_weights(path, chains, betas, settings, progress), backend)
+    path, chains, betas, settings = _prepare_annealing(
+        x,
+        decoder,
+        z=None,
+        mu=mu,
+        logvar=logvar,
+        latent_dim=latent_dim,
+        steps=steps,
+        chains=chains,
+        leapfrog=leapfrog,
+        likelihood=likelihood,
+        schedule=schedule,
+        step_size=step_size,
+        target_acceptance=target_acceptance,
+        generator=generator,
+        backend=backend,
+        flatten_samples=flatten_samples,
+    )
+    log_w = _forward_log_weights(path, chains, betas, settings=settings, progress=progress)
+    return _log_mean_exp(log_w, backend)
 
 
-def bdmc(x, z, decoder, *, mu=None, logvar=None, latent_dim=None, steps=500, chains=16, leapfrog=10,
-         likelihood="bernoulli", schedule="sigmoid", step_size=0.05, target_acceptance=0.65, generator=None,
-         flatten_samples=False, backend=None, progress=False):
+def bdmc(x: torch.Tensor, z: torch.Tensor, decoder: Decoder, *, mu: torch.Tensor | None = None,
+         logvar: torch.Tensor | None = None, latent_dim: int | None = None, steps: int = 500, chains: int = 16,
+         leapfrog: int = 10, likelihood: str = "bernoulli", schedule: str = "sigmoid", step_size: float = 0.05,
+         target_acceptance: float = 0.65, generator: torch.Generator | None = None, flatten_samples: bool = False,
+         backend: str | None = None, progress: bool = False) -> BDMCBounds:
     """Bidirectional Monte Carlo (Grosse et al. 2015): stochastic lower and upper bounds on log p(x) for data
     simulated from the model (``simulate_data``), whose gap shrinks to 0 as ``steps`` grows.
 
@@ -273,27 +324,53 @@ def bdmc(x, z, decoder, *, mu=None, logvar=None, latent_dim=None, steps=500, cha
 
     Returns:
         BDMCBounds(lower [B], upper [B]), float64.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import bdmc, simulate_data
+        >>> _ = torch.manual_seed(0)
+        >>> decoder = torch.nn.Linear(3, 6)  # D = 3 -> P = 6
+        >>> x, z = simulate_data(decoder, num_examples=2, latent_dim=3)  # z: an exact posterior sample for x
+        >>> bounds = bdmc(x, z, decoder, latent_dim=3, steps=10, chains=4, leapfrog=2)
+        >>> bounds.lower.shape, bounds.upper.shape
+        (torch.Size([2]), torch.Size([2]))
     """
-    compute_like = "x" if mu is None else "mu"  # the chains' dtype and device
-    steps, chains, leapfrog, mu, logvar = _check_annealing_args(
-        x, decoder, mu, logvar, latent_dim, steps=steps, chains=chains, leapfrog=leapfrog, likelihood=likelihood,
-        schedule=schedule, step_size=step_size, target_acceptance=target_acceptance, generator=generator)
-    _checks.check_tensor("z", z, (2,), like=(compute_like, mu))
-    _checks.check_shape("z", z, mu.shape)
-    path = _annealing_setup(x, decoder, mu, logvar, likelihood=likelihood, backend=backend,
-                            flatten_samples=flatten_samples)
-    settings = _HMCSettings(leapfrog, float(step_size), float(target_acceptance), generator)
-    betas = annealing_schedule(steps, schedule).tolist()
-    lower = _log_mean_exp(_forward_log_weights(path, chains, betas, settings, progress), backend)
+    path, chains, betas, settings = _prepare_annealing(
+        x,
+        decoder,
+        z=z,
+        mu=mu,
+        logvar=logvar,
+        latent_dim=latent_dim,
+        steps=steps,
+        chains=chains,
+        leapfrog=leapfrog,
+        likelihood=likelihood,
+        schedule=schedule,
+        step_size=step_size,
+        target_acceptance=target_acceptance,
+        generator=generator,
+        backend=backend,
+        flatten_samples=flatten_samples,
+    )
+    lower = _log_mean_exp(_forward_log_weights(path, chains, betas, settings=settings, progress=progress), backend)
     start = path.state(z.detach().expand((chains,) + tuple(z.shape)))
-    reverse_log_w = _annealed_log_weights(path, start, betas[::-1], settings, progress=progress,
-                                          description="BDMC reverse")
+    reverse_log_w = _annealed_log_weights(
+        path,
+        start,
+        betas[::-1],
+        settings=settings,
+        progress=progress,
+        description="BDMC reverse",
+    )
     return BDMCBounds(lower, -_log_mean_exp(reverse_log_w, backend))
 
 
 @torch.no_grad()
-def simulate_data(decoder, num_examples, latent_dim, *, likelihood="bernoulli", generator=None,
-                  flatten_samples=False, dtype=None, device=None):
+def simulate_data(decoder: Decoder, num_examples: int, latent_dim: int, *, likelihood: str = "bernoulli",
+                  generator: torch.Generator | None = None, flatten_samples: bool = False,
+                  dtype: torch.dtype | None = None, device: Device = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Data drawn from the model: z ~ N(0, I), x ~ p(x|z); (x, z) is an exact joint sample, so z is an exact
     posterior sample for x (BDMC's reverse chains start there).
 
@@ -308,6 +385,19 @@ def simulate_data(decoder, num_examples, latent_dim, *, likelihood="bernoulli", 
 
     Returns:
         x [N, *event] and z [N, D].
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import simulate_data
+        >>> _ = torch.manual_seed(0)
+        >>> decoder = torch.nn.Linear(3, 6)  # D = 3 -> P = 6
+        >>> x, z = simulate_data(decoder, num_examples=4, latent_dim=3)
+        >>> x.shape, z.shape, set(x.unique().tolist()) <= {0.0, 1.0}
+        (torch.Size([4, 6]), torch.Size([4, 3]), True)
+        >>> gaussian_decoder = lambda z: (decoder(z), torch.zeros(z.shape[:-1] + (6,)))  # (mean, logvar)
+        >>> simulate_data(gaussian_decoder, 4, 3, likelihood="gaussian")[0].shape
+        torch.Size([4, 6])
     """
     num_examples = _checks.check_positive_int("num_examples", num_examples)
     latent_dim = _checks.check_positive_int("latent_dim", latent_dim)

@@ -134,8 +134,17 @@ def _check_sample_options(include_prior, latent_scale):
 def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, include_prior=True,
                     latent_scale=None):
     _check_sample_options(include_prior, latent_scale)
-    return _gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator,
-                            launchers=launchers()["sample"])
+    return _gaussian_sample(
+        mu,
+        logvar,
+        k,
+        eps=eps,
+        prior_mu=prior_mu,
+        prior_logvar=prior_logvar,
+        estimator=estimator,
+        generator=generator,
+        launchers=launchers()["sample"],
+    )
 
 
 def bernoulli_log_likelihood(logits, x):

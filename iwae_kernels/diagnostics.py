@@ -17,7 +17,7 @@ import torch
 
 from . import _checks
 from .backend import get_backend
-from .functional import StreamingIWAEBound
+from .functional import Device, StreamingIWAEBound
 
 # A tail of fewer weights than this gives no fit: k-hat is inf (as Pyro's psis_diagnostic, which warns).
 MIN_TAIL = 10
@@ -37,12 +37,12 @@ class ImportanceDiagnostics(NamedTuple):
     pareto_k: torch.Tensor
 
 
-def tail_size(k):
+def tail_size(k: int) -> int:
     """M, the number of largest weights the Pareto fit uses for k samples: ceil(min(k / 5, 3 sqrt(k)))."""
     return int(math.ceil(min(0.2 * k, 3.0 * math.sqrt(k))))
 
 
-def generalized_pareto_shape(exceedances, counts):
+def generalized_pareto_shape(exceedances: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Zhang & Stephens' (2009) estimate of the generalized Pareto shape, with PSIS's weakly informative prior,
     per column, as ``pyro.ops.stats.fit_generalized_pareto`` computes it for one.
 
@@ -76,12 +76,24 @@ class StreamingImportanceDiagnostics:
     """ESS and k-hat of k log-weights per example, folded chunk by chunk in memory that does not grow with k:
     two (max, sum) states (of log w and 2 log w) and the M + 1 largest log-weights per example.
 
-    >>> diagnostics = StreamingImportanceDiagnostics(5000, batch_size=B, device=x.device)
-    >>> for chunk in chunks: diagnostics.update(chunk)   # each [kc, B]
-    >>> diagnostics.result()                              # == importance_diagnostics(all log-weights)
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import StreamingImportanceDiagnostics, importance_diagnostics
+        >>> _ = torch.manual_seed(0)
+        >>> log_w = torch.randn(1000, 2)  # k = 1000 log-weights of B = 2 examples
+        >>> diagnostics = StreamingImportanceDiagnostics(1000, batch_size=2)
+        >>> for chunk in log_w.split(100):  # each [100, B]
+        ...     diagnostics.update(chunk)
+        >>> streamed, at_once = diagnostics.result(), importance_diagnostics(log_w)
+        >>> torch.allclose(streamed.ess, at_once.ess), torch.allclose(streamed.pareto_k, at_once.pareto_k)
+        (True, True)
     """
 
-    def __init__(self, num_samples, batch_size, *, device=None, backend=None):
+    largest: torch.Tensor
+
+    def __init__(self, num_samples: int, batch_size: int, *, device: Device = None,
+                 backend: str | None = None) -> None:
         self.num_samples = _checks.check_positive_int("num_samples", num_samples)
         self.keep = tail_size(self.num_samples) + 1  # the tail and the cutoff below it
         self.weights = StreamingIWAEBound(batch_size, device=device, dtype=torch.float64, backend=backend)
@@ -89,11 +101,11 @@ class StreamingImportanceDiagnostics:
         self.largest = torch.empty((0, batch_size), dtype=torch.float64, device=device)
         self.backend = backend
 
-    def _keep_largest(self, log_w):
+    def _keep_largest(self, log_w: torch.Tensor) -> None:
         rows = torch.cat([self.largest, log_w])
         self.largest = rows.topk(min(self.keep, rows.shape[0]), dim=0).values
 
-    def update(self, log_w):
+    def update(self, log_w: torch.Tensor) -> None:
         """Fold log-weights [kc, B] (any kc >= 1) into the state."""
         _checks.check_tensor("log_w", log_w, (2,))
         _checks.check_shape("log_w", log_w, (log_w.shape[0], self.largest.shape[1]))
@@ -102,13 +114,13 @@ class StreamingImportanceDiagnostics:
         self.squares.update(2.0 * log_w)
         self._keep_largest(log_w)
 
-    def merge(self, other):
+    def merge(self, other: "StreamingImportanceDiagnostics") -> None:
         """Fold in another state's (the same examples, other samples of the same k in all)."""
         self.weights.merge(other.weights)
         self.squares.merge(other.squares)
         self._keep_largest(other.largest)
 
-    def result(self):
+    def result(self) -> ImportanceDiagnostics:
         """``ImportanceDiagnostics`` over every sample folded so far (all k of them)."""
         folded = self.weights.num_samples
         if folded != self.num_samples:
@@ -120,7 +132,7 @@ class StreamingImportanceDiagnostics:
                           self.weights.running_sum**2 / self.squares.running_sum.clamp(min=torch.finfo(torch.float64).tiny))
         return ImportanceDiagnostics(ess=ess, pareto_k=self._pareto_k(empty))
 
-    def _pareto_k(self, empty):
+    def _pareto_k(self, empty: torch.Tensor) -> torch.Tensor:
         largest = self.largest.flip(0)  # ascending, as Pyro sorts
         if largest.shape[0] < self.keep:  # k = 1: no cutoff below the tail
             return torch.full_like(largest[0], math.inf)
@@ -136,7 +148,7 @@ class StreamingImportanceDiagnostics:
         return shape
 
 
-def importance_diagnostics(log_w, *, backend=None):
+def importance_diagnostics(log_w: torch.Tensor, *, backend: str | None = None) -> ImportanceDiagnostics:
     """Per-example effective sample size and PSIS Pareto k-hat of the importance weights exp(log_w).
 
     Args:
@@ -149,9 +161,18 @@ def importance_diagnostics(log_w, *, backend=None):
         all -inf column); k-hat as Pyro's ``psis_diagnostic`` computes it, inf where fewer than 10 weights make the
         tail (k below about 50, or weights below 1e-15 of the largest). k-hat > 0.7: unreliable.
 
-    >>> import torch, iwae_kernels as ik
-    >>> ik.importance_diagnostics(torch.zeros(100, 2)).ess
-    tensor([100., 100.], dtype=torch.float64)
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import importance_diagnostics
+        >>> importance_diagnostics(torch.zeros(100, 2)).ess  # equal weights: ESS = k
+        tensor([100., 100.], dtype=torch.float64)
+        >>> log_w = torch.zeros(100, 2)
+        >>> log_w[0] = 50.0  # one weight dominates: ESS ~ 1
+        >>> importance_diagnostics(log_w).ess
+        tensor([1., 1.], dtype=torch.float64)
+        >>> importance_diagnostics(torch.zeros(20, 2)).pareto_k  # k = 20: a tail of 4 weights is too short to fit
+        tensor([inf, inf], dtype=torch.float64)
     """
     _checks.check_tensor("log_w", log_w, (2,))
     get_backend(backend, log_w.device)  # a backend that cannot run here says so before any work

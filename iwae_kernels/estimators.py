@@ -1,8 +1,9 @@
 """The gradient estimators in one place: their names, what each assumes, and the one piece of the stl/dreg
 gradient that the sampling kernels cannot compute themselves (docs/MATH.md, "Backward" and "Where DReG's identity holds").
 
-An estimator changes only the gradient that reaches the variational parameters; every estimator gives the
-model's parameters (decoder, learned prior) the IWAE gradient.
+The model's parameters (decoder, learned prior) get L_k's gradient under every estimator except those with an
+objective of their own: "vae" gives them the k-sample ELBO's, "miwae", "ciwae" and "renyi" their bound's; the others
+change only the gradient that reaches the variational parameters.
 
 - ``"iwae"``, ``"vae"``, ``"iwae-resample"``: the exact derivative of their objective.
 - ``"stl"``, ``"dreg"`` (path-derivative estimators): inside log q(z) the variational parameters are stopped,
@@ -29,6 +30,7 @@ model's parameters (decoder, learned prior) the IWAE gradient.
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -57,8 +59,11 @@ NO_FLOW_ESTIMATORS = ("dreg", "rws", "rws-dreg", "vimco")
 # which an annealed latent term makes -beta.
 PLAIN_BOUND_ESTIMATORS = PATH_ESTIMATORS + ("iwae-resample", "rws", "rws-dreg", "vimco")
 
+# A backend's iwae_bound ([k, B] -> [B]) or normalized_weights ([k, B] -> [k, B]), as the functions below take them.
+LogWeightOp = Callable[[torch.Tensor], torch.Tensor]
 
-def sampling_estimator(estimator):
+
+def sampling_estimator(estimator: str) -> str:
     """The sampling kernels' estimator under ``estimator``: rws-dreg's encoder gradient is a weighted path
     derivative (stl's); rws samples with its encoder stopped, so any exact one serves; the others are their own or
     the exact derivative."""
@@ -67,7 +72,8 @@ def sampling_estimator(estimator):
     return "stl" if estimator == "rws-dreg" else "iwae"
 
 
-def check_estimator_options(estimator, k, groups=None, ciwae_beta=None, renyi_alpha=None):
+def check_estimator_options(estimator: str, k: int, groups: int | None = None, ciwae_beta: float | None = None,
+                            renyi_alpha: float | None = None) -> tuple[int | None, float | None, float | None]:
     """Check ``groups`` (miwae, piwae: M groups of K = k / M samples), ``ciwae_beta`` (ciwae: in [0, 1]) and
     ``renyi_alpha`` (renyi: a finite real != 1) against the estimator, and k >= 2 for vimco; returns (groups,
     ciwae_beta, renyi_alpha) as (int or None, float or None, float or None)."""
@@ -101,7 +107,7 @@ def check_estimator_options(estimator, k, groups=None, ciwae_beta=None, renyi_al
     return groups, ciwae_beta, renyi_alpha
 
 
-def grouped_bound(log_w, groups, bound):
+def grouped_bound(log_w: torch.Tensor, groups: int, bound: LogWeightOp) -> torch.Tensor:
     """MIWAE(M, K): the mean over M = ``groups`` consecutive groups of K samples of their K-sample bounds.
     log_w [M * K, B] -> [B]; ``bound`` is a backend's iwae_bound ([K, N] -> [N])."""
     k, batch = log_w.shape
@@ -109,19 +115,19 @@ def grouped_bound(log_w, groups, bound):
     return bound(per_group).reshape(groups, batch).mean(0)
 
 
-def value_with_gradient(value, surrogate):
+def value_with_gradient(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
     """value [B] with surrogate's gradient; where the surrogate is not finite (-inf log-weights), value alone
     (zero gradient, never NaN)."""
     finite = torch.isfinite(surrogate)
     return torch.where(finite, surrogate + (value - torch.where(finite, surrogate, 0)).detach(), value)
 
 
-def _weighted_sum(weights, log_w):
+def _weighted_sum(weights: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
     """sum_i weights_i log w_i [B]; a zero weight on a -inf log-weight adds 0, not NaN."""
     return torch.where(weights > 0, weights * log_w, 0).sum(0)
 
 
-def renyi_bound(log_w, renyi_alpha, bound):
+def renyi_bound(log_w: torch.Tensor, renyi_alpha: float, bound: LogWeightOp) -> torch.Tensor:
     """The Renyi (VR-alpha) bound L_a = (logsumexp_i((1 - a) log w_i) - log k) / (1 - a) [B] of log_w [k, B]
     (Li & Turner 2016): L_k at a = 0, the ELBO in the limit a -> 1, above L_k (not a bound) for a < 0. Its
     gradient is sum_i softmax((1 - a) log w)_i d log w_i. ``bound``: a backend's iwae_bound."""
@@ -132,7 +138,7 @@ def renyi_bound(log_w, renyi_alpha, bound):
     return value
 
 
-def leave_one_out_bounds(log_w):
+def leave_one_out_bounds(log_w: torch.Tensor) -> torch.Tensor:
     """VIMCO's baselines L_{-i} = log((sum_{j != i} w_j + G_{-i}) / k) [k, B] for log_w [k, B], k >= 2, with
     G_{-i} = exp(mean_{j != i} log w_j), the geometric mean of the others in sample i's place (Mnih & Rezende 2016).
     O(k B): the others' sum is the total less w_i, both scaled by the largest weight; the largest sample's
@@ -195,7 +201,14 @@ def objective_bound(estimator, log_w, bound, normalized_weights, *, log_w_fixed=
     if estimator == "ciwae":
         return ciwae_beta * log_w.mean(0) + (1 - ciwae_beta) * bound(log_w)
     if estimator in FIXED_SAMPLE_ESTIMATORS or log_q is not None:
-        return fixed_sample_bound(estimator, log_w, log_q, bound, normalized_weights, renyi_alpha)
+        return fixed_sample_bound(
+            estimator,
+            log_w,
+            log_q,
+            bound=bound,
+            normalized_weights=normalized_weights,
+            renyi_alpha=renyi_alpha,
+        )
     if estimator == "renyi":
         return renyi_bound(log_w, renyi_alpha, bound)
     if estimator not in ROUTED_ESTIMATORS:
@@ -212,7 +225,7 @@ def objective_bound(estimator, log_w, bound, normalized_weights, *, log_w_fixed=
     return value_with_gradient(value.detach(), surrogate)
 
 
-def check_latent_scale(name, estimator, scale):
+def check_latent_scale(name: str, estimator: str, scale: torch.Tensor | None) -> None:
     """Refuse a latent weight (beta != 1, already reduced to None when it is 1) with a plain-bound estimator."""
     if scale is not None and estimator in PLAIN_BOUND_ESTIMATORS:
         raise ValueError(
@@ -251,7 +264,7 @@ class ConditionalDensityPathFunction(torch.autograd.Function):
         return None, grad_mu.to(mu.dtype), grad_logvar.to(logvar.dtype), None
 
 
-def wake_phi_term(z, mu, logvar):
+def wake_phi_term(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """log q(z_i|x) at fixed samples as the fixed-sample estimators use it (``fixed_sample_bound``'s log_q): a [k, B]
     tensor of zeros whose incoming gradient g_i goes into (mu, logvar) as g_i d log N(z_i; mu, exp(logvar)) /
     d(mu, logvar) at fixed z_i. Added to log-weights at fixed samples, L_k's g wt_i reaches it: wake-phi, so
@@ -263,7 +276,8 @@ def wake_phi_term(z, mu, logvar):
     return -ConditionalDensityPathFunction.apply(z.detach(), mu.expand(shape), logvar.expand(shape), "stl")
 
 
-def conditional_density_path(z, density_mu, density_logvar, estimator):
+def conditional_density_path(z: torch.Tensor, density_mu: torch.Tensor, density_logvar: torch.Tensor,
+                             estimator: str) -> torch.Tensor | None:
     """The path term a path estimator needs when q's parameters depend on earlier samples: a [k, B] tensor of
     zeros to add to the log-weights, whose gradient flows into (density_mu, density_logvar) only for "stl" and
     "dreg" (None for the exact estimators, which need no correction).

@@ -7,14 +7,17 @@ importance diagnostics, ``diagnostics.py``); the model zoo's ``LogWeightModel.lo
 two pieces.
 """
 
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, overload
+
 import torch
 import torch.distributed as dist
 
 from . import functional
 from ._memory import peak_allocated_bytes
 from .backend import get_backend
-from .diagnostics import StreamingImportanceDiagnostics
-from .functional import StreamingIWAEBound
+from .diagnostics import ImportanceDiagnostics, StreamingImportanceDiagnostics
+from .functional import Decoder, Device, StreamingIWAEBound
 
 # What one chunk of L_k's samples may hold in the tensors it allocates, unless ``memory_budget=`` says otherwise:
 # the chunk follows from it, the batch and the decoder's measured bytes per sample, so memory does not grow with k.
@@ -28,15 +31,19 @@ PROBE_SAMPLES = (2, 4)
 # benchmarks/eval_memory.py); at 0.5, 0.91-1.36x and 0.69-1.03x.
 COUNTED_SHARE = 0.4
 
+# What ``evaluate_dataset`` takes as the encoder: x [b, *event] -> (mu, logvar), each [b, D].
+Encoder = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
-def check_chunk_and_budget(chunk, memory_budget):
+
+def check_chunk_and_budget(chunk: int | None, memory_budget: int | None) -> None:
     """``chunk`` (samples, int >= 1) and ``memory_budget`` (bytes, int >= 1) are each None or valid."""
     for name, value in (("chunk", chunk), ("memory_budget", memory_budget)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name}: expected an int >= 1 or None, got {value!r}")
 
 
-def chunk_for_budget(chunk_log_weights, k, *, device, chunk=None, memory_budget=None):
+def chunk_for_budget(chunk_log_weights: Callable[[int], torch.Tensor], k: int, *, device: torch.device | str,
+                     chunk: int | None = None, memory_budget: int | None = None) -> int:
     """Samples per chunk of L_k, at most k: ``chunk`` when given, else as many as ``memory_budget`` bytes (default
     MEMORY_BUDGET) hold, measured: ``chunk_log_weights(size) -> [size, B]`` runs at the PROBE_SAMPLES sizes while
     every byte it allocates on ``device`` is counted (``_memory.peak_allocated_bytes``, any decoder), and the
@@ -58,7 +65,9 @@ def chunk_for_budget(chunk_log_weights, k, *, device, chunk=None, memory_budget=
     return max(1, min(k, int((budget - fixed) // max(per_sample, 1.0))))
 
 
-def streamed_bound(chunk_log_weights, k, *, chunk, batch_size, device, backend=None, diagnostics=False):
+def streamed_bound(chunk_log_weights: Callable[[int, int], torch.Tensor], k: int, *, chunk: int, batch_size: int,
+                   device: Device, backend: str | None = None,
+                   diagnostics: bool = False) -> torch.Tensor | tuple[torch.Tensor, ImportanceDiagnostics]:
     """L_k [B] (float64) from ``chunk_log_weights(start, size) -> log w [size, B]`` called for consecutive
     chunks of ``chunk`` samples covering k, folded as they come (StreamingIWAEBound); with ``diagnostics``, also
     the weights' ``ImportanceDiagnostics`` from the same chunks: (L_k, diagnostics)."""
@@ -69,13 +78,33 @@ def streamed_bound(chunk_log_weights, k, *, chunk, batch_size, device, backend=N
         accumulator.update(log_w)
         if checks is not None:
             checks.update(log_w)
-    return (accumulator.bound(), checks.result()) if diagnostics else accumulator.bound()
+    return (accumulator.bound(), checks.result()) if diagnostics else accumulator.bound()  # type: ignore[union-attr]
 
 
+@overload
+def log_likelihood(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, decoder: Decoder, k: int = 5000, *,
+                   likelihood: str = "bernoulli", chunk: int | None = None, memory_budget: int | None = None,
+                   eps: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   backend: str | None = None, flatten_samples: bool = False, check_finite: bool = False,
+                   diagnostics: Literal[False] = False) -> torch.Tensor: ...
+@overload
+def log_likelihood(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, decoder: Decoder, k: int = 5000, *,
+                   likelihood: str = "bernoulli", chunk: int | None = None, memory_budget: int | None = None,
+                   eps: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   backend: str | None = None, flatten_samples: bool = False, check_finite: bool = False,
+                   diagnostics: Literal[True]) -> tuple[torch.Tensor, ImportanceDiagnostics]: ...
+@overload
+def log_likelihood(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, decoder: Decoder, k: int = 5000, *,
+                   likelihood: str = "bernoulli", chunk: int | None = None, memory_budget: int | None = None,
+                   eps: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   backend: str | None = None, flatten_samples: bool = False, check_finite: bool = False,
+                   diagnostics: bool = False) -> torch.Tensor | tuple[torch.Tensor, ImportanceDiagnostics]: ...
 @torch.no_grad()
-def log_likelihood(x, mu, logvar, decoder, k=5000, *, likelihood="bernoulli", chunk=None, memory_budget=None,
-                   eps=None, generator=None, backend=None, flatten_samples=False, check_finite=False,
-                   diagnostics=False):
+def log_likelihood(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, decoder: Decoder, k: int = 5000, *,
+                   likelihood: str = "bernoulli", chunk: int | None = None, memory_budget: int | None = None,
+                   eps: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                   backend: str | None = None, flatten_samples: bool = False, check_finite: bool = False,
+                   diagnostics: bool = False) -> torch.Tensor | tuple[torch.Tensor, ImportanceDiagnostics]:
     """Per-example L_k [B] of your own encoder/decoder (the paper's test log-likelihood at k = 5000), in memory
     that does not grow with k and with no autograd graph.
 
@@ -96,6 +125,25 @@ def log_likelihood(x, mu, logvar, decoder, k=5000, *, likelihood="bernoulli", ch
     Returns:
         L_k [B], float64 (the fold's accumulation dtype); with ``diagnostics``, (L_k, ``ImportanceDiagnostics``
         (ess [B], pareto_k [B])).
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import log_likelihood
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.rand(3, 6).round()  # B = 3 binary images of P = 6 pixels
+        >>> mu, logvar = torch.zeros(3, 2), torch.zeros(3, 2)  # the encoder's q(z|x), D = 2
+        >>> decoder = torch.nn.Linear(2, 6)
+        >>> bound = log_likelihood(x, mu, logvar, decoder, k=200, chunk=50)  # 4 chunks of 50 samples
+        >>> bound.shape, bound.dtype
+        (torch.Size([3]), torch.float64)
+        >>> eps = torch.randn(200, 3, 2)  # fixed noise: the same L_k whatever the chunk
+        >>> one = log_likelihood(x, mu, logvar, decoder, k=200, chunk=200, eps=eps)
+        >>> torch.allclose(one, log_likelihood(x, mu, logvar, decoder, k=200, chunk=64, eps=eps))
+        True
+        >>> bound, checks = log_likelihood(x, mu, logvar, decoder, k=200, chunk=50, diagnostics=True)
+        >>> checks.ess.shape, checks.pareto_k.shape
+        (torch.Size([3]), torch.Size([3]))
     """
     k = functional._check_loss_args(x, mu, logvar, decoder=decoder, k=k, likelihood=likelihood, eps=eps,
                                     generator=generator, check_finite=check_finite)
@@ -116,7 +164,7 @@ def log_likelihood(x, mu, logvar, decoder, k=5000, *, likelihood="bernoulli", ch
                           backend=backend, diagnostics=diagnostics)
 
 
-def process_group():
+def process_group() -> tuple[int, int]:
     """(rank, world size) of the initialised torch.distributed process group, else (0, 1)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -180,9 +228,33 @@ def _examples(result):
     return (result if isinstance(result, torch.Tensor) else result[0]).shape[0]
 
 
-def evaluate_dataset(loader, encode, decoder, k=5000, *, likelihood="bernoulli", chunk=None, memory_budget=None, seed=0,
-                     device=None, backend=None, flatten_samples=False, check_finite=False, progress=False,
-                     diagnostics=False):
+@overload
+def evaluate_dataset(loader: Iterable[torch.Tensor | Sequence[torch.Tensor]], encode: Encoder, decoder: Decoder,
+                     k: int = 5000, *, likelihood: str = "bernoulli", chunk: int | None = None,
+                     memory_budget: int | None = None, seed: int = 0, device: Device = None,
+                     backend: str | None = None, flatten_samples: bool = False, check_finite: bool = False,
+                     progress: bool = False,
+                     diagnostics: Literal[False] = False) -> torch.Tensor: ...
+@overload
+def evaluate_dataset(loader: Iterable[torch.Tensor | Sequence[torch.Tensor]], encode: Encoder, decoder: Decoder,
+                     k: int = 5000, *, likelihood: str = "bernoulli", chunk: int | None = None,
+                     memory_budget: int | None = None, seed: int = 0, device: Device = None,
+                     backend: str | None = None, flatten_samples: bool = False, check_finite: bool = False,
+                     progress: bool = False,
+                     diagnostics: Literal[True]) -> tuple[torch.Tensor, ImportanceDiagnostics]: ...
+@overload
+def evaluate_dataset(loader: Iterable[torch.Tensor | Sequence[torch.Tensor]], encode: Encoder, decoder: Decoder,
+                     k: int = 5000, *, likelihood: str = "bernoulli", chunk: int | None = None,
+                     memory_budget: int | None = None, seed: int = 0, device: Device = None,
+                     backend: str | None = None, flatten_samples: bool = False, check_finite: bool = False,
+                     progress: bool = False,
+                     diagnostics: bool = False) -> torch.Tensor | tuple[torch.Tensor, ImportanceDiagnostics]: ...
+def evaluate_dataset(loader: Iterable[torch.Tensor | Sequence[torch.Tensor]], encode: Encoder, decoder: Decoder,
+                     k: int = 5000, *, likelihood: str = "bernoulli", chunk: int | None = None,
+                     memory_budget: int | None = None, seed: int = 0, device: Device = None,
+                     backend: str | None = None, flatten_samples: bool = False, check_finite: bool = False,
+                     progress: bool = False,
+                     diagnostics: bool = False) -> torch.Tensor | tuple[torch.Tensor, ImportanceDiagnostics]:
     """Per-example L_k [N] (float64, CPU, in the loader's order) over a dataset, on one process or all of an
     initialised torch.distributed process group (torchrun): batch j goes to process j % world and draws its noise
     from a generator seeded by (seed, j), so 1 and N processes give the same numbers.
@@ -195,6 +267,23 @@ def evaluate_dataset(loader, encode, decoder, k=5000, *, likelihood="bernoulli",
             ``diagnostics``, returns (L_k [N], ``ImportanceDiagnostics`` of [N] tensors)).
         device: where x goes before ``encode`` (None: where the loader puts it).
         progress: a progress bar counting samples (examples x k) when tqdm is installed.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import evaluate_dataset
+        >>> _ = torch.manual_seed(0)
+        >>> data = torch.rand(10, 6).round()  # N = 10 binary images of P = 6 pixels
+        >>> loader = torch.utils.data.DataLoader(data, batch_size=4)
+        >>> encoder, decoder = torch.nn.Linear(6, 2 * 2), torch.nn.Linear(2, 6)  # D = 2
+        >>> def encode(x):
+        ...     mu, logvar = encoder(x).chunk(2, dim=-1)
+        ...     return mu, logvar
+        >>> bounds = evaluate_dataset(loader, encode, decoder, k=100, chunk=50)
+        >>> bounds.shape, bounds.dtype
+        (torch.Size([10]), torch.float64)
+        >>> torch.equal(bounds, evaluate_dataset(loader, encode, decoder, k=100, chunk=50))  # noise from seed=0
+        True
     """
     check_chunk_and_budget(chunk, memory_budget)
 
@@ -207,10 +296,22 @@ def evaluate_dataset(loader, encode, decoder, k=5000, *, likelihood="bernoulli",
     def batch_log_likelihood(index, x):
         generator = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + index)
         mu, logvar = encode(x)
-        return log_likelihood(x, mu, logvar, decoder, k, likelihood=likelihood, chunk=chunk,
-                              memory_budget=memory_budget, generator=generator, backend=backend,
-                              flatten_samples=flatten_samples, check_finite=check_finite, diagnostics=diagnostics)
+        return log_likelihood(
+            x,
+            mu,
+            logvar,
+            decoder=decoder,
+            k=k,
+            likelihood=likelihood,
+            chunk=chunk,
+            memory_budget=memory_budget,
+            generator=generator,
+            backend=backend,
+            flatten_samples=flatten_samples,
+            check_finite=check_finite,
+            diagnostics=diagnostics,
+        )
 
-    dataset = getattr(loader, "dataset", None)
+    dataset: Any = getattr(loader, "dataset", None)
     total = len(dataset) if hasattr(dataset, "__len__") else None
     return dealt_log_likelihoods(numbered(), batch_log_likelihood, k, total=total, progress=progress)

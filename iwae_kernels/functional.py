@@ -6,6 +6,9 @@ Every function takes ``backend=None`` ("torch" | "triton" | "cuda"; see ``iwae_k
 ``iwae_kernels.contract``).
 """
 
+from collections.abc import Callable, Sequence
+from typing import Union
+
 import torch
 
 from . import _checks
@@ -19,6 +22,12 @@ from .torch_math import bound_from_max_sum, largest_finite, reduced_loss
 LIKELIHOODS = ("bernoulli", "gaussian")
 REDUCTIONS = ("mean", "sum", "none")
 
+# The decoder ``iwae_loss``, ``log_likelihood`` and AIS take: z [k, B, D] (or [k * B, D]) -> logits [k, B, *event],
+# or a (mean, logvar) pair of them (an nn.Module or any function).
+Decoder = Callable[[torch.Tensor], Union[torch.Tensor, Sequence[torch.Tensor]]]
+# Where a tensor goes: a torch.device, a name ("cpu", "cuda:0"), or None (the default).
+Device = Union[torch.device, str, None]
+
 
 def _latent_scale(name, value, like):
     """A float or 0-dim tensor weight on the latent term -> None (weight 1) or a 0-dim tensor on like's device."""
@@ -28,7 +37,7 @@ def _latent_scale(name, value, like):
         if value.dim() != 0 or not value.is_floating_point():
             raise ValueError(f"{name}: expected a float or a 0-dim floating tensor, got shape {tuple(value.shape)}, "
                              f"dtype {value.dtype}")
-        _checks.check_same_device(name, value, "mu", like)
+        _checks.check_same_device(name, value, like=("mu", like))
         return value
     if not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
         raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
@@ -78,9 +87,12 @@ def _check_generator(generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
 
 
-def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None, estimator="iwae",
-                    generator=None, include_prior=True, latent_scale=None, density_mu=None, density_logvar=None,
-                    backend=None):
+def gaussian_sample(mu: torch.Tensor, logvar: torch.Tensor, k: int, *, eps: torch.Tensor | None = None,
+                    prior_mu: torch.Tensor | None = None, prior_logvar: torch.Tensor | None = None,
+                    estimator: str = "iwae", generator: torch.Generator | None = None, include_prior: bool = True,
+                    latent_scale: float | torch.Tensor | None = None, density_mu: torch.Tensor | None = None,
+                    density_logvar: torch.Tensor | None = None,
+                    backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw k reparameterized samples z = mu + exp(logvar / 2) * eps and their latent log-weights.
 
     Args:
@@ -108,6 +120,19 @@ def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None
 
     Returns:
         z [k, B, D] in mu's dtype, and latent_scale * (log p(z) - log q(z|x)) [k, B] (float32 for half inputs).
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import gaussian_sample
+        >>> mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)  # q(z|x) for B = 2 examples, D = 3
+        >>> z, latent = gaussian_sample(mu, logvar, k=5)
+        >>> z.shape, latent.shape
+        (torch.Size([5, 2, 3]), torch.Size([5, 2]))
+        >>> eps = torch.full((5, 2, 3), 0.5)  # fixed noise: z = mu + exp(logvar / 2) * eps
+        >>> z, latent = gaussian_sample(torch.ones(2, 3), torch.zeros(2, 3), k=5, eps=eps)
+        >>> z[0, 0]
+        tensor([1.5000, 1.5000, 1.5000])
     """
     k = _check_gaussian_sample_args(mu, logvar, k, eps=eps, prior_mu=prior_mu, prior_logvar=prior_logvar,
                                     estimator=estimator, generator=generator, density_mu=density_mu,
@@ -117,15 +142,26 @@ def gaussian_sample(mu, logvar, k, *, eps=None, prior_mu=None, prior_logvar=None
     scale = _latent_scale("latent_scale", latent_scale, mu)
     check_latent_scale("latent_scale", estimator, scale)
     ops = get_backend(backend, mu.device)
-    z, latent = ops.gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, generator, include_prior,
-                                    scale)
+    z, latent = ops.gaussian_sample(
+        mu,
+        logvar,
+        k,
+        eps=eps,
+        prior_mu=prior_mu,
+        prior_logvar=prior_logvar,
+        estimator=estimator,
+        generator=generator,
+        include_prior=include_prior,
+        latent_scale=scale,
+    )
     if density_mu is not None:
-        path = conditional_density_path(z, density_mu, density_logvar, estimator)
+        path = conditional_density_path(z, density_mu, density_logvar, estimator=estimator)  # type: ignore[arg-type]
         latent = latent if path is None else latent + path
     return z, latent
 
 
-def categorical_log_likelihood(logits, tokens, mask=None, *, backend=None):
+def categorical_log_likelihood(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None, *,
+                               backend: str | None = None) -> torch.Tensor:
     """Token-sequence log-likelihood under a softmax decoder, log-softmax and gather fused: the compiled backends
     never form the [k, B, T, V] log-probabilities (a language-model decoder's largest tensor).
 
@@ -134,12 +170,25 @@ def categorical_log_likelihood(logits, tokens, mask=None, *, backend=None):
             default all ones).
     Returns:
         sum_t mask log p(tokens | logits) [k, B] (float32 for half logits). Checks the token range (a device sync).
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import categorical_log_likelihood
+        >>> logits = torch.zeros(2, 1, 3, 4)  # k = 2 samples, B = 1 sentence, T = 3 tokens, V = 4 words
+        >>> tokens = torch.tensor([[0, 3, 1]])
+        >>> categorical_log_likelihood(logits, tokens)  # 3 log(1 / 4) per sample
+        tensor([[-4.1589],
+                [-4.1589]])
+        >>> categorical_log_likelihood(logits, tokens, mask=torch.tensor([[1, 1, 0]]))  # the last token is padding
+        tensor([[-2.7726],
+                [-2.7726]])
     """
     _checks.check_tensor("logits", logits, (4,))
     if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.int64 or tokens.dim() != 2:
         raise TypeError(f"tokens: expected an int64 [B, T] tensor, got {getattr(tokens, 'dtype', type(tokens).__name__)} "
                         f"of shape {tuple(getattr(tokens, 'shape', ()))}")
-    _checks.check_same_device("tokens", tokens, "logits", logits)
+    _checks.check_same_device("tokens", tokens, like=("logits", logits))
     _checks.check_shape("tokens", tokens, logits.shape[1:3])
     vocab = logits.shape[-1]
     if tokens.min().item() < 0 or tokens.max().item() >= vocab:
@@ -148,13 +197,15 @@ def categorical_log_likelihood(logits, tokens, mask=None, *, backend=None):
     if mask is None:
         mask = torch.ones(tokens.shape, dtype=acc, device=logits.device)
     else:
-        _checks.check_same_device("mask", mask, "logits", logits)
+        _checks.check_same_device("mask", mask, like=("logits", logits))
         _checks.check_shape("mask", mask, tokens.shape)
         mask = mask.to(acc)
     return get_backend(backend, logits.device).categorical_log_likelihood(logits, tokens, mask)
 
 
-def local_reparam_linear(input, weight_mu, weight_var, bias=None, *, noise=None, generator=None, backend=None):
+def local_reparam_linear(input: torch.Tensor, weight_mu: torch.Tensor, weight_var: torch.Tensor,
+                         bias: torch.Tensor | None = None, *, noise: torch.Tensor | None = None,
+                         generator: torch.Generator | None = None, backend: str | None = None) -> torch.Tensor:
     """Pre-activations of a linear layer with factorized Gaussian weights W ~ N(weight_mu, weight_var), sampled
     by the local reparameterization trick: input @ mu^T + sqrt(input^2 @ var^T) * zeta + bias, zeta ~ N(0, 1)
     independent per row and output (the compiled backends form both matmuls and the noise in one kernel).
@@ -164,6 +215,17 @@ def local_reparam_linear(input, weight_mu, weight_var, bias=None, *, noise=None,
         noise: optional zeta [..., N]; else drawn (in the kernel for the compiled backends).
     Returns:
         [..., N] in input's dtype.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import local_reparam_linear
+        >>> input = torch.ones(5, 3)  # 5 rows of K = 3 features
+        >>> weight_mu, weight_var = torch.ones(2, 3), torch.full((2, 3), 0.5)  # N = 2 outputs
+        >>> local_reparam_linear(input, weight_mu, weight_var, torch.zeros(2)).shape
+        torch.Size([5, 2])
+        >>> local_reparam_linear(input, weight_mu, torch.zeros(2, 3))[0]  # no variance: the mean layer
+        tensor([3., 3.])
     """
     _checks.check_tensor("input", input, tuple(range(1, 9)))
     _checks.check_tensor("weight_mu", weight_mu, (2,), like=("input", input))
@@ -181,7 +243,14 @@ def local_reparam_linear(input, weight_mu, weight_var, bias=None, *, noise=None,
         _checks.check_shape("noise", noise, leading + (size,))
         noise = noise.reshape(-1, size)
     ops = get_backend(backend, input.device)
-    out = ops.local_reparam_linear(input.reshape(-1, width), weight_mu, weight_var, bias, noise, generator)
+    out = ops.local_reparam_linear(
+        input.reshape(-1, width),
+        weight_mu,
+        weight_var,
+        bias=bias,
+        noise=noise,
+        generator=generator,
+    )
     return out.reshape(leading + (size,))
 
 
@@ -195,28 +264,46 @@ def _flat_observation(name, value, x):
     """
     _checks.check_tensor("x", x, tuple(d + 1 for d in EVENT_DIMS))
     _checks.check_tensor(name, value, tuple(d + 2 for d in EVENT_DIMS))
-    _checks.check_same_device("x", x, name, value)
+    _checks.check_same_device("x", x, like=(name, value))
     if tuple(x.shape) != tuple(value.shape[1:]):
         raise ValueError(f"x: expected shape [B, *event] = {tuple(value.shape[1:])} to match {name}, "
                          f"got {tuple(x.shape)}")
     return value.flatten(2), x.detach().flatten(1)
 
 
-def bernoulli_log_likelihood(logits, x, *, backend=None):
+def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """log p(x|z) = sum_j x_j y_j - softplus(y_j) over the event dims, for logits y [k, B, *event] and targets
     x [B, *event] in [0, 1] (e.g. [B, P], or images [B, C, H, W]).
 
     Returns [k, B] (float32 for half logits). Gradient flows to logits only: x never gets one, on any backend.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import bernoulli_log_likelihood
+        >>> logits = torch.zeros(4, 2, 3)  # k = 4 samples, B = 2 examples, P = 3 pixels
+        >>> x = torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+        >>> bernoulli_log_likelihood(logits, x)[0]  # 3 log(1 / 2) per example
+        tensor([-2.0794, -2.0794])
     """
     logits, x = _flat_observation("logits", logits, x)
     return get_backend(backend, logits.device).bernoulli_log_likelihood(logits, x)
 
 
-def gaussian_log_likelihood(mean, logvar, x, *, backend=None):
+def gaussian_log_likelihood(mean: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor, *,
+                            backend: str | None = None) -> torch.Tensor:
     """Diagonal-Gaussian log p(x|z) summed over the event dims, for mean, logvar [k, B, *event] and
     x [B, *event]; returns [k, B].
 
     Gradient flows to mean and logvar only: x never gets one, on any backend.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import gaussian_log_likelihood
+        >>> mean, logvar = torch.zeros(4, 2, 3), torch.zeros(4, 2, 3)  # k = 4, B = 2, P = 3
+        >>> gaussian_log_likelihood(mean, logvar, torch.zeros(2, 3))[0]  # -3 log(2 pi) / 2
+        tensor([-2.7568, -2.7568])
     """
     _checks.check_tensor("logvar", logvar, (mean.dim(),), like=("mean", mean))
     _checks.check_shape("logvar", logvar, mean.shape)
@@ -226,11 +313,12 @@ def gaussian_log_likelihood(mean, logvar, x, *, backend=None):
 
 def _check_latent_log_weight(latent_log_weight, like, like_name="the decoder output"):
     _checks.check_tensor("latent_log_weight", latent_log_weight, (2,))
-    _checks.check_same_device("latent_log_weight", latent_log_weight, like_name, like)
+    _checks.check_same_device("latent_log_weight", latent_log_weight, like=(like_name, like))
     _checks.check_shape("latent_log_weight", latent_log_weight, like.shape[:2])
 
 
-def bernoulli_iwae_loss(logits, x, latent_log_weight, *, reduction="mean", backend=None):
+def bernoulli_iwae_loss(logits: torch.Tensor, x: torch.Tensor, latent_log_weight: torch.Tensor, *,
+                        reduction: str = "mean", backend: str | None = None) -> torch.Tensor:
     """-L_k for log-weights log w = log p(x|z) + latent_log_weight with a Bernoulli decoder: what ``iwae_loss``
     ends in, from the decoder's logits y [k, B, *event], the targets x [B, *event] and the latent term [k, B]
     (e.g. ``gaussian_sample``'s). The compiled backends never write the log-weights' gradient chain as separate
@@ -238,26 +326,59 @@ def bernoulli_iwae_loss(logits, x, latent_log_weight, *, reduction="mean", backe
 
     Returns -L_k reduced over the batch: a scalar for reduction "mean" / "sum", [B] for "none". Gradients flow
     to logits and latent_log_weight (the normalized weights times the upstream gradient); x gets none.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import bernoulli_iwae_loss, gaussian_sample
+        >>> _ = torch.manual_seed(0)
+        >>> mu = torch.zeros(2, 3, requires_grad=True)  # B = 2 examples, D = 3
+        >>> z, latent = gaussian_sample(mu, torch.zeros(2, 3), k=4)
+        >>> decoder = torch.nn.Linear(3, 5)  # P = 5 pixels
+        >>> loss = bernoulli_iwae_loss(decoder(z), torch.ones(2, 5), latent)
+        >>> loss.backward()
+        >>> loss.shape, mu.grad.shape
+        (torch.Size([]), torch.Size([2, 3]))
+        >>> bernoulli_iwae_loss(torch.zeros(4, 2, 5), torch.ones(2, 5), torch.zeros(4, 2))  # -5 log(1 / 2)
+        tensor(3.4657)
     """
     _checks.check_choice("reduction", reduction, REDUCTIONS)
     logits, x = _flat_observation("logits", logits, x)
     _check_latent_log_weight(latent_log_weight, logits)
-    return get_backend(backend, logits.device).bernoulli_iwae_loss(logits, x, latent_log_weight, reduction)
+    return get_backend(backend, logits.device).bernoulli_iwae_loss(logits, x, latent_log_weight, reduction=reduction)
 
 
-def gaussian_iwae_loss(mean, logvar, x, latent_log_weight, *, reduction="mean", backend=None):
+def gaussian_iwae_loss(mean: torch.Tensor, logvar: torch.Tensor, x: torch.Tensor, latent_log_weight: torch.Tensor, *,
+                       reduction: str = "mean", backend: str | None = None) -> torch.Tensor:
     """-L_k for log-weights log w = log N(x; mean, exp(logvar)) + latent_log_weight: ``bernoulli_iwae_loss`` for a
-    diagonal-Gaussian decoder, mean and logvar [k, B, *event]."""
+    diagonal-Gaussian decoder, mean and logvar [k, B, *event].
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import gaussian_iwae_loss
+        >>> mean, logvar = torch.zeros(4, 2, 3), torch.zeros(4, 2, 3)  # k = 4, B = 2, P = 3
+        >>> gaussian_iwae_loss(mean, logvar, torch.zeros(2, 3), torch.zeros(4, 2))  # 3 log(2 pi) / 2
+        tensor(2.7568)
+        >>> gaussian_iwae_loss(mean, logvar, torch.zeros(2, 3), torch.zeros(4, 2), reduction="none")
+        tensor([2.7568, 2.7568])
+    """
     _checks.check_choice("reduction", reduction, REDUCTIONS)
     _checks.check_tensor("logvar", logvar, (mean.dim(),), like=("mean", mean))
     _checks.check_shape("logvar", logvar, mean.shape)
     mean, x = _flat_observation("mean", mean, x)
     _check_latent_log_weight(latent_log_weight, mean)
-    return get_backend(backend, mean.device).gaussian_iwae_loss(mean, logvar.flatten(2), x, latent_log_weight,
-                                                                reduction)
+    return get_backend(backend, mean.device).gaussian_iwae_loss(
+        mean,
+        logvar.flatten(2),
+        x,
+        latent_log_weight=latent_log_weight,
+        reduction=reduction,
+    )
 
 
-def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
+def bernoulli_decoder_log_likelihood(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor,
+                                     *, backend: str | None = None) -> torch.Tensor:
     """The decoder's last linear layer fused with the Bernoulli log-likelihood: the [k, B, P] logits
     hidden @ weight.T + bias are never written to memory by the compiled backends (the torch one forms them).
 
@@ -267,6 +388,20 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
         x: Bernoulli targets [B, P].
     Returns:
         [k, B] (float32 for half inputs); gradients flow to hidden, weight and bias.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import bernoulli_decoder_log_likelihood, bernoulli_log_likelihood
+        >>> _ = torch.manual_seed(0)
+        >>> hidden = torch.randn(4, 2, 8)  # k = 4 samples, B = 2 examples, H = 8 hidden units
+        >>> layer = torch.nn.Linear(8, 5)  # the decoder's output layer, P = 5 pixels
+        >>> x = torch.ones(2, 5)
+        >>> log_lik = bernoulli_decoder_log_likelihood(hidden, layer.weight, layer.bias, x)
+        >>> log_lik.shape
+        torch.Size([4, 2])
+        >>> torch.allclose(log_lik, bernoulli_log_likelihood(layer(hidden), x))  # as if the logits were written
+        True
     """
     if torch.is_autocast_enabled(hidden.device.type):
         # It stands in for a linear layer, so it casts as F.linear does under autocast.
@@ -276,7 +411,7 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
     _checks.check_tensor("weight", weight, (2,), like=("hidden", hidden))
     _checks.check_tensor("bias", bias, (1,), like=("hidden", hidden))
     _checks.check_tensor("x", x, (2,))
-    _checks.check_same_device("x", x, "hidden", hidden)
+    _checks.check_same_device("x", x, like=("hidden", hidden))
     size, width = weight.shape
     if width != hidden.shape[-1]:
         raise ValueError(f"weight: expected shape [P, H={hidden.shape[-1]}], got {tuple(weight.shape)}")
@@ -284,10 +419,13 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x, *, backend=None):
     _checks.check_shape("x", x, (hidden.shape[1], size))
     x = x.detach()  # data: no gradient on any backend
     ops = get_backend(backend, hidden.device)
-    return ops.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
+    return ops.bernoulli_decoder_log_likelihood(hidden, weight, bias, x=x)
 
 
-def bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weight=None, *, backend=None):
+def bernoulli_mlp_decoder_log_likelihood(z: torch.Tensor, weights: Sequence[torch.Tensor],
+                                         biases: Sequence[torch.Tensor], x: torch.Tensor,
+                                         latent_log_weight: torch.Tensor | None = None, *,
+                                         backend: str | None = None) -> torch.Tensor:
     """Evaluation's log-weights through the paper's decoder MLP in one op: log p(x|z) for the logits of
     Linear-tanh-Linear-tanh-Linear applied to z, plus ``latent_log_weight``. The compiled backends run one kernel,
     whose hidden activations stay in a few rows of scratch per program and whose logits never leave registers; the
@@ -301,6 +439,22 @@ def bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weigh
     Returns:
         [k, B] (float32 for half inputs). Forward only: for evaluation under ``torch.no_grad()``; an input that
         needs a gradient is refused (train with the layers and ``bernoulli_iwae_loss`` instead).
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import bernoulli_log_likelihood, bernoulli_mlp_decoder_log_likelihood
+        >>> _ = torch.manual_seed(0)
+        >>> decoder = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8),
+        ...                               torch.nn.Tanh(), torch.nn.Linear(8, 5))  # D = 3 -> P = 5
+        >>> z, x = torch.randn(4, 2, 3), torch.ones(2, 5)  # k = 4 samples, B = 2 examples
+        >>> linears = decoder[::2]
+        >>> with torch.no_grad():
+        ...     log_lik = bernoulli_mlp_decoder_log_likelihood(z, [layer.weight for layer in linears],
+        ...                                                    [layer.bias for layer in linears], x)
+        ...     expected = bernoulli_log_likelihood(decoder(z), x)
+        >>> log_lik.shape, torch.allclose(log_lik, expected, atol=1e-5)
+        (torch.Size([4, 2]), True)
     """
     for name, group in (("weights", weights), ("biases", biases)):
         if not isinstance(group, (list, tuple)) or len(group) != 3:
@@ -322,7 +476,7 @@ def bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weigh
         _checks.check_shape(f"biases[{index}]", biases[index], weight.shape[:1])
         width = weight.shape[0]
     _checks.check_tensor("x", x, (2,))
-    _checks.check_same_device("x", x, "z", z)
+    _checks.check_same_device("x", x, like=("z", z))
     _checks.check_shape("x", x, (z.shape[1], width))
     if latent_log_weight is not None:
         _check_latent_log_weight(latent_log_weight, z, "z")
@@ -331,15 +485,34 @@ def bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weigh
         raise ValueError("bernoulli_mlp_decoder_log_likelihood: forward only (evaluation): call it under "
                          "torch.no_grad(), or detach its inputs")
     ops = get_backend(backend, z.device)
-    return ops.bernoulli_mlp_decoder_log_likelihood(z, tuple(weights), tuple(biases), x.detach(), latent_log_weight)
+    return ops.bernoulli_mlp_decoder_log_likelihood(
+        z,
+        tuple(weights),
+        tuple(biases),
+        x=x.detach(),
+        latent_log_weight=latent_log_weight,
+    )
 
 
-def iwae_bound(log_w, *, backend=None):
+def iwae_bound(log_w: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """The IWAE bound L_k = logsumexp_i(log w_i) - log k over dim 0 of log_w [k, B]; returns [B].
 
     Backward gives g * normalized weights. A column of all -inf gives -inf and zero gradient, never NaN. A +inf
     log-weight is taken as the dtype's largest finite value: its column's bound is that value (finite, huge)
     with zero gradient, never NaN (``iwae_loss(check_finite=True)`` raises instead).
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import iwae_bound
+        >>> log_w = torch.tensor([[1.0, 0.0], [3.0, 0.0]]).log().requires_grad_()  # k = 2 samples, B = 2
+        >>> bound = iwae_bound(log_w)  # log of the mean weight: log 2, log 0 = -inf
+        >>> bound
+        tensor([0.6931,   -inf], grad_fn=<...>)
+        >>> bound.sum().backward()
+        >>> log_w.grad  # the normalized weights; zero for the impossible example
+        tensor([[0.2500, 0.0000],
+                [0.7500, 0.0000]])
     """
     _checks.check_tensor("log_w", log_w, (2,))
     return _bound(get_backend(backend, log_w.device), log_w)
@@ -349,10 +522,18 @@ def _bound(ops, log_w):
     return ops.iwae_bound(largest_finite(log_w))
 
 
-def normalized_weights(log_w, *, backend=None):
+def normalized_weights(log_w: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
     """Self-normalized importance weights wt_i = w_i / sum_j w_j over dim 0 of log_w [k, B]; returns [k, B].
 
     An all -inf column gives all-zero weights.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import normalized_weights
+        >>> normalized_weights(torch.tensor([[1.0, 0.0], [3.0, 0.0]]).log())
+        tensor([[0.2500, 0.0000],
+                [0.7500, 0.0000]])
     """
     _checks.check_tensor("log_w", log_w, (2,))
     return get_backend(backend, log_w.device).normalized_weights(log_w)
@@ -361,14 +542,27 @@ def normalized_weights(log_w, *, backend=None):
 class StreamingIWAEBound:
     """L_k folded chunk by chunk: memory does not grow with k (docs/MATH.md, "Large-k evaluation").
 
-    >>> acc = StreamingIWAEBound(batch_size=B, device=x.device)
-    >>> for chunk in range(0, 5000, 500): acc.update(log_w_chunk)   # each [kc, B]
-    >>> acc.bound()                                                  # [B] == iwae_bound(all log-weights)
-
     No gradient flows through it; states from several processes combine with ``merge``.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import StreamingIWAEBound, iwae_bound
+        >>> _ = torch.manual_seed(0)
+        >>> log_w = torch.randn(5000, 3)  # k = 5000 log-weights of B = 3 examples
+        >>> acc = StreamingIWAEBound(batch_size=3)
+        >>> for chunk in log_w.split(500):  # each [500, B], e.g. computed one chunk at a time
+        ...     acc.update(chunk)
+        >>> acc.num_samples, torch.allclose(acc.bound(), iwae_bound(log_w))
+        (5000, True)
     """
 
-    def __init__(self, batch_size, *, device=None, dtype=torch.float32, backend=None):
+    running_max: torch.Tensor
+    running_sum: torch.Tensor
+    num_samples: int
+
+    def __init__(self, batch_size: int, *, device: Device = None, dtype: torch.dtype = torch.float32,
+                 backend: str | None = None) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
         _checks.check_choice("dtype", dtype, (torch.float32, torch.float64))
@@ -377,16 +571,16 @@ class StreamingIWAEBound:
         self.num_samples = 0
         self.backend = backend
 
-    def update(self, log_w):
+    def update(self, log_w: torch.Tensor) -> None:
         """Fold log-weights [kc, B] (any kc >= 1) into the state."""
         _checks.check_tensor("log_w", log_w, (2,))
-        _checks.check_same_device("log_w", log_w, "the accumulator", self.running_max)
+        _checks.check_same_device("log_w", log_w, like=("the accumulator", self.running_max))
         _checks.check_shape("log_w", log_w, (log_w.shape[0], self.running_max.shape[0]))
         ops = get_backend(self.backend, log_w.device)
         self.running_max, self.running_sum = ops.fold_max_sum(self.running_max, self.running_sum, log_w.detach())
         self.num_samples += log_w.shape[0]
 
-    def merge(self, other):
+    def merge(self, other: "StreamingIWAEBound") -> None:
         """Fold in another accumulator's state (the same examples, other samples)."""
         new_max = torch.maximum(self.running_max, other.running_max)
         shift = torch.where(torch.isneginf(new_max), torch.zeros_like(new_max), new_max)
@@ -395,7 +589,7 @@ class StreamingIWAEBound:
         self.running_max = new_max
         self.num_samples += other.num_samples
 
-    def bound(self):
+    def bound(self) -> torch.Tensor:
         """L_k [B] over every sample folded so far."""
         if self.num_samples == 0:
             raise ValueError("StreamingIWAEBound.bound: no log-weights were folded in yet (call update first)")
@@ -446,7 +640,18 @@ def _likelihood_ops(ops, likelihood):
 def _checked_samples(mu, logvar, k, *, ops, estimator="iwae", eps=None, generator=None, check_finite=False,
                      scale=None):
     """z [k, B, D] and the latent term scale (log p(z) - log q(z|x)) [k, B] (arguments already checked)."""
-    z, latent_log_weight = ops.gaussian_sample(mu, logvar, k, eps, None, None, estimator, generator, True, scale)
+    z, latent_log_weight = ops.gaussian_sample(
+        mu,
+        logvar,
+        k,
+        eps=eps,
+        prior_mu=None,
+        prior_logvar=None,
+        estimator=estimator,
+        generator=generator,
+        include_prior=True,
+        latent_scale=scale,
+    )
     if check_finite and not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(latent_log_weight).all())):
         # Finite mu and logvar can still overflow: exp(logvar / 2) is inf in float32 from logvar ~ 178.
         raise ValueError(f"mu, logvar: the samples z or the latent term log p(z) - log q(z|x) are not finite "
@@ -473,12 +678,29 @@ def _log_weights(x, mu, logvar, **sampling):
     return log_likelihood(*inputs) + latent_log_weight
 
 
-def resampled_iwae_bound(log_weights, noise, *, generator=None, backend=None):
+def resampled_iwae_bound(log_weights: Callable[[Sequence[torch.Tensor]], torch.Tensor], noise: Sequence[torch.Tensor],
+                         *, generator: torch.Generator | None = None, backend: str | None = None) -> torch.Tensor:
     """The paper's single-sample backward (end of Sec. 3.1): value L_k [B], gradient of log w_j for one j ~ wt.
 
     ``log_weights(noise)`` computes log w [k', B] for a list of noise tensors, each [k', B, ...]; ``noise`` holds
     the k-sample noise. All k samples run forward without a graph; the chosen one is recomputed from its noise
     with a graph, so one backward pass does the work.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import iwae_bound, resampled_iwae_bound
+        >>> _ = torch.manual_seed(0)
+        >>> mu = torch.zeros(2, 3, requires_grad=True)  # B = 2 examples, D = 3
+        >>> def log_weights(noise):  # log w [k', B] of the samples z = mu + eps, for noise [[k', B, D]]
+        ...     return -0.5 * (mu + noise[0]).pow(2).sum(-1)
+        >>> noise = [torch.randn(10, 2, 3)]  # k = 10 samples
+        >>> bound = resampled_iwae_bound(log_weights, noise)
+        >>> torch.allclose(bound, iwae_bound(log_weights(noise)))  # the value is L_k
+        True
+        >>> bound.sum().backward()  # through one sample per example
+        >>> mu.grad.shape
+        torch.Size([2, 3])
     """
     return _resampled_bound(get_backend(backend, noise[0].device), log_weights, noise, generator=generator)
 
@@ -498,8 +720,9 @@ def _resampled_bound(ops, log_weights, noise, *, generator):
     return value_with_gradient(bound, chosen_log_w)
 
 
-def estimator_bound(log_w, estimator, *, log_w_fixed=None, log_q=None, groups=None, ciwae_beta=None,
-                    renyi_alpha=None, backend=None):
+def estimator_bound(log_w: torch.Tensor, estimator: str, *, log_w_fixed: torch.Tensor | None = None,
+                    log_q: torch.Tensor | None = None, groups: int | None = None, ciwae_beta: float | None = None,
+                    renyi_alpha: float | None = None, backend: str | None = None) -> torch.Tensor:
     """The per-example objective [B] of an estimator that acts on the log-weights, for models that form their own
     (e.g. with a flow posterior): the value is MIWAE's, CIWAE's, the Renyi bound L_a for "renyi", the ELBO for
     "vae", else L_k; the gradient the estimator's (``iwae_kernels.estimators``).
@@ -519,11 +742,30 @@ def estimator_bound(log_w, estimator, *, log_w_fixed=None, log_q=None, groups=No
         groups: M for "miwae" / "piwae" (k = M * K); ciwae_beta: the ELBO's share in [0, 1] for "ciwae";
             renyi_alpha: a for "renyi", a finite number other than 1.
     "iwae-resample" needs its own function (``resampled_iwae_bound``) and is refused here.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import estimator_bound, iwae_bound
+        >>> _ = torch.manual_seed(0)
+        >>> log_w = torch.randn(6, 2, requires_grad=True)  # k = 6 log-weights of B = 2 examples
+        >>> torch.equal(estimator_bound(log_w, "iwae"), iwae_bound(log_w))
+        True
+        >>> miwae = estimator_bound(log_w, "miwae", groups=2)  # the mean of two 3-sample bounds
+        >>> torch.allclose(miwae, (iwae_bound(log_w[:3]) + iwae_bound(log_w[3:])) / 2)
+        True
+        >>> estimator_bound(log_w, "ciwae", ciwae_beta=0.5).shape
+        torch.Size([2])
     """
     _checks.check_tensor("log_w", log_w, (2,))
     _checks.check_choice("estimator", estimator, tuple(e for e in ESTIMATORS if e != "iwae-resample"))
-    groups, ciwae_beta, renyi_alpha = check_estimator_options(estimator, log_w.shape[0], groups, ciwae_beta,
-                                                              renyi_alpha)
+    groups, ciwae_beta, renyi_alpha = check_estimator_options(
+        estimator,
+        log_w.shape[0],
+        groups=groups,
+        ciwae_beta=ciwae_beta,
+        renyi_alpha=renyi_alpha,
+    )
     if (log_w_fixed is not None) != (estimator in ROUTED_ESTIMATORS):
         raise ValueError(f"log_w_fixed: estimator={estimator!r} {'needs' if log_w_fixed is None else 'takes no'} "
                          "log_w_fixed (the log-weights with the samples and encoder stopped)")
@@ -545,13 +787,31 @@ def estimator_bound(log_w, estimator, *, log_w_fixed=None, log_q=None, groups=No
 def _objective_bound(ops, estimator, log_w, *, log_w_fixed=None, log_q=None, groups=None, ciwae_beta=None,
                      renyi_alpha=None):
     bound = lambda lw: _bound(ops, lw)
-    return objective_bound(estimator, log_w, bound, ops.normalized_weights, log_w_fixed=log_w_fixed, log_q=log_q,
-                           groups=groups, ciwae_beta=ciwae_beta, renyi_alpha=renyi_alpha)
+    return objective_bound(
+        estimator,
+        log_w,
+        bound,
+        normalized_weights=ops.normalized_weights,
+        log_w_fixed=log_w_fixed,
+        log_q=log_q,
+        groups=groups,
+        ciwae_beta=ciwae_beta,
+        renyi_alpha=renyi_alpha,
+    )
 
 
-def kl_warmup(step, warmup_steps, start=0.0):
+def kl_warmup(step: int, warmup_steps: int, start: float = 0.0) -> float:
     """The KL-annealing weight beta for training step ``step`` (Bowman et al. 2016): rises linearly from ``start``
-    to 1 over ``warmup_steps`` steps, then stays 1. Pass it as ``iwae_loss(..., beta=...)``."""
+    to 1 over ``warmup_steps`` steps, then stays 1. Pass it as ``iwae_loss(..., beta=...)``.
+
+    Examples::
+
+        >>> from iwae_kernels import kl_warmup
+        >>> [kl_warmup(step, warmup_steps=4) for step in range(6)]
+        [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+        >>> kl_warmup(1, warmup_steps=2, start=0.5)
+        0.75
+    """
     if warmup_steps < 0 or not 0 <= start <= 1:
         raise ValueError(f"warmup_steps, start: expected warmup_steps >= 0 and 0 <= start <= 1, got {warmup_steps}, {start}")
     if warmup_steps == 0 or step >= warmup_steps:
@@ -569,7 +829,7 @@ def _check_loss_args(x, mu, logvar, *, decoder, k, likelihood, eps, generator, c
     _checks.check_tensor("mu", mu, (2,))
     _checks.check_tensor("logvar", logvar, (2,), like=("mu", mu))
     _checks.check_shape("logvar", logvar, mu.shape)
-    _checks.check_same_device("x", x, "mu", mu)
+    _checks.check_same_device("x", x, like=("mu", mu))
     if x.shape[0] != mu.shape[0]:
         raise ValueError(f"x: expected batch size {mu.shape[0]} (as mu), got shape {tuple(x.shape)}")
     if not callable(decoder):
@@ -587,9 +847,12 @@ def _check_loss_args(x, mu, logvar, *, decoder, k, likelihood, eps, generator, c
     return k
 
 
-def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator="iwae", reduction="mean",
-              backend=None, flatten_samples=False, check_finite=False, generator=None, beta=None, groups=None,
-              ciwae_beta=None, renyi_alpha=None, eps=None):
+def iwae_loss(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, decoder: Decoder, k: int = 50, *,
+              likelihood: str = "bernoulli", estimator: str = "iwae", reduction: str = "mean",
+              backend: str | None = None, flatten_samples: bool = False, check_finite: bool = False,
+              generator: torch.Generator | None = None, beta: float | torch.Tensor | None = None,
+              groups: int | None = None, ciwae_beta: float | None = None, renyi_alpha: float | None = None,
+              eps: torch.Tensor | None = None) -> torch.Tensor:
     """The drop-in IWAE loss -L_k(x) for an encoder's Gaussian (mu, logvar) and any decoder.
 
     Args:
@@ -631,6 +894,21 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
     Returns:
         minus the estimator's objective reduced over the batch (a scalar), or [B] for reduction="none": -L_k, or
         -MIWAE, -CIWAE, -L_a, -ELBO for those estimators.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels import iwae_loss
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.rand(4, 6).round()  # B = 4 binary images of P = 6 pixels
+        >>> encoder, decoder = torch.nn.Linear(6, 2 * 2), torch.nn.Linear(2, 6)  # D = 2 latent dimensions
+        >>> mu, logvar = encoder(x).chunk(2, dim=-1)
+        >>> loss = iwae_loss(x, mu, logvar, decoder, k=5)
+        >>> loss.backward()
+        >>> loss.shape, encoder.weight.grad.shape, decoder.weight.grad.shape
+        (torch.Size([]), torch.Size([4, 6]), torch.Size([6, 2]))
+        >>> iwae_loss(x, mu, logvar, decoder, k=5, estimator="dreg", reduction="none").shape
+        torch.Size([4])
     """
     k = _check_loss_args(x, mu, logvar, decoder=decoder, k=k, likelihood=likelihood, eps=eps, generator=generator,
                          check_finite=check_finite)
@@ -638,7 +916,13 @@ def iwae_loss(x, mu, logvar, decoder, k=50, *, likelihood="bernoulli", estimator
     _checks.check_choice("reduction", reduction, REDUCTIONS)
     ops = get_backend(backend, mu.device)  # resolved once for the whole call
 
-    groups, ciwae_beta, renyi_alpha = check_estimator_options(estimator, k, groups, ciwae_beta, renyi_alpha)
+    groups, ciwae_beta, renyi_alpha = check_estimator_options(
+        estimator,
+        k,
+        groups=groups,
+        ciwae_beta=ciwae_beta,
+        renyi_alpha=renyi_alpha,
+    )
     scale = _latent_scale("beta", beta, mu)
     check_latent_scale("beta", estimator, scale)
     sampling = dict(decoder=decoder, ops=ops, likelihood=likelihood, flatten_samples=flatten_samples,

@@ -26,6 +26,8 @@ gradient hook on each sample multiplies the gradient reaching z_i by wt_i (Tucke
 
 import copy
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -47,6 +49,11 @@ from .functional import estimator_bound, normalized_weights
 # Not offered: "piwae" and "rws-dreg" need the log-weights again at fixed samples, "iwae-resample" its own sampling.
 PYRO_ESTIMATORS = ("iwae", "vae", "stl", "dreg", "miwae", "ciwae", "renyi", "rws", "vimco")
 PARTICLE_PLATE = "num_particles_vectorized"
+
+# A Pyro model or guide: called with the data (``*args, **kwargs``), it draws from sample sites.
+Program = Callable[..., Any]
+# The guide's samples as ``log_weights`` returns them: (value [k, ..., B, ..., *event], the shape laying [k, B] on it).
+GuideSamples = list[tuple[torch.Tensor, list[int]]]
 
 
 class _FixedSamples(Messenger):
@@ -124,10 +131,35 @@ class ImportanceWeightedELBO(ELBO):
     (``poutine.scale``), non-reparameterizable guide sites; for stl and dreg, guide sites whose parameters depend on
     an earlier guide sample (checked on the autograd graph, so when gradients are taken) or that hold learnable
     transforms.
+
+    Examples::
+
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from iwae_kernels.pyro import ImportanceWeightedELBO
+        >>> def model(x):  # z ~ N(0, 1), x ~ N(z, 1), per example
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        >>> def guide(x):
+        ...     loc = pyro.param("loc", torch.zeros(x.shape[0]))
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("z", dist.Normal(loc, 1.0))
+        >>> pyro.clear_param_store()
+        >>> _ = torch.manual_seed(0)
+        >>> elbo = ImportanceWeightedELBO(num_particles=8, estimator="dreg", max_plate_nesting=1)
+        >>> x = torch.tensor([0.5, -1.0, 2.0])  # B = 3 examples
+        >>> loss = elbo.loss_and_grads(model, guide, x)  # what SVI(model, guide, optim, loss=elbo).step(x) runs
+        >>> type(loss), pyro.param("loc").grad.shape  # -sum_b L_8(b), and the guide's gradient
+        (<class 'float'>, torch.Size([3]))
+        >>> log_w, samples, scale = elbo.log_weights(model, guide, x)  # the [k, B] log-weights
+        >>> log_w.shape, scale
+        (torch.Size([8, 3]), 1.0)
+        >>> pyro.clear_param_store()
     """
 
-    def __init__(self, num_particles=1, estimator="iwae", data_plate="data", groups=None, ciwae_beta=None,
-                 renyi_alpha=None, max_plate_nesting=None, backend=None):
+    def __init__(self, num_particles: int = 1, estimator: str = "iwae", data_plate: str = "data",
+                 groups: int | None = None, ciwae_beta: float | None = None, renyi_alpha: float | None = None,
+                 max_plate_nesting: int | None = None, backend: str | None = None) -> None:
         if estimator not in PYRO_ESTIMATORS:
             why = ("needs more than one set of log-weights (a second model pass at fixed samples, or its own "
                    "sampling)")
@@ -136,7 +168,12 @@ class ImportanceWeightedELBO(ELBO):
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise ValueError(f"num_particles: expected an int >= 1, got {num_particles!r}")
         self.groups, self.ciwae_beta, self.renyi_alpha = check_estimator_options(
-            estimator, num_particles, groups, ciwae_beta, renyi_alpha)
+            estimator,
+            num_particles,
+            groups=groups,
+            ciwae_beta=ciwae_beta,
+            renyi_alpha=renyi_alpha,
+        )
         super().__init__(num_particles=num_particles,
                          max_plate_nesting=math.inf if max_plate_nesting is None else max_plate_nesting)
         self.estimator = estimator
@@ -196,7 +233,8 @@ class ImportanceWeightedELBO(ELBO):
         log_prob = log_prob.sum(summed) if summed else log_prob
         return log_prob.expand(self.num_particles, frame.size)
 
-    def log_weights(self, model, guide, *args, **kwargs):
+    def log_weights(self, model: Program, guide: Program, *args: Any,
+                    **kwargs: Any) -> tuple[torch.Tensor, GuideSamples, float]:
         """Per-particle, per-example log-weights of one vectorized run of the guide and the model.
 
         Returns (log_w [k, B]; the guide's samples, one (value [k, ..., B, ..., *event], the shape that lays
@@ -207,12 +245,13 @@ class ImportanceWeightedELBO(ELBO):
         log_w, _, samples, scale = self.log_weights_and_log_q(model, guide, *args, **kwargs)
         return log_w, samples, scale
 
-    def log_weights_and_log_q(self, model, guide, *args, **kwargs):
+    def log_weights_and_log_q(self, model: Program, guide: Program, *args: Any,
+                              **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None, GuideSamples, float]:
         """``log_weights``' (log_w, log_q, samples, scale), log_q [k, B] the guide's log q at the fixed samples with
         its parameters live for rws and vimco (``estimator_bound``'s log_q; log_w holds it detached), else None."""
         fixed = self.estimator in FIXED_SAMPLE_ESTIMATORS
         model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
-        log_w = 0.0
+        log_w: Any = 0.0  # a tensor from the first site on
         for site in model_trace.nodes.values():
             if site["type"] != "sample":
                 continue
@@ -220,6 +259,7 @@ class ImportanceWeightedELBO(ELBO):
             if not site["is_observed"] and site["name"] not in guide_trace.nodes:
                 raise ValueError(f"site {site['name']!r}: a latent of the model that the guide does not sample")
             log_w = log_w + self._site_log_prob(site, site["fn"], frame)
+        log_q: Any  # as log_w
         samples, log_q = [], 0.0
         for site in guide_trace.nodes.values():
             if site["type"] != "sample":
@@ -266,7 +306,7 @@ class ImportanceWeightedELBO(ELBO):
             if z.requires_grad:
                 z.register_hook(lambda grad, w=weights.reshape(shape): grad * w)
 
-    def differentiable_loss(self, model, guide, *args, **kwargs):
+    def differentiable_loss(self, model: Program, guide: Program, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The loss -scale * sum_b objective_b (a scalar tensor) whose gradient is the estimator's."""
         log_w, log_q, samples, scale = self.log_weights_and_log_q(model, guide, *args, **kwargs)
         objective = estimator_bound(log_w, self.estimator, log_q=log_q, groups=self.groups,
@@ -275,12 +315,12 @@ class ImportanceWeightedELBO(ELBO):
             self._weight_path_by_normalized_weights(samples, log_w)
         return -scale * objective.sum()
 
-    def loss(self, model, guide, *args, **kwargs):
+    def loss(self, model: Program, guide: Program, *args: Any, **kwargs: Any) -> float:
         """The loss as a float, with no autograd graph."""
         with torch.no_grad():
             return self.differentiable_loss(model, guide, *args, **kwargs).item()
 
-    def loss_and_grads(self, model, guide, *args, **kwargs):
+    def loss_and_grads(self, model: Program, guide: Program, *args: Any, **kwargs: Any) -> float:
         """The loss as a float; its gradient accumulates into the parameters' ``.grad`` (what ``SVI.step`` calls)."""
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         if loss.requires_grad:

@@ -154,45 +154,116 @@ def op_cases(seed=0):
 
     def mlp_decoder(backend, z, x, latent, **layers):
         with torch.no_grad():
-            return F.bernoulli_mlp_decoder_log_likelihood(z, [layers[f"w{i}"] for i in range(3)],
-                                                          [layers[f"b{i}"] for i in range(3)], x, latent,
-                                                          backend=backend)
+            return F.bernoulli_mlp_decoder_log_likelihood(
+                z,
+                [layers[f"w{i}"] for i in range(3)],
+                [layers[f"b{i}"] for i in range(3)],
+                x=x,
+                latent_log_weight=latent,
+                backend=backend,
+            )
 
-    cases = [Case(f"gaussian_sample[{est}]", sample, ("mu", "logvar", "prior_mu", "prior_logvar"), sampler(est))
-             for est in GAUSSIAN_SAMPLE_ESTIMATORS]
+    cases = [
+        Case(
+            f"gaussian_sample[{est}]",
+            sample,
+            ("mu", "logvar", "prior_mu", "prior_logvar"),
+            call=sampler(est),
+        )
+        for est in GAUSSIAN_SAMPLE_ESTIMATORS
+    ]
     cases += [
-        Case("bernoulli_log_likelihood", {"logits": logits, "x": x}, ("logits",),
-             lambda backend, logits, x: F.bernoulli_log_likelihood(logits, x, backend=backend)),
-        Case("gaussian_log_likelihood", {"mean": mean, "logvar": logvar, "x": _randn(gen, BATCH, OBS)},
-             ("mean", "logvar"), lambda backend, mean, logvar, x: F.gaussian_log_likelihood(mean, logvar, x,
-                                                                                            backend=backend)),
-        Case("bernoulli_iwae_loss", {"logits": logits, "x": x, "latent": latent}, ("logits", "latent"),
-             lambda backend, logits, x, latent: F.bernoulli_iwae_loss(logits, x, latent, reduction="none",
-                                                                      backend=backend)),
-        Case("gaussian_iwae_loss", {"mean": mean, "logvar": logvar, "x": _randn(gen, BATCH, OBS), "latent": latent},
-             ("mean", "logvar", "latent"),
-             lambda backend, mean, logvar, x, latent: F.gaussian_iwae_loss(mean, logvar, x, latent, reduction="none",
-                                                                           backend=backend)),
-        Case("bernoulli_decoder_log_likelihood",
-             {"hidden": _randn(gen, K, BATCH, HIDDEN), "weight": _randn(gen, OBS, HIDDEN) / HIDDEN**0.5,
-              "bias": _randn(gen, OBS), "x": x}, ("hidden", "weight", "bias"),
-             lambda backend, hidden, weight, bias, x: F.bernoulli_decoder_log_likelihood(hidden, weight, bias, x,
-                                                                                         backend=backend)),
-        Case("bernoulli_mlp_decoder_log_likelihood", mlp, (), mlp_decoder),  # forward only (evaluation)
-        Case("categorical_log_likelihood", {"logits": _randn(gen, K, BATCH, STEPS, VOCAB, scale=2.0), "mask": mask},
-             ("logits",), lambda backend, logits, mask, tokens: F.categorical_log_likelihood(logits, tokens, mask,
-                                                                                             backend=backend),
-             extra={"tokens": tokens}),
-        Case("iwae_bound", {"log_w": log_w}, ("log_w",), lambda backend, log_w: F.iwae_bound(log_w, backend=backend)),
-        Case("normalized_weights", {"log_w": log_w}, ("log_w",),
-             lambda backend, log_w: F.normalized_weights(log_w, backend=backend)),
-        Case("fold_max_sum", {"log_w": log_w}, (), streaming_fold),
-        Case("local_reparam_linear",
-             {"a": _randn(gen, BATCH, DIM), "mu": _randn(gen, OBS, DIM) / DIM**0.5,
-              "var": 0.1 * torch.rand(OBS, DIM, generator=gen, dtype=torch.float64), "bias": _randn(gen, OBS),
-              "noise": _randn(gen, BATCH, OBS)}, ("a", "mu", "var", "bias"),
-             lambda backend, a, mu, var, bias, noise: F.local_reparam_linear(a, mu, var, bias, noise=noise,
-                                                                             backend=backend)),
+        Case(
+            "bernoulli_log_likelihood",
+            {"logits": logits, "x": x},
+            ("logits",),
+            call=lambda backend, logits, x: F.bernoulli_log_likelihood(logits, x, backend=backend),
+        ),
+        Case(
+            "gaussian_log_likelihood",
+            {"mean": mean, "logvar": logvar, "x": _randn(gen, BATCH, OBS)},
+            ("mean", "logvar"),
+            call=lambda backend, mean, logvar, x: F.gaussian_log_likelihood(mean, logvar, x, backend=backend),
+        ),
+        Case(
+            "bernoulli_iwae_loss",
+            {"logits": logits, "x": x, "latent": latent},
+            ("logits", "latent"),
+            call=lambda backend, logits, x, latent: F.bernoulli_iwae_loss(
+                logits,
+                x,
+                latent,
+                reduction="none",
+                backend=backend,
+            ),
+        ),
+        Case(
+            "gaussian_iwae_loss",
+            {"mean": mean, "logvar": logvar, "x": _randn(gen, BATCH, OBS), "latent": latent},
+            ("mean", "logvar", "latent"),
+            call=lambda backend, mean, logvar, x, latent: F.gaussian_iwae_loss(
+                mean,
+                logvar,
+                x,
+                latent_log_weight=latent,
+                reduction="none",
+                backend=backend,
+            ),
+        ),
+        Case(
+            "bernoulli_decoder_log_likelihood",
+            {"hidden": _randn(gen, K, BATCH, HIDDEN), "weight": _randn(gen, OBS, HIDDEN) / HIDDEN**0.5,
+             "bias": _randn(gen, OBS), "x": x},
+            ("hidden", "weight", "bias"),
+            call=lambda backend, hidden, weight, bias, x: F.bernoulli_decoder_log_likelihood(
+                hidden,
+                weight,
+                bias,
+                x=x,
+                backend=backend,
+            ),
+        ),
+        Case("bernoulli_mlp_decoder_log_likelihood", mlp, (), call=mlp_decoder),  # forward only (evaluation)
+        Case(
+            "categorical_log_likelihood",
+            {"logits": _randn(gen, K, BATCH, STEPS, VOCAB, scale=2.0), "mask": mask},
+            ("logits",),
+            call=lambda backend, logits, mask, tokens: F.categorical_log_likelihood(
+                logits,
+                tokens,
+                mask,
+                backend=backend,
+            ),
+            extra={"tokens": tokens},
+        ),
+        Case(
+            "iwae_bound",
+            {"log_w": log_w},
+            ("log_w",),
+            call=lambda backend, log_w: F.iwae_bound(log_w, backend=backend),
+        ),
+        Case(
+            "normalized_weights",
+            {"log_w": log_w},
+            ("log_w",),
+            call=lambda backend, log_w: F.normalized_weights(log_w, backend=backend),
+        ),
+        Case("fold_max_sum", {"log_w": log_w}, (), call=streaming_fold),
+        Case(
+            "local_reparam_linear",
+            {"a": _randn(gen, BATCH, DIM), "mu": _randn(gen, OBS, DIM) / DIM**0.5,
+             "var": 0.1 * torch.rand(OBS, DIM, generator=gen, dtype=torch.float64), "bias": _randn(gen, OBS),
+             "noise": _randn(gen, BATCH, OBS)},
+            ("a", "mu", "var", "bias"),
+            call=lambda backend, a, mu, var, bias, noise: F.local_reparam_linear(
+                a,
+                mu,
+                var,
+                bias=bias,
+                noise=noise,
+                backend=backend,
+            ),
+        ),
     ]
     assert {case.op.split("[")[0] for case in cases} == set(OPS), "a contract op without a selftest case"
     return cases
@@ -218,7 +289,7 @@ def bound_cases(seed=1):
             return F.bernoulli_iwae_loss(z @ weight, x, latent, backend=backend)
         return call
 
-    return [Case(f"sample+bernoulli_iwae_loss[{est}]", inputs, ("mu", "logvar", "weight"), loss(est))
+    return [Case(f"sample+bernoulli_iwae_loss[{est}]", inputs, ("mu", "logvar", "weight"), call=loss(est))
             for est in BOUND_ESTIMATORS]
 
 
@@ -238,18 +309,27 @@ def estimator_cases(seed=2):
         # The linear decoder as a broadcast product, not z @ weight: a CPU's BLAS threads a [2K * B, D] matmul, and
         # waking its threads costs milliseconds a call on a busy machine, more than the rest of the check.
         return lambda backend, mu, logvar, eps, weight, x: F.iwae_loss(
-            x, mu, logvar, lambda z: (z.unsqueeze(-1) * weight).sum(-2), LOG_WEIGHT_K, estimator=estimator,
-            reduction="none", eps=eps, backend=backend, **options)
+            x,
+            mu,
+            logvar,
+            decoder=lambda z: (z.unsqueeze(-1) * weight).sum(-2),
+            k=LOG_WEIGHT_K,
+            estimator=estimator,
+            reduction="none",
+            eps=eps,
+            backend=backend,
+            **options,
+        )
 
     cases = []
     for est, options in LOG_WEIGHT_ESTIMATORS.items():
         tensors = {"log_w": log_w} | ({"log_w_fixed": log_w.clone()} if est in ROUTED_ESTIMATORS else {}) | (
             {"log_q": log_q} if est in FIXED_SAMPLE_ESTIMATORS else {})
-        cases.append(Case(f"estimator_bound[{est}]", tensors, tuple(tensors), on_log_weights(est, options)))
+        cases.append(Case(f"estimator_bound[{est}]", tensors, tuple(tensors), call=on_log_weights(est, options)))
         if est == "renyi":
             cases.append(Case(f"estimator_bound+log_q[{est}]", {"log_w": log_w, "log_q": log_q}, ("log_w", "log_q"),
-                              on_log_weights(est, options)))
-        cases.append(Case(f"iwae_loss[{est}]", inputs, ("mu", "logvar", "weight"), end_to_end(est, options)))
+                              call=on_log_weights(est, options)))
+        cases.append(Case(f"iwae_loss[{est}]", inputs, ("mu", "logvar", "weight"), call=end_to_end(est, options)))
     return cases
 
 
@@ -279,7 +359,7 @@ def _as_tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-def _run(case, backend, device, dtype, inputs):
+def _run(case, backend, device, *, dtype, inputs):
     """(outputs, gradients of a fixed random upstream) of ``case`` on ``backend``, ``device``, ``dtype``."""
     leaves = {name: value.to(device, dtype).requires_grad_(name in case.grads) for name, value in inputs.items()}
     outputs = _as_tuple(case.call(backend, **leaves, **{n: v.to(device) for n, v in case.extra.items()}))
@@ -296,36 +376,60 @@ def _rounded(inputs, dtype):
     return {name: value.to(dtype).double() for name, value in inputs.items()}
 
 
-def check_case(case, backend, device, dtype):
+def check_case(case, backend, device, *, dtype):
     """Records for ``case`` on ``backend``: "forward" and (where the op has one) "backward", each against the
     torch backend in float64 on the CPU run on the same inputs rounded to ``dtype``."""
     gap = INTERPRETER_GAPS.get((case.op, dtype)) if backend != "torch" and triton_interpreting() else None
     if gap:
-        return [Record(case.op, backend, _dtype_name(dtype), f"skipped: {gap}", float("nan"), TOLERANCE[dtype], None)]
+        return [Record(
+            op=case.op,
+            backend=backend,
+            dtype=_dtype_name(dtype),
+            check=f"skipped: {gap}",
+            error=float("nan"),
+            tolerance=TOLERANCE[dtype],
+            ok=None,
+        )]
     inputs = _rounded(case.inputs, dtype)
-    want = _run(case, "torch", torch.device("cpu"), torch.float64, inputs)
+    want = _run(case, "torch", torch.device("cpu"), dtype=torch.float64, inputs=inputs)
     try:
-        got = _run(case, backend, device, dtype, inputs)
+        got = _run(case, backend, device, dtype=dtype, inputs=inputs)
     except Exception as failure:  # a crash is a failed check, reported with its message
-        return [_crash_record(case.op, backend, dtype, failure)]
+        return [_crash_record(case.op, backend, dtype, failure=failure)]
     checks = [("forward", got[0], want[0])] + ([("backward", got[1], want[1])] if case.grads else [])
-    return [_record(case.op, backend, dtype, check, _error(g, w)) for check, g, w in checks]
+    return [_record(case.op, backend, dtype, check=check, error=_error(g, w)) for check, g, w in checks]
 
 
-def _record(op, backend, dtype, check, error):
-    return Record(op, backend, _dtype_name(dtype), check, error, TOLERANCE[dtype], error <= TOLERANCE[dtype])
+def _record(op, backend, dtype, *, check, error):
+    return Record(
+        op=op,
+        backend=backend,
+        dtype=_dtype_name(dtype),
+        check=check,
+        error=error,
+        tolerance=TOLERANCE[dtype],
+        ok=error <= TOLERANCE[dtype],
+    )
 
 
-def _crash_record(op, backend, dtype, failure):
+def _crash_record(op, backend, dtype, *, failure):
     message = f"{type(failure).__name__}: {failure}".splitlines()[0][:200]
-    return Record(op, backend, _dtype_name(dtype), f"raised {message}", float("inf"), TOLERANCE[dtype], False)
+    return Record(
+        op=op,
+        backend=backend,
+        dtype=_dtype_name(dtype),
+        check=f"raised {message}",
+        error=float("inf"),
+        tolerance=TOLERANCE[dtype],
+        ok=False,
+    )
 
 
 def _dtype_name(dtype):
     return str(dtype).removeprefix("torch.")
 
 
-def resampled_rows(backend, device, dtype, seed=1):
+def resampled_rows(backend, device, dtype, *, seed=1):
     """iwae-resample end to end (``resampled_iwae_bound``): its value is L_k, and each example's gradient is that
     of one of its k samples' log-weights (the resampled one), so the check takes the nearest of the k."""
     inputs = _rounded(_bound_inputs(seed), dtype)
@@ -349,11 +453,14 @@ def resampled_rows(backend, device, dtype, seed=1):
                                        backend=backend)
         grads = torch.autograd.grad(bound.sum(), [got["mu"], got["logvar"]])
     except Exception as failure:
-        return [_crash_record(op, backend, dtype, failure)]
+        return [_crash_record(op, backend, dtype, failure=failure)]
     forward = _error([bound], [F.iwae_bound(ref_log_w.detach(), backend="torch")])
     backward = max(min(_error([g[b] for g in grads], [w[b] for w in per_sample[j]]) for j in range(K))
                    for b in range(BATCH))
-    return [_record(op, backend, dtype, "forward", forward), _record(op, backend, dtype, "backward", backward)]
+    return [
+        _record(op, backend, dtype, check="forward", error=forward),
+        _record(op, backend, dtype, check="backward", error=backward),
+    ]
 
 
 def run_checks(backend, device, dtypes=None):
@@ -362,9 +469,14 @@ def run_checks(backend, device, dtypes=None):
     records = []
     for dtype in DTYPES if dtypes is None else dtypes:
         for case in op_cases() + bound_cases() + estimator_cases():
-            records += check_case(case, backend, device, dtype)
+            records += check_case(case, backend, device, dtype=dtype)
         records += resampled_rows(backend, device, dtype)
     return records
+
+
+def _subprocess_failure(backend, check):
+    """The one failing row of a backend whose checks ran in a subprocess that did not report."""
+    return Record(op="(all)", backend=backend, dtype="-", check=check, error=float("inf"), tolerance=0.0, ok=False)
 
 
 def checks_in_interpreter(backend):
@@ -376,12 +488,10 @@ def checks_in_interpreter(backend):
         try:
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            return [Record("(all)", backend, "-", f"subprocess ran over {SUBPROCESS_TIMEOUT_S} s", float("inf"), 0.0,
-                           False)]
+            return [_subprocess_failure(backend, f"subprocess ran over {SUBPROCESS_TIMEOUT_S} s")]
         if not os.path.exists(path):
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-            return [Record("(all)", backend, "-", f"subprocess failed (exit {done.returncode}): {tail}",
-                           float("inf"), 0.0, False)]
+            return [_subprocess_failure(backend, f"subprocess failed (exit {done.returncode}): {tail}")]
         with open(path) as file:
             return [Record(**row) for row in json.load(file)["records"]]
 

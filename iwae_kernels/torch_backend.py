@@ -20,17 +20,24 @@ from .torch_math import bernoulli_decoder_log_likelihood, bernoulli_mlp_decoder_
 from .torch_math import fold_max_sum, local_reparam_linear  # noqa: F401
 
 
-def _sample_and_latent_term(mu, logvar, eps, prior_mu, prior_logvar, include_prior, scale):
+def _sample_and_latent_term(mu, logvar, eps, *, prior_mu, prior_logvar, include_prior, scale):
     """(z [k, B, D] in mu's dtype, scale * latent log-weight [k, B] in the accumulation dtype): the forward."""
     acc = accumulation_dtype(mu.dtype)
     up = lambda t: as_dtype(t, acc)
-    z, _, _, log_weight = _latent_terms(up(mu), up(logvar), up(eps), up(prior_mu), up(prior_logvar), include_prior)
+    z, _, _, log_weight = _latent_terms(
+        up(mu),
+        up(logvar),
+        up(eps),
+        prior_mu=up(prior_mu),
+        prior_logvar=up(prior_logvar),
+        include_prior=include_prior,
+    )
     log_weight = log_weight.sum(-1) if scale is None else scale.to(acc) * log_weight.sum(-1)
     # No no-op .to(): under torch 2.11's dynamo a Function's forward output made by one loses its gradient.
     return (z if z.dtype == mu.dtype else z.to(mu.dtype)), log_weight
 
 
-def _latent_terms(mu, logvar, eps, prior_mu, prior_logvar, include_prior=True):
+def _latent_terms(mu, logvar, eps, *, prior_mu, prior_logvar, include_prior=True):
     """z, d log p(z)/dz, and the per-dimension latent log-weight log p(z) - log q(z|x) (log 2pi cancels);
     without the prior, -log q(z|x) (log 2pi included) and a zero d log p/dz."""
     sigma = torch.exp(0.5 * logvar)
@@ -68,7 +75,15 @@ class TorchGaussianSampleFunction(torch.autograd.Function):
         ctx.save_for_backward(mu, logvar, eps, prior_mu, prior_logvar, scale)
         ctx.estimator, ctx.include_prior = estimator, include_prior
         ctx.set_materialize_grads(False)
-        return _sample_and_latent_term(mu, logvar, eps, prior_mu, prior_logvar, include_prior, scale)
+        return _sample_and_latent_term(
+            mu,
+            logvar,
+            eps,
+            prior_mu=prior_mu,
+            prior_logvar=prior_logvar,
+            include_prior=include_prior,
+            scale=scale,
+        )
 
     @staticmethod
     @once_differentiable(lambda ctx: f"gaussian_sample (estimator={ctx.estimator!r})")
@@ -76,8 +91,14 @@ class TorchGaussianSampleFunction(torch.autograd.Function):
         mu, logvar, eps, prior_mu, prior_logvar, scale = ctx.saved_tensors
         acc = accumulation_dtype(mu.dtype)
         up = lambda t: as_dtype(t, acc)
-        z, sigma, dlogp_dz, _ = _latent_terms(up(mu), up(logvar), up(eps), up(prior_mu), up(prior_logvar),
-                                              ctx.include_prior)
+        z, sigma, dlogp_dz, _ = _latent_terms(
+            up(mu),
+            up(logvar),
+            up(eps),
+            prior_mu=up(prior_mu),
+            prior_logvar=up(prior_logvar),
+            include_prior=ctx.include_prior,
+        )
         grad_z = torch.zeros_like(z) if grad_z is None else grad_z.to(acc)
         grad_a = torch.zeros(z.shape[:-1], dtype=acc, device=z.device) if grad_log_weight is None else grad_log_weight.to(acc)
         if scale is not None:
@@ -114,7 +135,15 @@ def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, gener
     if ESTIMATOR_CODES[estimator] == Estimator.TOTAL_DERIVATIVE:
         # This estimator's gradient is autograd's derivative of the forward, and autograd's nodes cost less host time
         # than the Function's Python backward (a small loss is host-bound: benchmarks/bench_host.py).
-        return _sample_and_latent_term(mu, logvar, eps.detach(), prior_mu, prior_logvar, include_prior, latent_scale)
+        return _sample_and_latent_term(
+            mu,
+            logvar,
+            eps.detach(),
+            prior_mu=prior_mu,
+            prior_logvar=prior_logvar,
+            include_prior=include_prior,
+            scale=latent_scale,
+        )
     return TorchGaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, estimator, include_prior, latent_scale)
 
 

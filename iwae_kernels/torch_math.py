@@ -163,7 +163,7 @@ def bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weigh
     hidden = z
     for weight, bias in zip(weights[:-1], biases[:-1]):
         hidden = torch.tanh(torch.nn.functional.linear(hidden, weight, bias))
-    log_lik = bernoulli_decoder_log_likelihood(hidden, weights[-1], biases[-1], x)
+    log_lik = bernoulli_decoder_log_likelihood(hidden, weights[-1], biases[-1], x=x)
     return log_lik if latent_log_weight is None else log_lik + latent_log_weight
 
 

@@ -1,15 +1,16 @@
-"""Float64 oracles written from docs/MATH.md with torch.distributions and naive autograd, independent of
-the library's torch backend, plus dtype-aware comparisons."""
+"""What the tests share: dtype-aware comparisons against the float64 oracles, the compiled backends' in-kernel noise,
+the backend/device choice and small training checks. The oracles themselves (torch.distributions and naive autograd,
+written from docs/MATH.md, independent of the library's torch backend) are the naive references of
+benchmarks/naive.py, which the tests import as ``naive`` (pytest puts benchmarks/ on sys.path, pyproject.toml)."""
 
-import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from torch.distributions import Bernoulli, Normal
 
 import iwae_kernels
+
+from naive import naive_iwae_bound
 
 # The repository root (tests/ is one level down): for the examples, benchmarks and scripts the tests run.
 REPO = Path(__file__).resolve().parent.parent
@@ -18,50 +19,16 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def kernel_noise(backend, shape, seed, dtype, device):
-    """The eps a compiled backend's in-kernel sampling draws for ``seed`` (Philox keyed on element index)."""
+    """The eps [k, B, D] = ``shape`` that a compiled backend's ("triton" or "cuda") in-kernel sampling draws for
+    ``seed`` (Philox keyed on element index): the z its sampling kernel gives at mu = logvar = 0."""
     from iwae_kernels import cuda_backend
-    from iwae_kernels.ops.gaussian_sample import TRITON_LAUNCHERS, sample_noise
+    from iwae_kernels.ops.gaussian_sample import TRITON_LAUNCHERS, KernelGaussianSampleFunction
 
     launchers = TRITON_LAUNCHERS if backend == "triton" else cuda_backend.launchers()["sample"]
-    return sample_noise(shape, seed, dtype, device, launchers)
-
-
-def naive_latent(mu, logvar, eps, prior_mu=None, prior_logvar=None, detach_q=False):
-    """z and log p(z) - log q(z|x) [k, B] from torch.distributions; detach_q stops q's parameters (stl/dreg)."""
-    sigma = torch.exp(0.5 * logvar)
-    z = mu + sigma * eps
-    q = Normal(mu.detach(), sigma.detach()) if detach_q else Normal(mu, sigma)
-    prior = Normal(torch.zeros_like(z), torch.ones_like(z)) if prior_mu is None else Normal(prior_mu, torch.exp(0.5 * prior_logvar))
-    return z, (prior.log_prob(z) - q.log_prob(z)).sum(-1)
-
-
-def naive_bernoulli(logits, x):
-    return Bernoulli(logits=logits, validate_args=False).log_prob(x.expand_as(logits)).sum(-1)
-
-
-def naive_gaussian(mean, logvar, x):
-    return Normal(mean, torch.exp(0.5 * logvar)).log_prob(x.expand_as(mean)).sum(-1)
-
-
-def naive_estimator_objective(mu, logvar, eps, weight, x, example_weights, estimator, prior_mu=None, prior_logvar=None):
-    """(encoder surrogate, model objective): autograd of the first gives the estimator's dmu, dlogvar (docs/MATH.md);
-    of the second, the gradient every estimator gives the prior and decoder (plain IWAE, or the ELBO for vae)."""
-    k = eps.shape[0]
-    z, latent = naive_latent(mu, logvar, eps, prior_mu, prior_logvar)
-    log_w = naive_bernoulli(z @ weight, x) + latent
-    if estimator == "vae":
-        model = log_w.mean(0)
-    else:
-        model = torch.logsumexp(log_w, 0) - math.log(k)
-    model = (example_weights * model).sum()
-    if estimator in ("iwae", "vae"):
-        return model, model
-    z, latent = naive_latent(mu, logvar, eps, prior_mu, prior_logvar, detach_q=True)
-    path_log_w = naive_bernoulli(z @ weight, x) + latent
-    wt = torch.softmax(log_w.detach(), 0)
-    power = 1 if estimator == "stl" else 2  # dreg weights each sample's path gradient by wt_i^2 (Tucker et al.)
-    surrogate = (example_weights * (wt**power * path_log_w).sum(0)).sum()
-    return surrogate, model
+    zeros = torch.zeros(shape[-2:], dtype=dtype, device=device)
+    seed = torch.as_tensor(seed, dtype=torch.int64, device=device)
+    z, _ = KernelGaussianSampleFunction.apply(zeros, zeros, None, None, None, shape[0], seed, "iwae", launchers)
+    return z
 
 
 def tolerance(dtype):
@@ -88,7 +55,7 @@ def assert_log_weights_match(model, inputs, k, eps, expected, backend, device):
     """``model.log_weights(inputs, k, eps=eps)`` on ``device`` equals the float64 oracle ``expected`` [k, B] (built
     on the CPU from the model's own layers), and so do the parameter gradients of -sum L_k."""
     params = list(model.parameters())
-    want = torch.autograd.grad(-(torch.logsumexp(expected, 0) - math.log(k)).sum(), params)
+    want = torch.autograd.grad(-naive_iwae_bound(expected).sum(), params)
     model.to(device)
     log_w = model.log_weights(inputs.to(device), k, eps=eps.to(device))
     assert_close(log_w, expected)
@@ -99,11 +66,8 @@ def assert_log_weights_match(model, inputs, k, eps, expected, backend, device):
 def peak_bytes(fn, device):
     """Peak bytes of one fn() call: the GPU allocator's peak, or on a CPU torch.profiler's memory accounting (the
     benchmarks' measurement, benchmarks/common.py)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from common import peak_memory_mib
-    finally:
-        sys.path.pop(0)
+    from common import peak_memory_mib
+
     return peak_memory_mib(fn, device) * 2**20
 
 

@@ -250,7 +250,7 @@ def _ais_options(args):
             "bdmc_examples": args.bdmc_examples}
 
 
-def _run_evaluation(model, args, dataset, out_dir, history, step_log, extra):
+def _run_evaluation(model, args, dataset, *, out_dir, history, step_log, extra):
     report = evaluate(_evaluation_model(model, args), _test_set(args, dataset), out_dir, k=args.eval_k,
                       chunk=args.eval_chunk, batch_size=args.eval_batch, history=history, step_log=step_log,
                       extra={**extra, "fused_mlp": args.fused_mlp},
@@ -278,8 +278,15 @@ def _evaluate_command(args):
     _check_evaluation_options(args, config)
     out_dir = args.out or str(Path(args.checkpoint).parent)
     with _owned_run_folder(out_dir, EVAL_OUTPUT_BYTES):
-        _run_evaluation(model, args, config.dataset, out_dir, metadata.history, metadata.step_log,
-                        {"config": dataclasses.asdict(config)})
+        _run_evaluation(
+            model,
+            args,
+            config.dataset,
+            out_dir=out_dir,
+            history=metadata.history,
+            step_log=metadata.step_log,
+            extra={"config": dataclasses.asdict(config)},
+        )
 
 
 def _train_command(args):
@@ -299,17 +306,30 @@ def _train_command(args):
             start_policy(out_dir, resume, args.overwrite)  # refuse before printing anything about a run that won't start
             run_folder.enter_context(_owned_run_folder(out_dir, checkpoint_bytes(config) + EVAL_OUTPUT_BYTES))
             if not args.no_eval:  # an evaluation that would be refused is refused before training, not after
-                check_evaluation_time(_evaluation_model(build_model(config, resolve_device(config.device)), args),
-                                      _test_set(args, config.dataset), args.eval_k, args.eval_chunk, args.eval_batch,
-                                      args.max_eval_hours, progress=False)
+                check_evaluation_time(
+                    _evaluation_model(build_model(config, resolve_device(config.device)), args),
+                    _test_set(args, config.dataset),
+                    args.eval_k,
+                    chunk=args.eval_chunk,
+                    batch_size=args.eval_batch,
+                    max_hours=args.max_eval_hours,
+                    progress=False,
+                )
             if rank_and_world()[0] == 0:
                 print(f"training {config.layers}-layer {model_name}{config.estimator} k={config.k} on {config.dataset}: "
                       f"{describe_schedule(config)}, batch {config.batch_size}; run folder {out_dir}")
             model, history, step_log = train(config, out_dir, resume=resume, overwrite=args.overwrite,
                                              progress=not args.no_progress)
         if not args.no_eval:
-            _run_evaluation(model, args, config.dataset, out_dir, history, step_log,
-                            {"config": dataclasses.asdict(config)})
+            _run_evaluation(
+                model,
+                args,
+                config.dataset,
+                out_dir=out_dir,
+                history=history,
+                step_log=step_log,
+                extra={"config": dataclasses.asdict(config)},
+            )
 
 
 def _parent_command_line():

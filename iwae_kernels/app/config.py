@@ -70,7 +70,13 @@ def estimator_options(config):
         raise OptionError(f"--estimator: the sbn model's latents are binary (no reparameterization path): expected "
                           f"one of {', '.join(SBN_ESTIMATORS)}, got {config.estimator}")
     try:
-        check_estimator_options(config.estimator, config.k, config.groups, config.ciwae_beta, config.renyi_alpha)
+        check_estimator_options(
+            config.estimator,
+            config.k,
+            groups=config.groups,
+            ciwae_beta=config.ciwae_beta,
+            renyi_alpha=config.renyi_alpha,
+        )
     except ValueError as error:
         name, reason = str(error).split(": ", 1)
         raise OptionError(f"--{name.replace('_', '-')}: {reason}") from None

@@ -40,7 +40,7 @@ def _duration(seconds):
 
 
 @torch.no_grad()
-def check_evaluation_time(model, test_x, k=5000, chunk=None, batch_size=100, max_hours=24.0, progress=True):
+def check_evaluation_time(model, test_x, k=5000, *, chunk=None, batch_size=100, max_hours=24.0, progress=True):
     """Estimate the wall time of L_k over test_x from one timed chunk of one batch (on a GPU after one untimed,
     which absorbs kernel compilation); UserError when it exceeds ``max_hours`` (the slowest process's, under torchrun)."""
     rank, world = rank_and_world()
@@ -67,7 +67,7 @@ def check_evaluation_time(model, test_x, k=5000, chunk=None, batch_size=100, max
 
 
 @torch.no_grad()
-def test_log_likelihoods(model, test_x, k=5000, chunk=None, batch_size=100, seed=0, progress=True):
+def test_log_likelihoods(model, test_x, k=5000, *, chunk=None, batch_size=100, seed=0, progress=True):
     """Per-example L_k [N] over test_x [N, P] (already binarized), in example order, on every process's share,
     and the importance weights' ``ImportanceDiagnostics`` (ess, pareto_k [N]) from the same samples. The
     progress bar counts samples (examples x k), so its rate and ETA mean the same for any batch size."""
@@ -82,7 +82,7 @@ def test_log_likelihoods(model, test_x, k=5000, chunk=None, batch_size=100, seed
     return dealt_log_likelihoods(batches, batch_log_likelihood, k, total=test_x.shape[0], progress=progress)
 
 
-def diagnostics_summary(bounds, checks, k, worst=5):
+def diagnostics_summary(bounds, checks, k, *, worst=5):
     """What the report keeps of the per-example diagnostics: ESS quantiles (and as a share of k), the share of
     images whose k-hat exceeds 0.7 (L_k unreliable there), and the ``worst`` images by k-hat with their L_k."""
     levels = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
@@ -159,7 +159,7 @@ def describe_ais(report, k):
     return line
 
 
-def evaluate(model, test_x, out_dir, k=5000, chunk=None, batch_size=100, seed=0, history=None, extra=None,
+def evaluate(model, test_x, out_dir, *, k=5000, chunk=None, batch_size=100, seed=0, history=None, extra=None,
              progress=True, step_log=None, max_hours=24.0, ais=None):
     """Test NLL (-mean L_k), active units, report.json and pictures in out_dir; returns the report (all ranks).
 
@@ -175,7 +175,15 @@ def evaluate(model, test_x, out_dir, k=5000, chunk=None, batch_size=100, seed=0,
     model.eval()
     test_bits = datasets.fixed_binarization(test_x, seed=seed)
     chunk = model.eval_chunk(test_bits[:batch_size].to(next(model.parameters()).device), k, chunk)
-    check_evaluation_time(model, test_bits, k, chunk, batch_size, max_hours, progress)
+    check_evaluation_time(
+        model,
+        test_bits,
+        k,
+        chunk=chunk,
+        batch_size=batch_size,
+        max_hours=max_hours,
+        progress=progress,
+    )
     started = time.perf_counter()
     bounds, checks = test_log_likelihoods(model, test_bits, k=k, chunk=chunk, batch_size=batch_size, seed=seed,
                                           progress=progress)
@@ -197,5 +205,13 @@ def evaluate(model, test_x, out_dir, k=5000, chunk=None, batch_size=100, seed=0,
         (out_dir / "report.json").write_text(json.dumps(report, indent=1))
         torch.save({"bounds": bounds, "ess": checks.ess, "pareto_k": checks.pareto_k,
                     "activity": [a.cpu() for a in activity]}, out_dir / "test_bounds.pt")
-        draw_pictures(model, test_bits, out_dir, history, step_log, report["test_nll"], k)
+        draw_pictures(
+            model,
+            test_bits,
+            out_dir,
+            history=history,
+            step_log=step_log,
+            test_nll=report["test_nll"],
+            k=k,
+        )
     return report

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 
-def _grid(images, rows, cols, side=28):
+def _grid(images, rows, cols, *, side=28):
     images = images[: rows * cols].reshape(rows, cols, side, side)
     return images.permute(0, 2, 1, 3).reshape(rows * side, cols * side)
 
@@ -29,7 +29,7 @@ def save_figure(figure, path, dpi=100):
     print(f"wrote {path}")
 
 
-def draw_pictures(model, test_bits, out_dir, history=None, step_log=None, test_nll=None, k=None):
+def draw_pictures(model, test_bits, out_dir, *, history=None, step_log=None, test_nll=None, k=None):
     """samples.png (model samples), reconstructions.png (data above, reconstruction below), and curves.png:
     the training loss per logged step (step_log; else per epoch from history) and the test -L_k when given."""
     plt = pyplot()
@@ -38,10 +38,11 @@ def draw_pictures(model, test_bits, out_dir, history=None, step_log=None, test_n
     side = int(round(model.x_dim**0.5))
     if side * side == model.x_dim:
         torch.manual_seed(0)
-        plt.imsave(Path(out_dir) / "samples.png", _grid(model.sample(100).cpu(), 10, 10, side).numpy(), cmap="gray")
+        samples = _grid(model.sample(100).cpu(), 10, 10, side=side)
+        plt.imsave(Path(out_dir) / "samples.png", samples.numpy(), cmap="gray")
         originals = test_bits[:10]
         pairs = torch.cat([originals, model.reconstruct(originals.to(device)).cpu()])
-        plt.imsave(Path(out_dir) / "reconstructions.png", _grid(pairs, 2, originals.shape[0], side).numpy(),
+        plt.imsave(Path(out_dir) / "reconstructions.png", _grid(pairs, 2, originals.shape[0], side=side).numpy(),
                    cmap="gray")  # up to 10 columns: a --test-subset may hold fewer images
     if step_log or history:
         figure, axis = plt.subplots(figsize=(5, 3.5))

@@ -19,7 +19,7 @@ class TrainingInterrupted(UserError):
     """SIGINT or SIGTERM stopped training at a step boundary: at (epoch, step) after a checkpoint, or with
     epoch None before the first step (nothing new to save; ``checkpoint_path`` the resumed one, or None)."""
 
-    def __init__(self, signal_name, checkpoint_path=None, epoch=None, step=None):
+    def __init__(self, signal_name, checkpoint_path=None, *, epoch=None, step=None):
         if epoch is not None:
             where = f"stopped at epoch {epoch + 1} step {step}; checkpoint saved to {checkpoint_path}"
         elif checkpoint_path is not None:

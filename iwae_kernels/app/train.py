@@ -83,7 +83,7 @@ def checkpoint_bytes(config):
 class _LossModule(torch.nn.Module):
     """``model.loss`` as a forward(): DistributedDataParallel synchronizes the gradients of what forward computes."""
 
-    def __init__(self, model, k, estimator, options):
+    def __init__(self, model, k, estimator, *, options):
         super().__init__()
         self.model, self.k, self.estimator, self.options = model, k, estimator, options
 
@@ -166,13 +166,25 @@ def _prepare(config, out_dir, overwrite):
         raise UserError(f"--batch-size: {config.batch_size} is larger than the training set ({train_x.shape[0]})")
     torch.manual_seed(config.seed)
     model = build_model(config, device)
-    loss_module = _LossModule(model, config.k, config.estimator, estimator_options(config))
+    loss_module = _LossModule(model, config.k, config.estimator, options=estimator_options(config))
     if world > 1:
         loss_module = torch.nn.parallel.DistributedDataParallel(loss_module)
     # fused=True: Adam's whole update in one kernel per step (CPU and CUDA) instead of a few per parameter tensor.
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-4, fused=True)
-    return _Run(config, out_dir, rank, world, device, train_x, model, loss_module, optimizer,
-                torch.Generator().manual_seed(config.seed), TrainingProgress(), time.perf_counter())
+    return _Run(
+        config=config,
+        out_dir=out_dir,
+        rank=rank,
+        world=world,
+        device=device,
+        train_x=train_x,
+        model=model,
+        loss_module=loss_module,
+        optimizer=optimizer,
+        data_generator=torch.Generator().manual_seed(config.seed),
+        progress=TrainingProgress(),
+        started=time.perf_counter(),
+    )
 
 
 def _resume(run):
@@ -223,7 +235,7 @@ def _train_step(run, x):
     return loss.item()
 
 
-def _train_epoch(run, stop_requests, show_progress, last_checkpoint):
+def _train_epoch(run, stop_requests, *, show_progress, last_checkpoint):
     """The rest of the current epoch from ``run.progress.step``, checkpointing on the config's cadence and
     stopping (TrainingInterrupted, after a checkpoint) when asked; returns the time of the last checkpoint."""
     config, progress, steps = run.config, run.progress, run.steps_per_epoch
@@ -254,8 +266,12 @@ def _train_epoch(run, stop_requests, show_progress, last_checkpoint):
         if stop:
             bar.close()
             _checkpoint(run)
-            raise TrainingInterrupted((stop_requests or ["a signal to another process"])[0], run.checkpoint_path,
-                                      epoch, progress.step)
+            raise TrainingInterrupted(
+                (stop_requests or ["a signal to another process"])[0],
+                run.checkpoint_path,
+                epoch=epoch,
+                step=progress.step,
+            )
         if (config.checkpoint_steps and progress.step % config.checkpoint_steps == 0) or \
                 now - last_checkpoint > 60 * config.checkpoint_minutes:
             _checkpoint(run)
@@ -273,7 +289,7 @@ def _train_epoch(run, stop_requests, show_progress, last_checkpoint):
     return time.perf_counter()
 
 
-def train(config, out_dir, resume=False, overwrite=False, progress=True):
+def train(config, out_dir, *, resume=False, overwrite=False, progress=True):
     """Train per ``config``, checkpointing to out_dir/checkpoint.pt; returns (model, history, step_log):
     history has one row per epoch, step_log one {"step", "train_loss"} per CURVE_POINTS_PER_EPOCH-th of an epoch.
 
@@ -296,7 +312,7 @@ def train(config, out_dir, resume=False, overwrite=False, progress=True):
                                       run.checkpoint_path if resuming else None)
         last_checkpoint = run.started
         while run.progress.epoch < len(run.learning_rates):
-            last_checkpoint = _train_epoch(run, stop_requests, progress, last_checkpoint)
+            last_checkpoint = _train_epoch(run, stop_requests, show_progress=progress, last_checkpoint=last_checkpoint)
     if run.rank == 0:
         _write_log(run.out_dir, run.progress.history, run.progress.step_log)
     return run.model, run.progress.history, run.progress.step_log

@@ -12,9 +12,22 @@ class ConvIWAE(LogWeightModel):
     chair generator), trained through ``iwae_loss``: the loss does not care what the networks are.
 
     x [B, 784] in [0, 1] -> loss / log_likelihood; sample(n) -> Bernoulli means [n, 784].
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels.models import ConvIWAE
+        >>> _ = torch.manual_seed(0)
+        >>> model = ConvIWAE(latent=2, channels=4)
+        >>> x = torch.rand(2, 784).round()  # B = 2 binary 28 x 28 images
+        >>> model.loss(x, k=3).backward()  # -L_3 averaged over the batch
+        >>> model.loss(x, k=4, estimator="miwae", groups=2).shape
+        torch.Size([])
+        >>> model.log_likelihood(x, k=20, chunk=10).shape, model.sample(3).shape
+        (torch.Size([2]), torch.Size([3, 784]))
     """
 
-    def __init__(self, latent=16, channels=32, backend=None):
+    def __init__(self, latent: int = 16, channels: int = 32, backend: str | None = None) -> None:
         super().__init__()
         self.latent, self.backend = latent, backend
         self.encoder = nn.Sequential(
@@ -27,17 +40,32 @@ class ConvIWAE(LogWeightModel):
             nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), nn.ReLU(),  # 14 x 14
             nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1), nn.Flatten())         # 28 x 28 logits
 
-    def loss(self, x, k=5, estimator="iwae", generator=None, beta=None, groups=None, ciwae_beta=None, renyi_alpha=None,
-             eps=None):
+    def loss(self, x: torch.Tensor, k: int = 5, estimator: str = "iwae",  # type: ignore[override]
+             generator: torch.Generator | None = None, beta: float | torch.Tensor | None = None,
+             groups: int | None = None, ciwae_beta: float | None = None, renyi_alpha: float | None = None,
+             eps: torch.Tensor | None = None) -> torch.Tensor:
         """-L_k (or the estimator's objective) averaged over the batch; the decoder sees the k * B samples as one
         [k * B, latent] batch. ``beta`` weights the latent term (KL annealing), ``groups``, ``ciwae_beta`` and
         ``renyi_alpha`` as in ``iwae_loss``, ``eps`` [k, B, latent] fixes the noise."""
         mu, logvar = self.encoder(x).chunk(2, -1)
-        return F.iwae_loss(x, mu, logvar, self.decoder, k=k, estimator=estimator, flatten_samples=True,
-                           generator=generator, backend=self.backend, beta=beta, groups=groups,
-                           ciwae_beta=ciwae_beta, renyi_alpha=renyi_alpha, eps=eps)
+        return F.iwae_loss(
+            x,
+            mu,
+            logvar,
+            decoder=self.decoder,
+            k=k,
+            estimator=estimator,
+            flatten_samples=True,
+            generator=generator,
+            backend=self.backend,
+            beta=beta,
+            groups=groups,
+            ciwae_beta=ciwae_beta,
+            renyi_alpha=renyi_alpha,
+            eps=eps,
+        )
 
-    def log_weights(self, x, k, eps=None):
+    def log_weights(self, x: torch.Tensor, k: int, eps: torch.Tensor | None = None) -> torch.Tensor:
         """log w [k, B] for k samples, or for the noise eps [k, B, latent] (what ``log_likelihood`` folds;
         training goes through ``loss``)."""
         mu, logvar = self.encoder(x).chunk(2, -1)
@@ -46,6 +74,7 @@ class ConvIWAE(LogWeightModel):
         return F.bernoulli_log_likelihood(logits, x, backend=self.backend) + latent
 
     @torch.no_grad()
-    def sample(self, n):
-        weight = self.decoder[0].weight
+    def sample(self, n: int) -> torch.Tensor:
+        """n draws from the model: Bernoulli means [n, 784]."""
+        weight: torch.Tensor = self.decoder[0].weight  # type: ignore[assignment]  # nn.Module attributes are untyped
         return torch.sigmoid(self.decoder(torch.randn(n, self.latent, device=weight.device, dtype=weight.dtype)))

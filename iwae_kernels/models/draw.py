@@ -51,11 +51,11 @@ class GaussianAttention(nn.Module):
         g_y = (self.height + 1) / 2 * (g_y + 1)
         delta = (max(self.height, self.width) - 1) / (self.patch - 1) * log_delta.exp()
         offsets = torch.arange(1, self.patch + 1, device=params.device, dtype=params.dtype) - self.patch / 2 - 0.5
-        return (self._bank(g_y, delta, offsets, log_var, self.height),
-                self._bank(g_x, delta, offsets, log_var, self.width), log_gamma.exp())
+        return (self._bank(g_y, delta, offsets, log_var=log_var, size=self.height),
+                self._bank(g_x, delta, offsets, log_var=log_var, size=self.width), log_gamma.exp())
 
     @staticmethod
-    def _bank(centre, delta, offsets, log_var, size):
+    def _bank(centre, delta, offsets, *, log_var, size):
         means = centre[:, None] + offsets * delta[:, None]                                   # [R, N]
         pixels = torch.arange(1, size + 1, device=means.device, dtype=means.dtype)
         logits = -(pixels - means[..., None]) ** 2 / (2 * log_var.exp()[:, None, None])      # [R, N, size]

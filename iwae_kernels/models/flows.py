@@ -121,11 +121,11 @@ class FlowIWAE(LogWeightModel):
 
     def log_weights(self, x, k, eps=None, estimator="iwae"):
         """log w [k, B] for k samples (eps: their noise [k, B, latent]), with ``estimator``'s sampling gradient."""
-        return self._log_weights(x, *self._flow_latent(x, k, eps, estimator))
+        return self._log_weights(x, *self._flow_latent(x, k, eps, estimator=estimator))
 
-    def _flow_latent(self, x, k, eps, estimator):
+    def _flow_latent(self, x, k, eps, *, estimator):
         mu, logvar = self.encoder(x).chunk(2, -1)
-        return flow_latent(mu, logvar, k, self.flow, eps=eps, estimator=estimator, backend=self.backend)
+        return flow_latent(mu, logvar, k, flow=self.flow, eps=eps, estimator=estimator, backend=self.backend)
 
     def _log_weights(self, x, z, latent):
         return functional.bernoulli_log_likelihood(self.decoder(z), x, backend=self.backend) + latent
@@ -136,14 +136,20 @@ class FlowIWAE(LogWeightModel):
         the Renyi bound L_a for "renyi" (``renyi_alpha`` a).
         eps: optional noise [k, B, latent] that fixes the samples."""
         _checks.check_choice("estimator", estimator, ESTIMATORS)  # flow_latent refuses NO_FLOW_ESTIMATORS, saying why
-        groups, ciwae_beta, renyi_alpha = check_estimator_options(estimator, k, groups, ciwae_beta, renyi_alpha)
+        groups, ciwae_beta, renyi_alpha = check_estimator_options(
+            estimator,
+            k,
+            groups=groups,
+            ciwae_beta=ciwae_beta,
+            renyi_alpha=renyi_alpha,
+        )
         if estimator == "iwae-resample":
             if eps is None:
                 weight = self.decoder[0].weight
                 eps = torch.randn(k, x.shape[0], self.latent, device=weight.device, dtype=weight.dtype)
             return functional.resampled_iwae_bound(lambda noise: self.log_weights(x, noise[0].shape[0], noise[0]),
                                                    [eps], backend=self.backend)
-        z, latent = self._flow_latent(x, k, eps, estimator)
+        z, latent = self._flow_latent(x, k, eps, estimator=estimator)
         log_w = self._log_weights(x, z, latent)
         # piwae's model gradient: the same samples with the encoder and flow stopped, through the decoder again.
         fixed = self._log_weights(x, z.detach(), latent.detach()) if estimator in ROUTED_ESTIMATORS else None
@@ -152,4 +158,13 @@ class FlowIWAE(LogWeightModel):
 
     def loss(self, x, k=5, estimator="iwae", eps=None, groups=None, ciwae_beta=None, renyi_alpha=None):
         """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar); arguments as in ``bound``."""
-        return -self.bound(x, k, estimator, eps, groups, ciwae_beta, renyi_alpha).mean()
+        objective = self.bound(
+            x,
+            k,
+            estimator,
+            eps=eps,
+            groups=groups,
+            ciwae_beta=ciwae_beta,
+            renyi_alpha=renyi_alpha,
+        )
+        return -objective.mean()

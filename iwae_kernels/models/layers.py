@@ -32,8 +32,14 @@ class LocalReparamLinear(nn.Module):
     def forward(self, input, noise=None):
         if not self.training:
             return F.linear(input, self.weight_mu, self.bias)
-        return functional.local_reparam_linear(input, self.weight_mu, torch.exp(self.weight_log_sigma2), self.bias,
-                                               noise=noise, backend=self.backend)
+        return functional.local_reparam_linear(
+            input,
+            self.weight_mu,
+            torch.exp(self.weight_log_sigma2),
+            bias=self.bias,
+            noise=noise,
+            backend=self.backend,
+        )
 
     def log_alpha(self):
         """log(sigma^2 / mu^2) per weight [out, in], clamped to [-10, 10] as in sparse variational dropout."""

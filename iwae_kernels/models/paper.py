@@ -10,6 +10,9 @@ parameters, and log p(h1|h2) uses the kernel's diagonal-prior path. Because that
 h1, layer 1's noise is drawn first and handed to the kernel as ``eps``.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -19,7 +22,7 @@ from ..estimators import (FIXED_SAMPLE_ESTIMATORS, PATH_ESTIMATORS, ROUTED_ESTIM
                           sampling_estimator, wake_phi_term)
 from .base import LogWeightModel, gaussian, mlp
 
-PAPER_SIZES = {
+PAPER_SIZES: dict[int, dict[str, Any]] = {
     1: {"hidden": ((200, 200),), "latent": (50,)},
     2: {"hidden": ((200, 200), (100, 100)), "latent": (100, 50)},
 }
@@ -45,9 +48,27 @@ class PaperModel(LogWeightModel):
             (benchmarks/bench_eval.py). Training is unchanged.
 
     ``log_likelihood`` (the paper's L_5000, in chunks sized by a memory budget) comes from ``LogWeightModel``.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels.models import PaperModel
+        >>> _ = torch.manual_seed(0)
+        >>> model = PaperModel(x_dim=6, hidden=((8, 8),), latent=(3,))  # a small one-stochastic-layer model
+        >>> x = torch.rand(4, 6).round()  # B = 4 binary images of P = 6 pixels
+        >>> model.loss(x, k=5).backward()  # -L_5 averaged over the batch
+        >>> model.bound(x, k=6, estimator="miwae", groups=2).shape  # the objective per example
+        torch.Size([4])
+        >>> model.log_likelihood(x, k=100, chunk=50).shape  # L_100 per example, float64
+        torch.Size([4])
+        >>> two = PaperModel(x_dim=6, hidden=((8, 8), (4, 4)), latent=(3, 2))  # two stochastic layers
+        >>> two.loss(x, k=5, estimator="dreg").shape, two.sample(2).shape
+        (torch.Size([]), torch.Size([2, 6]))
     """
 
-    def __init__(self, x_dim=784, hidden=((200, 200),), latent=(50,), backend=None, fused_head=False, fused_mlp=False):
+    def __init__(self, x_dim: int = 784, hidden: Sequence[Sequence[int]] = ((200, 200),),
+                 latent: Sequence[int] = (50,), backend: str | None = None, fused_head: bool = False,
+                 fused_mlp: bool = False) -> None:
         super().__init__()
         self.fused_head, self.fused_mlp = fused_head, fused_mlp
         if len(hidden) != len(latent) or len(latent) not in (1, 2):
@@ -65,20 +86,21 @@ class PaperModel(LogWeightModel):
         self.decoder = mlp([latent[0], *reversed(hidden[0])], x_dim)
 
     @property
-    def stochastic_layers(self):
+    def stochastic_layers(self) -> int:
         return len(self.latent)
 
-    def encode(self, x):
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(h1|x): (mean, logvar), each [B, latent[0]]."""
         return gaussian(self.encoders[0], x)
 
-    def noise(self, k, batch, device=None, dtype=None):
+    def noise(self, k: int, batch: int, device: F.Device = None,
+              dtype: torch.dtype | None = None) -> list[torch.Tensor]:
         """Standard-normal noise [k, batch, latent[l]] per stochastic layer (bottom first): ``log_weights``' noise."""
-        like = self.decoder[0].weight
+        like: torch.Tensor = self.decoder[0].weight  # type: ignore[assignment]  # nn.Module attributes are untyped
         return [torch.randn(k, batch, size, device=device or like.device, dtype=dtype or like.dtype)
                 for size in self.latent]
 
-    def posterior_means(self, x, samples=10):
+    def posterior_means(self, x: torch.Tensor, samples: int = 10) -> list[torch.Tensor]:
         """E_q[h_l | x] [B, latent[l]] per stochastic layer: mu1(x), and for h2 E_q(h1|x)[mu2(h1)] estimated with
         ``samples`` draws of h1 (``active_units``)."""
         mu, logvar = self.encode(x)
@@ -87,7 +109,9 @@ class PaperModel(LogWeightModel):
         h1 = mu + torch.exp(0.5 * logvar) * torch.randn((samples,) + tuple(mu.shape), device=mu.device, dtype=mu.dtype)
         return [mu, gaussian(self.encoders[1], h1)[0].mean(0)]
 
-    def log_weights(self, x, k, estimator="iwae", noise=None, posterior=None, stop_encoders=False):
+    def log_weights(self, x: torch.Tensor, k: int, estimator: str = "iwae", noise: Sequence[torch.Tensor] | None = None,
+                    posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    stop_encoders: bool = False) -> torch.Tensor:
         """log w [k, B] for k samples of x [B, x_dim], whose gradient is the sampling estimator's (docs/MATH.md).
 
         estimator: the samples' gradient is ``sampling_estimator(estimator)``'s; for "rws" and "vimco" the
@@ -99,20 +123,38 @@ class PaperModel(LogWeightModel):
         stop_encoders: True: the samples and the encoders' weights get no gradient (only the decoder and the
         learned prior are live): the log-weights piwae and rws-dreg take the model's gradient from.
         """
-        return self._log_weights(x, k, estimator, noise, posterior, stop_encoders)[0]
+        return self._log_weights(x, k, estimator, noise=noise, posterior=posterior, stop_encoders=stop_encoders)[0]
 
-    def _log_weights(self, x, k, estimator, noise, posterior, stop_encoders=False):
+    def _log_weights(self, x, k, estimator, *, noise, posterior, stop_encoders=False):
         """(``log_weights``' log w [k, B], ``_samples``' log_q [k, B] or None)."""
-        h1, latent, log_q = self._samples(x, k, estimator, noise, posterior, stop_encoders)
+        h1, latent, log_q = self._samples(
+            x,
+            k,
+            estimator,
+            noise=noise,
+            posterior=posterior,
+            stop_encoders=stop_encoders,
+        )
         if self.fused_mlp and not torch.is_grad_enabled():  # evaluation: the decoder and likelihood as one op
             layers = self.decoder[::2]  # its Linears
-            return F.bernoulli_mlp_decoder_log_likelihood(h1, [layer.weight for layer in layers],
-                                                          [layer.bias for layer in layers], x, latent,
-                                                          backend=self.backend), log_q
+            log_w = F.bernoulli_mlp_decoder_log_likelihood(
+                h1,
+                [layer.weight for layer in layers],
+                [layer.bias for layer in layers],
+                x=x,
+                latent_log_weight=latent,
+                backend=self.backend,
+            )
+            return log_w, log_q
         if self.fused_head:  # the output layer and the likelihood as one op: the logits are never stored
             output = self.decoder[-1]
-            log_lik = F.bernoulli_decoder_log_likelihood(self.decoder[:-1](h1), output.weight, output.bias, x,
-                                                         backend=self.backend)
+            log_lik = F.bernoulli_decoder_log_likelihood(
+                self.decoder[:-1](h1),
+                output.weight,
+                output.bias,
+                x=x,
+                backend=self.backend,
+            )
         else:
             log_lik = F.bernoulli_log_likelihood(self.decoder(h1), x, backend=self.backend)
         return log_lik + latent, log_q
@@ -122,14 +164,14 @@ class PaperModel(LogWeightModel):
         frozen = {name: p.detach() for name, p in self.encoders[layer].named_parameters()}
         return lambda h: torch.func.functional_call(self.encoders[layer], frozen, (h,))
 
-    def _samples(self, x, k, estimator, noise, posterior, stop_encoders=False):
+    def _samples(self, x, k, estimator, *, noise, posterior, stop_encoders=False):
         """The bottom samples h1 [k, B, latent[0]], the latent term of the log-weights [k, B] and, for the
         fixed-sample estimators (rws, vimco: samples from the stopped encoders), log q(h1|x) + log q(h2|h1) [k, B]
         at the samples with the encoders live (``estimators.wake_phi_term``: zero-valued), else None
         (``log_weights``' arguments)."""
         mu, logvar = self.encode(x) if posterior is None else posterior
         if noise is not None:
-            self._check_noise(noise, k, x, mu)
+            self._check_noise(noise, k, x, like=mu)
         fixed_samples = estimator in FIXED_SAMPLE_ESTIMATORS
         stop_encoders = stop_encoders or fixed_samples
         sampler = sampling_estimator(estimator)
@@ -158,7 +200,9 @@ class PaperModel(LogWeightModel):
             log_q = wake_phi_term(h1, mu, logvar) + wake_phi_term(h2, *gaussian(self.encoders[1], h1))
         return h1, latent1 + latent2, log_q
 
-    def bound(self, x, k=50, estimator="iwae", noise=None, groups=None, ciwae_beta=None, renyi_alpha=None):
+    def bound(self, x: torch.Tensor, k: int = 50, estimator: str = "iwae", noise: Sequence[torch.Tensor] | None = None,
+              groups: int | None = None, ciwae_beta: float | None = None,
+              renyi_alpha: float | None = None) -> torch.Tensor:
         """Per-example objective [B] whose gradient is the estimator's: L_k, the k-sample ELBO for "vae", MIWAE's
         bound for "miwae" (``groups`` M: k = M * K samples), CIWAE's for "ciwae" (``ciwae_beta``), the Renyi
         bound L_a for "renyi" (``renyi_alpha`` a); "vimco" needs k >= 2.
@@ -167,49 +211,71 @@ class PaperModel(LogWeightModel):
         which fixes the samples (common random numbers across estimators or backends); drawn when None.
         """
         _checks.check_choice("estimator", estimator, F.ESTIMATORS)
-        groups, ciwae_beta, renyi_alpha = check_estimator_options(estimator, k, groups, ciwae_beta, renyi_alpha)
+        groups, ciwae_beta, renyi_alpha = check_estimator_options(
+            estimator,
+            k,
+            groups=groups,
+            ciwae_beta=ciwae_beta,
+            renyi_alpha=renyi_alpha,
+        )
         posterior = self.encode(x)
         if estimator in ("iwae-resample",) + ROUTED_ESTIMATORS:  # the same samples twice: the noise is drawn here
             if noise is None:
                 shapes = [(k, x.shape[0], size) for size in self.latent]
                 noise = [torch.randn(shape, device=x.device, dtype=posterior[0].dtype) for shape in shapes]
-            self._check_noise(noise, k, x, posterior[0])
+            self._check_noise(noise, k, x, like=posterior[0])
         if estimator == "iwae-resample":
-            return F.resampled_iwae_bound(lambda n: self.log_weights(x, n[0].shape[0], "iwae", n, posterior), noise,
-                                          backend=self.backend)
-        log_w, log_q = self._log_weights(x, k, estimator, noise, posterior)
+            return F.resampled_iwae_bound(
+                lambda n: self.log_weights(x, n[0].shape[0], "iwae", noise=n, posterior=posterior),
+                noise,  # type: ignore[arg-type]  # drawn above
+                backend=self.backend,
+            )
+        log_w, log_q = self._log_weights(x, k, estimator, noise=noise, posterior=posterior)
         fixed = None
         if estimator in ROUTED_ESTIMATORS:
-            fixed = self.log_weights(x, k, "iwae", noise, posterior, stop_encoders=True)
+            fixed = self.log_weights(x, k, "iwae", noise=noise, posterior=posterior, stop_encoders=True)
         return F.estimator_bound(log_w, estimator, log_w_fixed=fixed, log_q=log_q, groups=groups,
                                  ciwae_beta=ciwae_beta, renyi_alpha=renyi_alpha, backend=self.backend)
 
-    def _check_noise(self, noise, k, x, like):
+    def _check_noise(self, noise, k, x, *, like):
         if not isinstance(noise, (list, tuple)) or len(noise) != self.stochastic_layers:
             raise ValueError(f"noise: expected a list of {self.stochastic_layers} tensors (one per stochastic layer)")
         for layer, (eps, size) in enumerate(zip(noise, self.latent)):
             _checks.check_tensor(f"noise[{layer}]", eps, (3,), like=("the model's parameters", like))
             _checks.check_shape(f"noise[{layer}]", eps, (k, x.shape[0], size))
 
-    def chunk_log_weights(self, x, k, eps=None):
+    def chunk_log_weights(self, x: torch.Tensor, k: int,  # type: ignore[override]
+                          eps: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """``log_weights(x, k, noise=eps)``: this model's noise is one tensor per stochastic layer."""
         return self.log_weights(x, k, noise=eps)
 
-    def loss(self, x, k=50, estimator="iwae", noise=None, groups=None, ciwae_beta=None, renyi_alpha=None):
+    def loss(self, x: torch.Tensor, k: int = 50, estimator: str = "iwae",  # type: ignore[override]
+             noise: Sequence[torch.Tensor] | None = None, groups: int | None = None, ciwae_beta: float | None = None,
+             renyi_alpha: float | None = None) -> torch.Tensor:
         """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar); ``noise``, ``groups``,
         ``ciwae_beta`` and ``renyi_alpha`` as in ``bound``."""
         if estimator in ("iwae", "stl", "dreg", "rws") and not self.fused_head:
             # The likelihood, bound and mean as one op (bernoulli_iwae_loss): fewer autograd nodes and kernels.
-            check_estimator_options(estimator, k, groups, ciwae_beta, renyi_alpha)
-            h1, latent, log_q = self._samples(x, k, estimator, noise, None)  # rws: wake-phi through log q
+            check_estimator_options(estimator, k, groups=groups, ciwae_beta=ciwae_beta, renyi_alpha=renyi_alpha)
+            # rws: wake-phi through log q.
+            h1, latent, log_q = self._samples(x, k, estimator, noise=noise, posterior=None)
             return F.bernoulli_iwae_loss(self.decoder(h1), x, latent if log_q is None else latent + log_q,
                                          backend=self.backend)
-        return -self.bound(x, k, estimator, noise, groups, ciwae_beta, renyi_alpha).mean()
+        objective = self.bound(
+            x,
+            k,
+            estimator,
+            noise=noise,
+            groups=groups,
+            ciwae_beta=ciwae_beta,
+            renyi_alpha=renyi_alpha,
+        )
+        return -objective.mean()
 
     @torch.no_grad()
-    def sample(self, n):
+    def sample(self, n: int) -> torch.Tensor:
         """n draws from the model: Bernoulli means [n, x_dim]."""
-        weight = self.decoder[0].weight
+        weight: torch.Tensor = self.decoder[0].weight  # type: ignore[assignment]  # nn.Module attributes are untyped
         h = torch.randn(n, self.latent[-1], device=weight.device, dtype=weight.dtype)
         for prior in reversed(self.priors):
             mean, logvar = gaussian(prior, h)
@@ -217,13 +283,25 @@ class PaperModel(LogWeightModel):
         return torch.sigmoid(self.decoder(h))
 
     @torch.no_grad()
-    def reconstruct(self, x):
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Bernoulli means [B, x_dim] decoded from the posterior mean of h1."""
         return torch.sigmoid(self.decoder(self.encode(x)[0]))
 
 
-def paper_model(stochastic_layers=1, x_dim=784, **sizes):
-    """The paper's 1- or 2-stochastic-layer model; ``hidden``/``latent``/``backend`` override its sizes."""
+def paper_model(stochastic_layers: int = 1, x_dim: int = 784, **sizes: Any) -> PaperModel:
+    """The paper's 1- or 2-stochastic-layer model; ``hidden``/``latent``/``backend`` override its sizes.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels.models import paper_model
+        >>> model = paper_model(2)  # the paper's two stochastic layers for 28 x 28 images
+        >>> model.x_dim, model.latent, [layer.out_features for layer in model.encoders[0][::2]]
+        (784, (100, 50), [200, 200, 200])
+        >>> small = paper_model(1, x_dim=6, hidden=((8, 8),), latent=(3,), fused_head=True)
+        >>> small.loss(torch.rand(4, 6).round(), k=5).shape
+        torch.Size([])
+    """
     if stochastic_layers not in PAPER_SIZES:
         raise ValueError(f"stochastic_layers: expected 1 or 2, got {stochastic_layers!r}")
     return PaperModel(x_dim=x_dim, **(PAPER_SIZES[stochastic_layers] | sizes))

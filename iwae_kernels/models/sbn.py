@@ -12,6 +12,8 @@ score-function gradient through log q at the samples (``iwae_kernels.estimators`
 likelihood, the bound and the estimator's weights run on the library's ops.
 """
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.nn import functional as torch_F
@@ -25,7 +27,7 @@ from .base import LogWeightModel
 SBN_ESTIMATORS = ("vimco", "rws", "renyi")
 
 
-def bernoulli_log_prob(logits, h):
+def bernoulli_log_prob(logits: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """sum_j log Bernoulli(h_j; sigmoid(logits_j)) over the last dim: [..., D] -> [...]; logits broadcast to h."""
     return -torch_F.binary_cross_entropy_with_logits(logits.expand_as(h), h, reduction="none").sum(-1)
 
@@ -41,9 +43,22 @@ class SigmoidBeliefNetwork(LogWeightModel):
 
     ``loss``/``bound`` take estimator "vimco" (default), "rws" or "renyi" (``renyi_alpha``); ``log_likelihood``
     (L_k in chunks sized by a memory budget) comes from ``LogWeightModel``.
+
+    Examples::
+
+        >>> import torch
+        >>> from iwae_kernels.models import SigmoidBeliefNetwork
+        >>> _ = torch.manual_seed(0)
+        >>> model = SigmoidBeliefNetwork(x_dim=6, latent=(4, 3))  # two binary stochastic layers
+        >>> x = torch.rand(5, 6).round()  # B = 5 binary images of P = 6 pixels
+        >>> model.loss(x, k=4).backward()  # vimco: -L_4 averaged over the batch
+        >>> model.bound(x, k=4, estimator="renyi", renyi_alpha=0.5).shape
+        torch.Size([5])
+        >>> model.log_likelihood(x, k=100, chunk=50).shape, model.sample(2).shape
+        (torch.Size([5]), torch.Size([2, 6]))
     """
 
-    def __init__(self, x_dim=784, latent=(200,), backend=None):
+    def __init__(self, x_dim: int = 784, latent: Sequence[int] = (200,), backend: str | None = None) -> None:
         super().__init__()
         if not 1 <= len(latent) <= 3 or any(int(size) != size or size < 1 for size in latent):
             raise ValueError(f"latent: expected one to three positive layer sizes, got {latent!r}")
@@ -55,10 +70,11 @@ class SigmoidBeliefNetwork(LogWeightModel):
         self.prior_logits = nn.Parameter(torch.zeros(self.latent[-1]))
 
     @property
-    def stochastic_layers(self):
+    def stochastic_layers(self) -> int:
         return len(self.latent)
 
-    def noise(self, k, batch, device=None, dtype=None):
+    def noise(self, k: int, batch: int, device: F.Device = None,
+              dtype: torch.dtype | None = None) -> list[torch.Tensor]:
         """Uniform noise [k, batch, latent[l]] per stochastic layer (bottom first): it fixes the samples,
         h_l = 1 where u_l < q(h_l = 1 | h_{l-1})."""
         like = self.decoder.weight
@@ -66,7 +82,7 @@ class SigmoidBeliefNetwork(LogWeightModel):
                 for size in self.latent]
 
     @torch.no_grad()
-    def posterior_means(self, x, samples=10):
+    def posterior_means(self, x: torch.Tensor, samples: int = 10) -> list[torch.Tensor]:
         """E_q[h_l | x] [B, latent[l]] per stochastic layer: q(h_1 = 1 | x), and for the layers above the mean of
         q(h_l = 1 | h_{l-1}) over ``samples`` ancestral draws (``active_units``)."""
         probability = torch.sigmoid(self.encoders[0](x))
@@ -77,7 +93,7 @@ class SigmoidBeliefNetwork(LogWeightModel):
             h = torch.bernoulli(probability)
         return means
 
-    def log_weights(self, x, k, noise=None):
+    def log_weights(self, x: torch.Tensor, k: int, noise: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """log w [k, B] for k samples of x [B, x_dim] from the stopped recognition network: its gradient is the
         model's only. noise: optional ``noise(k, B)``, which fixes the samples; drawn when None."""
         return self._log_weights(x, k, noise)[0]
@@ -110,26 +126,29 @@ class SigmoidBeliefNetwork(LogWeightModel):
             _checks.check_tensor(f"noise[{layer}]", uniform, (3,), like=("the model's parameters", self.decoder.weight))
             _checks.check_shape(f"noise[{layer}]", uniform, (k, batch, size))
 
-    def chunk_log_weights(self, x, k, eps=None):
+    def chunk_log_weights(self, x: torch.Tensor, k: int,  # type: ignore[override]
+                          eps: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """``log_weights(x, k, noise=eps)``: this model's noise is one uniform tensor per stochastic layer."""
         return self.log_weights(x, k, noise=eps)
 
-    def bound(self, x, k=50, estimator="vimco", noise=None, renyi_alpha=None):
+    def bound(self, x: torch.Tensor, k: int = 50, estimator: str = "vimco", noise: Sequence[torch.Tensor] | None = None,
+              renyi_alpha: float | None = None) -> torch.Tensor:
         """Per-example objective [B] whose gradient is the estimator's: L_k for "vimco" and "rws", the Renyi bound
         L_a for "renyi" (``renyi_alpha`` a); k >= 2 for vimco and renyi. noise: as in ``log_weights``."""
         if estimator not in SBN_ESTIMATORS:
             raise ValueError(f"estimator: the sigmoid belief network's latents are binary (no reparameterization "
                              f"path), so it takes one of {SBN_ESTIMATORS}, got {estimator!r}")
-        _, _, renyi_alpha = check_estimator_options(estimator, k, None, None, renyi_alpha)
+        _, _, renyi_alpha = check_estimator_options(estimator, k, renyi_alpha=renyi_alpha)
         log_w, log_q = self._log_weights(x, k, noise)
         return F.estimator_bound(log_w, estimator, log_q=log_q, renyi_alpha=renyi_alpha, backend=self.backend)
 
-    def loss(self, x, k=50, estimator="vimco", noise=None, renyi_alpha=None):
+    def loss(self, x: torch.Tensor, k: int = 50, estimator: str = "vimco",  # type: ignore[override]
+             noise: Sequence[torch.Tensor] | None = None, renyi_alpha: float | None = None) -> torch.Tensor:
         """The training loss: -bound averaged over the batch x [B, x_dim] (a scalar)."""
-        return -self.bound(x, k, estimator, noise, renyi_alpha).mean()
+        return -self.bound(x, k, estimator, noise=noise, renyi_alpha=renyi_alpha).mean()
 
     @torch.no_grad()
-    def sample(self, n):
+    def sample(self, n: int) -> torch.Tensor:
         """n draws from the model: Bernoulli means [n, x_dim] given ancestral samples of the latents."""
         h = torch.bernoulli(torch.sigmoid(self.prior_logits).expand(n, -1))
         for prior in reversed(self.priors):
@@ -137,6 +156,6 @@ class SigmoidBeliefNetwork(LogWeightModel):
         return torch.sigmoid(self.decoder(h))
 
     @torch.no_grad()
-    def reconstruct(self, x):
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Bernoulli means [B, x_dim] decoded from one sample of q(h_1|x)."""
         return torch.sigmoid(self.decoder(torch.bernoulli(torch.sigmoid(self.encoders[0](x)))))

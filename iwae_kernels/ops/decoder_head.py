@@ -165,7 +165,7 @@ def _head_bwd_kernel(h_ptr, w_ptr, b_ptr, x_ptr, grad_out_ptr, grad_h_ptr, parti
 def _triton_forward(hidden: Tensor, weight: Tensor, bias: Tensor, x: Tensor, out: Tensor) -> None:
     num_samples, batch, width = hidden.shape
     rows = num_samples * batch
-    x_weight, x_bias = data_term_factors(x, weight, bias, out.dtype)
+    x_weight, x_bias = data_term_factors(x, weight, bias, acc=out.dtype)
     programs = persistent_programs(hidden.device)
     _head_fwd_kernel[lambda meta: (min(cdiv(rows, meta["BLOCK_R"]), programs),)](
         hidden, weight, bias, x_weight, x_bias, out, rows, batch, width, weight.shape[0],
@@ -225,5 +225,5 @@ def bernoulli_decoder_log_likelihood(hidden, weight, bias, x):
     float64.
     """
     if hidden.dtype == torch.float64:
-        return torch_math.bernoulli_decoder_log_likelihood(hidden, weight, bias, x)
+        return torch_math.bernoulli_decoder_log_likelihood(hidden, weight, bias, x=x)
     return BernoulliDecoderHeadFunction.apply(hidden, weight, bias, x)

@@ -110,7 +110,7 @@ def _triton_forward(z: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, w
     programs = min(persistent_programs(z.device), cdiv(rows, BLOCK_R))
     h1 = torch.empty((programs * BLOCK_R, w1.shape[0]), dtype=z.dtype, device=z.device)  # scratch rows
     h2 = torch.empty((programs * BLOCK_R, w2.shape[0]), dtype=z.dtype, device=z.device)
-    x_weight, x_bias = data_term_factors(x, w3, b3, out.dtype)
+    x_weight, x_bias = data_term_factors(x, w3, b3, acc=out.dtype)
     _mlp_decoder_fwd_kernel[(programs,)](
         z, w1, b1, w2, b2, w3, b3, x_weight, x_bias, out if latent is None else latent, h1, h2, out, rows, batch, dim,
         w1.shape[0], w2.shape[0], w3.shape[0], ADD_LATENT=latent is not None, ACC=triton_accumulation_dtype(z.dtype),
@@ -123,7 +123,13 @@ def bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weigh
     half inputs. float64 runs the plain-torch formula (``torch_math``): tl.dot takes no float64
     operands."""
     if z.dtype == torch.float64:
-        return torch_math.bernoulli_mlp_decoder_log_likelihood(z, weights, biases, x, latent_log_weight)
+        return torch_math.bernoulli_mlp_decoder_log_likelihood(
+            z,
+            weights,
+            biases,
+            x=x,
+            latent_log_weight=latent_log_weight,
+        )
     out = torch.empty(z.shape[:2], dtype=accumulation_dtype(z.dtype), device=z.device)
     tensors = [t.contiguous() for t in (z, *[p for layer in zip(weights, biases) for p in layer], x)]
     latent = None if latent_log_weight is None else latent_log_weight.to(out.dtype).contiguous()

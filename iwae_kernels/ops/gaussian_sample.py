@@ -215,12 +215,12 @@ def _strides(prefix, param):
     return {f"{prefix}_sample_stride": sample, f"{prefix}_example_stride": example}
 
 
-def _read_in_place(first, second):
-    """A (mu, logvar)-like pair as the kernels read it: one set of strides for both (``unit_column_stride``); a pair
-    whose strides differ is copied. None stays None."""
-    if first is None or first.stride() == second.stride():
-        return unit_column_stride(first), unit_column_stride(second)
-    return first.contiguous(), second.contiguous()
+def _read_in_place(mean, logvar):
+    """A Gaussian's (mean, logvar) pair, (mu, logvar) or (prior_mu, prior_logvar), as the kernels read it: one set
+    of strides for both (``unit_column_stride``); a pair whose strides differ is copied. None stays None."""
+    if mean is None or mean.stride() == logvar.stride():
+        return unit_column_stride(mean), unit_column_stride(logvar)
+    return mean.contiguous(), logvar.contiguous()
 
 
 def _prior_kind(prior_mu, include_prior):
@@ -351,11 +351,3 @@ def gaussian_sample(mu, logvar, k, eps, prior_mu, prior_logvar, estimator, gener
     scale = None if latent_scale is None else latent_scale.to(accumulation_dtype(mu.dtype)).contiguous()
     return KernelGaussianSampleFunction.apply(mu, logvar, eps, prior_mu, prior_logvar, k, seed, estimator, launchers,
                                         include_prior, scale)
-
-
-def sample_noise(shape, seed, dtype, device, launchers=TRITON_LAUNCHERS):
-    """The eps that in-kernel sampling with ``seed`` uses for a [k, B, D] ``shape`` (for tests)."""
-    zeros = torch.zeros(shape[-2:], dtype=dtype, device=device)
-    seed = torch.as_tensor(seed, dtype=torch.int64, device=device)
-    z, _ = KernelGaussianSampleFunction.apply(zeros, zeros, None, None, None, shape[0], seed, "iwae", launchers)
-    return z

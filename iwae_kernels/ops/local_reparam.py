@@ -107,6 +107,6 @@ def local_reparam_linear(a, mu, var, bias, noise, generator):
     """b [M, N] for inputs a [M, K] and weights N(mu, var) [N, K]; noise [M, N] or drawn in the kernel.
     float64 runs the plain-torch formula (``torch_math``): tl.dot takes no float64 operands."""
     if a.dtype == torch.float64:
-        return torch_math.local_reparam_linear(a, mu, var, bias, noise, generator)
+        return torch_math.local_reparam_linear(a, mu, var, bias=bias, noise=noise, generator=generator)
     seed = draw_seed(generator, a.device) if noise is None else torch.zeros((), dtype=torch.int64, device=a.device)
     return LocalReparamFunction.apply(a, mu, var, bias, noise, seed)

@@ -151,7 +151,7 @@ def _strides(logits_or_mean, logvar):
                 STRIDED=not (logits_or_mean.is_contiguous() and logvar.is_contiguous()))
 
 
-def _launch_forward(logits_or_mean, logvar, x, latent, out, likelihood):
+def _launch_forward(logits_or_mean, logvar, x, *, latent, out, likelihood):
     num_samples, batch, size = logits_or_mean.shape
     block_rows, block_cols = row_tile(size, logits_or_mean.dtype)
     _log_likelihood_fwd_kernel[(cdiv(num_samples * batch, block_rows),)](
@@ -162,7 +162,7 @@ def _launch_forward(logits_or_mean, logvar, x, latent, out, likelihood):
     )
 
 
-def _launch_backward(logits_or_mean, logvar, x, grad_out, grad_logits_or_mean, grad_logvar, likelihood,
+def _launch_backward(logits_or_mean, logvar, x, *, grad_out, grad_logits_or_mean, grad_logvar, likelihood,
                      bound_state=None, loss_divisor=1):
     """bound_state: None (grad_out is per row), or (log_w, max, sum, grad_log_w) for the loss's gradient."""
     num_samples, batch, size = logits_or_mean.shape
@@ -182,13 +182,21 @@ def _launch_backward(logits_or_mean, logvar, x, grad_out, grad_logits_or_mean, g
 
 @library_op("triton_log_likelihood_forward", ("out",))
 def _triton_forward(logits_or_mean: Tensor, logvar: Optional[Tensor], x: Tensor, out: Tensor, likelihood: int) -> None:
-    _launch_forward(logits_or_mean, logvar, x, None, out, likelihood)
+    _launch_forward(logits_or_mean, logvar, x, latent=None, out=out, likelihood=likelihood)
 
 
 @library_op("triton_log_likelihood_backward", ("grad_logits_or_mean", "grad_logvar"))
 def _triton_backward(logits_or_mean: Tensor, logvar: Optional[Tensor], x: Tensor, grad_out: Tensor,
                      grad_logits_or_mean: Tensor, grad_logvar: Optional[Tensor], likelihood: int) -> None:
-    _launch_backward(logits_or_mean, logvar, x, grad_out, grad_logits_or_mean, grad_logvar, likelihood)
+    _launch_backward(
+        logits_or_mean,
+        logvar,
+        x,
+        grad_out=grad_out,
+        grad_logits_or_mean=grad_logits_or_mean,
+        grad_logvar=grad_logvar,
+        likelihood=likelihood,
+    )
 
 
 TRITON_LAUNCHERS = Launchers(_triton_forward, _triton_backward)
@@ -197,7 +205,7 @@ TRITON_LAUNCHERS = Launchers(_triton_forward, _triton_backward)
 @library_op("triton_log_weight_forward", ("log_w",))
 def _triton_log_weight_forward(logits_or_mean: Tensor, logvar: Optional[Tensor], x: Tensor, latent: Tensor,
                                log_w: Tensor, likelihood: int) -> None:
-    _launch_forward(logits_or_mean, logvar, x, latent, log_w, likelihood)
+    _launch_forward(logits_or_mean, logvar, x, latent=latent, out=log_w, likelihood=likelihood)
 
 
 @library_op("triton_iwae_loss_backward", ("grad_logits_or_mean", "grad_logvar", "grad_log_w"))
@@ -205,8 +213,17 @@ def _triton_loss_backward(logits_or_mean: Tensor, logvar: Optional[Tensor], x: T
                           running_max: Tensor, running_sum: Tensor, grad_loss: Tensor, grad_logits_or_mean: Tensor,
                           grad_logvar: Optional[Tensor], grad_log_w: Tensor, likelihood: int,
                           loss_divisor: int) -> None:
-    _launch_backward(logits_or_mean, logvar, x, grad_loss, grad_logits_or_mean, grad_logvar, likelihood,
-                     (log_w, running_max, running_sum, grad_log_w), loss_divisor)
+    _launch_backward(
+        logits_or_mean,
+        logvar,
+        x,
+        grad_out=grad_loss,
+        grad_logits_or_mean=grad_logits_or_mean,
+        grad_logvar=grad_logvar,
+        likelihood=likelihood,
+        bound_state=(log_w, running_max, running_sum, grad_log_w),
+        loss_divisor=loss_divisor,
+    )
 
 
 class LogLikelihoodFunction(torch.autograd.Function):

@@ -111,7 +111,7 @@ def _normalized_weights_kernel(
     tl.store(out_ptr + offsets, weights.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch_max_sum(log_w, in_max, in_sum, out_max, out_sum, bound, loss=None, loss_divisor=1):
+def _launch_max_sum(log_w, in_max, in_sum, *, out_max, out_sum, bound, loss=None, loss_divisor=1):
     num_samples, batch = log_w.shape
     accumulate = in_max is not None
     blocks = cdiv(batch, BLOCK_EXAMPLES)
@@ -142,13 +142,22 @@ def _launch_max_sum(log_w, in_max, in_sum, out_max, out_sum, bound, loss=None, l
 @library_op("triton_max_sum", ("out_max", "out_sum", "bound"))
 def _triton_max_sum(log_w: Tensor, in_max: Optional[Tensor], in_sum: Optional[Tensor], out_max: Tensor, out_sum: Tensor,
                     bound: Optional[Tensor]) -> None:
-    _launch_max_sum(log_w, in_max, in_sum, out_max, out_sum, bound)
+    _launch_max_sum(log_w, in_max, in_sum, out_max=out_max, out_sum=out_sum, bound=bound)
 
 
 @library_op("triton_loss_max_sum", ("out_max", "out_sum", "bound", "loss"))
 def _triton_loss_max_sum(log_w: Tensor, out_max: Tensor, out_sum: Tensor, bound: Tensor, loss: Tensor,
                          loss_divisor: int) -> None:
-    _launch_max_sum(log_w, None, None, out_max, out_sum, bound, loss, loss_divisor)
+    _launch_max_sum(
+        log_w,
+        None,
+        None,
+        out_max=out_max,
+        out_sum=out_sum,
+        bound=bound,
+        loss=loss,
+        loss_divisor=loss_divisor,
+    )
 
 
 @library_op("triton_normalized_weights", ("out",))
@@ -165,7 +174,7 @@ def _triton_normalized_weights(log_w: Tensor, running_max: Tensor, running_sum: 
 TRITON_LAUNCHERS = Launchers(_triton_max_sum, _triton_normalized_weights)
 
 
-def max_sum(log_w, launchers=TRITON_LAUNCHERS, running_max=None, running_sum=None, write_bound=False):
+def max_sum(log_w, launchers=TRITON_LAUNCHERS, *, running_max=None, running_sum=None, write_bound=False):
     """Fold log_w [kc, B] into (max, sum) [B], starting fresh or from the running state; also L_k if asked."""
     log_w = log_w.contiguous()
     acc = accumulation_dtype(log_w.dtype) if running_max is None else running_max.dtype
@@ -203,7 +212,7 @@ def max_sum_and_loss(log_w, reduction):
     return out_max, out_sum, loss
 
 
-def _weights(log_w, running_max, running_sum, scale, out_dtype, launchers):
+def _weights(log_w, running_max, running_sum, *, scale, out_dtype, launchers):
     out = torch.empty(log_w.shape, dtype=out_dtype, device=log_w.device)
     launchers.backward(log_w, running_max, running_sum, None if scale is None else scale.contiguous(), out)
     return out
@@ -226,14 +235,22 @@ class KernelIWAEBoundFunction(torch.autograd.Function):
     @once_differentiable("iwae_bound")
     def backward(ctx, grad_bound):
         log_w, running_max, running_sum = ctx.saved_tensors
-        return _weights(log_w, running_max, running_sum, grad_bound, log_w.dtype, ctx.launchers), None
+        weights = _weights(
+            log_w,
+            running_max,
+            running_sum,
+            scale=grad_bound,
+            out_dtype=log_w.dtype,
+            launchers=ctx.launchers,
+        )
+        return weights, None
 
 
 def _kernel_softmax(log_w, launchers):
     """Normalized weights [k, B] by the kernels: the fold, then one elementwise pass."""
     log_w = log_w.contiguous()
     running_max, running_sum, _ = max_sum(log_w, launchers)
-    return _weights(log_w, running_max, running_sum, None, running_max.dtype, launchers)
+    return _weights(log_w, running_max, running_sum, scale=None, out_dtype=running_max.dtype, launchers=launchers)
 
 
 def iwae_bound(log_w, launchers=TRITON_LAUNCHERS):
@@ -248,5 +265,5 @@ def normalized_weights(log_w, launchers=TRITON_LAUNCHERS):
 
 def fold_max_sum(running_max, running_sum, log_w, launchers=TRITON_LAUNCHERS):
     """Fold a chunk of log-weights [kc, B] into the running (max, sum) state [B]; no autograd."""
-    new_max, new_sum, _ = max_sum(log_w.detach(), launchers, running_max, running_sum)
+    new_max, new_sum, _ = max_sum(log_w.detach(), launchers, running_max=running_max, running_sum=running_sum)
     return new_max, new_sum

@@ -294,7 +294,7 @@ def softplus_tile_sum(y, row_mask, col_mask):
     return tl.sum(tl.where(row_mask[:, None] & col_mask[None, :], softplus(y), 0.0), axis=1)
 
 
-def data_term_factors(x, weight, bias, acc):
+def data_term_factors(x, weight, bias, *, acc):
     """For logits y = h W^T + b of a Linear with weight [P, H] and bias [P], the Bernoulli data term per row is
     sum_j x_j y_j = h . (W^T x_b) + x_b . b: its per-example factors x W [B, H] and x b [B] for x [B, P], in the
     accumulation dtype ``acc`` and outside autocast (which would round them to half precision). A kernel then

@@ -75,7 +75,7 @@ def test_a_crashing_op_is_a_failed_row(monkeypatch):
 
     monkeypatch.setattr(ops, "normalized_weights", broken)
     (case,) = [c for c in selftest.op_cases() if c.op == "normalized_weights"]
-    (record,) = selftest.check_case(case, "triton", device, torch.float32)
+    (record,) = selftest.check_case(case, "triton", device, dtype=torch.float32)
     assert record.ok is False and "RuntimeError: planted" in record.check
 
 
@@ -109,7 +109,8 @@ def test_selftest_checks_every_estimator_of_ESTIMATORS():
 @pytest.mark.parametrize("dtype", selftest.DTYPES)
 def test_the_estimator_checks_hold_on_the_triton_backend(dtype):
     device = backend_device("triton")
-    records = [r for case in selftest.estimator_cases() for r in selftest.check_case(case, "triton", device, dtype)]
+    records = [record for case in selftest.estimator_cases()
+               for record in selftest.check_case(case, "triton", device, dtype=dtype)]
     assert records and all(r.ok for r in records), selftest.format_table(records)
     assert {r.check for r in records} == {"forward", "backward"}
 

@@ -1,6 +1,6 @@
 """The support matrix cannot rot silently: pyproject.toml's lower bounds are the versions CI installs at the oldest
-end (scripts/setup_oldest.sh), docs/SUPPORT.md's table names what the CI scripts install at both ends, and .ci/run
-checks both ends."""
+end (scripts/setup_oldest.sh), docs/SUPPORT.md's table names what the CI scripts install at each end, and .ci/run
+checks the three ends (oldest, newest, and a plain pip install)."""
 
 import re
 
@@ -56,7 +56,7 @@ def test_newest_end_is_above_the_oldest():
 
 def test_support_table_names_what_ci_installs():
     pins, table = oldest_pins(), support_table()
-    assert set(table) == {"oldest", "newest"}
+    assert set(table) == {"oldest", "newest", "plain"}
     assert table["oldest"]["torch"] == pins["TORCH"]
     assert table["oldest"]["triton"] == pins["TRITON"]
     assert table["oldest"]["numpy"].startswith(f"<{pins['NUMPY_BELOW']}")
@@ -71,3 +71,9 @@ def test_ci_checks_both_ends():
     for end, venv in (("newest", ".venv"), ("oldest", ".venv-oldest")):
         assert stages[f"{end}: AOT sm_90"].startswith(f"{venv}/bin/python benchmarks/aot_report.py --arch 90 ")
     assert stages["oldest: ops tests"] == ".venv-oldest/bin/python -m pytest -q -n auto --dist loadfile tests/ops"
+    # The plain end: pip resolves everything (no torch chosen first) and installs from the wheel, not editable.
+    assert stages["plain: setup"] == "bash scripts/setup_plain.sh"
+    plain = (REPO / "scripts" / "setup_plain.sh").read_text()
+    assert 'pip install -q ".[test]"' in plain and "torch" not in plain.split('pip install -q ".[test]"')[0].split(
+        "set -euo")[1]
+    assert stages["plain: ops tests"] == ".venv-plain/bin/pytest -q -n auto --dist loadfile tests/ops"

@@ -19,7 +19,8 @@ from iwae_kernels.models import ConvIWAE, paper_model
 from iwae_kernels.models.base import gaussian
 from torch.distributions import Normal
 
-from helpers import backend_device, naive_bernoulli, naive_latent
+from helpers import backend_device
+from naive import naive_bernoulli, naive_gaussian, naive_iwae_bound, naive_latent, naive_renyi_bound
 
 FAMILY_LEVEL = 1e-3
 
@@ -222,11 +223,6 @@ def mean_target(estimator):
 FORMULA_CASES = list(NEW_ESTIMATORS.items()) + [("renyi", dict(renyi_alpha=-1.0)), ("renyi", dict(renyi_alpha=2.0))]
 
 
-def renyi_objective(log_w, renyi_alpha):
-    """L_a = (logsumexp_i((1 - a) log w_i) - log k) / (1 - a) [B] for log_w [k, B] (Li & Turner 2016, Eq. 7)."""
-    return (torch.logsumexp((1 - renyi_alpha) * log_w, 0) - math.log(log_w.shape[0])) / (1 - renyi_alpha)
-
-
 def vimco_baselines(log_w):
     """L_{-i} = log((sum_{j != i} w_j + exp(mean_{j != i} log w_j)) / k) [k, B] for log_w [k, B], one i at a time
     (Mnih & Rezende 2016; TFP's csiszar_vimco_helper's log_sooavg_u)."""
@@ -235,7 +231,7 @@ def vimco_baselines(log_w):
     for i in range(k):
         others = torch.cat([log_w[:i], log_w[i + 1:]])
         swapped = torch.cat([others, others.mean(0, keepdim=True)])
-        baselines.append(torch.logsumexp(swapped, 0) - math.log(k))
+        baselines.append(naive_iwae_bound(swapped))
     return torch.stack(baselines)
 
 
@@ -244,7 +240,7 @@ def vimco_surrogate(log_w, log_q):
     sum_i log q_i stop(L_k - L_{-i}) [B]. log_w [k, B] (its encoder part is ignored), log_q [k, B]: log q(z_i|x) at
     the fixed samples, the encoder live. Its encoder gradient is sum_i (L_k - L_{-i} - wt_i) grad log q_i."""
     fixed_sample_log_w = log_w.detach() + log_q.detach() - log_q
-    iwae = torch.logsumexp(fixed_sample_log_w, 0) - math.log(log_w.shape[0])
+    iwae = naive_iwae_bound(fixed_sample_log_w)
     signal = iwae.detach() - vimco_baselines(log_w.detach())
     return iwae + (log_q * signal).sum(0)
 
@@ -253,7 +249,7 @@ def paper_objectives(log_w, estimator, groups=None, ciwae_beta=None, renyi_alpha
     """(the model's objective, the encoder's) [B] for log_w [k, B]; log_q [k, B] is log q(z_i|x) at fixed samples
     with the encoder live (wake-phi's, VIMCO's). rws-dreg's target is wake-phi's expectation, so it shares rws's."""
     k = log_w.shape[0]
-    iwae = torch.logsumexp(log_w, 0) - math.log(k)
+    iwae = naive_iwae_bound(log_w)
     if estimator == "iwae":
         return iwae, iwae
     if estimator == "vimco":
@@ -267,7 +263,7 @@ def paper_objectives(log_w, estimator, groups=None, ciwae_beta=None, renyi_alpha
         ciwae = ciwae_beta * log_w.mean(0) + (1 - ciwae_beta) * iwae
         return ciwae, ciwae
     if estimator == "renyi":
-        renyi = renyi_objective(log_w, renyi_alpha)
+        renyi = naive_renyi_bound(log_w, renyi_alpha)
         return renyi, renyi
     if estimator == "piwae":
         return iwae, miwae
@@ -301,11 +297,11 @@ def paper_reference_gradient(model, x, k, estimator, noise, options=None):
     log_w = model.log_weights(x, k, "iwae", noise, posterior)
     mu, logvar = posterior
     h1 = (mu + torch.exp(0.5 * logvar) * noise[0]).detach()
-    log_q = Normal(mu, torch.exp(0.5 * logvar)).log_prob(h1).sum(-1)
+    log_q = naive_gaussian(mu, logvar, h1)
     if model.stochastic_layers == 2:
         mu2, logvar2 = gaussian(model.encoders[1], h1)
         h2 = (mu2 + torch.exp(0.5 * logvar2) * noise[1]).detach()
-        log_q = log_q + Normal(mu2, torch.exp(0.5 * logvar2)).log_prob(h2).sum(-1)
+        log_q = log_q + naive_gaussian(mu2, logvar2, h2)
     return split_gradient(model, *paper_objectives(log_w, estimator, log_q=log_q, **options),
                           lambda name: name.startswith("encoders."))
 
@@ -383,7 +379,7 @@ class OneLayerReference:
         options = NEW_ESTIMATORS.get(estimator, {})
         z, latent = naive_latent(mu, logvar, eps)
         log_w = naive_bernoulli(decode(z), x) + latent
-        log_q = Normal(mu, torch.exp(0.5 * logvar)).log_prob(z.detach()).sum(-1)
+        log_q = naive_gaussian(mu, logvar, z.detach())
         return split_gradient(module, *paper_objectives(log_w, estimator, log_q=log_q, **options),
                               lambda name: name.startswith("encoder."))
 
@@ -579,7 +575,7 @@ def test_renyi_never_gives_nan_for_impossible_samples(renyi_alpha):
     if renyi_alpha > 1:
         assert torch.isneginf(bound[0])
     else:  # the k = 3 mean over the two possible samples' w^(1 - a)
-        possible = renyi_objective(log_w[:2, :1].detach(), renyi_alpha) + math.log(2 / 3) / (1 - renyi_alpha)
+        possible = naive_renyi_bound(log_w[:2, :1].detach(), renyi_alpha) + math.log(2 / 3) / (1 - renyi_alpha)
         torch.testing.assert_close(bound[:1].detach(), possible, rtol=1e-12, atol=1e-12)
     assert torch.isneginf(bound[1]) and torch.isfinite(bound[2])
     bound.sum().backward()
@@ -602,16 +598,15 @@ def stopped_gaussian(net, inputs):
 def paper_path_log_weights(model, x, noise):
     """PaperModel's log w [k, B] with the samples live and the encoders' weights stopped inside log q (q(h2|h1)
     keeps its dependence on the live sample h1): the path derivative alone, from torch.distributions."""
-    log_q = lambda mean, logvar, h: Normal(mean, torch.exp(0.5 * logvar)).log_prob(h).sum(-1)
     mu, logvar = model.encode(x)
     h1 = mu + torch.exp(0.5 * logvar) * noise[0]
-    log_w = naive_bernoulli(model.decoder(h1), x) - log_q(*stopped_gaussian(model.encoders[0], x), h1)
+    log_w = naive_bernoulli(model.decoder(h1), x) - naive_gaussian(*stopped_gaussian(model.encoders[0], x), h1)
     if model.stochastic_layers == 1:
         return log_w + Normal(0.0, 1.0).log_prob(h1).sum(-1)
     mu2, logvar2 = gaussian(model.encoders[1], h1)
     h2 = mu2 + torch.exp(0.5 * logvar2) * noise[1]
-    return (log_w + log_q(*gaussian(model.priors[0], h2), h1) + Normal(0.0, 1.0).log_prob(h2).sum(-1)
-            - log_q(*stopped_gaussian(model.encoders[1], h1), h2))
+    return (log_w + naive_gaussian(*gaussian(model.priors[0], h2), h1) + Normal(0.0, 1.0).log_prob(h2).sum(-1)
+            - naive_gaussian(*stopped_gaussian(model.encoders[1], h1), h2))
 
 
 @pytest.mark.parametrize("kind", ["paper-1", "paper-2", "iwae_loss", "conv"])
@@ -656,7 +651,7 @@ def test_vimco_baselines_are_finite_or_minus_inf_and_never_nan():
     torch.testing.assert_close(baselines[finite], vimco_baselines(log_w.detach())[finite], rtol=1e-12, atol=0)
     assert torch.isneginf(baselines[~finite]).all() and finite.sum() == 8
     bound = ik.estimator_bound(log_w, "vimco", log_q=log_q, backend="torch")
-    torch.testing.assert_close(bound, torch.logsumexp(log_w.detach(), 0) - math.log(3))
+    torch.testing.assert_close(bound, naive_iwae_bound(log_w.detach()))
     bound.sum().backward()
     assert not torch.isnan(log_w.grad).any() and not torch.isnan(log_q.grad).any()
     assert (log_q.grad[:, 1] == 0).all() and log_q.grad[0, 2] == 0 and (log_q.grad[:, [0, 3]] != 0).all()
@@ -677,7 +672,7 @@ def test_estimator_bound_rws_and_vimco_take_any_latent_through_log_q():
     log_joint = (torch.distributions.Bernoulli(logits=decoder(z)).log_prob(x).sum(-1)
                  + torch.distributions.Bernoulli(logits=prior_logits).log_prob(z).sum(-1))
     log_w = log_joint - log_q.detach()
-    iwae = torch.logsumexp(log_w, 0) - math.log(5)
+    iwae = naive_iwae_bound(log_w)
     wake_phi = (torch.softmax(log_w.detach(), 0) * log_q).sum(0)
     for estimator, encoder_objective in (("rws", wake_phi), ("vimco", vimco_surrogate(log_w, log_q))):
         value = ik.estimator_bound(log_w, estimator, log_q=log_q, backend="torch")

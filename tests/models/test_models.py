@@ -1,19 +1,18 @@
 """The model layer: architectures, the 2-layer log-weight against torch.distributions, streaming L_k in
 bounded memory, active units."""
 
-import math
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from torch.distributions import Bernoulli, Normal
 
 import iwae_kernels as ik
 from iwae_kernels.models import ConvIWAE, active_units, paper_model
 
-from helpers import assert_close, backend_device, peak_bytes
+from helpers import REPO, assert_close, backend_device, peak_bytes
+from naive import naive_iwae_bound, naive_log_weights, naive_paper_log_weights
 
 
 def test_paper_architectures():
@@ -34,21 +33,6 @@ def small_model(layers, seed=0):
     return paper_model(layers, x_dim=6, backend="torch", **sizes).double()
 
 
-def naive_log_weights(model, x, noise):
-    """Float64 log w from torch.distributions, written from the model's definition."""
-    mu, logvar = model.encoders[0](x).chunk(2, -1)
-    q1 = Normal(mu, torch.exp(0.5 * logvar))
-    h1 = mu + torch.exp(0.5 * logvar) * noise[0]
-    log_w = Bernoulli(logits=model.decoder(h1), validate_args=False).log_prob(x).sum(-1) - q1.log_prob(h1).sum(-1)
-    if model.stochastic_layers == 1:
-        return log_w + Normal(0.0, 1.0).log_prob(h1).sum(-1)
-    mu2, logvar2 = model.encoders[1](h1).chunk(2, -1)
-    h2 = mu2 + torch.exp(0.5 * logvar2) * noise[1]
-    prior_mu, prior_logvar = model.priors[0](h2).chunk(2, -1)
-    return (log_w + Normal(prior_mu, torch.exp(0.5 * prior_logvar)).log_prob(h1).sum(-1)
-            + Normal(0.0, 1.0).log_prob(h2).sum(-1) - Normal(mu2, torch.exp(0.5 * logvar2)).log_prob(h2).sum(-1))
-
-
 @pytest.mark.parametrize("fused_head", [True, False])
 @pytest.mark.parametrize("layers", [1, 2])
 def test_log_weights_and_gradient_match_naive(layers, fused_head):
@@ -58,11 +42,11 @@ def test_log_weights_and_gradient_match_naive(layers, fused_head):
     x = torch.bernoulli(torch.full((batch, 6), 0.5, dtype=torch.float64))
     noise = [torch.randn(k, batch, size, dtype=torch.float64) for size in model.latent]
     log_w = model.log_weights(x, k, "iwae", noise)
-    expected = naive_log_weights(model, x, noise)
+    expected = naive_paper_log_weights(model, x, noise)
     assert_close(log_w, expected)
     params = list(model.parameters())
     got = torch.autograd.grad(-ik.iwae_bound(log_w).mean(), params)
-    want = torch.autograd.grad(-(torch.logsumexp(expected, 0) - math.log(k)).mean(), params)
+    want = torch.autograd.grad(-naive_iwae_bound(expected).mean(), params)
     for g, w in zip(got, want):
         assert_close(g, w)
 
@@ -170,35 +154,38 @@ def test_paper_sizes_evaluate_in_one_launch_per_batch_through_the_fused_mlp(back
 
 
 PEAK_MEMORY_SCRIPT = """
-import resource, sys, torch
+import sys, torch
+sys.path.insert(0, sys.argv[3])
+from eval_memory import peak_above_start_mib
 from iwae_kernels.models import paper_model
 torch.manual_seed(0)
 model = paper_model(1)
 x = torch.bernoulli(torch.full((20, 784), 0.3))
 model.log_likelihood(x, k=50, chunk=50)  # warm-up: the allocations every run makes
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-model.log_likelihood(x, k=int(sys.argv[1]), chunk=int(sys.argv[2]))
-print(base / 1024, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)  # MiB: warm-up peak, growth
+_, growth = peak_above_start_mib(lambda: model.log_likelihood(x, k=int(sys.argv[1]), chunk=int(sys.argv[2])),
+                                 torch.device("cpu"))
+print(growth)  # MiB: the peak resident set above what was resident before the call
 """
 
 
 def peak_growth_mib(k, chunk):
-    """(peak RSS after the warm-up, its growth during L_k with this chunk), MiB, in a fresh CPU-only process."""
+    """The peak resident set's growth during L_k with this chunk above what was resident before it (VmHWM reset
+    through /proc/self/clear_refs, as benchmarks/eval_memory.py measures), MiB, in a fresh CPU-only process."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    out = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, str(k), str(chunk)], capture_output=True, text=True,
-                         check=True, env=env)
-    return tuple(map(float, out.stdout.strip().splitlines()[-1].split()))
+    out = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, str(k), str(chunk), str(REPO / "benchmarks")],
+                         capture_output=True, text=True, check=True, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
 def test_log_likelihood_memory_does_not_grow_with_k():
-    """Peak memory (process max RSS) for L_5000 with chunk 50 stays at L_50's; one chunk of 5000 needs the
-    [5000, 20, 784] logits (300 MiB), which this measurement sees (630 MiB of growth alone, 156 MiB once inside
-    the full suite, where the warm-up's peak sat higher)."""
-    base, growth = peak_growth_mib(5000, 50)
-    assert growth < 20, f"chunk 50: peak RSS grew {growth:.1f} MiB above the warm-up's {base:.1f} MiB"
-    base, growth = peak_growth_mib(5000, 5000)
-    assert growth > 100, f"chunk 5000: peak RSS grew {growth:.1f} MiB above the warm-up's {base:.1f} MiB"
+    """Peak memory for L_5000 with chunk 50 stays near L_50's; one chunk of 5000 needs the [5000, 20, 784] logits
+    (300 MiB), which this measurement sees. The peak is reset just before the call, so a warm-up's higher peak
+    cannot hide the growth (with ru_maxrss, inside the full suite it once did)."""
+    growth = peak_growth_mib(5000, 50)
+    assert growth < 20, f"chunk 50: the peak resident set grew {growth:.1f} MiB"
+    growth = peak_growth_mib(5000, 5000)
+    assert growth > 100, f"chunk 5000: the peak resident set grew {growth:.1f} MiB"
 
 
 def test_active_units_counts_units_that_vary():
@@ -228,10 +215,7 @@ def test_conv_iwae_loss_is_the_iwae_bound_of_its_networks():
     got = model.loss(x, k=4, generator=torch.Generator().manual_seed(5))
     mu, logvar = model.encoder(x).chunk(2, -1)
     eps = torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(5))
-    z = mu + torch.exp(0.5 * logvar) * eps
-    logits = model.decoder(z.flatten(0, 1)).unflatten(0, (4, 2))
-    log_w = (Bernoulli(logits=logits, validate_args=False).log_prob(x).sum(-1)
-             + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(-1))
-    torch.testing.assert_close(got, -(torch.logsumexp(log_w, 0) - math.log(4)).mean(), rtol=1e-5, atol=1e-4)
+    log_w = naive_log_weights(x, mu, logvar, lambda z: model.decoder(z.flatten(0, 1)).unflatten(0, (4, 2)), eps)
+    torch.testing.assert_close(got, -naive_iwae_bound(log_w).mean(), rtol=1e-5, atol=1e-4)
     bound = model.log_likelihood(x, k=30, chunk=8)
     assert bound.shape == (2,) and (bound < 0).all() and model.sample(3).shape == (3, 784)

@@ -124,28 +124,18 @@ def test_per_example_bound_differs_from_a_batch_summed_one(vae):
         elbo.loss(model_without_plate, guide_without_plate, x)
 
 
-def test_dreg_is_unbiased(vae):
-    """dreg's mean gradient (encoder's and decoder's) over independent draws equals iwae's (z-scores, Bonferroni)."""
+@pytest.mark.parametrize("estimator, passes", [("dreg", 100), ("vimco", 150)])
+def test_estimator_is_unbiased(vae, estimator, passes):
+    """dreg's and vimco's (the guide's score-function estimator) mean gradient, encoder's and decoder's, over
+    independent draws equals iwae's (z-scores, Bonferroni)."""
     x = binary_batch(3, 12, 20, torch.device("cpu"))
 
     def draws(estimator, seed):
         elbo = ImportanceWeightedELBO(num_particles=K, estimator=estimator, max_plate_nesting=1)
         torch.manual_seed(seed)
-        return torch.stack([loss_and_grad(vae, elbo, x)[1] for _ in range(100)])
+        return torch.stack([loss_and_grad(vae, elbo, x)[1] for _ in range(passes)])
 
-    assert_unbiased(draws("dreg", 1), draws("iwae", 2))
-
-
-def test_vimco_is_unbiased(vae):
-    """vimco's mean gradient (the guide's score-function estimator and the decoder's) equals iwae's."""
-    x = binary_batch(3, 12, 20, torch.device("cpu"))
-
-    def draws(estimator, seed):
-        elbo = ImportanceWeightedELBO(num_particles=K, estimator=estimator, max_plate_nesting=1)
-        torch.manual_seed(seed)
-        return torch.stack([loss_and_grad(vae, elbo, x)[1] for _ in range(150)])
-
-    assert_unbiased(draws("vimco", 1), draws("iwae", 2))
+    assert_unbiased(draws(estimator, 1), draws("iwae", 2))
 
 
 class PyroSBN(torch.nn.Module):

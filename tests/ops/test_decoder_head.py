@@ -5,7 +5,8 @@ import torch
 
 import iwae_kernels as ik
 
-from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_bernoulli
+from helpers import LOW_PRECISION, assert_close, assert_close_as_torch
+from naive import naive_bernoulli
 from conftest import shape_ids
 
 # (k, B, H, P): k=1/B=1/H=1/P=1, odd sizes, P over one tile, and enough rows for several row tiles per persistent

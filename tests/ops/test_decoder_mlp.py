@@ -6,7 +6,8 @@ import torch
 
 import iwae_kernels as ik
 
-from helpers import LOW_PRECISION, assert_close, assert_close_as_torch, naive_bernoulli
+from helpers import LOW_PRECISION, assert_close, assert_close_as_torch
+from naive import naive_bernoulli
 from conftest import shape_ids
 
 # (k, B, D, H1, H2, P): all ones; odd sizes with H1 != H2; hidden widths under one block (16 under the interpreter)

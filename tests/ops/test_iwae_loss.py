@@ -10,7 +10,9 @@ import iwae_kernels as ik
 from iwae_kernels.ops.gaussian_sample import draw_seed
 
 from helpers import COMPILED_BACKENDS, backend_device
-from helpers import assert_close, kernel_noise, naive_bernoulli, naive_estimator_objective, naive_latent
+from helpers import assert_close, kernel_noise
+from naive import (naive_bernoulli, naive_estimator_objective, naive_gaussian, naive_iwae_bound, naive_latent,
+                   naive_log_weights)
 from conftest import shape_ids
 
 ESTIMATORS = ["iwae", "vae", "stl", "dreg"]
@@ -57,9 +59,8 @@ def test_iwae_loss_matches_naive(backend, estimator, reduction):
 
     if reduction == "none":
         assert loss.shape == (batch,)
-        z, latent = naive_latent(mu, logvar, eps)
-        log_w = naive_bernoulli(z @ weight, x) + latent
-        per_example = log_w.mean(0) if estimator == "vae" else torch.logsumexp(log_w, 0) - math.log(k)
+        log_w = naive_log_weights(x, mu, logvar, lambda z: z @ weight, eps)
+        per_example = log_w.mean(0) if estimator == "vae" else naive_iwae_bound(log_w)
         assert_close(loss, -per_example)
         loss = loss.sum()
     else:
@@ -88,10 +89,9 @@ def test_gaussian_likelihood_and_flatten_samples(backend):
     assert seen == [(k * batch, dim)]
     eps = noise_used(backend, 1, (k, batch, dim), torch.float64, device).cpu()
     z, latent = naive_latent(mu, logvar, eps)
-    from torch.distributions import Normal
-
-    log_w = Normal(z @ weight, math.exp(-0.25)).log_prob(x).sum(-1) + latent
-    assert_close(loss, -(torch.logsumexp(log_w, 0) - math.log(k)))
+    mean = z @ weight
+    log_w = naive_gaussian(mean, torch.full_like(mean, -0.5), x) + latent
+    assert_close(loss, -naive_iwae_bound(log_w))
 
 
 def resampled_loss(k, batch, dim, obs, seed, reduction):
@@ -107,9 +107,8 @@ def resampled_loss(k, batch, dim, obs, seed, reduction):
 def test_resample_value_is_the_bound_for_its_noise():
     k, batch, dim, obs = 7, 4, 3, 9
     x, mu, logvar, weight, loss, eps = resampled_loss(k, batch, dim, obs, seed=3, reduction="none")
-    z, latent = naive_latent(mu.detach(), logvar, eps)
-    log_w = naive_bernoulli(z @ weight, x) + latent
-    assert_close(loss, -(torch.logsumexp(log_w, 0) - math.log(k)))
+    log_w = naive_log_weights(x, mu.detach(), logvar, lambda z: z @ weight, eps)
+    assert_close(loss, -naive_iwae_bound(log_w))
     (grad,) = torch.autograd.grad(loss.sum(), mu)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
@@ -120,8 +119,7 @@ def test_resample_gradient_is_one_sample_gradient():
     x, mu, logvar, weight, loss, eps = resampled_loss(k, batch, dim, obs, seed=9, reduction="sum")
     (grad,) = torch.autograd.grad(loss, mu)
     leaf = mu.detach().clone().requires_grad_()
-    z, latent = naive_latent(leaf, logvar, eps)
-    log_w = naive_bernoulli(z @ weight, x) + latent
+    log_w = naive_log_weights(x, leaf, logvar, lambda z: z @ weight, eps)
     per_sample = torch.stack([torch.autograd.grad(-log_w[i].sum(), leaf, retain_graph=True)[0] for i in range(k)])
     for b in range(batch):
         assert min((per_sample[i, b] - grad[b]).abs().max().item() for i in range(k)) < 1e-10
@@ -342,7 +340,7 @@ def test_kl_annealing_weights_the_latent_term():
     eps = torch.randn(5, 4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     z, latent = naive_latent(mu, logvar, eps)
     log_w = naive_bernoulli(decoder(z), x) + 0.25 * latent
-    assert_close(got, -(torch.logsumexp(log_w, 0) - math.log(5)))
+    assert_close(got, -naive_iwae_bound(log_w))
     assert [ik.kl_warmup(s, 10) for s in (0, 5, 10, 50)] == [0.0, 0.5, 1.0, 1.0]
     assert ik.kl_warmup(0, 10, start=0.2) == 0.2
     with pytest.raises(ValueError, match="beta: estimator=.iwae-resample. needs the plain bound"):
