@@ -1,11 +1,12 @@
-"""The README's results tables, computed from the results files they cite, so no figure there is typed by hand.
+"""The results tables of README.md and docs/RESULTS.md, computed from the results files they cite, so no figure
+there is typed by hand.
 
 Each row reads one file under benchmarks/results/ and states its whole range (every shape or variant the file
-holds, not a chosen subset), with the file's date and commit. The README keeps the tables between the markers
+holds, not a chosen subset), with the file's date and commit. Both documents keep the tables between the markers
 below; tests/integration/test_results_summary.py holds them equal to what this script writes.
 
-    python benchmarks/summarize_results.py            # rewrite README.md's results block
-    python benchmarks/summarize_results.py --check    # exit 1, saying so, if README.md's block is not this output
+    python benchmarks/summarize_results.py            # rewrite both documents' results blocks
+    python benchmarks/summarize_results.py --check    # exit 1, saying so, if a block is not this output
 
 A results file that a new run replaces is kept beside it under its commit (e.g. bench_loss-70fdc7f.json) while a
 row cites it.
@@ -209,23 +210,28 @@ def summary():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="compare README.md's block with this output")
-    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--check", action="store_true", help="compare the documents' blocks with this output")
+    parser.add_argument("--files", type=Path, nargs="+", default=[REPO / "README.md", REPO / "docs" / "RESULTS.md"])
     args = parser.parse_args()
-    text = args.readme.read_text()
-    if BEGIN not in text or END not in text:
-        sys.exit(f"{args.readme}: no results block (the lines {BEGIN!r} and {END!r})")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    updated = f"{head}{BEGIN}\n{summary()}\n{END}{tail}"
-    if args.check:
-        if updated != text:
-            sys.exit(f"{args.readme}: its results block differs from the results files; run "
-                     "python benchmarks/summarize_results.py")
-        print(f"{args.readme}: the results block matches the results files")
-        return
-    args.readme.write_text(updated)
-    print(f"wrote the results block of {args.readme}")
+    block = summary()
+    stale = []
+    for path in args.files:
+        text = path.read_text()
+        if BEGIN not in text or END not in text:
+            sys.exit(f"{path}: no results block (the lines {BEGIN!r} and {END!r})")
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        updated = f"{head}{BEGIN}\n{block}\n{END}{tail}"
+        if updated == text:
+            print(f"{path}: the results block matches the results files")
+        elif args.check:
+            stale.append(path)
+        else:
+            path.write_text(updated)
+            print(f"wrote the results block of {path}")
+    if stale:
+        sys.exit(f"{', '.join(map(str, stale))}: the results block differs from the results files; run "
+                 "python benchmarks/summarize_results.py")
 
 
 if __name__ == "__main__":

@@ -264,12 +264,23 @@ def _run_evaluation(model, args, dataset, *, out_dir, history, step_log, extra):
     return report
 
 
+@contextlib.contextmanager
 def _owned_run_folder(out_dir, needed_bytes):
-    """Preflight and lock ``out_dir`` on the process that writes (rank 0 under torchrun)."""
+    """Preflight and lock ``out_dir`` on the process that writes (rank 0 under torchrun). A folder this made is
+    removed again when the command fails before writing anything into it (bad data, a refused evaluation)."""
     if rank_and_world()[0] != 0:
-        return contextlib.nullcontext()
+        yield
+        return
+    folder = Path(out_dir)
+    made = not folder.exists()
     preflight(out_dir, needed_bytes)
-    return RunLock(out_dir)
+    try:
+        with RunLock(out_dir):
+            yield
+    except BaseException:
+        if made and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
 
 
 def _evaluate_command(args):

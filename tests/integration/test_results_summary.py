@@ -1,4 +1,5 @@
-"""The README's results tables are what benchmarks/summarize_results.py computes from the results files they cite."""
+"""The results tables of README.md and docs/RESULTS.md are what benchmarks/summarize_results.py computes from the
+results files they cite."""
 
 import subprocess
 import sys
@@ -8,13 +9,13 @@ from helpers import REPO
 SCRIPT = REPO / "benchmarks" / "summarize_results.py"
 
 
-def check(readme):
-    return subprocess.run([sys.executable, str(SCRIPT), "--check", "--readme", str(readme)], capture_output=True,
-                          text=True)
+def check(*documents):
+    return subprocess.run([sys.executable, str(SCRIPT), "--check", "--files", *map(str, documents)],
+                          capture_output=True, text=True)
 
 
-def test_readme_results_equal_the_files():
-    result = check(REPO / "README.md")
+def test_readme_and_results_md_equal_the_files():
+    result = check(REPO / "README.md", REPO / "docs" / "RESULTS.md")
     assert result.returncode == 0, result.stderr
 
 
