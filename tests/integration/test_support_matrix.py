@@ -76,4 +76,4 @@ def test_ci_checks_both_ends():
     plain = (REPO / "scripts" / "setup_plain.sh").read_text()
     assert 'pip install -q ".[test]"' in plain and "torch" not in plain.split('pip install -q ".[test]"')[0].split(
         "set -euo")[1]
-    assert stages["plain: ops tests"] == ".venv-plain/bin/pytest -q -n auto --dist loadfile tests/ops"
+    assert stages["plain: selftest"].endswith('/.venv-plain/bin/python" -m iwae_kernels selftest')
