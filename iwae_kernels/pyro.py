@@ -24,6 +24,7 @@ would also drop a path term), so stl and dreg refuse such guides. dreg then weig
 gradient hook on each sample multiplies the gradient reaching z_i by wt_i (Tucker et al. 2018).
 """
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable
@@ -186,12 +187,10 @@ class ImportanceWeightedELBO(ELBO):
         if self.max_plate_nesting == math.inf:
             self._guess_max_plate_nesting(model, guide, args, kwargs)
         particles = pyro.plate(PARTICLE_PLATE, self.num_particles, dim=-self.max_plate_nesting - 1)
-        fixed = self.estimator in FIXED_SAMPLE_ESTIMATORS
-        guide_trace = poutine.trace(particles(_FixedSamples()(guide) if fixed else guide)).get_trace(*args, **kwargs)
-        if fixed:  # the trace took each value before _FixedSamples detached it
-            for site in guide_trace.nodes.values():
-                if site["type"] == "sample" and not site["is_observed"]:
-                    site["value"] = site["value"].detach()
+        # Outside the trace, _FixedSamples detaches each value before the trace records it and the guide goes on.
+        fixed = _FixedSamples() if self.estimator in FIXED_SAMPLE_ESTIMATORS else contextlib.nullcontext()
+        with fixed:
+            guide_trace = poutine.trace(particles(guide)).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(particles(model), trace=guide_trace)).get_trace(*args, **kwargs)
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting + 1)
